@@ -1,0 +1,475 @@
+"""Typed, frozen settings: defaults <- TOML file <- environment <- command-line flags.
+
+Every setting lives in a section (``server``, ``storage``, ``remote``, ``cache``,
+``metastore``) and is declared once, in :data:`SCHEMA`, with its kind, default, bounds and help
+text. From that one table come: the TOML keys (``[cache] max_bytes = "1GiB"``), the environment
+variables (``CACHEDAEMON_CACHE_MAX_BYTES``), the flags (``--cache-max-bytes``, plus the short
+aliases of ``shared/API.md``), the documented example file ``config/cachedaemon.toml`` (a test
+checks it lists every setting with its default), and the frozen dataclasses the daemon reads.
+
+Any bad value raises one :class:`~cachedaemon.errors.ConfigError` naming the setting, its
+source (the file path, ``env CACHEDAEMON_...`` or ``flag --...``) and the problem; the CLI turns
+it into exit status 2. Unknown keys in the file and unknown ``CACHEDAEMON_<SECTION>_*``
+variables of a known section are errors too (a typo must not be silently ignored).
+
+Pure and loop-free: loaded once on the main thread before any shard starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from cachedaemon.errors import ConfigError
+from cachedaemon.units import format_duration, parse_duration, parse_size
+
+ENV_PREFIX = "CACHEDAEMON_"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting's declaration."""
+
+    section: str
+    name: str
+    kind: str  # str | int | float | bool | size | duration | choice
+    default: Any
+    help: str
+    optional: bool = False  # None allowed (and the default may be None)
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    validate: Callable[[Any], str | None] | None = None
+    aliases: tuple[str, ...] = ()
+    default_doc: str | None = None  # how to show a computed default
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def env(self) -> str:
+        return f"{ENV_PREFIX}{self.section.upper()}_{self.name.upper()}"
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.section}-{self.name}".replace("_", "-")
+
+
+def _listen(value: Any) -> str | None:
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not host:
+        return "expected HOST:PORT, e.g. 127.0.0.1:8470"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"port {port!r} is not a number from 0 to 65535"
+    return None
+
+
+def _remote_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    url = str(value)
+    if url.startswith("file://"):
+        if not url[len("file://") :].startswith("/"):
+            return "a file:// URL needs an absolute path: file:///path/to/bucket"
+        return None
+    if url.startswith("s3://"):
+        bucket = url[len("s3://") :].split("/", 1)[0]
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
+            return f"{bucket!r} is not a valid S3 bucket name"
+        return None
+    return "expected file:///path or s3://bucket[/prefix]"
+
+
+SCHEMA: tuple[Setting, ...] = (
+    # server
+    Setting("server", "listen", "str", "127.0.0.1:8470", "Address the HTTP API listens on.",
+            validate=_listen, aliases=("--listen",)),
+    Setting("server", "shards", "int", None, "Number of shards (event loops on their own threads).",
+            optional=True, minimum=1, maximum=256, aliases=("--shards",),
+            default_doc="number of cores"),
+    Setting("server", "auth_token", "str", None,
+            "Bearer token required on /v1/* when set.", optional=True, aliases=("--auth-token",)),
+    Setting("server", "shutdown_timeout", "duration", 10.0,
+            "How long in-flight requests may run after SIGTERM before they are aborted."),
+    Setting("server", "log_format", "choice", "text",
+            "Log format: text, or json (one JSON line per log record and per request).",
+            choices=("text", "json"), aliases=("--log-format",)),
+    Setting("server", "log_level", "choice", "info", "Log level.",
+            choices=("debug", "info", "warning", "error")),
+    Setting("server", "read_only", "bool", False,
+            "Open metastore domains read-only (a read replica); writes get 409 read_only.",
+            aliases=("--read-only",)),
+    # storage
+    Setting("storage", "data_dir", "str", "./cachedaemon-data",
+            "Directory for the cache, write-ahead logs and the default file:// bucket.",
+            aliases=("--data-dir",)),
+    # remote
+    Setting("remote", "url", "str", None, "The bucket: file:///path or s3://bucket[/prefix].",
+            optional=True, validate=_remote_url, aliases=("--remote",),
+            default_doc="file://<data_dir>/bucket"),
+    Setting("remote", "s3_endpoint", "str", None,
+            "S3 endpoint URL (moto, MinIO, ...); unset means AWS.", optional=True,
+            aliases=("--s3-endpoint",)),
+    Setting("remote", "region", "str", "us-east-1", "S3 region."),
+    Setting("remote", "retry_timeout", "duration", 30.0,
+            "How long one bucket operation may be retried before it fails with 502."),
+    Setting("remote", "multipart_threshold", "size", 16 * 1024**2,
+            "Uploads above this size use multipart.", minimum=5 * 1024**2),
+    Setting("remote", "multipart_part_size", "size", 8 * 1024**2, "Multipart part size.",
+            minimum=5 * 1024**2),
+    Setting("remote", "max_connections", "int", 64, "Connection pool size per shard.",
+            minimum=1, maximum=4096),
+    # cache
+    Setting("cache", "max_bytes", "size", None, "Cache size limit in bytes.", optional=True,
+            minimum=1, aliases=("--cache-max-bytes",),
+            default_doc="max_bytes_percent of the data disk"),
+    Setting("cache", "max_bytes_percent", "float", 20.0,
+            "Cache size as a percent of the data disk, when max_bytes is unset.",
+            minimum=0.001, maximum=100.0),
+    Setting("cache", "max_objects", "int", 100_000, "Cache object-count limit.", minimum=1,
+            aliases=("--cache-max-objects",)),
+    Setting("cache", "max_object_bytes", "size", None, "Largest object a PUT may store.",
+            optional=True, minimum=0, aliases=("--max-object-bytes",),
+            default_doc="the cache's byte limit"),
+    Setting("cache", "reserve_deadline", "duration", 30.0,
+            "How long a writer may wait for cache space before 503 cache_full."),
+    Setting("cache", "trim_interval", "duration", 5.0,
+            "Minimum time between throttled (directory-walking) trims."),
+    Setting("cache", "low_watermark", "float", 0.8,
+            "Trim down to this fraction of the limits.", minimum=0.05, maximum=0.99),
+    Setting("cache", "disk_reservation_percent", "float", 0.0,
+            "Percent of the disk never counted as usable for max_bytes_percent.",
+            minimum=0.0, maximum=99.0),
+    Setting("cache", "min_free_bytes", "size", 0,
+            "Trim further when the data disk has less free space than this (0: off)."),
+    Setting("cache", "background_trim_threshold_percent", "float", None,
+            "Trim in the background when usage passes this percent of a limit (unset: off).",
+            optional=True, minimum=1.0, maximum=100.0),
+    Setting("cache", "tracker_save_interval", "duration", 60.0,
+            "How often the access-time tracker is saved when it changed."),
+    Setting("cache", "disk_poll_interval", "duration", 5.0,
+            "How often free disk space is polled."),
+    Setting("cache", "staging_initial_bytes", "size", 1024**2,
+            "Initial reservation of a staging file."),
+    Setting("cache", "staging_chunk_bytes", "size", 1024**2,
+            "Minimum extra reservation a staging file takes as it grows.", minimum=1),
+    # metastore
+    Setting("metastore", "wal", "choice", "local",
+            "Write-ahead log kind: local (segments on disk, fsync) or remote (bucket objects).",
+            choices=("local", "remote")),
+    Setting("metastore", "flush_interval", "duration", 30.0,
+            "How often domains flush their memtables to SSTs in the bucket."),
+    Setting("metastore", "memtable_bytes", "size", 16 * 1024**2,
+            "Memtable size that triggers a flush.", minimum=4096),
+    Setting("metastore", "refresh_interval", "duration", 10.0,
+            "How often read replicas look for a newer manifest."),
+    Setting("metastore", "gc_interval", "duration", 60.0, "How often garbage collection runs."),
+    Setting("metastore", "file_deletion_delay", "duration", 3600.0,
+            "How long an unreferenced SST or object stays before it is deleted."),
+)
+
+SECTIONS = tuple(dict.fromkeys(s.section for s in SCHEMA))
+BY_KEY = {s.key: s for s in SCHEMA}
+BY_FLAG: dict[str, Setting] = {}
+for _s in SCHEMA:
+    BY_FLAG[_s.flag] = _s
+    for _a in _s.aliases:
+        BY_FLAG[_a] = _s
+
+
+# --- the frozen result -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen: str
+    shards: int
+    auth_token: str | None
+    shutdown_timeout: float
+    log_format: str
+    log_level: str
+    read_only: bool
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    data_dir: Path
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    url: str
+    s3_endpoint: str | None
+    region: str
+    retry_timeout: float
+    multipart_threshold: int
+    multipart_part_size: int
+    max_connections: int
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    max_bytes: int | None  # None: computed from max_bytes_percent of the disk at start
+    max_bytes_percent: float
+    max_objects: int
+    max_object_bytes: int | None  # None: the cache's byte limit
+    reserve_deadline: float
+    trim_interval: float
+    low_watermark: float
+    disk_reservation_percent: float
+    min_free_bytes: int
+    background_trim_threshold_percent: float | None
+    tracker_save_interval: float
+    disk_poll_interval: float
+    staging_initial_bytes: int
+    staging_chunk_bytes: int
+
+
+@dataclass(frozen=True)
+class MetastoreSettings:
+    wal: str
+    flush_interval: float
+    memtable_bytes: int
+    refresh_interval: float
+    gc_interval: float
+    file_deletion_delay: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings
+    storage: StorageSettings
+    remote: RemoteSettings
+    cache: CacheSettings
+    metastore: MetastoreSettings
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.storage.data_dir / "cache"
+
+
+_SECTION_CLASSES: dict[str, type[Any]] = {
+    "server": ServerSettings,
+    "storage": StorageSettings,
+    "remote": RemoteSettings,
+    "cache": CacheSettings,
+    "metastore": MetastoreSettings,
+}
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+
+def _coerce(setting: Setting, raw: Any, source: str) -> Any:
+    """Turn a raw value (TOML value or string) into the setting's type, or raise ConfigError."""
+
+    def fail(problem: str) -> ConfigError:
+        return ConfigError(setting.key, source, problem)
+
+    if raw is None or (setting.optional and isinstance(raw, str) and raw.strip() == ""):
+        if setting.optional:
+            return None
+        raise fail("a value is required")
+    kind = setting.kind
+    try:
+        if kind == "str":
+            if not isinstance(raw, str):
+                raise fail(f"expected a string, got {type(raw).__name__} {raw!r}")
+            value: Any = raw
+        elif kind == "choice":
+            if not isinstance(raw, str) or raw not in setting.choices:
+                raise fail(f"expected one of {', '.join(setting.choices)}, got {raw!r}")
+            value = raw
+        elif kind == "bool":
+            if isinstance(raw, bool):
+                value = raw
+            elif isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on"):
+                value = True
+            elif isinstance(raw, str) and raw.lower() in ("0", "false", "no", "off"):
+                value = False
+            else:
+                raise fail(f"expected true or false, got {raw!r}")
+        elif kind == "int":
+            if isinstance(raw, bool) or not isinstance(raw, int | str):
+                raise fail(f"expected an integer, got {raw!r}")
+            if isinstance(raw, str):
+                if not re.fullmatch(r"\s*-?\d+\s*", raw):
+                    raise fail(f"expected an integer, got {raw!r}")
+                raw = int(raw)
+            value = raw
+        elif kind == "float":
+            if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+                raise fail(f"expected a number, got {raw!r}")
+            try:
+                value = float(raw)
+            except ValueError:
+                raise fail(f"expected a number, got {raw!r}") from None
+            if value != value or value in (float("inf"), float("-inf")):
+                raise fail(f"expected a finite number, got {raw!r}")
+        elif kind == "size":
+            if isinstance(raw, bool) or not isinstance(raw, int | str):
+                raise fail(f"expected a size like 123, 64KiB or 2GiB, got {raw!r}")
+            value = parse_size(raw)
+        elif kind == "duration":
+            if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+                raise fail(f"expected a duration like 500ms, 5s or 1m, got {raw!r}")
+            value = parse_duration(raw)
+        else:  # pragma: no cover - schema bug
+            raise AssertionError(kind)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    if setting.minimum is not None and value < setting.minimum:
+        raise fail(f"must be at least {setting.minimum:g}, got {raw!r}")
+    if setting.maximum is not None and value > setting.maximum:
+        raise fail(f"must be at most {setting.maximum:g}, got {raw!r}")
+    if setting.validate is not None:
+        problem = setting.validate(value)
+        if problem:
+            raise fail(problem)
+    return value
+
+
+def _read_file(path: Path) -> dict[str, tuple[Any, str]]:
+    source = f"file {path}"
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError("--config", source, f"cannot read it: {exc.strerror or exc}") from None
+    try:
+        doc = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("--config", source, "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("--config", source, f"not valid TOML: {exc}") from None
+    out: dict[str, tuple[Any, str]] = {}
+    for section, table in doc.items():
+        if section not in SECTIONS:
+            raise ConfigError(section, source, f"unknown section (known: {', '.join(SECTIONS)})")
+        if not isinstance(table, dict):
+            raise ConfigError(section, source, "expected a [section] table")
+        for name, value in table.items():
+            key = f"{section}.{name}"
+            if key not in BY_KEY:
+                raise ConfigError(key, source, "unknown setting")
+            out[key] = (value, source)
+    return out
+
+
+def _read_env(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    out: dict[str, tuple[Any, str]] = {}
+    by_env = {s.env: s for s in SCHEMA}
+    section_prefixes = tuple(f"{ENV_PREFIX}{sec.upper()}_" for sec in SECTIONS)
+    for var, value in env.items():
+        if not var.startswith(section_prefixes):
+            continue
+        setting = by_env.get(var)
+        if setting is None:
+            raise ConfigError(var, f"env {var}", "unknown setting")
+        out[setting.key] = (value, f"env {var}")
+    return out
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    *,
+    cpu_count: int | None = None,
+) -> Settings:
+    """Merge defaults <- file <- env <- flags into :class:`Settings`.
+
+    ``flags`` maps a setting key (``cache.max_bytes``) to its raw command-line value.
+    """
+    env = os.environ if env is None else env
+    merged: dict[str, tuple[Any, str]] = {s.key: (s.default, "default") for s in SCHEMA}
+    if config_file is not None:
+        merged.update(_read_file(Path(config_file)))
+    merged.update(_read_env(env))
+    for key, raw in (flags or {}).items():
+        setting = BY_KEY.get(key)
+        if setting is None:
+            raise ConfigError(key, "flag", "unknown setting")
+        if raw is not None:
+            merged[key] = (raw, f"flag {setting.flag}")
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for setting in SCHEMA:
+        raw, source = merged[setting.key]
+        values[setting.key] = (
+            raw if source == "default" and (raw is None or setting.kind != "str") else
+            _coerce(setting, raw, source)
+        )
+        sources[setting.key] = source
+
+    # Computed defaults.
+    if values["server.shards"] is None:
+        values["server.shards"] = max(1, cpu_count or os.cpu_count() or 1)
+    data_dir = Path(values["storage.data_dir"]).expanduser()
+    values["storage.data_dir"] = data_dir
+    if values["remote.url"] is None:
+        values["remote.url"] = f"file://{(data_dir / 'bucket').resolve()}"
+    mb, mob = values["cache.max_bytes"], values["cache.max_object_bytes"]
+    if mb is not None and mob is not None and mob > mb:
+        raise ConfigError(
+            "cache.max_object_bytes", sources["cache.max_object_bytes"],
+            f"{mob} is larger than cache.max_bytes ({mb}): such objects could never be cached",
+        )
+
+    sections: dict[str, Any] = {}
+    for section, cls in _SECTION_CLASSES.items():
+        kwargs = {f.name: values[f"{section}.{f.name}"] for f in fields(cls)}
+        sections[section] = cls(**kwargs)
+    return Settings(**sections, sources=sources)
+
+
+def render_example() -> str:
+    """The documented example configuration (``config/cachedaemon.toml``), every setting at its
+    default. A test keeps the checked-in file equal to this."""
+    lines = [
+        "# cachedaemon configuration. Every setting, at its default.",
+        "# Precedence: command-line flag > environment (CACHEDAEMON_<SECTION>_<NAME>) > this file",
+        "# > default. Sizes: 123, 64KiB, 10MiB, 2GiB. Durations: 500ms, 5s, 1m.",
+        "# Pass it with: cachedaemon serve --config config/cachedaemon.toml",
+    ]
+    for section in SECTIONS:
+        lines += ["", f"[{section}]"]
+        for s in (s for s in SCHEMA if s.section == section):
+            lines.append(f"# {s.help}")
+            flags = ", ".join((s.flag, *s.aliases))
+            lines.append(f"# env {s.env}; flag {flags}")
+            if s.default is None:
+                lines.append(f"# {s.name} = ...  (default: {s.default_doc or 'unset'})")
+            else:
+                lines.append(f"{s.name} = {_toml_value(s, s.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(s: Setting, value: Any) -> str:
+    if s.kind == "bool":
+        return "true" if value else "false"
+    if s.kind == "duration":
+        return f'"{format_duration(value)}"'
+    if s.kind == "size":
+        for unit, mult in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+            if value and value % mult == 0:
+                return f'"{value // mult}{unit}"'
+        return str(value)
+    if s.kind in ("int", "float"):
+        return repr(value)
+    return f'"{value}"'
