@@ -1,0 +1,448 @@
+"""The persistence contract (``cachedaemon.lsm.io.persistence``), run over every backend.
+
+Modelled on Redpanda's ``lsm/io/tests/persistence_test.cc``: one suite, parametrised over
+memory, disk, cloud (staging dir) and cloud-cache, the cloud ones against both the moto S3
+server and the local ``file://`` bucket (see ``tests/support/lsm_persistence.py``).
+Per-backend behaviour (temp-file naming, staging cleanup, cache hits) is tested at the bottom.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from cachedaemon.core import failpoints
+from cachedaemon.errors import IOFailure, ShuttingDown
+from cachedaemon.lsm.io.disk import (
+    STAGING_SUFFIX,
+    manifest_name,
+    open_disk_persistence,
+    staging_name,
+)
+from cachedaemon.lsm.io.persistence import FileExists, FileHandle, Persistence
+from tests.support.lsm_persistence import FAULT_APPEND_BYTES, PersistenceBackend
+
+
+async def write_file(p: Persistence, handle: FileHandle, *chunks: bytes) -> None:
+    w = await p.data.open_sequential_writer(handle)
+    for chunk in chunks:
+        await w.append(chunk)
+    await w.close()
+
+
+async def read_all(p: Persistence, handle: FileHandle) -> bytes | None:
+    r = await p.data.open_random_access_reader(handle)
+    if r is None:
+        return None
+    try:
+        return await r.read(0, r.size())
+    finally:
+        await r.close()
+
+
+async def listed(p: Persistence) -> list[FileHandle]:
+    return [h async for h in p.data.list_files()]
+
+
+# -- data files ---------------------------------------------------------------------------
+
+
+async def test_write_then_read_at_random_offsets(persistence_backend: PersistenceBackend) -> None:
+    p = await persistence_backend.open()
+    rng = random.Random(30045)
+    chunks = [rng.randbytes(rng.randint(0, 70_000)) for _ in range(12)]
+    data = b"".join(chunks)
+    handle = FileHandle(7, 3)
+    await write_file(p, handle, *chunks)
+
+    r = await p.data.open_random_access_reader(handle)
+    assert r is not None
+    assert r.size() == len(data)
+    for _ in range(60):
+        offset = rng.randint(0, len(data))
+        n = rng.randint(0, len(data) - offset)
+        assert await r.read(offset, n) == data[offset : offset + n]
+    assert await r.read(0, len(data)) == data
+    assert await r.read(len(data), 0) == b""
+    await r.close()
+
+
+async def test_read_past_end_raises(persistence_backend: PersistenceBackend) -> None:
+    p = await persistence_backend.open()
+    handle = FileHandle(1)
+    await write_file(p, handle, b"0123456789")
+    r = await p.data.open_random_access_reader(handle)
+    assert r is not None
+    assert await r.read(8, 2) == b"89"
+    with pytest.raises(IOFailure):
+        await r.read(8, 3)
+    with pytest.raises(IOFailure):
+        await r.read(11, 0)
+    with pytest.raises(IOFailure):
+        await r.read(-1, 2)
+    # The reader still works after a refused read.
+    assert await r.read(0, 4) == b"0123"
+    await r.close()
+
+
+async def test_empty_file(persistence_backend: PersistenceBackend) -> None:
+    p = await persistence_backend.open()
+    await write_file(p, FileHandle(5))
+    r = await p.data.open_random_access_reader(FileHandle(5))
+    assert r is not None
+    assert r.size() == 0
+    with pytest.raises(IOFailure):
+        await r.read(0, 1)
+    await r.close()
+    assert await listed(p) == [FileHandle(5)]
+
+
+async def test_missing_file_reader_is_none(persistence_backend: PersistenceBackend) -> None:
+    p = await persistence_backend.open()
+    assert await p.data.open_random_access_reader(FileHandle(42, 1)) is None
+    await write_file(p, FileHandle(42, 2), b"other epoch")
+    assert await p.data.open_random_access_reader(FileHandle(42, 1)) is None
+
+
+async def test_list_files(persistence_backend: PersistenceBackend) -> None:
+    p = await persistence_backend.open()
+    assert await listed(p) == []
+    handles = [FileHandle(i, e) for i in (2, 3, 10) for e in (0, 5)]
+    for h in reversed(handles):
+        await write_file(p, h, f"file {h.name}".encode())
+    assert sorted(await listed(p)) == sorted(handles)
+    # A file being written is not listed until its writer closes.
+    w = await p.data.open_sequential_writer(FileHandle(99))
+    await w.append(b"in flight")
+    assert FileHandle(99) not in await listed(p)
+    await w.close()
+    assert FileHandle(99) in await listed(p)
+
+
+async def test_remove_file(persistence_backend: PersistenceBackend) -> None:
+    p = await persistence_backend.open()
+    keep, drop = FileHandle(2), FileHandle(3)
+    await write_file(p, keep, b"keep")
+    await write_file(p, drop, b"drop")
+    await p.data.remove_file(drop)
+    assert await p.data.open_random_access_reader(drop) is None
+    assert await listed(p) == [keep]
+    assert await read_all(p, keep) == b"keep"
+    # Removing a missing file (again, or never written) is a no-op.
+    await p.data.remove_file(drop)
+    await p.data.remove_file(FileHandle(12345, 9))
+    assert await listed(p) == [keep]
+
+
+async def test_reader_survives_removal(persistence_backend: PersistenceBackend) -> None:
+    p = await persistence_backend.open()
+    h = FileHandle(4)
+    await write_file(p, h, b"still readable")
+    r = await p.data.open_random_access_reader(h)
+    assert r is not None
+    await p.data.remove_file(h)
+    assert await r.read(0, 5) == b"still"
+    await r.close()
+    assert await p.data.open_random_access_reader(h) is None
+
+
+async def test_duplicate_handle_fails_and_keeps_original(
+    persistence_backend: PersistenceBackend,
+) -> None:
+    p = await persistence_backend.open()
+    h = FileHandle(8, 1)
+    await write_file(p, h, b"original data")
+    with pytest.raises(FileExists):
+        w = await p.data.open_sequential_writer(h)
+        # Not reached by a correct backend; if it were, the write must still fail.
+        await w.append(b"replacement")
+        await w.close()
+    assert await read_all(p, h) == b"original data"
+    assert await listed(p) == [h]
+
+
+async def test_duplicate_of_open_writer_fails(persistence_backend: PersistenceBackend) -> None:
+    p = await persistence_backend.open()
+    h = FileHandle(9)
+    w = await p.data.open_sequential_writer(h)
+    await w.append(b"first writer")
+    with pytest.raises(FileExists):
+        await p.data.open_sequential_writer(h)
+    await w.close()
+    assert await read_all(p, h) == b"first writer"
+
+
+async def test_no_reader_while_writer_open(persistence_backend: PersistenceBackend) -> None:
+    p = await persistence_backend.open()
+    h = FileHandle(10)
+    w = await p.data.open_sequential_writer(h)
+    await w.append(b"partial")
+    with pytest.raises(IOFailure):
+        await p.data.open_random_access_reader(h)
+    await w.close()
+    assert await read_all(p, h) == b"partial"
+
+
+async def test_failed_append_leaves_nothing(persistence_backend: PersistenceBackend) -> None:
+    p = await persistence_backend.open()
+    h = FileHandle(11, 2)
+    w = await p.data.open_sequential_writer(h)
+    await w.append(b"head")
+    persistence_backend.fail_append(p)
+    with pytest.raises(IOFailure):
+        await w.append(b"x" * FAULT_APPEND_BYTES)
+    with pytest.raises(IOFailure):
+        await w.close()
+    await w.abort()  # idempotent after a failure
+    assert await p.data.open_random_access_reader(h) is None
+    assert await listed(p) == []
+    assert await persistence_backend.leftovers() == []
+    # Nothing left behind: the handle can be written afresh.
+    await write_file(p, h, b"second try")
+    assert await read_all(p, h) == b"second try"
+
+
+async def test_failed_close_leaves_nothing(persistence_backend: PersistenceBackend) -> None:
+    p = await persistence_backend.open()
+    h = FileHandle(12)
+    w = await p.data.open_sequential_writer(h)
+    await w.append(b"doomed")
+    persistence_backend.fail_close(p)
+    with pytest.raises(IOFailure):
+        await w.close()
+    assert await p.data.open_random_access_reader(h) is None
+    assert await listed(p) == []
+    assert await persistence_backend.leftovers() == []
+    await write_file(p, h, b"retried")
+    assert await read_all(p, h) == b"retried"
+
+
+async def test_abort_discards(persistence_backend: PersistenceBackend) -> None:
+    p = await persistence_backend.open()
+    h = FileHandle(13)
+    w = await p.data.open_sequential_writer(h)
+    await w.append(b"never mind")
+    await w.abort()
+    await w.abort()
+    with pytest.raises(IOFailure):
+        await w.close()
+    assert await p.data.open_random_access_reader(h) is None
+    assert await listed(p) == []
+    assert await persistence_backend.leftovers() == []
+    await write_file(p, h, b"again")
+    assert await read_all(p, h) == b"again"
+
+
+async def test_double_close_is_an_error(persistence_backend: PersistenceBackend) -> None:
+    p = await persistence_backend.open()
+    h = FileHandle(14)
+    w = await p.data.open_sequential_writer(h)
+    await w.append(b"once")
+    await w.close()
+    with pytest.raises(IOFailure):
+        await w.close()
+    await w.abort()  # after a successful close, abort is a no-op...
+    assert await read_all(p, h) == b"once"  # ...and does not discard the file
+    r = await p.data.open_random_access_reader(h)
+    assert r is not None
+    await r.close()
+    with pytest.raises(IOFailure):
+        await r.close()
+    with pytest.raises(IOFailure):
+        await r.read(0, 1)
+
+
+async def test_concurrent_writers_of_distinct_handles(
+    persistence_backend: PersistenceBackend,
+) -> None:
+    p = await persistence_backend.open()
+    handles = [FileHandle(i, 4) for i in range(20, 28)]
+
+    async def one(h: FileHandle) -> None:
+        await write_file(p, h, h.name.encode(), b"|", bytes(h.id) * 3)
+
+    await asyncio.gather(*(one(h) for h in handles))
+    assert sorted(await listed(p)) == handles
+    for h in handles:
+        assert await read_all(p, h) == h.name.encode() + b"|" + bytes(h.id) * 3
+
+
+async def test_use_after_close_is_refused(persistence_backend: PersistenceBackend) -> None:
+    p = await persistence_backend.open()
+    await p.data.close()
+    await p.metadata.close()
+    with pytest.raises(ShuttingDown):
+        await p.data.open_sequential_writer(FileHandle(1))
+    with pytest.raises(ShuttingDown):
+        await p.metadata.read_manifest(10)
+
+
+# -- manifests ----------------------------------------------------------------------------
+
+
+async def test_manifest_newest_le_epoch(persistence_backend: PersistenceBackend) -> None:
+    m = (await persistence_backend.open()).metadata
+    assert await m.read_manifest(2**63) is None
+    await m.write_manifest(5, b"five")
+    assert await m.read_manifest(4) is None
+    assert await m.read_manifest(5) == (5, b"five")
+    assert await m.read_manifest(100) == (5, b"five")
+    await m.write_manifest(7, b"seven")
+    assert await m.read_manifest(7) == (7, b"seven")
+    assert await m.read_manifest(2**63) == (7, b"seven")
+    # Writing a newer epoch drops the older manifests.
+    assert await m.read_manifest(6) is None
+    # A stale (lower-epoch) writer never hides the newer manifest.
+    await m.write_manifest(3, b"three")
+    assert await m.read_manifest(100) == (7, b"seven")
+    assert await m.read_manifest(6) == (3, b"three")
+    assert await m.read_manifest(2) is None
+
+
+async def test_manifest_replace_same_epoch(persistence_backend: PersistenceBackend) -> None:
+    m = (await persistence_backend.open()).metadata
+    for i in range(5):
+        await m.write_manifest(9, f"edit {i}".encode() * (i + 1))
+        assert await m.read_manifest(9) == (9, f"edit {i}".encode() * (i + 1))
+    await m.write_manifest(9, b"")
+    assert await m.read_manifest(9) == (9, b"")
+
+
+async def test_manifest_failed_write_keeps_old(persistence_backend: PersistenceBackend) -> None:
+    p = await persistence_backend.open()
+    await p.metadata.write_manifest(4, b"old")
+    persistence_backend.fail_manifest_write(p)
+    with pytest.raises(IOFailure):
+        await p.metadata.write_manifest(6, b"new")
+    assert await p.metadata.read_manifest(100) == (4, b"old")
+    assert await persistence_backend.leftovers() == []
+    await p.metadata.write_manifest(6, b"new")
+    assert await p.metadata.read_manifest(100) == (6, b"new")
+
+
+async def test_manifest_readers_see_whole_versions(
+    persistence_backend: PersistenceBackend,
+) -> None:
+    """Readers racing a stream of replacements only ever see a whole manifest."""
+    m = (await persistence_backend.open()).metadata
+    versions = [bytes([i]) * (1000 + 997 * i) for i in range(12)]
+    await m.write_manifest(1, versions[0])
+    seen: list[bytes] = []
+    done = asyncio.Event()
+
+    async def reader() -> None:
+        while not done.is_set():
+            got = await m.read_manifest(100)
+            assert got is not None
+            seen.append(got[1])
+            await asyncio.sleep(0)
+
+    async def writer() -> None:
+        for i, v in enumerate(versions[1:], start=1):
+            await m.write_manifest(1 + i // 3, v)
+            await asyncio.sleep(0.001)  # let the readers in, even on the memory backend
+        done.set()
+
+    await asyncio.gather(writer(), reader(), reader())
+    assert seen
+    assert all(s in versions for s in seen)
+    assert await m.read_manifest(100) == (1 + 11 // 3, versions[-1])
+
+
+async def test_reopen_sees_same_state(persistence_backend: PersistenceBackend) -> None:
+    p = await persistence_backend.open()
+    files = {FileHandle(i, 2): os.urandom(1000 + i) for i in range(2, 6)}
+    for h, data in files.items():
+        await write_file(p, h, data)
+    await p.data.remove_file(FileHandle(3, 2))
+    del files[FileHandle(3, 2)]
+    await p.metadata.write_manifest(2, b"manifest at epoch 2")
+    await p.data.close()
+    await p.metadata.close()
+
+    q = await persistence_backend.open()
+    assert sorted(await listed(q)) == sorted(files)
+    for h, data in files.items():
+        assert await read_all(q, h) == data
+    assert await q.metadata.read_manifest(2) == (2, b"manifest at epoch 2")
+    with pytest.raises(FileExists):
+        await q.data.open_sequential_writer(FileHandle(2, 2))
+
+
+# -- disk only ----------------------------------------------------------------------------
+
+
+async def test_disk_removes_stale_staging_files_by_full_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "db"
+    directory.mkdir()
+    stale = [
+        directory / f".{manifest_name(3)}.deadbeef{STAGING_SUFFIX}",
+        directory / f".{manifest_name(4)}.cafe{STAGING_SUFFIX}",
+    ]
+    for path in stale:
+        path.write_bytes(b"half a manifest")
+    (directory / manifest_name(2)).write_bytes(b"good")
+    sst = directory / FileHandle(2).name
+    sst.write_bytes(b"sst")
+    # A file with the same bare name in the working directory must survive: Redpanda's
+    # cleanup unlinked the bare name, relative to the process's working directory.
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    decoy = elsewhere / stale[0].name
+    decoy.write_bytes(b"not ours")
+    monkeypatch.chdir(elsewhere)
+
+    p = await open_disk_persistence(directory)
+    assert not any(path.exists() for path in stale)
+    assert decoy.exists()
+    assert sst.exists()
+    assert await p.metadata.read_manifest(10) == (2, b"good")
+    assert [h async for h in p.data.list_files()] == [FileHandle(2)]
+
+
+async def test_disk_manifest_staging_names_are_unique(tmp_path: Path) -> None:
+    names = {staging_name(manifest_name(5)) for _ in range(100)}
+    assert len(names) == 100
+    assert all(n.startswith(f".{manifest_name(5)}.") and n.endswith(STAGING_SUFFIX) for n in names)
+
+    # Two writes of the same epoch in flight at once each stage to their own file.
+    directory = tmp_path / "db"
+    p = await open_disk_persistence(directory)
+    failpoints.arm("lsm.disk.manifest.before_rename", "delay:0.3")
+    writes = asyncio.gather(
+        p.metadata.write_manifest(5, b"a" * 100), p.metadata.write_manifest(5, b"b" * 100)
+    )
+    await asyncio.sleep(0.15)
+    staging = [n for n in os.listdir(directory) if n.endswith(STAGING_SUFFIX)]
+    assert len(staging) == 2
+    await writes
+    assert sorted(os.listdir(directory)) == [manifest_name(5)]
+    got = await p.metadata.read_manifest(5)
+    assert got in ((5, b"a" * 100), (5, b"b" * 100))
+
+
+async def test_disk_manifest_write_deletes_older_files(tmp_path: Path) -> None:
+    directory = tmp_path / "db"
+    p = await open_disk_persistence(directory)
+    for epoch in (1, 2, 8):
+        await p.metadata.write_manifest(epoch, f"e{epoch}".encode())
+    await p.metadata.write_manifest(4, b"stale writer")
+    assert sorted(os.listdir(directory)) == [manifest_name(4), manifest_name(8)]
+    assert await p.metadata.read_manifest(100) == (8, b"e8")
+
+
+async def test_disk_sst_is_created_exclusively(tmp_path: Path) -> None:
+    directory = tmp_path / "db"
+    p = await open_disk_persistence(directory)
+    # A file that exists on disk but that this process never wrote (a crash leftover, another
+    # process) is not clobbered either.
+    (directory / FileHandle(6, 1).name).write_bytes(b"someone else's")
+    with pytest.raises(FileExists):
+        await p.data.open_sequential_writer(FileHandle(6, 1))
+    assert (directory / FileHandle(6, 1).name).read_bytes() == b"someone else's"
