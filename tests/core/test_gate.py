@@ -53,8 +53,7 @@ async def test_long_holder_can_check_for_closing() -> None:
 
 async def test_holder_released_on_exception() -> None:
     gate = Gate("g")
-    with pytest.raises(ValueError):
-        with gate.hold():
-            raise ValueError("boom")
+    with pytest.raises(ValueError), gate.hold():
+        raise ValueError("boom")
     assert gate.count == 0
     await asyncio.wait_for(gate.close(), 1)
