@@ -131,6 +131,11 @@ class Unavailable(CacheDaemonError):
     http_status = 503
 
 
+class DaemonUnreachable(Unavailable):
+    """The client could not reach the daemon (connection refused, reset or lost). Raised by
+    :mod:`cachedaemon.client`, never by the daemon."""
+
+
 class DeadlineExceeded(Unavailable):
     """A wait ran out of time before what it waited for happened."""
 
