@@ -1,0 +1,180 @@
+"""``FaultInjectingObjectStore``: makes chosen calls of an inner store fail or stall (tests).
+
+Rules are added with :meth:`fail` and :meth:`delay`. A rule targets one operation (``get``,
+``put``, ``head``, ``delete``, ``delete_many``, ``list``) or all (``op=None``) and fires either on
+the ``nth`` call of that operation (1-based, counted by this wrapper), or on a ``fraction`` of
+calls drawn from a seeded RNG (deterministic for a given seed and call order), at most ``times``
+times. A failure is raised ``before`` the inner call (the request never reached the bucket) or
+``after`` it (the bucket did the work and the answer was lost: the case that makes retried
+conditional puts interesting). Delays sleep on the injected clock.
+
+Used from one loop (the test's, or one shard's); not thread-safe.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from cachedaemon.clock import SYSTEM_CLOCK, Clock
+from cachedaemon.errors import TransientUpstreamError
+from cachedaemon.remote.base import (
+    Body,
+    ByteRange,
+    GetResult,
+    ListPage,
+    ObjectInfo,
+    ObjectStore,
+    ObjectStoreBase,
+)
+
+T = TypeVar("T")
+
+ExceptionFactory = Callable[[], BaseException]
+
+
+@dataclass
+class FaultRule:
+    op: str | None
+    kind: Literal["fail", "delay"]
+    fraction: float = 1.0
+    nth: int | None = None
+    times: int | None = None
+    exception: ExceptionFactory | None = None
+    delay_s: float = 0.0
+    when: Literal["before", "after"] = "before"
+    fired: int = 0
+
+    def matches(self, op: str, count: int, rng: random.Random) -> bool:
+        if self.op is not None and self.op != op:
+            return False
+        if self.times is not None and self.fired >= self.times:
+            return False
+        if self.nth is not None:
+            return count == self.nth
+        return self.fraction >= 1.0 or rng.random() < self.fraction
+
+
+def _default_exception() -> BaseException:
+    return TransientUpstreamError("injected fault")
+
+
+class FaultInjectingObjectStore(ObjectStoreBase):
+    """Wraps ``inner``; the armed rules decide which calls fail or stall."""
+
+    def __init__(self, inner: ObjectStore, *, seed: int = 0, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.rng = random.Random(seed)
+        self.clock = clock
+        self.rules: list[FaultRule] = []
+        #: Calls seen per operation (including failed ones).
+        self.calls: Counter[str] = Counter()
+        #: Faults raised per operation.
+        self.injected: Counter[str] = Counter()
+
+    def fail(
+        self,
+        op: str | None = None,
+        *,
+        fraction: float = 1.0,
+        nth: int | None = None,
+        times: int | None = None,
+        exception: ExceptionFactory | BaseException | type[BaseException] | None = None,
+        when: Literal["before", "after"] = "before",
+    ) -> FaultRule:
+        """Fail matching calls with ``exception`` (default :class:`TransientUpstreamError`)."""
+        rule = FaultRule(op, "fail", fraction, nth, times, _factory(exception), when=when)
+        self.rules.append(rule)
+        return rule
+
+    def delay(
+        self,
+        op: str | None = None,
+        *,
+        seconds: float,
+        fraction: float = 1.0,
+        nth: int | None = None,
+        times: int | None = None,
+    ) -> FaultRule:
+        """Sleep ``seconds`` before matching calls."""
+        rule = FaultRule(op, "delay", fraction, nth, times, delay_s=seconds)
+        self.rules.append(rule)
+        return rule
+
+    def clear(self) -> None:
+        self.rules.clear()
+
+    async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+        self.calls[op] += 1
+        count = self.calls[op]
+        fail_after: FaultRule | None = None
+        for rule in self.rules:
+            if not rule.matches(op, count, self.rng):
+                continue
+            rule.fired += 1
+            if rule.kind == "delay":
+                await self.clock.sleep(rule.delay_s)
+            elif rule.when == "after":
+                fail_after = rule
+            else:
+                self.injected[op] += 1
+                assert rule.exception is not None
+                raise rule.exception()
+        result = await fn()
+        if fail_after is not None:
+            self.injected[op] += 1
+            assert fail_after.exception is not None
+            raise fail_after.exception()
+        return result
+
+    async def get(self, key: str, *, byte_range: ByteRange | None = None) -> GetResult | None:
+        return await self._call("get", lambda: self.inner.get(key, byte_range=byte_range))
+
+    async def put(
+        self,
+        key: str,
+        body: Body,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+    ) -> ObjectInfo:
+        return await self._call(
+            "put",
+            lambda: self.inner.put(key, body, if_none_match=if_none_match, if_match=if_match),
+        )
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        return await self._call("head", lambda: self.inner.head(key))
+
+    async def delete(self, key: str) -> None:
+        await self._call("delete", lambda: self.inner.delete(key))
+
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        batch = list(keys)
+        await self._call("delete_many", lambda: self.inner.delete_many(batch))
+
+    async def list(
+        self, prefix: str = "", start_after: str | None = None, limit: int = 1000
+    ) -> ListPage:
+        return await self._call("list", lambda: self.inner.list(prefix, start_after, limit))
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def _factory(
+    exception: ExceptionFactory | BaseException | type[BaseException] | None,
+) -> ExceptionFactory:
+    if exception is None:
+        return _default_exception
+    if isinstance(exception, BaseException):
+        instance = exception
+        return lambda: instance
+    if isinstance(exception, type):
+        cls = exception
+        return lambda: cls("injected fault")
+    return exception

@@ -1,0 +1,677 @@
+"""``LocalObjectStore``: a local directory that behaves like a bucket (``file:///path`` URLs).
+
+The embedded default remote: ``cachedaemon serve`` with no configuration keeps its "bucket" in
+``<data-dir>/bucket``. Each object's bytes are one plain file under the root.
+
+On-disk layout
+--------------
+- An object ``k`` with segments ``s1/s2/.../sn`` lives at ``<root>/e(s1)/.../e(sn)`` — so for
+  ordinary keys the file is exactly ``<root>/<key>``. ``e`` escapes only the segments that could
+  collide with our reserved names: a segment starting with ``.cachedaemon-`` is stored as
+  ``.cachedaemon-x`` + segment. Every other name beginning with ``.cachedaemon-`` is ours.
+- ``a`` and ``a/b`` can both exist (as in S3) although a path cannot be a file and a directory at
+  once: when a directory is needed where an object file ``<root>/a`` sits, the file is moved to
+  ``<root>/a/.cachedaemon-obj`` and ``<root>/a`` becomes a directory. The move is atomic: the
+  directory is prepared aside with a hard link to the object, then swapped in with
+  ``renameat2(RENAME_EXCHANGE)``, so a concurrent reader or a crash sees either the file or the
+  directory holding it, never neither. (Where the kernel or filesystem lacks the exchange, a
+  plain unlink + rename is used and a crash inside that window can lose the moved object; said
+  here so nobody is surprised.) Once converted, the object stays in the directory form; every
+  object is still a plain regular file under the root. Empty directories are pruned on delete.
+- ``<root>/.cachedaemon-tmp/``: in-flight uploads. A put writes a temp file there (computing
+  the md5 as the bytes pass), fsyncs it and moves it into place. Leftovers older than an hour
+  are deleted when a store opens the root.
+- ``<root>/.cachedaemon-meta/<h[:2]>/<h>`` with ``h = sha256(key)``: a sidecar JSON
+  ``{"etag", "size", "ino", "mtime_ns"}``. Sidecar names are hashes, so they can never collide
+  with keys. The sidecar is trusted only while its ``ino``/``size``/``mtime_ns`` match the data
+  file; otherwise (crash between the two renames, a file edited by hand) the etag is recomputed
+  from the bytes and the sidecar rewritten. Etags are md5 hex, as S3 gives for single-part puts.
+
+Synchronisation
+---------------
+All mutations of one root (the final move of a put, deletes, directory conversion and pruning)
+run under one ``threading.Lock`` per root path, shared by every store instance, task, thread and
+shard of the process. Create-only puts additionally use ``os.link`` (which fails with EEXIST), so
+put-if-absent is race-free even against another process; put-if-match is atomic within the
+process only. Reads and listings take no lock: every state they can observe is consistent.
+
+Blocking work runs in a thread, one hop per operation: a put of bytes or a file, a head, a delete
+and a list are one hop each; a get opens, stats and reads its first window (4 MiB) in one hop,
+and larger objects read each further 4 MiB window in a hop; a streamed put writes in 4 MiB
+batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import pathlib
+import stat
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from cachedaemon.errors import InvalidKey, PreconditionFailed, UpstreamError
+from cachedaemon.remote.base import (
+    Body,
+    ByteRange,
+    GetResult,
+    ListPage,
+    ObjectInfo,
+    ObjectStoreBase,
+    check_key,
+    check_list_args,
+    resolve_range,
+)
+
+RESERVED_PREFIX = ".cachedaemon-"
+ESCAPE_PREFIX = ".cachedaemon-x"
+OBJECT_IN_DIR = ".cachedaemon-obj"
+TMP_DIR = ".cachedaemon-tmp"
+META_DIR = ".cachedaemon-meta"
+
+READ_WINDOW = 4 * 1024 * 1024
+WRITE_BATCH = 4 * 1024 * 1024
+COPY_CHUNK = 1024 * 1024
+STALE_TMP_S = 3600.0
+
+T = TypeVar("T")
+
+_ROOT_LOCKS: dict[str, threading.Lock] = {}
+_ROOT_LOCKS_GUARD = threading.Lock()
+
+
+def _root_lock(root: str) -> threading.Lock:
+    with _ROOT_LOCKS_GUARD:
+        lock = _ROOT_LOCKS.get(root)
+        if lock is None:
+            lock = _ROOT_LOCKS[root] = threading.Lock()
+        return lock
+
+
+# --- atomic exchange (Linux renameat2) -------------------------------------------------------
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _renameat2 = getattr(_libc, "renameat2", None)
+except OSError:  # pragma: no cover - no libc (not Linux)
+    _renameat2 = None
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swap two paths. False if the platform cannot; OSError on real failures."""
+    if _renameat2 is None:
+        return False
+    rc = _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), a)
+
+
+# --- names -----------------------------------------------------------------------------------
+
+
+def escape_segment(segment: str) -> str:
+    """The on-disk name of a key segment (see the module docstring)."""
+    if segment.startswith(RESERVED_PREFIX):
+        return ESCAPE_PREFIX + segment
+    return segment
+
+
+def unescape_name(name: str) -> str | None:
+    """The key segment an on-disk name stands for, or None for one of our own files."""
+    if name.startswith(RESERVED_PREFIX):
+        if name.startswith(ESCAPE_PREFIX + RESERVED_PREFIX):
+            return name[len(ESCAPE_PREFIX) :]
+        return None
+    return name
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Meta:
+    etag: str
+    size: int
+    ino: int
+    mtime_ns: int
+
+
+class _TempFile:
+    """A temp file in ``<root>/.cachedaemon-tmp`` with a running md5. Thread-side only."""
+
+    def __init__(self, tmp_dir: str) -> None:
+        self.path = os.path.join(tmp_dir, f"{uuid.uuid4().hex}.tmp")
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self.md5 = hashlib.md5()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        self.md5.update(view)
+        self.size += view.nbytes
+        while view.nbytes:
+            written = os.write(self.fd, view)
+            view = view[written:]
+
+    def finish(self) -> os.stat_result:
+        """fsync and close; returns the file's stat (inode and mtime survive the move)."""
+        os.fsync(self.fd)
+        st = os.fstat(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+        return st
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        _unlink_quiet(self.path)
+
+
+class LocalObjectStore(ObjectStoreBase):
+    """A bucket in a local directory. ``url`` is ``file://<root>``; the root is created if missing.
+
+    Safe to use from several shards at once (each with its own instance or sharing one).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.url = f"file://{self.root}"
+        self._tmp_dir = os.path.join(self.root, TMP_DIR)
+        self._meta_dir = os.path.join(self.root, META_DIR)
+        try:
+            os.makedirs(self._tmp_dir, exist_ok=True)
+            os.makedirs(self._meta_dir, exist_ok=True)
+        except OSError as exc:
+            raise UpstreamError(f"cannot create bucket directory {self.root}: {exc}") from exc
+        self._lock = _root_lock(os.path.realpath(self.root))
+        self._remove_stale_temps()
+
+    # --- paths (thread-side) -----------------------------------------------------------------
+
+    def _data_path(self, key: str) -> str:
+        return os.path.join(self.root, *(escape_segment(s) for s in key.split("/")))
+
+    def _meta_path(self, key: str) -> str:
+        h = hashlib.sha256(key.encode("utf-8")).hexdigest()
+        return os.path.join(self._meta_dir, h[:2], h)
+
+    def _remove_stale_temps(self) -> None:
+        cutoff = time.time() - STALE_TMP_S
+        try:
+            with os.scandir(self._tmp_dir) as it:
+                for entry in it:
+                    try:
+                        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                            if entry.is_dir(follow_symlinks=False):
+                                for name in os.listdir(entry.path):
+                                    _unlink_quiet(os.path.join(entry.path, name))
+                                os.rmdir(entry.path)
+                            else:
+                                os.unlink(entry.path)
+                    except OSError:
+                        continue
+        except OSError:
+            return
+
+    def _open_object(self, key: str) -> int | None:
+        """An fd for the object's bytes, or None if it does not exist."""
+        path = self._data_path(key)
+        flags = os.O_RDONLY | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags | os.O_NOFOLLOW)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise InvalidKey(f"invalid key {key!r}: a segment is too long") from exc
+            if exc.errno != errno.ELOOP:
+                raise
+            return None
+        st = os.fstat(fd)
+        if not _is_dir(st.st_mode):
+            return fd
+        os.close(fd)
+        try:
+            return os.open(os.path.join(path, OBJECT_IN_DIR), flags | os.O_NOFOLLOW)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _read_meta(self, key: str, st: os.stat_result) -> _Meta | None:
+        try:
+            with open(self._meta_path(key), "rb") as f:
+                raw = json.loads(f.read())
+            meta = _Meta(str(raw["etag"]), int(raw["size"]), int(raw["ino"]), int(raw["mtime_ns"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if (meta.ino, meta.size, meta.mtime_ns) != (st.st_ino, st.st_size, st.st_mtime_ns):
+            return None
+        return meta
+
+    def _write_meta(self, key: str, etag: str, st: os.stat_result) -> None:
+        path = self._meta_path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = os.path.join(self._tmp_dir, f"{uuid.uuid4().hex}.meta")
+        body = {"etag": etag, "size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns}
+        with open(tmp, "w") as f:
+            f.write(json.dumps(body))
+        os.replace(tmp, path)
+
+    def _info_from_fd(self, key: str, fd: int) -> ObjectInfo:
+        st = os.fstat(fd)
+        meta = self._read_meta(key, st)
+        if meta is not None:
+            etag = meta.etag
+        else:
+            md5 = hashlib.md5()
+            offset = 0
+            while chunk := os.pread(fd, COPY_CHUNK, offset):
+                md5.update(chunk)
+                offset += len(chunk)
+            etag = md5.hexdigest()
+            try:
+                self._write_meta(key, etag, st)
+            except OSError:
+                pass  # the sidecar is a cache of the etag; recomputed next time
+        return ObjectInfo(key, st.st_size, etag, st.st_mtime)
+
+    # --- get -----------------------------------------------------------------------------------
+
+    def _open_for_get(
+        self, key: str, byte_range: ByteRange | None
+    ) -> tuple[int, ObjectInfo, ByteRange | None, bytes] | None:
+        fd = self._open_object(key)
+        if fd is None:
+            return None
+        try:
+            info = self._info_from_fd(key, fd)
+            served = resolve_range(byte_range, info.size)
+            start = 0 if served is None else served[0]
+            end = info.size if served is None else served[1] + 1
+            first = os.pread(fd, min(READ_WINDOW, end - start), start) if end > start else b""
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, info, served, first
+
+    async def get(self, key: str, *, byte_range: ByteRange | None = None) -> GetResult | None:
+        check_key(key)
+        try:
+            opened = await _in_thread(self._open_for_get, key, byte_range, drop=_close_opened)
+        except OSError as exc:
+            raise UpstreamError(f"local bucket get {key!r}: {exc}") from exc
+        if opened is None:
+            return None
+        fd, info, served, first = opened
+        start = 0 if served is None else served[0]
+        end = info.size if served is None else served[1] + 1
+        closed = False
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield first
+            offset = start + len(first)
+            while offset < end and not closed:
+                try:
+                    data = await _in_thread(os.pread, fd, min(READ_WINDOW, end - offset), offset)
+                except OSError as exc:
+                    raise UpstreamError(f"local bucket read {key!r}: {exc}") from exc
+                if not data:
+                    raise UpstreamError(f"local bucket read {key!r}: object shrank while read")
+                offset += len(data)
+                yield data
+
+        async def close() -> None:
+            nonlocal closed
+            closed = True
+            os.close(fd)
+
+        return GetResult(info, end - start, served, chunks(), close)
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        check_key(key)
+        try:
+            return await _in_thread(self._head, key)
+        except OSError as exc:
+            raise UpstreamError(f"local bucket head {key!r}: {exc}") from exc
+
+    def _head(self, key: str) -> ObjectInfo | None:
+        fd = self._open_object(key)
+        if fd is None:
+            return None
+        try:
+            return self._info_from_fd(key, fd)
+        finally:
+            os.close(fd)
+
+    # --- put -----------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        key: str,
+        body: Body,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+    ) -> ObjectInfo:
+        check_key(key)
+        if_match = None if if_match is None else if_match.strip('"')
+        try:
+            if isinstance(body, bytes | bytearray | memoryview | pathlib.Path):
+                return await _in_thread(self._put_whole, key, body, if_none_match, if_match)
+            return await self._put_stream(key, body, if_none_match, if_match)
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise InvalidKey(f"invalid key {key!r}: a segment is too long") from exc
+            raise UpstreamError(f"local bucket put {key!r}: {exc}") from exc
+
+    def _put_whole(
+        self,
+        key: str,
+        body: bytes | bytearray | memoryview | pathlib.Path,
+        if_none_match: bool,
+        if_match: str | None,
+    ) -> ObjectInfo:
+        tmp = _TempFile(self._tmp_dir)
+        try:
+            if isinstance(body, pathlib.Path):
+                with open(body, "rb") as src:
+                    while chunk := src.read(COPY_CHUNK):
+                        tmp.write(chunk)
+            else:
+                tmp.write(body)
+            return self._commit(key, tmp, if_none_match, if_match)
+        finally:
+            tmp.discard()
+
+    async def _put_stream(
+        self, key: str, body: AsyncIterable[bytes], if_none_match: bool, if_match: str | None
+    ) -> ObjectInfo:
+        tmp = await _in_thread(_TempFile, self._tmp_dir, drop=_TempFile.discard)
+        try:
+            batch: list[bytes] = []
+            batched = 0
+            async for chunk in body:
+                batch.append(bytes(chunk))
+                batched += len(chunk)
+                if batched >= WRITE_BATCH:
+                    await _in_thread(_write_all, tmp, batch)
+                    batch, batched = [], 0
+            return await _in_thread(
+                self._write_and_commit, key, tmp, batch, if_none_match, if_match
+            )
+        finally:
+            # Synchronous on purpose: it must run even when the task is being cancelled.
+            tmp.discard()
+
+    def _write_and_commit(
+        self,
+        key: str,
+        tmp: _TempFile,
+        batch: list[bytes],
+        if_none_match: bool,
+        if_match: str | None,
+    ) -> ObjectInfo:
+        _write_all(tmp, batch)
+        return self._commit(key, tmp, if_none_match, if_match)
+
+    def _commit(
+        self, key: str, tmp: _TempFile, if_none_match: bool, if_match: str | None
+    ) -> ObjectInfo:
+        """Move a finished temp file into place, honouring the condition. Thread-side."""
+        etag = tmp.md5.hexdigest()
+        st = tmp.finish()
+        with self._lock:
+            target = self._prepare_target(key)
+            if if_match is not None:
+                fd = self._open_object(key)
+                if fd is None:
+                    raise PreconditionFailed(f"put-if-match of {key!r}: no such object")
+                try:
+                    current = self._info_from_fd(key, fd)
+                finally:
+                    os.close(fd)
+                if current.etag != if_match:
+                    raise PreconditionFailed(f"put-if-match of {key!r}: etag differs")
+            if if_none_match:
+                if os.path.lexists(target):
+                    raise PreconditionFailed(f"put-if-absent of {key!r}: the object exists")
+                self._write_meta(key, etag, st)
+                try:
+                    # link, not rename: EEXIST makes create-only atomic even across processes.
+                    os.link(tmp.path, target)
+                except FileExistsError as exc:
+                    _unlink_quiet(self._meta_path(key))  # the winner's etag is recomputed
+                    raise PreconditionFailed(
+                        f"put-if-absent of {key!r}: the object exists"
+                    ) from exc
+            else:
+                self._write_meta(key, etag, st)
+                os.replace(tmp.path, target)
+            _fsync_dir(os.path.dirname(target))
+        return ObjectInfo(key, st.st_size, etag, st.st_mtime)
+
+    def _prepare_target(self, key: str) -> str:
+        """The path the object's file must take, creating/converting parent dirs. Under lock."""
+        segments = [escape_segment(s) for s in key.split("/")]
+        path = self.root
+        for segment in segments[:-1]:
+            path = os.path.join(path, segment)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                os.mkdir(path)
+                continue
+            if not _is_dir(st.st_mode):
+                self._convert_to_dir(path)
+        leaf = os.path.join(path, segments[-1])
+        try:
+            st = os.lstat(leaf)
+        except FileNotFoundError:
+            return leaf
+        if _is_dir(st.st_mode):
+            return os.path.join(leaf, OBJECT_IN_DIR)
+        return leaf
+
+    def _convert_to_dir(self, path: str) -> None:
+        """Turn the object file at ``path`` into a directory holding it. Under lock."""
+        staging = os.path.join(self._tmp_dir, f"{uuid.uuid4().hex}.dir")
+        os.mkdir(staging)
+        os.link(path, os.path.join(staging, OBJECT_IN_DIR))
+        _fsync_dir(staging)
+        if _exchange(staging, path):
+            # ``staging`` is now the old file (a second link to the object): drop it.
+            os.unlink(staging)
+        else:
+            os.unlink(path)
+            os.rename(staging, path)
+        _fsync_dir(os.path.dirname(path))
+
+    # --- delete ----------------------------------------------------------------------------
+
+    async def delete(self, key: str) -> None:
+        check_key(key)
+        try:
+            await _in_thread(self._delete_keys, [key])
+        except OSError as exc:
+            raise UpstreamError(f"local bucket delete {key!r}: {exc}") from exc
+
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        batch = [check_key(k) for k in keys]
+        if not batch:
+            return
+        try:
+            await _in_thread(self._delete_keys, batch)
+        except OSError as exc:
+            raise UpstreamError(f"local bucket delete of {len(batch)} keys: {exc}") from exc
+
+    def _delete_keys(self, keys: list[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._delete_one(key)
+
+    def _delete_one(self, key: str) -> None:
+        path = self._data_path(key)
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                return
+            raise
+        if _is_dir(st.st_mode):
+            try:
+                os.unlink(os.path.join(path, OBJECT_IN_DIR))
+            except FileNotFoundError:
+                return
+            prune_from = path
+        else:
+            os.unlink(path)
+            prune_from = os.path.dirname(path)
+        _unlink_quiet(self._meta_path(key))
+        # Remove directories left empty, up to (not including) the root.
+        while prune_from != self.root and prune_from.startswith(self.root + os.sep):
+            try:
+                os.rmdir(prune_from)
+            except OSError:
+                break
+            prune_from = os.path.dirname(prune_from)
+
+    # --- list --------------------------------------------------------------------------------
+
+    async def list(
+        self, prefix: str = "", start_after: str | None = None, limit: int = 1000
+    ) -> ListPage:
+        check_list_args(prefix, limit)
+        try:
+            return await _in_thread(self._list, prefix, start_after, limit)
+        except OSError as exc:
+            raise UpstreamError(f"local bucket list {prefix!r}: {exc}") from exc
+
+    def _list(self, prefix: str, start_after: str | None, limit: int) -> ListPage:
+        objects: list[ObjectInfo] = []
+        for key, path in self._walk(self.root, "", prefix, start_after or ""):
+            info = self._info_at(key, path)
+            if info is None:
+                continue  # deleted while we walked
+            objects.append(info)
+            if len(objects) > limit:
+                return ListPage(objects[:limit], objects[limit - 1].key)
+        return ListPage(objects, None)
+
+    def _info_at(self, key: str, path: str) -> ObjectInfo | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        try:
+            if _is_dir(os.fstat(fd).st_mode):
+                return None
+            return self._info_from_fd(key, fd)
+        finally:
+            os.close(fd)
+
+    def _walk(
+        self, dir_path: str, key_prefix: str, prefix: str, start_after: str
+    ) -> Iterator[tuple[str, str]]:
+        """(key, file path) of the objects under ``dir_path`` in key order, pruned to the range.
+
+        A directory ``d`` contributes its own object (``d/.cachedaemon-obj``, key ``d``) and a
+        subtree of keys starting with ``d/``; the two sort apart (``d`` < ``d-x`` < ``d/y``),
+        so they are separate items of the parent's listing.
+        """
+        items: list[tuple[str, bool, str]] = []  # (sort key, is subtree, path)
+        try:
+            entries = list(os.scandir(dir_path))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            segment = unescape_name(entry.name)
+            if segment is None:
+                continue
+            key = key_prefix + segment
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if is_dir:
+                sub = key + "/"
+                if (sub.startswith(prefix) or prefix.startswith(sub)) and not (
+                    sub < start_after and not start_after.startswith(sub)
+                ):
+                    items.append((sub, True, entry.path))
+                if key.startswith(prefix) and key > start_after:
+                    own = os.path.join(entry.path, OBJECT_IN_DIR)
+                    if os.path.lexists(own):
+                        items.append((key, False, own))
+            elif (
+                entry.is_file(follow_symlinks=False)
+                and key.startswith(prefix)
+                and key > start_after
+            ):
+                items.append((key, False, entry.path))
+        items.sort()
+        for sort_key, is_subtree, path in items:
+            if is_subtree:
+                yield from self._walk(path, sort_key, prefix, start_after)
+            else:
+                yield sort_key, path
+
+
+def _is_dir(mode: int) -> bool:
+    return stat.S_ISDIR(mode)
+
+
+async def _in_thread(
+    fn: Callable[..., T], *args: Any, drop: Callable[[T], None] | None = None
+) -> T:
+    """Run ``fn`` in a thread; if cancelled, wait for the thread before re-raising.
+
+    A thread cannot be stopped, so cleanup that follows a cancellation (closing the fd,
+    unlinking the temp file) must not race the job still running on it. ``drop`` releases
+    a result nobody will receive (an opened fd).
+    """
+    job = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        await asyncio.wait({job})
+        if drop is not None and not job.cancelled() and job.exception() is None:
+            drop(job.result())
+        raise
+
+
+def _close_opened(opened: tuple[int, ObjectInfo, ByteRange | None, bytes] | None) -> None:
+    if opened is not None:
+        os.close(opened[0])
+
+
+def _write_all(tmp: _TempFile, batch: list[bytes]) -> None:
+    for chunk in batch:
+        tmp.write(chunk)

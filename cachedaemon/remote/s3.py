@@ -1,0 +1,694 @@
+"""``S3ObjectStore``: the bucket over the S3 API (AWS, MinIO, Ceph RGW, moto), on aiobotocore.
+
+The only module of cachedaemon that imports botocore. Library exceptions are translated here
+and nowhere else (:func:`translate_error`): ``NoSuchKey``/404 become ``None`` (or
+:class:`NotFound`), 412 / ``PreconditionFailed`` / ``ConditionalRequestConflict`` become
+:class:`PreconditionFailed`, throttling, 5xx, connection errors and timeouts become
+:class:`TransientUpstreamError`, everything else :class:`UpstreamError`. botocore's own retries
+are off: the retry policy lives in :mod:`cachedaemon.remote.retrying`, bounded by deadlines.
+
+Ownership: one instance per shard. It holds one long-lived client (one aiohttp session and
+connection pool), created on first use and bound to that shard's loop; ``close()`` releases it.
+Nothing is shared across loops and nothing needs a lock beyond the first-use guard.
+
+Tuning (the benchmark ``bench/remote.py`` holds us to a bare aiobotocore client): a pool of
+``max_pool_connections`` (default 64) connections; bodies are streamed with ``iter_chunks`` in
+large chunks (1 MiB); no payload signing (``UNSIGNED-PAYLOAD``) and checksums only where the
+API requires them (``request_checksum_calculation`` / ``response_checksum_validation`` =
+``when_required``), so a put never hashes its body twice.
+
+Multipart
+---------
+A body larger than ``multipart_threshold`` (16 MiB) is uploaded in parts of ``part_size``
+(8 MiB), ``multipart_concurrency`` (4) parts in flight, so memory stays bounded at
+``part_size * (concurrency + 1)`` for streamed bodies. Any failure — an error from a part, the
+body's iterator raising, or cancellation of the caller — aborts the upload (shielded from the
+cancellation) so no dangling multipart upload keeps storage. A streamed body is buffered up to the
+threshold first: if it ends there, one ``PutObject`` is sent.
+
+Conditional puts
+----------------
+``if_none_match`` sends ``If-None-Match: *`` and ``if_match`` sends ``If-Match: <etag>`` on
+``PutObject`` and on ``CompleteMultipartUpload``; AWS S3 evaluates both atomically at the
+moment the object is committed, so concurrent writers get exactly one winner. A 404 for
+``If-Match`` (no such object) is reported as :class:`PreconditionFailed` too.
+
+moto 5.2.5 (our test server) honours both headers on ``PutObject`` and ``If-None-Match`` on
+``CompleteMultipartUpload``, but ignores ``If-Match`` on ``CompleteMultipartUpload``. So for a
+multipart put-if-match we also ``HEAD`` the object right before completing and fail if its etag
+moved; against a server that ignores the header, a writer that replaces the object between that
+``HEAD`` and our ``Complete`` can still be overwritten (a window of one round trip). Every
+conditional put also checks the condition with a ``HEAD`` before uploading a multipart body, so
+a loser does not upload 16+ MiB for nothing. Conditional puts of single-part bodies carry no such
+limit. moto also evaluates its conditions and stores the object in separate steps of a threaded
+server; see ``tests/remote`` for what the race test shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import os
+import pathlib
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+
+from cachedaemon.errors import (
+    CacheDaemonError,
+    InvalidRange,
+    NotFound,
+    PreconditionFailed,
+    TransientUpstreamError,
+    UpstreamError,
+)
+from cachedaemon.remote.base import (
+    Body,
+    ByteRange,
+    GetResult,
+    ListPage,
+    ObjectInfo,
+    ObjectStoreBase,
+    body_size,
+    check_key,
+    check_list_args,
+)
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3.client import S3Client
+
+T = TypeVar("T")
+
+MiB = 1024 * 1024
+DEFAULT_MULTIPART_THRESHOLD = 16 * MiB
+DEFAULT_PART_SIZE = 8 * MiB
+MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
+DEFAULT_READ_CHUNK = 1 * MiB
+DELETE_BATCH = 1000
+
+_THROTTLE_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+    }
+)
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_PRECONDITION_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
+_TRANSIENT_LIBRARY_ERRORS: tuple[type[BaseException], ...] = (
+    EndpointConnectionError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+    HTTPClientError,
+    aiohttp.ClientError,
+    asyncio.TimeoutError,
+    ConnectionError,
+)
+
+
+def error_code(exc: ClientError) -> tuple[str, int]:
+    """(S3 error code, HTTP status) of a botocore ClientError."""
+    response: Any = exc.response
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code, status
+
+
+def translate_error(exc: BaseException, what: str) -> CacheDaemonError:
+    """The cachedaemon error for a library exception raised while doing ``what``."""
+    if isinstance(exc, CacheDaemonError):
+        return exc
+    if isinstance(exc, ClientError):
+        code, status = error_code(exc)
+        if code in _NOT_FOUND_CODES or (status == 404 and code != "NoSuchBucket"):
+            return NotFound(f"{what}: not found ({code})")
+        if status == 412 or code in _PRECONDITION_CODES:
+            return PreconditionFailed(f"{what}: precondition failed ({code})")
+        if code in _THROTTLE_CODES or status == 429 or status >= 500:
+            return TransientUpstreamError(f"{what}: {code or status} (retryable)")
+        return UpstreamError(f"{what}: {code or status}: {exc}")
+    if isinstance(exc, _TRANSIENT_LIBRARY_ERRORS):
+        return TransientUpstreamError(f"{what}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, BotoCoreError | OSError):
+        return UpstreamError(f"{what}: {type(exc).__name__}: {exc}")
+    return UpstreamError(f"{what}: unexpected {type(exc).__name__}: {exc}")
+
+
+def _unquote(etag: str) -> str:
+    return etag.strip('"')
+
+
+class S3ObjectStore(ObjectStoreBase):
+    """A bucket (and optional key prefix) over the S3 API. ``url`` is ``s3://bucket[/prefix]``.
+
+    Credentials come from the standard AWS environment/config chain; when an ``endpoint_url``
+    is given and the environment has none, dummy ones are used (moto, a local MinIO).
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        max_pool_connections: int = 64,
+        multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+        part_size: int = DEFAULT_PART_SIZE,
+        multipart_concurrency: int = 4,
+        read_chunk_size: int = DEFAULT_READ_CHUNK,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 60.0,
+        addressing_style: str | None = None,
+    ) -> None:
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size {part_size} is below S3's minimum of {MIN_PART_SIZE}")
+        if multipart_threshold < part_size:
+            raise ValueError("multipart_threshold must be >= part_size")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url = f"s3://{bucket}" + (f"/{self.prefix.rstrip('/')}" if self.prefix else "")
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.multipart_threshold = multipart_threshold
+        self.part_size = part_size
+        self.multipart_concurrency = max(1, multipart_concurrency)
+        self.read_chunk_size = read_chunk_size
+        self.config = client_config(
+            region=region,
+            max_pool_connections=max_pool_connections,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+            addressing_style=addressing_style or ("path" if endpoint_url else "auto"),
+        )
+        self._client: S3Client | None = None
+        self._exit_stack: contextlib.AsyncExitStack | None = None
+        self._client_lock = asyncio.Lock()
+        self._closed = False
+
+    # --- client lifecycle --------------------------------------------------------------------
+
+    async def client(self) -> S3Client:
+        """The long-lived client, created on first use on the caller's (the owning shard's) loop."""
+        if self._client is not None:
+            return self._client
+        async with self._client_lock:
+            if self._closed:
+                raise UpstreamError(f"{self.url}: store is closed")
+            if self._client is None:
+                stack = contextlib.AsyncExitStack()
+                kwargs = client_kwargs(self.endpoint_url, self.region, self.config)
+                client = await stack.enter_async_context(
+                    get_session().create_client("s3", **kwargs)
+                )
+                self._exit_stack = stack
+                self._client = client
+            return self._client
+
+    async def close(self) -> None:
+        self._closed = True
+        stack, self._exit_stack, self._client = self._exit_stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    def _full_key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise translate_error(exc, what) from exc
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        full = self._full_key(key)
+        client = await self.client()
+        try:
+            resp = await self._call(
+                f"head {self.url} {key!r}", lambda: client.head_object(Bucket=self.bucket, Key=full)
+            )
+        except NotFound:
+            return None
+        modified = resp.get("LastModified")
+        return ObjectInfo(
+            key,
+            int(resp["ContentLength"]),
+            _unquote(resp["ETag"]),
+            modified.timestamp() if modified is not None else None,
+        )
+
+    async def get(self, key: str, *, byte_range: ByteRange | None = None) -> GetResult | None:
+        full = self._full_key(key)
+        client = await self.client()
+        what = f"get {self.url} {key!r}"
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": full}
+        if byte_range is not None:
+            first, last = byte_range
+            if first < 0 or last < first:
+                info = await self.head(key)
+                if info is None:
+                    return None
+                raise InvalidRange(f"invalid range {first}-{last}", info.size)
+            kwargs["Range"] = f"bytes={first}-{last}"
+        try:
+            resp = await self._call(what, lambda: client.get_object(**kwargs))
+        except NotFound:
+            return None
+        except UpstreamError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and (
+                error_code(cause)[0] == "InvalidRange" or error_code(cause)[1] == 416
+            ):
+                info = await self.head(key)
+                if info is None:
+                    return None
+                raise InvalidRange(f"range {byte_range} starts past the end", info.size) from exc
+            raise
+        body = resp["Body"]
+        length = int(resp["ContentLength"])
+        size = length
+        served: ByteRange | None = None
+        content_range = resp.get("ContentRange")
+        if byte_range is not None:
+            if content_range:
+                # "bytes first-last/size"
+                spec, _, total = content_range.partition(" ")[2].partition("/")
+                a, _, b = spec.partition("-")
+                served = (int(a), int(b))
+                size = int(total) if total and total != "*" else length
+            else:
+                served = (0, length - 1) if length else None  # server ignored the range
+        modified = resp.get("LastModified")
+        info = ObjectInfo(
+            key, size, _unquote(resp["ETag"]), modified.timestamp() if modified else None
+        )
+        chunk_size = self.read_chunk_size
+
+        async def chunks() -> AsyncIterator[bytes]:
+            stream = body.iter_chunks(chunk_size)
+            while True:
+                try:
+                    chunk = await stream.__anext__()
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    raise translate_error(exc, f"{what} (body)") from exc
+                yield chunk
+
+        async def close() -> None:
+            body.close()
+
+        return GetResult(info, length, served, chunks(), close)
+
+    async def list(
+        self, prefix: str = "", start_after: str | None = None, limit: int = 1000
+    ) -> ListPage:
+        check_list_args(prefix, limit)
+        client = await self.client()
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": self.prefix + prefix,
+            "MaxKeys": min(limit, 1000),
+        }
+        if start_after is not None:
+            kwargs["StartAfter"] = self.prefix + start_after
+        objects: list[ObjectInfo] = []
+        more = False
+        cut = len(self.prefix)
+        while True:
+            resp = await self._call(
+                f"list {self.url} {prefix!r}",
+                lambda kw=dict(kwargs): client.list_objects_v2(**kw),  # type: ignore[misc]
+            )
+            for item in resp.get("Contents", []):
+                modified = item.get("LastModified")
+                objects.append(
+                    ObjectInfo(
+                        item["Key"][cut:],
+                        int(item["Size"]),
+                        _unquote(item["ETag"]),
+                        modified.timestamp() if modified else None,
+                    )
+                )
+            more = bool(resp.get("IsTruncated"))
+            if not more or len(objects) >= limit:
+                break
+            token = resp.get("NextContinuationToken")
+            if token:
+                kwargs["ContinuationToken"] = token
+                kwargs.pop("StartAfter", None)
+            else:
+                kwargs["StartAfter"] = self.prefix + objects[-1].key
+            kwargs["MaxKeys"] = min(limit - len(objects), 1000)
+        if len(objects) > limit:
+            objects, more = objects[:limit], True
+        return ListPage(objects, objects[-1].key if more and objects else None)
+
+    # --- deletes -----------------------------------------------------------------------------
+
+    async def delete(self, key: str) -> None:
+        full = self._full_key(key)
+        client = await self.client()
+        try:
+            await self._call(
+                f"delete {self.url} {key!r}",
+                lambda: client.delete_object(Bucket=self.bucket, Key=full),
+            )
+        except NotFound:
+            return
+
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        full = [self._full_key(k) for k in keys]
+        if not full:
+            return
+        client = await self.client()
+        for start in range(0, len(full), DELETE_BATCH):
+            batch = full[start : start + DELETE_BATCH]
+            delete: Any = {"Objects": [{"Key": k} for k in batch], "Quiet": True}
+            resp = await self._call(
+                f"delete {len(batch)} keys from {self.url}",
+                lambda d=delete: client.delete_objects(Bucket=self.bucket, Delete=d),  # type: ignore[misc]
+            )
+            errors = [e for e in resp.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if errors:
+                first = errors[0]
+                message = f"delete {first.get('Key')!r} from {self.url}: {first.get('Code')}"
+                if first.get("Code") in _THROTTLE_CODES:
+                    raise TransientUpstreamError(message)
+                raise UpstreamError(message)
+
+    # --- puts --------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        key: str,
+        body: Body,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+    ) -> ObjectInfo:
+        full = self._full_key(key)
+        if_match = None if if_match is None else _unquote(if_match)
+        size = body_size(body)
+        if isinstance(body, bytes | bytearray | memoryview):
+            data = bytes(body) if not isinstance(body, bytes) else body
+            if len(data) <= self.multipart_threshold:
+                return await self._put_single(key, full, data, if_none_match, if_match)
+            return await self._put_multipart(
+                key, full, _slices(data, self.part_size), if_none_match, if_match
+            )
+        if isinstance(body, pathlib.Path):
+            assert size is not None
+            if size <= self.multipart_threshold:
+                data = await asyncio.to_thread(body.read_bytes)
+                return await self._put_single(key, full, data, if_none_match, if_match)
+            return await self._put_multipart(
+                key, full, _file_parts(body, self.part_size), if_none_match, if_match
+            )
+        return await self._put_stream(key, full, body, if_none_match, if_match)
+
+    async def _put_stream(
+        self,
+        key: str,
+        full: str,
+        body: AsyncIterable[bytes],
+        if_none_match: bool,
+        if_match: str | None,
+    ) -> ObjectInfo:
+        stream = aiter(body)
+        head: list[bytes] = []
+        buffered = 0
+        async for chunk in stream:
+            head.append(bytes(chunk))
+            buffered += len(chunk)
+            if buffered > self.multipart_threshold:
+                break
+        else:
+            return await self._put_single(key, full, b"".join(head), if_none_match, if_match)
+        return await self._put_multipart(
+            key, full, _stream_parts(head, stream, self.part_size), if_none_match, if_match
+        )
+
+    def _condition_kwargs(self, if_none_match: bool, if_match: str | None) -> dict[str, str]:
+        kwargs: dict[str, str] = {}
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        if if_match is not None:
+            kwargs["IfMatch"] = f'"{if_match}"'
+        return kwargs
+
+    async def _conditional(
+        self, key: str, if_none_match: bool, if_match: str | None, fn: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Run a committing call; with a condition, a 404 means "no object to match" (412)."""
+        try:
+            return await fn()
+        except NotFound as exc:
+            if if_match is not None:
+                raise PreconditionFailed(
+                    f"put-if-match of {key!r} to {self.url}: no such object"
+                ) from exc
+            raise UpstreamError(f"put {key!r} to {self.url}: {exc.message}") from exc
+
+    async def _put_single(
+        self, key: str, full: str, data: bytes, if_none_match: bool, if_match: str | None
+    ) -> ObjectInfo:
+        client = await self.client()
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": full,
+            "Body": data,
+            "ContentLength": len(data),
+            **self._condition_kwargs(if_none_match, if_match),
+        }
+        resp = await self._conditional(
+            key,
+            if_none_match,
+            if_match,
+            lambda: self._call(f"put {self.url} {key!r}", lambda: client.put_object(**kwargs)),
+        )
+        return ObjectInfo(key, len(data), _unquote(resp["ETag"]), None)
+
+    async def _check_condition(self, key: str, if_none_match: bool, if_match: str | None) -> None:
+        if not if_none_match and if_match is None:
+            return
+        current = await self.head(key)
+        if if_none_match and current is not None:
+            raise PreconditionFailed(f"put-if-absent of {key!r} to {self.url}: the object exists")
+        if if_match is not None and (current is None or current.etag != if_match):
+            raise PreconditionFailed(f"put-if-match of {key!r} to {self.url}: etag differs")
+
+    async def _put_multipart(
+        self,
+        key: str,
+        full: str,
+        parts: AsyncIterator[bytes],
+        if_none_match: bool,
+        if_match: str | None,
+    ) -> ObjectInfo:
+        what = f"multipart put {self.url} {key!r}"
+        client = await self.client()
+        await self._check_condition(key, if_none_match, if_match)
+        created = await self._call(
+            what, lambda: client.create_multipart_upload(Bucket=self.bucket, Key=full)
+        )
+        upload_id = created["UploadId"]
+        try:
+            completed, size = await self._upload_parts(client, full, upload_id, parts, what)
+            if if_match is not None:
+                # moto ignores If-Match on CompleteMultipartUpload: narrow the window (docstring).
+                await self._check_condition(key, False, if_match)
+            kwargs: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Key": full,
+                "UploadId": upload_id,
+                "MultipartUpload": {"Parts": completed},
+                **self._condition_kwargs(if_none_match, if_match),
+            }
+            resp = await self._conditional(
+                key,
+                if_none_match,
+                if_match,
+                lambda: self._call(what, lambda: client.complete_multipart_upload(**kwargs)),
+            )
+        except BaseException:
+            await asyncio.shield(self._abort(client, full, upload_id))
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                await _aclose(parts)
+        return ObjectInfo(key, size, _unquote(resp["ETag"]), None)
+
+    async def _upload_parts(
+        self,
+        client: S3Client,
+        full: str,
+        upload_id: str,
+        parts: AsyncIterator[bytes],
+        what: str,
+    ) -> tuple[builtins.list[Any], int]:
+        """Upload every part, ``multipart_concurrency`` at a time; the CompleteMultipart list."""
+        etags: dict[int, str] = {}
+        in_flight: set[asyncio.Task[None]] = set()
+        size = 0
+
+        async def upload(number: int, data: bytes) -> None:
+            resp = await self._call(
+                f"{what} part {number}",
+                lambda: client.upload_part(
+                    Bucket=self.bucket,
+                    Key=full,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=data,
+                    ContentLength=len(data),
+                ),
+            )
+            etags[number] = resp["ETag"]
+
+        try:
+            number = 0
+            async for data in parts:
+                number += 1
+                size += len(data)
+                in_flight.add(asyncio.ensure_future(upload(number, data)))
+                if len(in_flight) >= self.multipart_concurrency:
+                    done, in_flight = await asyncio.wait(
+                        in_flight, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in done:
+                        task.result()
+            if in_flight:
+                done, in_flight = await asyncio.wait(in_flight)
+                for task in done:
+                    task.result()
+        finally:
+            for task in in_flight:
+                task.cancel()
+            if in_flight:
+                await asyncio.wait(in_flight)
+        completed = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+        return completed, size
+
+    async def _abort(self, client: S3Client, full: str, upload_id: str) -> None:
+        with contextlib.suppress(Exception):
+            await client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+
+
+# --- botocore configuration ------------------------------------------------------------------
+
+
+def client_config(
+    *,
+    region: str = "us-east-1",
+    max_pool_connections: int = 64,
+    connect_timeout_s: float = 10.0,
+    read_timeout_s: float = 60.0,
+    addressing_style: str = "auto",
+) -> AioConfig:
+    """The tuned botocore config (shared with the benchmark's bare client)."""
+    return AioConfig(
+        region_name=region,
+        max_pool_connections=max_pool_connections,
+        connect_timeout=connect_timeout_s,
+        read_timeout=read_timeout_s,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        s3={"payload_signing_enabled": False, "addressing_style": addressing_style},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        tcp_keepalive=True,
+    )
+
+
+def client_kwargs(endpoint_url: str | None, region: str, config: AioConfig) -> dict[str, Any]:
+    """``create_client`` arguments: endpoint, region, config, and dummy credentials for moto."""
+    kwargs: dict[str, Any] = {"region_name": region, "config": config}
+    if endpoint_url:
+        kwargs["endpoint_url"] = endpoint_url
+        if not os.environ.get("AWS_ACCESS_KEY_ID") and not os.environ.get("AWS_PROFILE"):
+            kwargs["aws_access_key_id"] = "testing"
+            kwargs["aws_secret_access_key"] = "testing"
+    return kwargs
+
+
+# --- part sources ----------------------------------------------------------------------------
+
+
+async def _slices(data: bytes, part_size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), part_size):
+        yield data[start : start + part_size]
+
+
+async def _file_parts(path: pathlib.Path, part_size: int) -> AsyncIterator[bytes]:
+    """The file's parts, each read in one thread hop."""
+    f = await asyncio.to_thread(open, path, "rb")
+    try:
+        while True:
+            data = await asyncio.to_thread(f.read, part_size)
+            if not data:
+                return
+            yield data
+    finally:
+        f.close()
+
+
+async def _stream_parts(
+    head: list[bytes], stream: AsyncIterator[bytes], part_size: int
+) -> AsyncIterator[bytes]:
+    """Re-chunk a stream (whose first chunks are already in ``head``) into parts."""
+    buffer = bytearray()
+    for chunk in head:
+        buffer += chunk
+        while len(buffer) >= part_size:
+            yield bytes(buffer[:part_size])
+            del buffer[:part_size]
+    async for chunk in stream:
+        buffer += chunk
+        while len(buffer) >= part_size:
+            yield bytes(buffer[:part_size])
+            del buffer[:part_size]
+    if buffer:
+        yield bytes(buffer)
+
+
+async def _aclose(it: AsyncIterator[bytes]) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        await aclose()
