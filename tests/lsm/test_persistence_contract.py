@@ -12,11 +12,13 @@ import asyncio
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cachedaemon.core import failpoints
-from cachedaemon.errors import IOFailure, ShuttingDown
+from cachedaemon.errors import IOFailure, ShuttingDown, UpstreamError
+from cachedaemon.lsm.io.cloud import open_cloud_persistence
 from cachedaemon.lsm.io.disk import (
     STAGING_SUFFIX,
     manifest_name,
@@ -24,6 +26,9 @@ from cachedaemon.lsm.io.disk import (
     staging_name,
 )
 from cachedaemon.lsm.io.persistence import FileExists, FileHandle, Persistence
+from cachedaemon.remote.base import ObjectStore
+from cachedaemon.remote.faulty import FaultInjectingObjectStore
+from cachedaemon.remote.local import LocalObjectStore
 from tests.support.lsm_persistence import FAULT_APPEND_BYTES, PersistenceBackend
 
 
@@ -446,3 +451,150 @@ async def test_disk_sst_is_created_exclusively(tmp_path: Path) -> None:
     with pytest.raises(FileExists):
         await p.data.open_sequential_writer(FileHandle(6, 1))
     assert (directory / FileHandle(6, 1).name).read_bytes() == b"someone else's"
+
+
+# -- cloud (staging directory) only -------------------------------------------------------
+
+
+async def _cloud(
+    tmp_path: Path, store: ObjectStore | None = None, **kwargs: Any
+) -> tuple[Persistence, ObjectStore, Path]:
+    store = store if store is not None else LocalObjectStore(tmp_path / "bucket")
+    staging = tmp_path / "staging"
+    p = await open_cloud_persistence(store, "db/7", staging, **kwargs)
+    return p, store, staging
+
+
+async def test_cloud_cleans_staging_dir_at_open(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    leftovers = [
+        staging / f"{FileHandle(3).name}.0123.staging",
+        staging / f"{FileHandle(4).name}.tmp.abcd",
+        staging / FileHandle(5).name,
+    ]
+    for path in leftovers:
+        path.write_bytes(b"crash leftover")
+    (staging / "subdir").mkdir()  # directories are not ours to remove
+    p, _, _ = await _cloud(tmp_path)
+    assert sorted(os.listdir(staging)) == ["subdir"]
+    assert [h async for h in p.data.list_files()] == []
+
+
+async def test_cloud_writer_stages_then_uploads(tmp_path: Path) -> None:
+    p, store, staging = await _cloud(tmp_path)
+    h = FileHandle(2, 1)
+    w = await p.data.open_sequential_writer(h)
+    await w.append(b"x" * (3 << 20))  # past the write-behind threshold: bytes reach the file
+    staged = os.listdir(staging)
+    assert len(staged) == 1 and staged[0].startswith(h.name) and staged[0].endswith(".staging")
+    assert await store.head(f"db/7/{h.name}") is None  # nothing in the bucket before close
+    await w.close()
+    assert os.listdir(staging) == []
+    info = await store.head(f"db/7/{h.name}")
+    assert info is not None and info.size == 3 << 20
+
+
+async def test_cloud_duplicate_found_at_upload_never_overwrites(tmp_path: Path) -> None:
+    p, store, staging = await _cloud(tmp_path)
+    h = FileHandle(3, 1)
+    w = await p.data.open_sequential_writer(h)
+    await w.append(b"late writer")
+    # Another writer (another process, a bug) creates the object after our open-time check.
+    await store.put(f"db/7/{h.name}", b"winner")
+    with pytest.raises(FileExists):
+        await w.close()
+    assert await store.get_bytes(f"db/7/{h.name}") == b"winner"
+    assert os.listdir(staging) == []
+    assert await read_all(p, h) == b"winner"
+
+
+async def test_cloud_reader_downloads_once_then_reads_locally(tmp_path: Path) -> None:
+    p, store, staging = await _cloud(tmp_path)
+    h = FileHandle(4, 1)
+    await store.put(f"db/7/{h.name}", b"written by another node")
+    assert await read_all(p, h) == b"written by another node"
+    assert os.listdir(staging) == [h.name]  # the downloaded local copy, no temp left
+    # Served from the local copy now: the bucket is no longer consulted.
+    await store.delete(f"db/7/{h.name}")
+    assert await read_all(p, h) == b"written by another node"
+    await p.data.remove_file(h)
+    assert os.listdir(staging) == []
+    assert await p.data.open_random_access_reader(h) is None
+
+
+async def test_cloud_list_skips_nested_and_foreign_keys(tmp_path: Path) -> None:
+    p, store, _ = await _cloud(tmp_path)
+    await write_file(p, FileHandle(2), b"a")
+    await p.metadata.write_manifest(1, b"m")
+    for key in (
+        f"db/7/nested/{FileHandle(9).name}",  # another database's prefix
+        "db/7/notes.txt",
+        f"db/7/{FileHandle(3).name}.bak",
+        f"db/70/{FileHandle(4).name}",  # a sibling prefix that shares our prefix's text
+        FileHandle(5).name,  # the bucket root
+    ):
+        await store.put(key, b"not ours")
+    assert [h async for h in p.data.list_files()] == [FileHandle(2)]
+    assert await store.head("db/7/MANIFEST.00000000000000000001") is not None
+
+
+async def test_cloud_manifest_objects_and_older_deleted(tmp_path: Path) -> None:
+    p, store, _ = await _cloud(tmp_path)
+    for epoch in (1, 2, 9):
+        await p.metadata.write_manifest(epoch, f"e{epoch}".encode())
+    keys = [o.key async for o in store.list_all("db/7/")]
+    assert keys == ["db/7/MANIFEST.00000000000000000009"]
+    # A leftover older manifest (its delete failed) never wins over the newest.
+    await store.put("db/7/MANIFEST.00000000000000000003", b"leftover")
+    assert await p.metadata.read_manifest(100) == (9, b"e9")
+    assert await p.metadata.read_manifest(8) == (3, b"leftover")
+
+
+async def test_cloud_retries_transient_faults(tmp_path: Path) -> None:
+    faulty = FaultInjectingObjectStore(LocalObjectStore(tmp_path / "bucket"))
+    p, _, _ = await _cloud(tmp_path, faulty)
+    # The first upload lands but its answer is lost: the retry sees its own object and must
+    # recognise it (same md5) instead of reporting a duplicate.
+    faulty.fail("put", nth=1, when="after")
+    faulty.fail("get", times=2)
+    faulty.fail("list", nth=1)
+    h = FileHandle(6, 2)
+    await write_file(p, h, b"survives flaky buckets" * 1000)
+    assert faulty.injected["put"] == 1
+    await p.data.remove_file(h)  # drop nothing local; forces a download below
+    await write_file(p, FileHandle(7, 2), b"seven")
+    assert await read_all(p, FileHandle(7, 2)) == b"seven"
+    assert faulty.injected["get"] == 2
+    assert [x async for x in p.data.list_files()] == [FileHandle(7, 2)]
+
+
+async def test_cloud_permanent_failure_is_io_failure_and_leaves_nothing(tmp_path: Path) -> None:
+    faulty = FaultInjectingObjectStore(LocalObjectStore(tmp_path / "bucket"))
+    p, _, staging = await _cloud(tmp_path, faulty, retry_chain_s=0.3)
+    faulty.fail("put")  # transient, forever: the retry chain runs out
+    w = await p.data.open_sequential_writer(FileHandle(8))
+    await w.append(b"never uploaded")
+    with pytest.raises(IOFailure):
+        await w.close()
+    assert faulty.calls["put"] >= 2  # it did retry
+    assert os.listdir(staging) == []
+    faulty.clear()
+    faulty.fail("put", exception=UpstreamError("403 access denied"))
+    w = await p.data.open_sequential_writer(FileHandle(8))
+    with pytest.raises(IOFailure):
+        await w.close()
+    faulty.clear()
+    assert await p.data.open_random_access_reader(FileHandle(8)) is None
+
+
+async def test_cloud_shutdown_interrupts_retries(tmp_path: Path) -> None:
+    faulty = FaultInjectingObjectStore(LocalObjectStore(tmp_path / "bucket"))
+    abort = asyncio.Event()
+    p, _, _ = await _cloud(tmp_path, faulty, abort=abort)
+    faulty.fail("head")
+    task = asyncio.ensure_future(p.data.open_sequential_writer(FileHandle(9)))
+    await asyncio.sleep(0.05)
+    abort.set()
+    with pytest.raises(ShuttingDown):
+        await asyncio.wait_for(task, 2.0)

@@ -11,7 +11,8 @@ Data files are created with ``O_CREAT | O_EXCL``, so a duplicate handle fails at
 writer buffers appends and writes them from a worker thread once ``WRITE_BEHIND_BYTES`` have
 gathered (one hop per chunk of that size, not per append); ``close()`` writes the rest, fsyncs
 the file and the directory in one hop. A failed append or close unlinks the partial file.
-Until ``close()`` returns the file is not listed, and opening a reader for it is an error.
+Until ``close()`` returns the file is not listed, and opening a reader for it is an error. (The buffering lives in
+:class:`~cachedaemon.lsm.io.local_file.LocalFileWriter`.)
 
 ``write_manifest`` runs in one hop: write a uniquely named staging file (exclusive create),
 fsync it, rename it over ``%020d.MANIFEST``, fsync the directory, then delete the manifests of
@@ -35,7 +36,13 @@ from pathlib import Path
 
 from cachedaemon.core.failpoints import failpoint_sync
 from cachedaemon.errors import FailPointTriggered, IOFailure, ShuttingDown
-from cachedaemon.lsm.io.local_file import FileRandomAccessReader, fsync_dir, unlink_quietly
+from cachedaemon.lsm.io.local_file import (
+    FileRandomAccessReader,
+    FileSequentialWriter,
+    LocalFileWriter,
+    fsync_dir,
+    unlink_quietly,
+)
 from cachedaemon.lsm.io.persistence import (
     FileExists,
     FileHandle,
@@ -43,9 +50,6 @@ from cachedaemon.lsm.io.persistence import (
     RandomAccessReader,
     SequentialWriter,
 )
-
-#: A writer hands its buffer to a worker thread once this much has gathered.
-WRITE_BEHIND_BYTES = 1 << 20
 
 STAGING_SUFFIX = ".lsm-staging"
 _MANIFEST = re.compile(r"^(\d{20})\.MANIFEST$")
@@ -75,99 +79,6 @@ def remove_stale_staging_files(directory: Path) -> list[Path]:
     return removed
 
 
-class DiskSequentialWriter:
-    """Writes one SST front to back into its final path (created exclusively)."""
-
-    def __init__(self, owner: DiskDataPersistence, handle: FileHandle, fd: int, path: Path):
-        self._owner = owner
-        self._handle = handle
-        self._fd: int | None = fd
-        self._path = path
-        self._buf = bytearray()
-        self._written = 0
-        self._failed: BaseException | None = None
-        self._state = "open"  # open | closed | aborted | failed
-
-    async def append(self, data: bytes) -> None:
-        if self._state != "open":
-            raise IOFailure(f"append to {self._state} writer of {self._handle.name}")
-        if self._failed is not None:
-            raise IOFailure(f"append after a failed write to {self._handle.name}")
-        self._buf += data
-        if len(self._buf) >= WRITE_BEHIND_BYTES:
-            chunk = bytes(self._buf)
-            self._buf = bytearray()
-            try:
-                await asyncio.to_thread(self._write_all, chunk)
-            except BaseException as exc:  # incl. cancellation: the file is now incomplete
-                self._failed = exc
-                if isinstance(exc, Exception):
-                    raise IOFailure(f"write of {self._handle.name} failed: {exc}") from exc
-                raise
-
-    async def close(self) -> None:
-        if self._state != "open":
-            raise IOFailure(f"close of {self._state} writer of {self._handle.name}")
-        self._state = "closing"
-        try:
-            if self._failed is not None:
-                raise IOFailure(
-                    f"writer of {self._handle.name} had a failed write; nothing was persisted"
-                ) from self._failed
-            rest = bytes(self._buf)
-            self._buf = bytearray()
-            await asyncio.to_thread(self._finish, rest)
-        except BaseException as exc:
-            await self._discard("failed")
-            if isinstance(exc, Exception) and not isinstance(exc, IOFailure):
-                raise IOFailure(f"persisting {self._handle.name} failed: {exc}") from exc
-            raise
-        self._state = "closed"
-        self._owner._writers.discard(self._handle)
-
-    async def abort(self) -> None:
-        if self._state != "open":
-            return
-        await self._discard("aborted")
-
-    # -- thread side ----------------------------------------------------------------------
-
-    def _write_all(self, chunk: bytes) -> None:
-        assert self._fd is not None
-        failpoint_sync("lsm.disk.writer.write")
-        view = memoryview(chunk)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        self._written += len(chunk)
-
-    def _finish(self, rest: bytes) -> None:
-        if rest:
-            self._write_all(rest)
-        assert self._fd is not None
-        failpoint_sync("lsm.disk.writer.before_fsync")
-        os.fsync(self._fd)
-        fd, self._fd = self._fd, None
-        os.close(fd)
-        fsync_dir(self._path.parent)
-
-    def _discard_sync(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        unlink_quietly(self._path)
-
-    async def _discard(self, state: str) -> None:
-        self._state = state
-        self._buf = bytearray()
-        self._owner._writers.discard(self._handle)
-        # Shielded: the partial file must go even if our caller is being cancelled.
-        await asyncio.shield(asyncio.to_thread(self._discard_sync))
-
-
 class DiskDataPersistence:
     """SSTs as files in ``directory``. See the module docstring."""
 
@@ -194,14 +105,10 @@ class DiskDataPersistence:
         if handle in self._writers:
             raise FileExists(f"data file {handle.name} is already being written")
         path = self.path_of(handle)
-
-        def _create() -> int:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-
         # Claim the handle before the hop so a concurrent open on this loop sees it.
         self._writers.add(handle)
         try:
-            fd = await asyncio.to_thread(_create)
+            file = await LocalFileWriter.create(path, "lsm.disk.writer")
         except FileExistsError as exc:
             self._writers.discard(handle)
             raise FileExists(f"data file {handle.name} already exists") from exc
@@ -211,7 +118,13 @@ class DiskDataPersistence:
         except BaseException:
             self._writers.discard(handle)
             raise
-        return DiskSequentialWriter(self, handle, fd, path)
+
+        async def _persist(file: LocalFileWriter) -> None:
+            await file.finish(fsync=True)
+
+        return FileSequentialWriter(
+            handle.name, file, _persist, lambda: self._writers.discard(handle)
+        )
 
     async def remove_file(self, handle: FileHandle) -> None:
         self._check_open()
