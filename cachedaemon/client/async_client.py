@@ -183,7 +183,8 @@ class AsyncClient:
         try:
             yield
         except aiohttp.ClientConnectorError as exc:
-            reason = exc.os_error.strerror or str(exc.os_error) or str(exc)
+            err = exc.os_error
+            reason = err.strerror or (os.strerror(err.errno) if err.errno else str(err) or str(exc))
             raise DaemonUnreachable(f"cannot reach the daemon at {self.url}: {reason}") from exc
         except aiohttp.ConnectionTimeoutError as exc:
             raise DaemonUnreachable(
