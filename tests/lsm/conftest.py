@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,8 +28,9 @@ from cachedaemon.lsm.io.persistence import Persistence
 from tests.support.lsm_persistence import (
     CONTRACT_BACKENDS,
     LSM_BACKENDS,
-    MAKERS,
     PersistenceBackend,
+    StoreMaker,
+    make_backend,
 )
 
 
@@ -38,24 +40,27 @@ def _disarm_failpoints() -> Iterator[None]:
     failpoints.disarm()
 
 
-async def _make(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> PersistenceBackend:
-    return MAKERS[name](tmp_path)
+def _params(names: list[str]) -> list[Any]:
+    return [
+        pytest.param(n, marks=pytest.mark.s3) if n.endswith("-s3") else pytest.param(n)
+        for n in names
+    ]
 
 
-@pytest.fixture(params=CONTRACT_BACKENDS)
+@pytest.fixture(params=_params(CONTRACT_BACKENDS))
 async def persistence_backend(
-    request: pytest.FixtureRequest, tmp_path: Path
+    request: pytest.FixtureRequest, tmp_path: Path, make_object_store: StoreMaker
 ) -> AsyncIterator[PersistenceBackend]:
-    backend = await _make(request.param, request, tmp_path)
+    backend = await make_backend(request.param, tmp_path, make_object_store)
     yield backend
     await backend.close_all()
 
 
-@pytest.fixture(params=LSM_BACKENDS)
+@pytest.fixture(params=_params(LSM_BACKENDS))
 async def lsm_backend(
-    request: pytest.FixtureRequest, tmp_path: Path
+    request: pytest.FixtureRequest, tmp_path: Path, make_object_store: StoreMaker
 ) -> AsyncIterator[PersistenceBackend]:
-    backend = await _make(request.param, request, tmp_path)
+    backend = await make_backend(request.param, tmp_path, make_object_store)
     yield backend
     await backend.close_all()
 

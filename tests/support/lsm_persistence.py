@@ -18,7 +18,6 @@ from cachedaemon.lsm.io.disk import open_disk_persistence
 from cachedaemon.lsm.io.memory import MemoryDataPersistence, memory_persistence
 from cachedaemon.lsm.io.persistence import FileHandle, Persistence
 from cachedaemon.remote.base import ObjectStore
-from cachedaemon.remote.local import LocalObjectStore
 
 
 @dataclass
@@ -130,22 +129,30 @@ def _cloud_backend(name: str, store: ObjectStore, tmp_path: Path) -> Persistence
     )
 
 
-def _cloud_file_backend(tmp_path: Path) -> PersistenceBackend:
-    return _cloud_backend("cloud-file", LocalObjectStore(tmp_path / "bucket"), tmp_path)
+StoreMaker = Callable[..., Awaitable[ObjectStore]]
 
 
-BackendMaker = Callable[..., PersistenceBackend]
+async def make_backend(name: str, tmp_path: Path, make_store: StoreMaker) -> PersistenceBackend:
+    """The backend called ``name`` (see ``ALL_BACKENDS``), its storage under ``tmp_path``.
 
-#: name -> (maker, fixtures the maker needs besides tmp_path)
-MAKERS: dict[str, BackendMaker] = {
-    "memory": _memory_backend,
-    "disk": _disk_backend,
-    "cloud-file": _cloud_file_backend,
-}
+    ``make_store(kind)`` is the ``make_object_store`` fixture of ``tests/conftest.py``
+    (kinds ``local``: a ``file://`` directory bucket; ``s3``: a fresh bucket on moto).
+    """
+    if name == "memory":
+        return _memory_backend(tmp_path)
+    if name == "disk":
+        return _disk_backend(tmp_path)
+    kind, _, where = name.partition("-")
+    store = await make_store({"file": "local", "s3": "s3"}[where])
+    if kind == "cloud":
+        return _cloud_backend(name, store, tmp_path)
+    raise ValueError(f"unknown persistence backend {name!r}")
 
+
+#: Every backend: memory, disk, cloud (staging dir) and cloud-cache, the bucket-backed ones
+#: on a local ``file://`` bucket and on the moto S3 server.
+ALL_BACKENDS = ["memory", "disk", "cloud-file", "cloud-s3"]
 #: Backends the engine/database tests run over (``lsm_persistence`` / ``lsm_backend``).
 LSM_BACKENDS = ["memory", "disk", "cloud-file"]
 #: Backends the persistence contract suite runs over.
-CONTRACT_BACKENDS = ["memory", "disk", "cloud-file"]
-
-
+CONTRACT_BACKENDS = ALL_BACKENDS
