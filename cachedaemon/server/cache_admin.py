@@ -1,0 +1,83 @@
+"""Cache administration: ``GET /v1/cache``, ``POST /v1/cache/trim``,
+``DELETE /v1/cache/objects/{key}``.
+
+Figures come from shard 0's coordinator (the accounting lives there) plus the process-wide
+hit/miss counters; the trim runs on shard 0, unthrottled, down to the low watermark. Dropping a
+local copy goes through the calling shard's cache service. Served by every shard.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from cachedaemon.server import metrics
+from cachedaemon.server.context import Call
+from cachedaemon.server.keys import decode_key
+from cachedaemon.server.routes import ROUTES
+
+
+def _counter_value(counter: Any) -> int:
+    for family in counter.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                return int(sample.value)
+    return 0
+
+
+def stats_dict(stats: Any) -> dict[str, Any]:
+    if isinstance(stats, dict):
+        return stats
+    fields = getattr(stats, "__dataclass_fields__", None)
+    if fields is not None:
+        return {name: getattr(stats, name) for name in fields}
+    return {k: v for k, v in vars(stats).items() if not k.startswith("_")}
+
+
+async def cache_figures(call: Call) -> dict[str, int]:
+    stats = stats_dict(await call.ctx.cache.invoke_on(0, lambda svc: svc.stats()))
+    metrics.set_cache_snapshot(stats)
+    return {
+        "bytes_used": int(stats.get("bytes_used", 0)),
+        "objects": int(stats.get("objects", 0)),
+        "bytes_reserved": int(stats.get("bytes_reserved", 0)),
+        "objects_reserved": int(stats.get("objects_reserved", 0)),
+        "max_bytes": int(stats.get("max_bytes", 0)),
+        "max_objects": int(stats.get("max_objects", 0)),
+        "hits": _counter_value(metrics.CACHE_HITS),
+        "misses": _counter_value(metrics.CACHE_MISSES),
+        "trims": int(stats.get("trims", _counter_value(metrics.CACHE_TRIMS))),
+        "shards": call.ctx.state.shards,
+    }
+
+
+@ROUTES.route("GET", "/v1/cache", "Cache figures (all shards).", tag="cache",
+              responses={200: "{bytes_used, objects, bytes_reserved, objects_reserved, "
+                              "max_bytes, max_objects, hits, misses, trims, shards}"})
+async def get_cache(call: Call) -> web.StreamResponse:
+    return web.Response(text=json.dumps(await cache_figures(call)),
+                        content_type="application/json")
+
+
+@ROUTES.route("POST", "/v1/cache/trim", "Trim now, unthrottled, to the low watermark.",
+              tag="cache", responses={200: "{bytes_freed, objects_freed}"})
+async def trim_cache(call: Call) -> web.StreamResponse:
+    t0 = time.perf_counter()
+    result = await call.ctx.cache.invoke_on(0, lambda svc: svc.trim())
+    metrics.TRIM_DURATION.observe(time.perf_counter() - t0)
+    metrics.CACHE_TRIMS.inc()
+    return web.Response(text=json.dumps({"bytes_freed": int(result.bytes_freed),
+                                         "objects_freed": int(result.objects_freed)}),
+                        content_type="application/json")
+
+
+@ROUTES.route("DELETE", "/v1/cache/objects/{key+}", "Drop the local copy only (204).",
+              tag="cache", responses={204: "dropped (also when not cached)"})
+async def drop_cached(call: Call) -> web.StreamResponse:
+    key = decode_key(call.params["key"])
+    await call.ctx.cache.local().invalidate(key)
+    call.ctx.etags.pop(key, None)
+    return web.Response(status=204)

@@ -1,0 +1,63 @@
+"""What a handler sees: the per-shard :class:`ShardContext` and the per-request :class:`Call`.
+
+A :class:`ShardContext` is built on its shard's loop at start-up and used only there: it holds
+that shard's object store (S3 clients are loop-bound), the ``Sharded`` cache service (its
+``local()`` instance is this shard's), the single-flight table for cache fills, and the
+in-flight request count the drain waits on. :class:`ServerState` is process-wide (ready and
+draining flags): shard 0's runtime writes it, every shard reads it; plain attribute reads and
+writes of bools are atomic under the GIL, which is all the synchronisation it needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from cachedaemon.config import Settings
+from cachedaemon.server.singleflight import SingleFlight
+
+
+class ServerState:
+    """Process-wide life-cycle flags."""
+
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+        self.ready = False  # startup recovery done, serving
+        self.draining = False  # SIGTERM received: refuse new work
+
+
+@dataclass
+class ShardContext:
+    shard: int
+    settings: Settings
+    state: ServerState
+    store: Any  # ObjectStore of this shard
+    cache: Any  # Sharded[CacheService]
+    max_object_bytes: int
+    flights: SingleFlight[Any] = field(default_factory=SingleFlight)
+    inflight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    etags: dict[str, str] = field(default_factory=dict)  # entries without an etag xattr
+    extensions: dict[str, Any] = field(default_factory=dict)
+
+    def enter(self) -> None:
+        self.inflight += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self.idle.set()
+
+
+@dataclass
+class Call:
+    """One request being handled: the aiohttp request, the raw route params, the context."""
+
+    request: web.BaseRequest
+    params: dict[str, str]
+    ctx: ShardContext
+    route_template: str

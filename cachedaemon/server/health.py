@@ -1,0 +1,66 @@
+"""``/healthz``, ``/readyz`` and ``/metrics``: open (no token) operational routes.
+
+``/readyz`` reads the process-wide :class:`~cachedaemon.server.context.ServerState`:
+200 once start-up recovery finished, 503 before that and while draining. ``/metrics`` first
+refreshes the cache gauges from shard 0's accounting, then renders the process-global registry.
+Served by every shard.
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cachedaemon.server import metrics
+from cachedaemon.server.context import Call
+from cachedaemon.server.routes import ROUTES
+
+
+def json_response(payload: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, text=json.dumps(payload), content_type="application/json")
+
+
+@ROUTES.route("GET", "/healthz", "Liveness: 200 while the process serves.", auth=False,
+              tag="health", responses={200: "ok"})
+async def healthz(call: Call) -> web.StreamResponse:
+    return json_response({"status": "ok"})
+
+
+@ROUTES.route("GET", "/readyz", "Readiness: 200 after start-up recovery, 503 before and while "
+              "shutting down.", auth=False, tag="health",
+              responses={200: "ready", 503: "starting or draining"})
+async def readyz(call: Call) -> web.StreamResponse:
+    state = call.ctx.state
+    if state.ready and not state.draining:
+        return json_response({"status": "ready"})
+    status = "draining" if state.draining else "starting"
+    return web.Response(status=503, text=json.dumps({
+        "status": status, "error": {"code": "unavailable", "message": f"not ready: {status}"}}),
+        content_type="application/json", headers={"Retry-After": "1"})
+
+
+@ROUTES.route("GET", "/metrics", "Prometheus metrics of the whole process (all shards).",
+              auth=False, tag="health", responses={200: "text exposition format"})
+async def metrics_route(call: Call) -> web.StreamResponse:
+    cache = call.ctx.cache
+    if cache is not None:
+        try:
+            stats = await cache.invoke_on(0, lambda svc: svc.stats())
+            metrics.set_cache_snapshot(_as_dict(stats))
+        except Exception:
+            pass
+    body = generate_latest(metrics.registry())
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
+def _as_dict(stats: object) -> dict[str, object]:
+    if isinstance(stats, dict):
+        return stats
+    fields = getattr(stats, "__dataclass_fields__", None)
+    if fields is not None:
+        return {name: getattr(stats, name) for name in fields}
+    return {k: v for k, v in vars(stats).items() if not k.startswith("_")}

@@ -1,0 +1,509 @@
+"""Object routes: ``PUT/GET/HEAD/DELETE /v1/objects/{key}`` and the listing ``GET /v1/objects``.
+
+PUT streams the body into a cache :class:`StagingFile` (its reservation grows as bytes arrive,
+bounded by the request's deadline), uploads the staged file to the bucket (the store goes
+multipart when large), then commits the staged file as the cache entry, replacing any older
+copy. ``201`` only after the bucket holds the object. Any failure (body too large, client gone,
+upload error, reservation deadline, shut-down cancelling the handler) closes the staging file:
+no entry, no ``.part``, no reservation, no object (the store aborts a failed multipart upload).
+
+GET serves a hit straight from the cached file (small files read inline, larger ones in big
+reads off the loop); a miss downloads the object once per shard (single flight), streaming it
+to the client while it fills the cache, or streams it through uncached when it cannot fit.
+Ranges are served from the cache when the object is cached; a ranged miss is answered from
+the bucket's range (and does not fill the cache). The ETag of a cached entry is kept in an
+extended attribute of its file (``user.cachedaemon.etag``, set before the commit's link, so
+it is atomic with the entry); if it is missing the bucket is asked once.
+
+HEAD answers from the cache or the bucket without filling the cache or counting hit/miss.
+DELETE removes from the bucket, then drops the cached copy.
+
+Runs on every shard; uses only that shard's store and cache service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from typing import Any
+
+from aiohttp import web
+
+from cachedaemon.core.failpoints import failpoint
+from cachedaemon.errors import (
+    CacheDaemonError,
+    CacheFull,
+    InvalidArgument,
+    NotFound,
+    TooLarge,
+    Unavailable,
+)
+from cachedaemon.server import metrics
+from cachedaemon.server.context import Call
+from cachedaemon.server.keys import decode_key, decode_text
+from cachedaemon.server.ranges import parse_range
+from cachedaemon.server.routes import ROUTES, Param
+
+ETAG_XATTR = "user.cachedaemon.etag"
+READ_INLINE_BYTES = 64 * 1024
+READ_CHUNK_BYTES = 4 * 1024 * 1024
+STAGE_BATCH_BYTES = 1024 * 1024
+LIST_DEFAULT = 1000
+FILL_APPEND_WAIT_S = 5.0
+FILL_RESERVE_WAIT_S = 0.05
+LIST_MAX = 10000
+
+_KEY = "/v1/objects/{key+}"
+
+
+def quote_etag(etag: str) -> str:
+    return etag if etag.startswith('"') or etag.startswith('W/"') else f'"{etag}"'
+
+
+def unquote_etag(value: str) -> str:
+    value = value.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    return value
+
+
+def _json(payload: object, status: int = 200, headers: dict[str, str] | None = None
+          ) -> web.Response:
+    return web.Response(status=status, text=json.dumps(payload),
+                        content_type="application/json", headers=headers)
+
+
+def _deadline(call: Call) -> float:
+    raw = call.request.headers.get("X-Deadline-Ms")
+    if raw is None:
+        return time.monotonic() + call.ctx.settings.cache.reserve_deadline
+    try:
+        ms = int(raw.strip())
+    except ValueError as exc:
+        raise InvalidArgument(f"X-Deadline-Ms must be an integer (milliseconds), got {raw!r}"
+                              ) from exc
+    if ms < 0:
+        raise InvalidArgument(f"X-Deadline-Ms must not be negative, got {ms}")
+    return time.monotonic() + min(ms, 10**9) / 1000.0
+
+
+# --- PUT ------------------------------------------------------------------------------------
+
+
+@ROUTES.route(
+    "PUT", _KEY, "Store an object: staged into the cache, uploaded, committed.", tag="objects",
+    params=(
+        Param("If-None-Match", "header", "`*`: create only (412 if the object exists)."),
+        Param("If-Match", "header", "Replace only this version (412 if it differs or is missing)."),
+        Param("X-Deadline-Ms", "header", "How long to wait for cache space (default from config).",
+              {"type": "integer", "minimum": 0}),
+    ),
+    request_body="application/octet-stream",
+    responses={201: "stored: {key, size, etag}", 400: "invalid key", 412: "precondition failed",
+               413: "too large", 502: "bucket failed", 503: "cache full / shutting down"},
+)
+async def put_object(call: Call) -> web.StreamResponse:
+    request, ctx = call.request, call.ctx
+    key = decode_key(call.params["key"])
+    limit = ctx.max_object_bytes
+    clen = request.content_length
+    if clen is not None and clen > limit:
+        raise TooLarge(f"object of {clen} bytes is over the limit of {limit} bytes")
+    if_none_match = False
+    inm = request.headers.get("If-None-Match")
+    if inm is not None:
+        if inm.strip() != "*":
+            raise InvalidArgument("on PUT, If-None-Match supports only '*'")
+        if_none_match = True
+    if_match: str | None = None
+    im = request.headers.get("If-Match")
+    if im is not None:
+        if if_none_match:
+            raise InvalidArgument("If-Match and If-None-Match cannot be combined")
+        if_match = unquote_etag(im)
+        if not if_match:
+            raise InvalidArgument("If-Match needs an ETag")
+    deadline = _deadline(call)
+    cache = ctx.cache.local()
+
+    t_wait = time.perf_counter()
+    try:
+        staging = await cache.create_staging_file(key, deadline)
+    except CacheFull:
+        metrics.RESERVATION_DEADLINE_FAILURES.inc()
+        raise
+    metrics.RESERVATION_WAIT.observe(time.perf_counter() - t_wait)
+    committed = False
+    try:
+        total = 0
+        batch: list[bytes] = []
+        batched = 0
+        content = request.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except (asyncio.CancelledError, TooLarge):
+                raise
+            except Exception as exc:  # client went away / malformed chunking
+                raise InvalidArgument(f"request body incomplete: {exc}") from exc
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:
+                raise TooLarge(f"object is over the limit of {limit} bytes")
+            batch.append(chunk)
+            batched += len(chunk)
+            if batched >= STAGE_BATCH_BYTES:
+                await _append(staging, batch, deadline)
+                batch, batched = [], 0
+        if batch:
+            await _append(staging, batch, deadline)
+        if clen is not None and total != clen:
+            raise InvalidArgument(f"request body has {total} bytes, Content-Length said {clen}")
+        await staging.flush()
+        await failpoint("server.put.before_upload")
+        t0 = time.perf_counter()
+        info = await ctx.store.put(key, staging.path, if_none_match=if_none_match,
+                                   if_match=if_match)
+        metrics.UPLOAD_DURATION.observe(time.perf_counter() - t0)
+        metrics.UPLOAD_BYTES.inc(total)
+        await failpoint("server.put.after_upload")
+        try:
+            _set_etag(staging.path, info.etag)
+            await staging.commit(replace=True)
+            committed = True
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await cache.invalidate(key)
+            raise
+        except Exception:
+            # The bucket has the new object; no older cached copy may survive.
+            await cache.invalidate(key)
+        ctx.etags.pop(key, None)
+    finally:
+        if not committed:
+            await staging.close()
+    return _json({"key": key, "size": info.size, "etag": quote_etag(info.etag)}, 201,
+                 {"ETag": quote_etag(info.etag)})
+
+
+async def _append(staging: Any, batch: list[bytes], deadline: float) -> None:
+    data = batch[0] if len(batch) == 1 else b"".join(batch)
+    await staging.append(data, deadline)
+
+
+def _set_etag(path: Any, etag: str) -> None:
+    with contextlib.suppress(OSError):
+        os.setxattr(path, ETAG_XATTR, etag.encode())
+
+
+def _get_etag(path: Any) -> str | None:
+    try:
+        return os.getxattr(path, ETAG_XATTR).decode()
+    except OSError:
+        return None
+
+
+# --- GET / HEAD -----------------------------------------------------------------------------
+
+
+_GET_PARAMS = (Param("Range", "header", "bytes=a-b, a- or -n: 206 with Content-Range."),)
+
+
+@ROUTES.route("GET", _KEY, "Read an object (from the cache, or the bucket filling the cache).",
+              tag="objects", params=_GET_PARAMS,
+              responses={200: "the bytes", 206: "a range", 404: "no such object",
+                         416: "unsatisfiable range"})
+async def get_object(call: Call) -> web.StreamResponse:
+    return await _get(call, head=False)
+
+
+@ROUTES.route("HEAD", _KEY, "Object headers; neither fills the cache nor counts as hit/miss.",
+              tag="objects", responses={200: "headers", 404: "no such object"})
+async def head_object(call: Call) -> web.StreamResponse:
+    return await _get(call, head=True)
+
+
+async def _get(call: Call, *, head: bool) -> web.StreamResponse:
+    request, ctx = call.request, call.ctx
+    key = decode_key(call.params["key"])
+    range_header = request.headers.get("Range")
+    cache = ctx.cache.local()
+    entry = await (cache.peek(key) if head and hasattr(cache, "peek") else cache.get(key))
+    if entry is not None:
+        resp = await _serve_cached(call, key, entry, range_header, head=head)
+        if resp is not None:
+            if not head:
+                metrics.CACHE_HITS.inc()
+            return resp
+    if head:
+        info = await ctx.store.head(key)
+        if info is None:
+            raise NotFound(f"no object {key!r}")
+        byte_range = parse_range(range_header, info.size)
+        return _headers_only(info.size, info.etag, byte_range, "miss")
+    metrics.CACHE_MISSES.inc()
+    return await _serve_miss(call, key, range_header)
+
+
+def _headers_only(size: int, etag: str, byte_range: tuple[int, int] | None, xcache: str
+                  ) -> web.StreamResponse:
+    headers = _object_headers(size, etag, byte_range, xcache)
+    resp = web.Response(status=206 if byte_range else 200, headers=headers)
+    return resp
+
+
+def _object_headers(size: int, etag: str, byte_range: tuple[int, int] | None, xcache: str
+                    ) -> dict[str, str]:
+    headers = {"ETag": quote_etag(etag), "X-Cache": xcache, "Accept-Ranges": "bytes",
+               "Content-Type": "application/octet-stream"}
+    if byte_range is not None:
+        first, last = byte_range
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        headers["Content-Length"] = str(last - first + 1)
+    else:
+        headers["Content-Length"] = str(size)
+    return headers
+
+
+async def _serve_cached(call: Call, key: str, entry: Any, range_header: str | None, *,
+                        head: bool) -> web.StreamResponse | None:
+    """Serve a cache hit; None if the file vanished meanwhile (treated as a miss)."""
+    path = str(entry.path)
+    size = int(entry.size)
+    etag = _get_etag(path) or call.ctx.etags.get(key)
+    if etag is None:
+        info = await call.ctx.store.head(key)
+        if info is None or info.size != size:
+            return None  # the cached copy does not match the bucket: serve as a miss
+        etag = info.etag
+        call.ctx.etags[key] = etag
+    byte_range = parse_range(range_header, size)
+    if head:
+        return _headers_only(size, etag, byte_range, "hit")
+    first, last = byte_range if byte_range is not None else (0, size - 1)
+    count = last - first + 1 if size else 0
+    headers = _object_headers(size, etag, byte_range, "hit")
+    status = 206 if byte_range else 200
+    if count <= READ_INLINE_BYTES:
+        try:
+            data = _read_inline(path, first, count)
+        except FileNotFoundError:
+            return None
+        return web.Response(status=status, body=data, headers=headers)
+    try:
+        fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        resp = web.StreamResponse(status=status, headers=headers)
+        await resp.prepare(call.request)
+        offset = first
+        remaining = count
+        while remaining > 0:
+            n = min(remaining, READ_CHUNK_BYTES)
+            data = await asyncio.to_thread(os.pread, fd, n, offset)
+            if not data:
+                raise ConnectionResetError("cached file shrank while it was being served")
+            await resp.write(data)
+            offset += len(data)
+            remaining -= len(data)
+        await resp.write_eof()
+        return resp
+    finally:
+        os.close(fd)
+
+
+def _read_inline(path: str, first: int, count: int) -> bytes:
+    if count == 0:
+        return b""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, count, first)
+    finally:
+        os.close(fd)
+
+
+async def _serve_miss(call: Call, key: str, range_header: str | None) -> web.StreamResponse:
+    ctx = call.ctx
+    store = ctx.store
+    if range_header is not None and range_header.strip():
+        info = await store.head(key)
+        if info is None:
+            raise NotFound(f"no object {key!r}")
+        byte_range = parse_range(range_header, info.size)
+        if byte_range is not None:
+            return await _stream_from_bucket(call, key, byte_range, info.size)
+    # Whole object: single flight per shard; the leader streams and fills, followers wait
+    # for the fill and then serve the cached file.
+    if ctx.flights.in_flight(key):
+        try:
+            await ctx.flights.run(key, _never)
+        except CacheDaemonError:
+            pass
+        entry = await ctx.cache.local().get(key)
+        if entry is not None:
+            resp = await _serve_cached(call, key, entry, range_header, head=False)
+            if resp is not None:
+                return resp
+        return await _stream_from_bucket(call, key, None, None)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def wait_done() -> None:
+        await asyncio.shield(done)
+
+    flight = asyncio.ensure_future(ctx.flights.run(key, wait_done))
+    try:
+        return await _fill_and_stream(call, key)
+    finally:
+        if not done.done():
+            done.set_result(None)
+        with contextlib.suppress(BaseException):
+            await flight
+
+
+async def _never() -> None:  # pragma: no cover - only joins an existing flight
+    raise AssertionError("no flight to join")
+
+
+async def _stream_from_bucket(call: Call, key: str, byte_range: tuple[int, int] | None,
+                              size: int | None) -> web.StreamResponse:
+    t0 = time.perf_counter()
+    result = await call.ctx.store.get(key, byte_range=byte_range)
+    if result is None:
+        raise NotFound(f"no object {key!r}")
+    async with result:
+        info = result.info
+        headers = _object_headers(info.size, info.etag, result.range, "miss")
+        resp = web.StreamResponse(status=206 if result.range else 200, headers=headers)
+        await resp.prepare(call.request)
+        n = 0
+        async for chunk in result.iter_chunks():
+            n += len(chunk)
+            await resp.write(chunk)
+        await resp.write_eof()
+    metrics.DOWNLOAD_BYTES.inc(n)
+    metrics.DOWNLOAD_DURATION.observe(time.perf_counter() - t0)
+    return resp
+
+
+async def _fill_and_stream(call: Call, key: str) -> web.StreamResponse:
+    ctx = call.ctx
+    cache = ctx.cache.local()
+    t0 = time.perf_counter()
+    result = await ctx.store.get(key)
+    if result is None:
+        raise NotFound(f"no object {key!r}")
+    async with result:
+        info = result.info
+        staging = None
+        if info.size <= ctx.max_object_bytes:
+            try:
+                # Never wait for space on a read: fill only if it fits now (or after an
+                # in-memory trim the coordinator does at once).
+                staging = await cache.create_staging_file(key, time.monotonic() + FILL_RESERVE_WAIT_S)
+            except (CacheFull, Unavailable):
+                staging = None
+        if staging is None:
+            metrics.STREAM_THROUGH.inc()
+        headers = _object_headers(info.size, info.etag, None, "miss")
+        resp = web.StreamResponse(status=200, headers=headers)
+        committed = False
+        try:
+            await resp.prepare(call.request)
+            n = 0
+            async for chunk in result.iter_chunks():
+                n += len(chunk)
+                if staging is not None:
+                    try:
+                        await staging.append(chunk, time.monotonic() + FILL_APPEND_WAIT_S)
+                    except (CacheFull, Unavailable, OSError):
+                        await staging.close()
+                        staging = None
+                await resp.write(chunk)
+            if staging is not None and n == info.size:
+                try:
+                    await staging.flush()
+                    _set_etag(staging.path, info.etag)
+                    await staging.commit(replace=False)
+                    committed = True
+                except CacheDaemonError:
+                    pass
+            await resp.write_eof()
+        finally:
+            if staging is not None and not committed:
+                await staging.close()
+    metrics.DOWNLOAD_BYTES.inc(n)
+    metrics.DOWNLOAD_DURATION.observe(time.perf_counter() - t0)
+    return resp
+
+
+# --- DELETE ---------------------------------------------------------------------------------
+
+
+@ROUTES.route("DELETE", _KEY, "Delete an object from the bucket and the cache (204 also when "
+              "absent).", tag="objects", responses={204: "deleted"})
+async def delete_object(call: Call) -> web.StreamResponse:
+    key = decode_key(call.params["key"])
+    await call.ctx.store.delete(key)
+    await call.ctx.cache.local().invalidate(key)
+    call.ctx.etags.pop(key, None)
+    return web.Response(status=204)
+
+
+# --- LIST -----------------------------------------------------------------------------------
+
+
+@ROUTES.route(
+    "GET", "/v1/objects", "List objects in key order, a page at a time.", tag="objects",
+    params=(
+        Param("prefix", "query", "Only keys starting with this."),
+        Param("start_after", "query", "Start after this key (the previous page's `next`)."),
+        Param("limit", "query", "Page size (default 1000, max 10000).",
+              {"type": "integer", "minimum": 1, "maximum": LIST_MAX}),
+    ),
+    responses={200: '{"objects": [{key, size, etag}], "next": key|null}', 400: "bad query"},
+)
+async def list_objects(call: Call) -> web.StreamResponse:
+    query = _query(call)
+    prefix = query.get("prefix", "")
+    start_after = query.get("start_after") or None
+    raw_limit = query.get("limit")
+    limit = LIST_DEFAULT
+    if raw_limit is not None:
+        if not raw_limit.isdigit() or len(raw_limit) > 9:
+            raise InvalidArgument(f"limit must be an integer from 1 to {LIST_MAX}, "
+                                  f"got {raw_limit[:40]!r}")
+        limit = int(raw_limit)
+        if not 1 <= limit <= LIST_MAX:
+            raise InvalidArgument(f"limit must be from 1 to {LIST_MAX}, got {limit}")
+    if "\x00" in prefix or (start_after and "\x00" in start_after):
+        raise InvalidArgument("prefix and start_after may not contain NUL")
+    page = await call.ctx.store.list(prefix, start_after, limit)
+    return _json({
+        "objects": [{"key": o.key, "size": o.size, "etag": quote_etag(o.etag)}
+                    for o in page.objects],
+        "next": page.next,
+    })
+
+
+def _query(call: Call) -> dict[str, str]:
+    """The query string, strictly decoded (bad UTF-8 or escapes -> 400)."""
+    raw = call.request.raw_path.partition("?")[2]
+    out: dict[str, str] = {}
+    if not raw:
+        return out
+    for part in raw.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        name = decode_text(name.replace("+", " "), "query parameter name")
+        if name in out:
+            raise InvalidArgument(f"query parameter {name!r} given twice")
+        out[name] = decode_text(value.replace("+", " "), f"query parameter {name!r}")
+    return out

@@ -1,0 +1,150 @@
+"""The route table: every HTTP route of the daemon as data (method, template, handler, summary).
+
+One :class:`RouteTable` (``ROUTES``) holds the routes; modules register theirs at import with
+``@ROUTES.route("GET", "/v1/objects/{key+}", "Read an object")`` — the objects, cache and health
+modules here, later the kv, domain and L1 modules. The same table drives request dispatch
+(:meth:`RouteTable.match`, on the RAW path so percent-escapes and dot segments reach handlers
+unchanged), the ``route`` label of the metrics (the template, never a key) and ``/openapi.json``.
+
+Templates: literal segments, ``{name}`` (one segment) and a final ``{name+}`` (the rest of the
+path, slashes included). Parameters are handed over still percent-encoded; handlers decode them
+(``server.keys``). Literal routes win over parameterised ones at the same position.
+
+Built at import, read-only afterwards: shared by every shard without locking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from cachedaemon.server.context import Call
+
+Handler = Callable[["Call"], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A documented query parameter or header (for OpenAPI)."""
+
+    name: str
+    where: str  # query | header
+    description: str
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str
+    handler: Handler
+    summary: str
+    auth: bool = True  # needs the bearer token when one is configured
+    tag: str = "misc"
+    params: tuple[Param, ...] = ()
+    responses: dict[int, str] = field(default_factory=dict)
+    request_body: str | None = None  # content type of the body, if any
+    segments: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def greedy(self) -> bool:
+        return bool(self.segments) and self.segments[-1].endswith("+}")
+
+    @property
+    def openapi_path(self) -> str:
+        return self.template.replace("+}", "}")
+
+    def path_params(self) -> list[str]:
+        return [s[1:-1].rstrip("+") for s in self.segments if s.startswith("{")]
+
+
+class RouteTable:
+    def __init__(self) -> None:
+        self._routes: list[Route] = []
+        self._by_key: dict[tuple[str, str], Route] = {}
+
+    def add(self, route: Route) -> Route:
+        segs = tuple(route.template.strip("/").split("/")) if route.template != "/" else ()
+        for i, s in enumerate(segs):
+            if s.startswith("{") and s.endswith("+}") and i != len(segs) - 1:
+                raise ValueError(f"{route.template}: a {{name+}} parameter must come last")
+        route = Route(**{**route.__dict__, "segments": segs})
+        key = (route.method, route.template)
+        if key in self._by_key:
+            raise ValueError(f"route {route.method} {route.template} registered twice")
+        self._by_key[key] = route
+        self._routes.append(route)
+        # Literal segments before parameters, then longer templates first.
+        self._routes.sort(key=_specificity)
+        return route
+
+    def route(self, method: str, template: str, summary: str, **kw: Any
+              ) -> Callable[[Handler], Handler]:
+        def deco(fn: Handler) -> Handler:
+            self.add(Route(method, template, fn, summary, **kw))
+            return fn
+        return deco
+
+    def __iter__(self) -> Any:
+        return iter(sorted(self._routes, key=lambda r: (r.template, r.method)))
+
+    def match(self, method: str, raw_path: str) -> tuple[Route | None, dict[str, str], bool]:
+        """``(route, raw params, path_known)``; ``path_known`` is True when some route matches
+        the path with another method (for the ``Allow`` header)."""
+        parts = raw_path.strip("/").split("/") if raw_path.strip("/") else []
+        path_known = False
+        for route in self._routes:
+            params = _match(route.segments, parts, raw_path)
+            if params is None:
+                continue
+            if route.method == method or (method == "HEAD" and route.method == "GET"
+                                          and (("HEAD", route.template) not in self._by_key)):
+                return route, params, True
+            path_known = True
+        return None, {}, path_known
+
+    def allowed(self, raw_path: str) -> list[str]:
+        parts = raw_path.strip("/").split("/") if raw_path.strip("/") else []
+        return sorted({r.method for r in self._routes if _match(r.segments, parts, raw_path)
+                       is not None})
+
+
+def _specificity(route: Route) -> tuple[int, ...]:
+    return (
+        *(0 if not s.startswith("{") else (1 if not s.endswith("+}") else 2)
+          for s in route.segments),
+        -len(route.segments),
+    )
+
+
+def _match(segs: tuple[str, ...], parts: list[str], raw_path: str) -> dict[str, str] | None:
+    params: dict[str, str] = {}
+    for i, seg in enumerate(segs):
+        if seg.startswith("{") and seg.endswith("+}"):
+            if i >= len(parts):
+                return None
+            # The rest of the raw path, exactly as sent (keeps empty segments, trailing '/').
+            prefix = "/" + "/".join(parts[:i]) + "/"
+            rest = raw_path[len(prefix):] if raw_path.startswith(prefix) else "/".join(parts[i:])
+            params[seg[1:-2]] = rest
+            return params
+        if i >= len(parts):
+            return None
+        if seg.startswith("{"):
+            if parts[i] == "":
+                return None
+            params[seg[1:-1]] = parts[i]
+        elif seg != parts[i]:
+            return None
+    if len(parts) != len(segs):
+        return None
+    return params
+
+
+#: The daemon's routes. Handler modules add to it at import.
+ROUTES = RouteTable()
