@@ -184,7 +184,7 @@ class AsyncClient:
             yield
         except aiohttp.ClientConnectorError as exc:
             err = exc.os_error
-            reason = err.strerror or (os.strerror(err.errno) if err.errno else str(err) or str(exc))
+            reason = os.strerror(err.errno) if err.errno else (str(err) or str(exc))
             raise DaemonUnreachable(f"cannot reach the daemon at {self.url}: {reason}") from exc
         except aiohttp.ConnectionTimeoutError as exc:
             raise DaemonUnreachable(
