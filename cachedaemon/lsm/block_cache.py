@@ -1,0 +1,57 @@
+"""BlockCache: a bounded LRU of decoded blocks, shared by every table of one database
+(LevelDB's ``NewLRUCache`` used as the block cache).
+
+Keyed by ``(file handle, block offset)``; the charge of an entry is its uncompressed payload
+size (the decoded Python lists take a few times more; size the cache accordingly). Owned by
+the database on its shard; no locking (single loop).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from cachedaemon.lsm.block import Block
+from cachedaemon.lsm.io.persistence import FileHandle
+
+CacheKey = tuple[FileHandle, int]
+
+
+class BlockCache:
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self._entries: OrderedDict[CacheKey, Block] = OrderedDict()
+        self._usage = 0
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def usage_bytes(self) -> int:
+        return self._usage
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: CacheKey) -> Block | None:
+        block = self._entries.get(key)
+        if block is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return block
+
+    def insert(self, key: CacheKey, block: Block) -> None:
+        if block.charge > self.capacity_bytes:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._usage -= old.charge
+        self._entries[key] = block
+        self._usage += block.charge
+        while self._usage > self.capacity_bytes:
+            _, victim = self._entries.popitem(last=False)
+            self._usage -= victim.charge
+
+    def erase_file(self, handle: FileHandle) -> None:
+        for key in [k for k in self._entries if k[0] == handle]:
+            self._usage -= self._entries.pop(key).charge
