@@ -1,0 +1,512 @@
+"""CacheService: the cache's per-shard front end (Redpanda's ``cache``), and its start/stop.
+
+One instance per shard, in a ``Sharded[CacheService]`` (:func:`start_cache`), or a single
+instance for tests and embedded use (:meth:`CacheService.open_single`). Each instance owns its
+gate, its ``.part`` counter, its in-progress set and its hit/miss counters, and runs local file
+operations (open, stat, staging writes, commit, invalidate) on the calling shard, in worker
+threads where they may block. Shard 0's instance also owns the
+:class:`~cachedaemon.cache.coordinator.CacheCoordinator` (accounting, reservations, trims,
+tracker); other shards hop there with ``Sharded.invoke_on(0, ...)`` for the calls that wait
+(``reserve_space``, ``trim``, ``stats``) and post the ones that do not (releases, commits,
+forgets, and access-time touches, which are batched per loop iteration).
+
+Every public operation holds the shard's gate; a staging file holds it until it is committed or
+closed. ``stop()`` closes the gate (waiting for those), and on shard 0 stops the coordinator and
+saves the tracker. Operations after ``stop()`` raise :class:`~cachedaemon.errors.GateClosed`.
+
+Every entry point validates its key with :func:`cachedaemon.cache.keys.checked_relpath` and
+refuses paths that would leave the cache directory through a symbolic link: entries are
+``lstat``-ed (a link is never an entry) and their parent directory's real path must be inside
+the cache root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import os
+import stat
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cachedaemon.cache.coordinator import CacheCoordinator, CacheMetrics, TrimResult
+from cachedaemon.cache.keys import checked_relpath, staging_name
+from cachedaemon.cache.reservation import ReservationGuard
+from cachedaemon.cache.staging import StagingFile
+from cachedaemon.cache.walker import delete_entries
+from cachedaemon.clock import SYSTEM_CLOCK, Clock, Deadline, deadline_after
+from cachedaemon.config import CacheSettings
+from cachedaemon.core.gate import Gate
+from cachedaemon.core.sharded import Sharded
+from cachedaemon.core.smp import Smp
+from cachedaemon.errors import InvalidArgument, InvalidKey, InvalidRange, IOFailure
+
+log = logging.getLogger("cachedaemon.cache")
+
+#: Ranges up to this size are read on the loop; larger ones in a worker thread.
+INLINE_READ_BYTES = 64 * 1024
+
+
+class CacheStatus(enum.Enum):
+    available = "available"
+    in_progress = "in_progress"
+    not_available = "not_available"
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """A hit: the entry's file and its size. The file may be trimmed later: open it soon and
+    treat ``FileNotFoundError`` as a miss."""
+
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    bytes_used: int
+    objects: int
+    bytes_reserved: int
+    objects_reserved: int
+    max_bytes: int
+    max_objects: int
+    hits: int
+    misses: int
+    trims: int
+    shards: int
+    bytes_pending: int = 0
+    objects_pending: int = 0
+    free_disk_bytes: int = 0
+    metrics: CacheMetrics | None = None
+
+    def as_api(self) -> dict[str, int]:
+        """The ``GET /v1/cache`` body."""
+        return {
+            "bytes_used": self.bytes_used,
+            "objects": self.objects,
+            "bytes_reserved": self.bytes_reserved,
+            "objects_reserved": self.objects_reserved,
+            "max_bytes": self.max_bytes,
+            "max_objects": self.max_objects,
+            "hits": self.hits,
+            "misses": self.misses,
+            "trims": self.trims,
+            "shards": self.shards,
+        }
+
+
+def _default_settings() -> CacheSettings:
+    from cachedaemon.config import load_settings
+
+    return load_settings(env={}).cache
+
+
+class CacheService:
+    """One shard's cache front end. See the module docstring."""
+
+    def __init__(
+        self,
+        shard: int,
+        settings: CacheSettings,
+        cache_dir: Path | str,
+        *,
+        sharded: Sharded[CacheService] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        fsync_commits: bool = True,
+    ) -> None:
+        self.shard = shard
+        self.settings = settings
+        self.root = Path(cache_dir).absolute()
+        self.clock = clock
+        self.fsync_commits = fsync_commits
+        self._sharded = sharded
+        self._gate = Gate(f"cache-shard-{shard}")
+        self._counter = itertools.count(1)
+        self._in_progress: dict[str, int] = {}
+        self._root_real = ""
+        self._coordinator: CacheCoordinator | None = None
+        self._touches: dict[str, float] = {}
+        self._touch_scheduled = False
+        self._started = False
+        self.hits = 0
+        self.misses = 0
+
+    # --- construction ----------------------------------------------------------------------
+
+    @classmethod
+    async def open_single(
+        cls,
+        cache_dir: Path | str,
+        settings: CacheSettings | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        fsync_commits: bool = True,
+    ) -> CacheService:
+        """A started single-shard cache on the current loop (tests, embedded use)."""
+        service = cls(0, settings or _default_settings(), cache_dir, clock=clock,
+                      fsync_commits=fsync_commits)
+        await service.start()
+        return service
+
+    async def start(self) -> None:
+        """Shard 0: start the coordinator (recovery). Other shards: nothing to do. Idempotent."""
+        if self._started:
+            return
+        if self.shard == 0:
+            coordinator = CacheCoordinator(self.root, self.settings, self.clock)
+            await coordinator.start()
+            self._coordinator = coordinator
+        self._root_real = os.path.realpath(self.root)
+        self._started = True
+
+    async def stop(self) -> None:
+        """Close the gate (waiting for operations and staging files); shard 0 saves the tracker."""
+        await self._gate.close()
+        self._flush_touches()
+        if self._coordinator is not None:
+            await self._coordinator.stop()
+
+    @property
+    def coordinator(self) -> CacheCoordinator:
+        """Shard 0's coordinator. Call its methods only on shard 0 (or through ``post``)."""
+        if self._coordinator is not None:
+            return self._coordinator
+        if self._sharded is None or self.shard == 0:
+            raise RuntimeError("the cache is not started")
+        coordinator = self._sharded.instance(0)._coordinator
+        if coordinator is None:
+            raise RuntimeError("the cache is not started on shard 0")
+        return coordinator
+
+    @property
+    def metrics(self) -> CacheMetrics:
+        return self.coordinator.metrics
+
+    @property
+    def max_object_bytes(self) -> int | None:
+        if self.settings.max_object_bytes is not None:
+            return self.settings.max_object_bytes
+        return self.settings.max_bytes
+
+    def default_deadline(self) -> Deadline:
+        return deadline_after(self.settings.reserve_deadline, self.clock)
+
+    @property
+    def _on_coordinator(self) -> bool:
+        return self.shard == 0 or self._sharded is None
+
+    # --- paths -----------------------------------------------------------------------------
+
+    def _resolve(self, key: str) -> tuple[str, Path]:
+        rel = checked_relpath(key)
+        return rel, self.root / rel
+
+    def _contained(self, path: Path) -> bool:
+        """True if ``path``'s parent really is inside the cache root (no symlinked dirs)."""
+        parent = os.path.realpath(path.parent)
+        return parent == self._root_real or parent.startswith(self._root_real + os.sep)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    async def get(self, key: str) -> CacheEntry | None:
+        """The entry of ``key`` (a hit, counted and touched), or ``None`` (a miss)."""
+        rel, path = self._resolve(key)
+        with self._gate.hold():
+            st = self._lstat_entry(rel, path)
+            if st is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._touch(rel)
+            return CacheEntry(path, st.st_size)
+
+    def _lstat_entry(self, rel: str, path: Path) -> os.stat_result | None:
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise IOFailure(f"cannot stat cache entry {path}: {exc}") from exc
+        if not stat.S_ISREG(st.st_mode):
+            if stat.S_ISLNK(st.st_mode):
+                log.warning("cache: ignoring symbolic link %s in the cache directory", path)
+            return None
+        if "/" in rel and not self._contained(path):
+            log.warning("cache: %s resolves outside the cache directory; ignored", path)
+            return None
+        return st
+
+    async def get_range(self, key: str, first: int, last: int) -> bytes | None:
+        """Bytes ``first..last`` (inclusive; ``last`` is clipped to the end) of ``key``'s entry,
+        or ``None`` on a miss. :class:`InvalidRange` if ``first`` is past the end."""
+        if first < 0 or last < first:
+            raise InvalidArgument(f"bad byte range {first}-{last}")
+        entry = await self.get(key)
+        if entry is None:
+            return None
+        with self._gate.hold():
+            if first >= entry.size:
+                raise InvalidRange(f"range {first}-{last} of {entry.size} bytes", entry.size)
+            n = min(last, entry.size - 1) - first + 1
+            try:
+                if n <= INLINE_READ_BYTES:
+                    return _read_range(entry.path, first, n)
+                return await asyncio.to_thread(_read_range, entry.path, first, n)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise IOFailure(f"cannot read cache entry {entry.path}: {exc}") from exc
+
+    def is_cached(self, key: str) -> CacheStatus:
+        rel, path = self._resolve(key)
+        with self._gate.hold():
+            if rel in self._in_progress:
+                return CacheStatus.in_progress
+            if self._lstat_entry(rel, path) is not None:
+                return CacheStatus.available
+            return CacheStatus.not_available
+
+    def _touch(self, rel: str) -> None:
+        now = self.clock.time()
+        if self._on_coordinator:
+            self.coordinator.touch_batch([(rel, now)])
+            return
+        self._touches[rel] = now
+        if not self._touch_scheduled:
+            self._touch_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_touches)
+
+    def _flush_touches(self) -> None:
+        self._touch_scheduled = False
+        if not self._touches:
+            return
+        batch, self._touches = list(self._touches.items()), {}
+        try:
+            self.coordinator.post(self.coordinator.touch_batch, batch)
+        except RuntimeError:
+            pass  # shard 0 is gone: access times no longer matter
+
+    # --- reservations ----------------------------------------------------------------------
+
+    async def reserve_space(
+        self, nbytes: int, nobjects: int, deadline: Deadline | None = None
+    ) -> ReservationGuard:
+        """Reserve cache space, waiting (trimming) until ``deadline`` (default: the configured
+        ``reserve_deadline`` from now); past it, :class:`~cachedaemon.errors.CacheFull`."""
+        if deadline is None:
+            deadline = self.default_deadline()
+        with self._gate.hold():
+            if self._on_coordinator:
+                return await self.coordinator.reserve(nbytes, nobjects, deadline)
+            assert self._sharded is not None
+            guard: ReservationGuard = await self._sharded.invoke_on(
+                0, CacheService._reserve_on_coordinator, nbytes, nobjects, deadline, self.shard
+            )
+            return guard
+
+    async def _reserve_on_coordinator(
+        self, nbytes: int, nobjects: int, deadline: Deadline, from_shard: int
+    ) -> ReservationGuard:
+        with self._gate.hold():
+            return await self.coordinator.reserve(
+                nbytes, nobjects, deadline, f" from shard {from_shard}"
+            )
+
+    def account_commit(self, rel: str, size: int, held_b: int, held_o: int) -> None:
+        """A staging file landed at ``rel``: post the accounting to shard 0."""
+        self.coordinator.post(self.coordinator.commit_entry, rel, size, held_b, held_o)
+
+    # --- writes ----------------------------------------------------------------------------
+
+    async def create_staging_file(
+        self,
+        key: str,
+        deadline: Deadline | None = None,
+        initial_bytes: int | None = None,
+        *,
+        guard: ReservationGuard | None = None,
+    ) -> StagingFile:
+        """A new in-flight file for ``key`` holding a reservation of ``initial_bytes``
+        (default ``staging_initial_bytes``) and one object, plus ``guard`` if given (it is
+        merged in and left empty)."""
+        rel, dest = self._resolve(key)
+        holder = self._gate.hold()
+        reservation: ReservationGuard | None = None
+        try:
+            initial = self.settings.staging_initial_bytes if initial_bytes is None else initial_bytes
+            if guard is not None:
+                # The caller reserved already: top up only the object if it lacks one.
+                reservation = await self.reserve_space(0, 0 if guard.objects else 1, deadline)
+                reservation.merge(guard)
+            else:
+                reservation = await self.reserve_space(initial, 1, deadline)
+            path, fd = self._create_part(rel, dest)
+        except BaseException:
+            if reservation is not None:
+                reservation.close()
+            holder.release()
+            raise
+        self._in_progress[rel] = self._in_progress.get(rel, 0) + 1
+        return StagingFile(self, key, rel, path, dest, fd, reservation, holder, self._staging_done)
+
+    def _staging_done(self, staging: StagingFile) -> None:
+        n = self._in_progress.get(staging.relpath, 0) - 1
+        if n > 0:
+            self._in_progress[staging.relpath] = n
+        else:
+            self._in_progress.pop(staging.relpath, None)
+
+    def _create_part(self, rel: str, dest: Path) -> tuple[Path, int]:
+        """Create the ``.part`` file exclusively beside ``dest`` (mkdir -p, containment check,
+        retries if the parent vanished or the name is taken)."""
+        parent = dest.parent
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        for _ in range(16):
+            name = staging_name(rel, self.shard, next(self._counter))
+            path = parent / name
+            try:
+                if parent != self.root:
+                    parent.mkdir(parents=True, exist_ok=True)
+                    if not self._contained(dest):
+                        raise InvalidKey(f"key path {rel!r} leads outside the cache directory")
+                return path, os.open(path, flags, 0o644)
+            except FileExistsError as exc:
+                if not parent.is_dir() or parent.is_symlink():
+                    raise InvalidKey(
+                        f"key path {rel!r} is blocked by a non-directory in the cache"
+                    ) from exc
+                continue  # the name is taken (another process?): next counter
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # a trim removed the empty parent meanwhile: again
+            except OSError as exc:
+                raise IOFailure(f"cannot create staging file {path}: {exc}") from exc
+        raise IOFailure(f"cannot create a staging file beside {dest}")
+
+    async def put(
+        self,
+        key: str,
+        data: bytes | bytearray | memoryview | AsyncIterable[bytes],
+        guard: ReservationGuard,
+        deadline: Deadline | None = None,
+    ) -> int:
+        """Store ``data`` as ``key``'s entry (replacing any previous one) and return its size.
+        ``guard`` (from ``reserve_space``) is taken over; if the data outgrows it, more is
+        reserved (until ``deadline``). Nothing is left behind on failure."""
+        staging = await self.create_staging_file(key, deadline, 0, guard=guard)
+        try:
+            if isinstance(data, bytes | bytearray | memoryview):
+                await staging.append(data, deadline)
+            else:
+                async for chunk in data:
+                    await staging.append(chunk, deadline)
+            return await staging.commit(replace=True)
+        except BaseException:
+            await staging.close()
+            raise
+
+    async def invalidate(self, key: str) -> None:
+        """Drop ``key``'s local copy, if any."""
+        rel, path = self._resolve(key)
+        with self._gate.hold():
+            if "/" in rel and not self._contained(path):
+                raise InvalidKey(f"key path {rel!r} leads outside the cache directory")
+            await asyncio.to_thread(delete_entries, self.root, [rel])
+            self.coordinator.post(self.coordinator.forget, rel)
+
+    # --- administration --------------------------------------------------------------------
+
+    async def trim(self) -> TrimResult:
+        """Trim now, unthrottled, to the low watermark (admin)."""
+        with self._gate.hold():
+            if self._on_coordinator:
+                return await self.coordinator.trim()
+            assert self._sharded is not None
+            result: TrimResult = await self._sharded.invoke_on(0, CacheService._trim_here)
+            return result
+
+    async def _trim_here(self) -> TrimResult:
+        with self._gate.hold():
+            return await self.coordinator.trim()
+
+    async def save_tracker(self) -> None:
+        """Save the access-time tracker now if it changed (on shard 0)."""
+        if self._on_coordinator:
+            await self.coordinator.save_tracker()
+        else:
+            assert self._sharded is not None
+            await self._sharded.invoke_on(0, lambda s: s.coordinator.save_tracker())
+
+    async def stats(self) -> CacheStats:
+        """Usage and counters; hits and misses summed over all shards."""
+        with self._gate.hold():
+            self._flush_touches()
+            if self._on_coordinator:
+                state, metrics = self._coordinator_state()
+            else:
+                assert self._sharded is not None
+                state, metrics = await self._sharded.invoke_on(
+                    0, CacheService._coordinator_state
+                )
+            if self._sharded is None:
+                hits, misses, shards = self.hits, self.misses, 1
+            else:
+                counts = await self._sharded.invoke_on_all(lambda s: (s.hits, s.misses))
+                hits = sum(h for h, _ in counts)
+                misses = sum(m for _, m in counts)
+                shards = self._sharded.count
+            return CacheStats(
+                bytes_used=state["bytes_used"],
+                objects=state["objects"],
+                bytes_reserved=state["bytes_reserved"],
+                objects_reserved=state["objects_reserved"],
+                max_bytes=state["max_bytes"],
+                max_objects=state["max_objects"],
+                hits=hits,
+                misses=misses,
+                trims=metrics.trims,
+                shards=shards,
+                bytes_pending=state["bytes_pending"],
+                objects_pending=state["objects_pending"],
+                free_disk_bytes=state["free_disk_bytes"],
+                metrics=metrics,
+            )
+
+    def _coordinator_state(self) -> tuple[dict[str, int], CacheMetrics]:
+        c = self.coordinator
+        return c.state(), CacheMetrics(**c.metrics.as_dict())  # type: ignore[arg-type]
+
+
+def _read_range(path: Path, first: int, n: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, n, first)
+    finally:
+        os.close(fd)
+
+
+async def start_cache(
+    smp: Smp,
+    settings: CacheSettings,
+    cache_dir: Path | str,
+    clock: Clock = SYSTEM_CLOCK,
+    **kwargs: Any,
+) -> Sharded[CacheService]:
+    """Construct a :class:`CacheService` on every shard, start shard 0 (recovery), then the rest.
+    ``kwargs`` go to the constructor (``fsync_commits``)."""
+    sharded: Sharded[CacheService] = Sharded(smp, "cache")
+    await sharded.start(
+        lambda shard: CacheService(shard, settings, cache_dir, sharded=sharded, clock=clock,
+                                   **kwargs)
+    )
+    await sharded.invoke_on(0, lambda s: s.start())
+    await sharded.invoke_on_all(lambda s: s.start())
+    return sharded
+
+
+async def stop_cache(cache: Sharded[CacheService]) -> None:
+    """Stop every shard's service, shard 0 (and the tracker save) last."""
+    await cache.stop()

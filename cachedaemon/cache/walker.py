@@ -1,0 +1,142 @@
+"""Blocking directory work of the cache: the walk, batch deletes, removal of empty parents.
+
+Everything here is synchronous and meant to run in a worker thread, **one thread job per walk
+or per delete batch** (never one hop per file). Called by the coordinator (shard 0) for startup
+recovery and trims, and by any shard's service for invalidation. No state; the results are
+applied to the tracker and counters on shard 0's loop by the caller.
+
+The walk is ``os.scandir``-based (one ``lstat`` per file, from the directory entry) and never
+follows symbolic links: a link in the cache directory is neither an entry nor a directory to
+descend into, so nothing outside the root is ever counted or deleted.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cachedaemon.cache.keys import INTERNAL_NAMES, PART_SUFFIX
+
+log = logging.getLogger("cachedaemon.cache")
+
+
+@dataclass
+class WalkResult:
+    """What a walk found. ``files`` holds committed entries: (relpath, atime, size)."""
+
+    files: list[tuple[str, float, int]] = field(default_factory=list)
+    total_bytes: int = 0
+    part_files: int = 0
+    part_bytes: int = 0
+    parts_deleted: int = 0
+    empty_dirs_removed: int = 0
+    skipped_links: int = 0
+
+
+def walk_cache(root: Path, *, delete_parts: bool, remove_empty_dirs: bool = True) -> WalkResult:
+    """Walk ``root`` depth-first. With ``delete_parts`` (startup) every ``*.part`` is deleted.
+
+    Empty directories below the root are removed (post-order) when ``remove_empty_dirs``.
+    """
+    result = WalkResult()
+    root_s = os.fspath(root)
+    _walk_dir(root_s, "", result, delete_parts, remove_empty_dirs)
+    return result
+
+
+def _walk_dir(
+    path: str, rel: str, result: WalkResult, delete_parts: bool, remove_empty: bool
+) -> bool:
+    """Walk one directory; True if it is empty afterwards."""
+    remaining = 0
+    try:
+        it = os.scandir(path)
+    except FileNotFoundError:
+        return False
+    with it:
+        for entry in it:
+            name = entry.name
+            child_rel = f"{rel}/{name}" if rel else name
+            try:
+                if entry.is_symlink():
+                    result.skipped_links += 1
+                    remaining += 1
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    empty = _walk_dir(entry.path, child_rel, result, delete_parts, remove_empty)
+                    if empty and remove_empty:
+                        try:
+                            os.rmdir(entry.path)
+                            result.empty_dirs_removed += 1
+                            continue
+                        except OSError:
+                            pass
+                    remaining += 1
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            remaining += 1
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if name.endswith(PART_SUFFIX):
+                if delete_parts:
+                    try:
+                        os.unlink(entry.path)
+                        result.parts_deleted += 1
+                        remaining -= 1
+                    except FileNotFoundError:
+                        remaining -= 1
+                    continue
+                result.part_files += 1
+                result.part_bytes += st.st_size
+                continue
+            if not rel and name in INTERNAL_NAMES:
+                continue
+            result.files.append((child_rel, max(st.st_atime, st.st_mtime), st.st_size))
+            result.total_bytes += st.st_size
+    return remaining == 0
+
+
+def remove_empty_parents(root: Path, path: Path) -> None:
+    """Remove ``path``'s parent directories while they are empty, stopping at ``root``."""
+    parent = path.parent
+    while parent != root and root in parent.parents:
+        try:
+            os.rmdir(parent)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EBUSY):
+                log.warning("cache: cannot remove empty directory %s: %s", parent, exc)
+            return
+        parent = parent.parent
+
+
+def delete_entries(root: Path, relpaths: list[str]) -> list[tuple[str, int | None]]:
+    """Delete the entry files at ``relpaths`` (and then-empty parents).
+
+    Returns (relpath, bytes freed) per path; ``None`` when the file was already gone or could not
+    be deleted (logged). Symbolic links and non-regular files are left alone.
+    """
+    out: list[tuple[str, int | None]] = []
+    for rel in relpaths:
+        p = root / rel
+        try:
+            st = os.lstat(p)
+            if not stat.S_ISREG(st.st_mode):
+                out.append((rel, None))
+                continue
+            os.unlink(p)
+        except FileNotFoundError:
+            out.append((rel, None))
+            continue
+        except OSError as exc:
+            log.warning("cache: cannot delete %s: %s", p, exc)
+            out.append((rel, None))
+            continue
+        out.append((rel, st.st_size))
+        remove_empty_parents(root, p)
+    return out
