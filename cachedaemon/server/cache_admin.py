@@ -20,38 +20,21 @@ from cachedaemon.server.keys import decode_key
 from cachedaemon.server.routes import ROUTES
 
 
-def _counter_value(counter: Any) -> int:
-    for family in counter.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                return int(sample.value)
-    return 0
-
-
 def stats_dict(stats: Any) -> dict[str, Any]:
     if isinstance(stats, dict):
         return stats
     fields = getattr(stats, "__dataclass_fields__", None)
     if fields is not None:
-        return {name: getattr(stats, name) for name in fields}
+        return {name: getattr(stats, name) for name in fields if name != "metrics"}
     return {k: v for k, v in vars(stats).items() if not k.startswith("_")}
 
 
 async def cache_figures(call: Call) -> dict[str, int]:
-    stats = stats_dict(await call.ctx.cache.invoke_on(0, lambda svc: svc.stats()))
-    metrics.set_cache_snapshot(stats)
-    return {
-        "bytes_used": int(stats.get("bytes_used", 0)),
-        "objects": int(stats.get("objects", 0)),
-        "bytes_reserved": int(stats.get("bytes_reserved", 0)),
-        "objects_reserved": int(stats.get("objects_reserved", 0)),
-        "max_bytes": int(stats.get("max_bytes", 0)),
-        "max_objects": int(stats.get("max_objects", 0)),
-        "hits": _counter_value(metrics.CACHE_HITS),
-        "misses": _counter_value(metrics.CACHE_MISSES),
-        "trims": int(stats.get("trims", _counter_value(metrics.CACHE_TRIMS))),
-        "shards": call.ctx.state.shards,
-    }
+    stats = await call.ctx.cache.local().stats()
+    metrics.set_cache_snapshot(stats_dict(stats))
+    figures: dict[str, int] = stats.as_api()
+    figures["shards"] = call.ctx.state.shards
+    return figures
 
 
 @ROUTES.route("GET", "/v1/cache", "Cache figures (all shards).", tag="cache",
@@ -66,9 +49,8 @@ async def get_cache(call: Call) -> web.StreamResponse:
               tag="cache", responses={200: "{bytes_freed, objects_freed}"})
 async def trim_cache(call: Call) -> web.StreamResponse:
     t0 = time.perf_counter()
-    result = await call.ctx.cache.invoke_on(0, lambda svc: svc.trim())
+    result = await call.ctx.cache.local().trim()
     metrics.TRIM_DURATION.observe(time.perf_counter() - t0)
-    metrics.CACHE_TRIMS.inc()
     return web.Response(text=json.dumps({"bytes_freed": int(result.bytes_freed),
                                          "objects_freed": int(result.objects_freed)}),
                         content_type="application/json")

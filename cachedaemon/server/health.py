@@ -47,7 +47,7 @@ async def metrics_route(call: Call) -> web.StreamResponse:
     cache = call.ctx.cache
     if cache is not None:
         try:
-            stats = await cache.invoke_on(0, lambda svc: svc.stats())
+            stats = await cache.local().stats()
             metrics.set_cache_snapshot(_as_dict(stats))
         except Exception:
             pass

@@ -2,7 +2,7 @@
 
 Counters and histograms are incremented on whichever shard's thread handles the request;
 prometheus_client's metrics are thread-safe, so the exposition covers the whole process. The
-cache gauges (bytes, objects, reserved, limits) come from a snapshot of shard 0's cache stats
+cache gauges (bytes, objects, reserved, limits) and the hit/miss/trim counters come from a snapshot of shard 0's cache stats
 taken by the ``/metrics`` handler just before rendering (:func:`set_cache_snapshot`), read by
 a custom collector. Route labels are route templates, never keys.
 """
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -24,9 +24,6 @@ HTTP_REQUESTS = Counter("cachedaemon_http_requests", "HTTP requests served.",
 HTTP_DURATION = Histogram("cachedaemon_http_request_duration_seconds",
                           "HTTP request latency (until the handler returned).",
                           ["method", "route"], buckets=_BUCKETS)
-CACHE_HITS = Counter("cachedaemon_cache_hits", "Object GETs served from the cache.")
-CACHE_MISSES = Counter("cachedaemon_cache_misses", "Object GETs that went to the bucket.")
-CACHE_TRIMS = Counter("cachedaemon_cache_trims", "Trims run on request (POST /v1/cache/trim).")
 TRIM_DURATION = Histogram("cachedaemon_cache_trim_duration_seconds",
                           "Duration of requested trims.", buckets=_BUCKETS)
 UPLOAD_BYTES = Counter("cachedaemon_upload_bytes", "Bytes uploaded to the bucket by PUTs.")
@@ -71,6 +68,15 @@ class _CacheCollector(Collector):
             g = GaugeMetricFamily(metric, doc)
             g.add_metric([], float(snap.get(field_name, 0)))
             yield g
+        counters = {
+            "hits": ("cachedaemon_cache_hits", "Cache lookups that found the entry (all shards)."),
+            "misses": ("cachedaemon_cache_misses", "Cache lookups that missed (all shards)."),
+            "trims": ("cachedaemon_cache_trims", "Trims run (automatic and requested)."),
+        }
+        for field_name, (metric, doc) in counters.items():
+            c = CounterMetricFamily(metric, doc)
+            c.add_metric([], float(snap.get(field_name, 0)))
+            yield c
 
 
 CACHE_COLLECTOR = _CacheCollector()

@@ -32,6 +32,8 @@ from typing import Any
 
 from aiohttp import web
 
+from cachedaemon.cache.keys import checked_relpath
+from cachedaemon.cache.service import CacheEntry, CacheStatus
 from cachedaemon.core.failpoints import failpoint
 from cachedaemon.errors import (
     CacheDaemonError,
@@ -133,7 +135,8 @@ async def put_object(call: Call) -> web.StreamResponse:
 
     t_wait = time.perf_counter()
     try:
-        staging = await cache.create_staging_file(key, deadline)
+        staging = await cache.create_staging_file(
+            key, deadline, None if clen is None else max(clen, 1))
     except CacheFull:
         metrics.RESERVATION_DEADLINE_FAILURES.inc()
         raise
@@ -234,12 +237,10 @@ async def _get(call: Call, *, head: bool) -> web.StreamResponse:
     key = decode_key(call.params["key"])
     range_header = request.headers.get("Range")
     cache = ctx.cache.local()
-    entry = await (cache.peek(key) if head and hasattr(cache, "peek") else cache.get(key))
+    entry = _peek(cache, key) if head else await cache.get(key)
     if entry is not None:
         resp = await _serve_cached(call, key, entry, range_header, head=head)
         if resp is not None:
-            if not head:
-                metrics.CACHE_HITS.inc()
             return resp
     if head:
         info = await ctx.store.head(key)
@@ -247,8 +248,18 @@ async def _get(call: Call, *, head: bool) -> web.StreamResponse:
             raise NotFound(f"no object {key!r}")
         byte_range = parse_range(range_header, info.size)
         return _headers_only(info.size, info.etag, byte_range, "miss")
-    metrics.CACHE_MISSES.inc()
     return await _serve_miss(call, key, range_header)
+
+
+def _peek(cache: Any, key: str) -> Any:
+    """The cached entry without counting a hit/miss or touching its access time (HEAD)."""
+    if cache.is_cached(key) is not CacheStatus.available:
+        return None
+    path = cache.root / checked_relpath(key)
+    try:
+        return CacheEntry(path, os.lstat(path).st_size)
+    except OSError:
+        return None
 
 
 def _headers_only(size: int, etag: str, byte_range: tuple[int, int] | None, xcache: str
@@ -406,7 +417,8 @@ async def _fill_and_stream(call: Call, key: str) -> web.StreamResponse:
             try:
                 # Never wait for space on a read: fill only if it fits now (or after an
                 # in-memory trim the coordinator does at once).
-                staging = await cache.create_staging_file(key, time.monotonic() + FILL_RESERVE_WAIT_S)
+                staging = await cache.create_staging_file(
+                    key, time.monotonic() + FILL_RESERVE_WAIT_S, max(info.size, 1))
             except (CacheFull, Unavailable):
                 staging = None
         if staging is None:

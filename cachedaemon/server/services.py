@@ -1,0 +1,56 @@
+"""Adapters between the server's wiring and the lower layers' services (remote, cache).
+
+``open_shard_store(settings, shard)`` builds a shard's object store (the configured backend,
+wrapped in retries bounded by ``remote.retry_timeout``); ``probe_store`` is the start-up
+reachability check; ``start_cache``/``stop_cache`` start and stop the cache service on every
+shard. Called by :mod:`cachedaemon.server.main` during start-up and shut-down; each function
+runs on the shard it concerns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cachedaemon.cache.service import CacheService
+from cachedaemon.cache.service import start_cache as _start_cache
+from cachedaemon.cache.service import stop_cache as _stop_cache
+from cachedaemon.config import Settings
+from cachedaemon.core.sharded import Sharded
+from cachedaemon.core.smp import Smp
+from cachedaemon.remote.base import ObjectStore
+from cachedaemon.remote.factory import check_bucket, open_object_store
+from cachedaemon.remote.retrying import RetryingObjectStore
+
+
+def open_raw_store(settings: Settings) -> ObjectStore:
+    r = settings.remote
+    options: dict[str, Any] = {}
+    if r.url.startswith("s3://"):
+        options = {
+            "max_pool_connections": r.max_connections,
+            "multipart_threshold": r.multipart_threshold,
+            "part_size": r.multipart_part_size,
+        }
+    return open_object_store(r.url, s3_endpoint=r.s3_endpoint, region=r.region,
+                             source=settings.sources.get("remote.url", "config"), **options)
+
+
+def open_shard_store(settings: Settings, shard: int) -> ObjectStore:
+    """The object store of one shard (call on that shard's loop)."""
+    return RetryingObjectStore(open_raw_store(settings), deadline_s=settings.remote.retry_timeout)
+
+
+async def probe_store(store: Any) -> None:
+    """One listing of the bucket; raises Unavailable naming the bucket when it fails."""
+    inner = getattr(store, "inner", store)
+    await check_bucket(inner)
+
+
+async def start_cache(smp: Smp, settings: Settings) -> Sharded[CacheService]:
+    """The cache service on every shard; shard 0 recovers first (tracker, walk, ``.part``)."""
+    return await _start_cache(smp, settings.cache, settings.cache_dir)
+
+
+async def stop_cache(cache: Sharded[CacheService]) -> None:
+    """Stop every shard's cache service; shard 0 saves the tracker last."""
+    await _stop_cache(cache)
