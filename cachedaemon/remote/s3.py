@@ -34,14 +34,23 @@ moment the object is committed, so concurrent writers get exactly one winner. A 
 ``If-Match`` (no such object) is reported as :class:`PreconditionFailed` too.
 
 moto 5.2.5 (our test server) honours both headers on ``PutObject`` and ``If-None-Match`` on
-``CompleteMultipartUpload``, but ignores ``If-Match`` on ``CompleteMultipartUpload``. So for a
-multipart put-if-match we also ``HEAD`` the object right before completing and fail if its etag
-moved; against a server that ignores the header, a writer that replaces the object between that
-``HEAD`` and our ``Complete`` can still be overwritten (a window of one round trip). Every
-conditional put also checks the condition with a ``HEAD`` before uploading a multipart body, so
-a loser does not upload 16+ MiB for nothing. Conditional puts of single-part bodies carry no such
-limit. moto also evaluates its conditions and stores the object in separate steps of a threaded
-server; see ``tests/remote`` for what the race test shows.
+``CompleteMultipartUpload``, but ignores ``If-Match`` on ``CompleteMultipartUpload``, and it
+evaluates a condition and stores the object in separate steps of a threaded server: two
+concurrent multipart completes with ``If-None-Match: *`` were both seen to win (single-part
+conditional puts held up in our tests: 16 racing writers, one winner, every time). So:
+
+- Every conditional commit (the ``PutObject``, or the ``CompleteMultipartUpload`` together with
+  the check before it) holds a process-wide lock for its key, shared by all shards' stores.
+  Writers in one process are therefore serialised whatever the server does.
+- For a multipart put-if-match we also ``HEAD`` the object right before completing (under that
+  lock) and fail if its etag moved.
+- Before uploading a multipart body, a conditional put checks its condition with a ``HEAD``, so
+  a loser does not upload 16+ MiB for nothing.
+
+The limit: against a server with moto's gaps, two *processes* racing multipart conditional puts
+on one key can both win (and a multipart put-if-match can overwrite a version written by another
+process between our ``HEAD`` and our ``Complete``). Against AWS S3 (atomic conditional writes on
+both calls) there is no such window. Metastore manifests, the fencing objects, are single-part.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ import builtins
 import contextlib
 import os
 import pathlib
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -498,13 +508,30 @@ class S3ObjectStore(ObjectStoreBase):
             "ContentLength": len(data),
             **self._condition_kwargs(if_none_match, if_match),
         }
-        resp = await self._conditional(
-            key,
-            if_none_match,
-            if_match,
-            lambda: self._call(f"put {self.url} {key!r}", lambda: client.put_object(**kwargs)),
-        )
+        async with self._commit_lock(full, if_none_match or if_match is not None):
+            resp = await self._conditional(
+                key,
+                if_none_match,
+                if_match,
+                lambda: self._call(f"put {self.url} {key!r}", lambda: client.put_object(**kwargs)),
+            )
         return ObjectInfo(key, len(data), _unquote(resp["ETag"]), None)
+
+    @contextlib.asynccontextmanager
+    async def _commit_lock(self, full: str, conditional: bool) -> AsyncIterator[None]:
+        """Serialise this process's conditional commits of one key (module docstring)."""
+        if not conditional:
+            yield
+            return
+        lock = _COMMIT_LOCKS.acquire_ref((self.endpoint_url, self.bucket, full))
+        try:
+            await _acquire_thread_lock(lock)
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            _COMMIT_LOCKS.release_ref((self.endpoint_url, self.bucket, full))
 
     async def _check_condition(self, key: str, if_none_match: bool, if_match: str | None) -> None:
         if not if_none_match and if_match is None:
@@ -532,9 +559,6 @@ class S3ObjectStore(ObjectStoreBase):
         upload_id = created["UploadId"]
         try:
             completed, size = await self._upload_parts(client, full, upload_id, parts, what)
-            if if_match is not None:
-                # moto ignores If-Match on CompleteMultipartUpload: narrow the window (docstring).
-                await self._check_condition(key, False, if_match)
             kwargs: dict[str, Any] = {
                 "Bucket": self.bucket,
                 "Key": full,
@@ -542,12 +566,16 @@ class S3ObjectStore(ObjectStoreBase):
                 "MultipartUpload": {"Parts": completed},
                 **self._condition_kwargs(if_none_match, if_match),
             }
-            resp = await self._conditional(
-                key,
-                if_none_match,
-                if_match,
-                lambda: self._call(what, lambda: client.complete_multipart_upload(**kwargs)),
-            )
+            async with self._commit_lock(full, if_none_match or if_match is not None):
+                if if_match is not None:
+                    # moto ignores If-Match on CompleteMultipartUpload (module docstring).
+                    await self._check_condition(key, False, if_match)
+                resp = await self._conditional(
+                    key,
+                    if_none_match,
+                    if_match,
+                    lambda: self._call(what, lambda: client.complete_multipart_upload(**kwargs)),
+                )
         except BaseException:
             await asyncio.shield(self._abort(client, full, upload_id))
             raise
@@ -610,6 +638,48 @@ class S3ObjectStore(ObjectStoreBase):
     async def _abort(self, client: S3Client, full: str, upload_id: str) -> None:
         with contextlib.suppress(Exception):
             await client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+
+
+# --- process-wide commit locks ----------------------------------------------------------------
+
+
+class _KeyLocks:
+    """``threading.Lock`` per key, shared by every shard's store; dropped when unused."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str | None, str, str], tuple[threading.Lock, int]] = {}
+
+    def acquire_ref(self, key: tuple[str | None, str, str]) -> threading.Lock:
+        with self._guard:
+            lock, refs = self._locks.get(key, (None, 0))
+            if lock is None:
+                lock = threading.Lock()
+            self._locks[key] = (lock, refs + 1)
+            return lock
+
+    def release_ref(self, key: tuple[str | None, str, str]) -> None:
+        with self._guard:
+            lock, refs = self._locks[key]
+            if refs <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, refs - 1)
+
+
+_COMMIT_LOCKS = _KeyLocks()
+
+
+async def _acquire_thread_lock(lock: threading.Lock) -> None:
+    """Take a threading lock without blocking the loop.
+
+    Polls with a short, growing sleep instead of parking a thread per waiter (which could
+    exhaust the default executor). Contention is rare: only conditional commits of one key.
+    """
+    delay = 0.0005
+    while not lock.acquire(blocking=False):
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.02)
 
 
 # --- botocore configuration ------------------------------------------------------------------
