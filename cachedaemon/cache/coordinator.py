@@ -494,17 +494,18 @@ class CacheCoordinator:
         self._spawn(run())
 
     async def _trim_once(self, *, manual: bool, fraction: float) -> TrimResult:
-        """One trim, all phases as needed. REQUIRES: the caller holds ``cache-trim``."""
+        """One trim, all phases as needed. A manual trim always walks (to recount).
+        REQUIRES: the caller holds ``cache-trim``."""
         goal = self._goal(fraction)
-        if not self._over(goal):
+        if not manual and not self._over(goal):
             return TrimResult(0, 0)
         started = time.monotonic()
         freed_b = freed_o = 0
         # Phase 1: LRU from memory, never throttled.
-        b, o = await self._trim_lru(goal)
-        freed_b, freed_o = freed_b + b, freed_o + o
+        if self._over(goal):
+            freed_b, freed_o = await self._trim_lru(goal)
         goal = self._goal(fraction)
-        if self._over(goal) and (manual or self._walk_throttle_left() == 0.0):
+        if manual or (self._over(goal) and self._walk_throttle_left() == 0.0):
             # Phase 2: walk, correct drift, LRU again.
             walk = await self._walk_and_sync()
             goal = self._goal(fraction)
