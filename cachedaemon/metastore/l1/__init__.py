@@ -1,0 +1,29 @@
+"""The L1 metastore: the catalogue of objects holding tiered partitions' offset ranges, with
+object GC (Redpanda's cloud-topics ``level_one/metastore``), on the rows of a metastore domain.
+
+Start at :class:`L1Metastore` (operations and queries), :class:`DatabaseRowStore` (run it on an
+``lsm.Database``) and :class:`ObjectGC` (delete objects whose data is all dead). Row layouts are
+in ``docs/l1-format.md``; the HTTP API in ``docs/l1-api.md``.
+"""
+
+from cachedaemon.metastore.l1.errors import (
+    InvalidRequest,
+    MissingPartition,
+    OutOfRange,
+    TransportError,
+)
+from cachedaemon.metastore.l1.keys import TopicIdPartition
+from cachedaemon.metastore.l1.metastore import L1Metastore
+from cachedaemon.metastore.l1.store import DatabaseRowStore, RowReader, RowStore
+
+__all__ = [
+    "DatabaseRowStore",
+    "InvalidRequest",
+    "L1Metastore",
+    "MissingPartition",
+    "OutOfRange",
+    "RowReader",
+    "RowStore",
+    "TopicIdPartition",
+    "TransportError",
+]

@@ -1,0 +1,144 @@
+"""The row store the L1 metastore runs on: a tiny interface over a metastore domain.
+
+L1 rows are ordinary LSM rows of one domain. The L1 code needs only:
+
+- a **consistent snapshot** to read from (``get``, and ``scan`` of ``[start, end)`` forwards or
+  backwards with a limit), released when done;
+- a **persisted snapshot**: the rows as of the domain's persisted sequence number (what is in
+  the bucket's manifest, so also what read replicas can see) — the object GC decides only from
+  it;
+- ``apply``: one atomic, durable batch of puts and deletes, visible to every snapshot taken after
+  it returns.
+
+:class:`DatabaseRowStore` adapts an ``lsm.Database`` (used by tests and the benchmark, and by
+the domain adapter); adapters for other owners implement the same Protocol. Instances belong to
+the shard that owns the domain; they are not thread-safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
+
+from cachedaemon.errors import IOFailure
+from cachedaemon.lsm import Database, Snapshot, WriteBatch
+from cachedaemon.metastore.l1.errors import TransportError
+
+#: One row operation: ``(key, value)`` puts, ``(key, None)`` deletes.
+RowOp = tuple[bytes, bytes | None]
+
+
+class RowReader(Protocol):
+    """Reads from one consistent view of the rows."""
+
+    async def get(self, key: bytes) -> bytes | None: ...
+
+    async def scan(
+        self, start: bytes, end: bytes, *, limit: int | None = None, reverse: bool = False
+    ) -> list[tuple[bytes, bytes]]:
+        """Rows with ``start <= key < end`` in key order (descending if ``reverse``), at most
+        ``limit`` of them."""
+        ...
+
+
+class RowStore(Protocol):
+    def snapshot(self) -> AbstractAsyncContextManager[RowReader]:
+        """A reader over every row applied so far."""
+        ...
+
+    def persisted_snapshot(self) -> AbstractAsyncContextManager[RowReader]:
+        """A reader over the rows already persisted in the domain's manifest (seqno <= the
+        persisted seqno). It may miss rows that were persisted (never shows unpersisted ones)."""
+        ...
+
+    async def apply(self, ops: Sequence[RowOp]) -> None:
+        """Apply ``ops`` atomically and durably (a later op on the same key wins)."""
+        ...
+
+
+async def scan_all(reader: RowReader, start: bytes, end: bytes, *, page: int = 1024
+                   ) -> AsyncIterator[tuple[bytes, bytes]]:
+    """Every row of ``[start, end)`` in key order, read ``page`` rows at a time."""
+    while True:
+        rows = await reader.scan(start, end, limit=page)
+        for row in rows:
+            yield row
+        if len(rows) < page:
+            return
+        start = rows[-1][0] + b"\x00"
+
+
+# --- the adapter over an lsm.Database --------------------------------------------------------
+
+
+class _DatabaseReader:
+    """Reads of one :class:`Database` at one seqno (a pinned :class:`Snapshot` or a bare int)."""
+
+    __slots__ = ("_db", "_snap")
+
+    def __init__(self, db: Database, snap: Snapshot | int) -> None:
+        self._db = db
+        self._snap = snap
+
+    async def get(self, key: bytes) -> bytes | None:
+        try:
+            return await self._db.get(key, self._snap)
+        except IOFailure as exc:
+            raise TransportError(f"L1 read failed: {exc.message}") from exc
+
+    async def scan(
+        self, start: bytes, end: bytes, *, limit: int | None = None, reverse: bool = False
+    ) -> list[tuple[bytes, bytes]]:
+        try:
+            return await self._db.scan(start, end, limit=limit, reverse=reverse,
+                                       snapshot=self._snap)
+        except IOFailure as exc:
+            raise TransportError(f"L1 scan failed: {exc.message}") from exc
+
+
+class DatabaseRowStore:
+    """:class:`RowStore` over an open ``lsm.Database``.
+
+    ``apply_batch`` replaces the plain ``db.apply`` when the owner makes writes durable in
+    its own log first (a metastore domain); ``persisted_seqno`` reports what its manifest holds
+    (default: the database's ``max_persisted_seqno``). The persisted snapshot reads at that seqno
+    without pinning it: compaction may have dropped versions only it would see, so it can miss
+    (or show an older version of) a persisted row — the GC re-checks every candidate on a fresh
+    snapshot, and object rows only ever move towards "dead", so that is safe.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        apply_batch: Callable[[WriteBatch], Awaitable[object]] | None = None,
+        persisted_seqno: Callable[[], int] | None = None,
+    ) -> None:
+        self.db = db
+        self._apply_batch = apply_batch or db.apply
+        self._persisted_seqno = persisted_seqno or (lambda: db.max_persisted_seqno)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[RowReader]:
+        snap = self.db.create_snapshot()
+        try:
+            yield _DatabaseReader(self.db, snap)
+        finally:
+            snap.release()
+
+    @asynccontextmanager
+    async def persisted_snapshot(self) -> AsyncIterator[RowReader]:
+        yield _DatabaseReader(self.db, self._persisted_seqno())
+
+    async def apply(self, ops: Sequence[RowOp]) -> None:
+        batch = WriteBatch()
+        for key, value in ops:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        try:
+            await self._apply_batch(batch)
+        except IOFailure as exc:
+            raise TransportError(f"L1 write failed: {exc.message}") from exc
