@@ -56,6 +56,10 @@ INTERNAL_NAMES = frozenset({TRACKER_NAME, TRACKER_TMP_NAME})
 STAGING_NAME_BYTES = 120
 
 
+def _show(key: str) -> str:
+    return repr(key) if len(key) <= 80 else repr(key[:77] + "...")
+
+
 def validate_key(key: object) -> str:
     """Return ``key`` if it obeys the key rules, else raise :class:`InvalidKey` saying why."""
     if not isinstance(key, str):
@@ -63,28 +67,28 @@ def validate_key(key: object) -> str:
     try:
         raw = key.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidKey(f"key {key!r} is not valid UTF-8") from None
+        raise InvalidKey(f"key {_show(key)} is not valid UTF-8") from None
     if not raw:
         raise InvalidKey("the key is empty")
     if len(raw) > MAX_KEY_BYTES:
         raise InvalidKey(f"the key is {len(raw)} bytes long; at most {MAX_KEY_BYTES} are allowed")
     if "\x00" in key:
-        raise InvalidKey(f"key {key!r} contains a NUL character")
+        raise InvalidKey(f"key {_show(key)} contains a NUL character")
     if key.startswith("/"):
-        raise InvalidKey(f"key {key!r} starts with '/' (keys are relative, not absolute paths)")
+        raise InvalidKey(f"key {_show(key)} starts with '/' (keys are relative, not absolute paths)")
     if key.endswith("/"):
-        raise InvalidKey(f"key {key!r} ends with '/'")
+        raise InvalidKey(f"key {_show(key)} ends with '/'")
     if key.endswith(PART_SUFFIX):
-        raise InvalidKey(f"key {key!r} ends in {PART_SUFFIX!r}, which is reserved for in-flight files")
+        raise InvalidKey(f"key {_show(key)} ends in {PART_SUFFIX!r}, which is reserved for in-flight files")
     for segment in key.split("/"):
         if not segment:
-            raise InvalidKey(f"key {key!r} has an empty segment ('//')")
+            raise InvalidKey(f"key {_show(key)} has an empty segment ('//')")
         if segment in (".", ".."):
-            raise InvalidKey(f"key {key!r} has a {segment!r} segment")
+            raise InvalidKey(f"key {_show(key)} has a {segment!r} segment")
         n = len(segment.encode("utf-8"))
         if n > MAX_SEGMENT_BYTES:
             raise InvalidKey(
-                f"key {key!r} has a segment of {n} bytes; at most {MAX_SEGMENT_BYTES} are allowed"
+                f"key {_show(key)} has a segment of {n} bytes; at most {MAX_SEGMENT_BYTES} are allowed"
             )
     return key
 

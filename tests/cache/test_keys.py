@@ -1,0 +1,215 @@
+"""Key validation on every entry point, the on-disk encoding, and symlink escapes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cachedaemon.cache import CacheService, CacheStatus
+from cachedaemon.cache.keys import (
+    INTERNAL_NAMES,
+    MAX_NAME_BYTES,
+    key_relpath,
+    relpath_key,
+    staging_name,
+    validate_key,
+)
+from cachedaemon.clock import deadline_after
+from cachedaemon.errors import InvalidKey
+from tests.cache.conftest import disk_entries
+
+BAD_KEYS: list[Any] = [
+    "",
+    "/",
+    "/abs",
+    "/etc/passwd",
+    "trailing/",
+    "a//b",
+    ".",
+    "..",
+    "./a",
+    "a/.",
+    "a/./b",
+    "../escape",
+    "a/../../escape",
+    "a/..",
+    "nul\x00byte",
+    "x.part",
+    "dir/y.part",
+    "a" * 1025,
+    "s/" + "b" * 256,
+    "é" * 513,  # 1026 bytes
+    "\udcff",  # not encodable as UTF-8
+    b"bytes",
+    None,
+    42,
+]
+
+GOOD_KEYS = [
+    "a",
+    "a/b",
+    "a/b/c",
+    "%tracker",
+    "%tracker.tmp",
+    "a%d",
+    "a%d/b",
+    "100%",
+    "%25",
+    "x.part/y",
+    "y.partx",
+    ".hidden",
+    "...",
+    "a b/c\td",
+    "ünïcödé/鍵",
+    "a" * 255,
+    ("b" * 255 + "/") * 3 + "c" * 255,
+    "%" * 255,
+    "/".join(["k" * 204] * 5),  # 1024 bytes
+]
+
+
+@pytest.mark.parametrize("key", BAD_KEYS, ids=repr)
+def test_validator_rejects(key: Any) -> None:
+    with pytest.raises(InvalidKey):
+        validate_key(key)
+
+
+@pytest.mark.parametrize("key", GOOD_KEYS, ids=lambda k: repr(k)[:40])
+def test_validator_accepts(key: str) -> None:
+    assert validate_key(key) == key
+
+
+def _entry_points(svc: CacheService) -> dict[str, Callable[[Any], Awaitable[Any]]]:
+    async def get(k: Any) -> Any:
+        return await svc.get(k)
+
+    async def get_range(k: Any) -> Any:
+        return await svc.get_range(k, 0, 1)
+
+    async def is_cached(k: Any) -> Any:
+        return svc.is_cached(k)
+
+    async def put(k: Any) -> Any:
+        guard = await svc.reserve_space(1, 1, deadline_after(1.0))
+        try:
+            return await svc.put(k, b"x", guard)
+        finally:
+            guard.close()
+
+    async def invalidate(k: Any) -> Any:
+        return await svc.invalidate(k)
+
+    async def staging(k: Any) -> Any:
+        f = await svc.create_staging_file(k, deadline_after(1.0))
+        await f.close()
+
+    return {"get": get, "get_range": get_range, "is_cached": is_cached, "put": put,
+            "invalidate": invalidate, "create_staging_file": staging}
+
+
+async def test_every_entry_point_rejects_every_bad_key(cache: CacheService) -> None:
+    for name, call in _entry_points(cache).items():
+        for key in BAD_KEYS:
+            with pytest.raises(InvalidKey):
+                await call(key)
+                pytest.fail(f"{name} accepted {key!r}")
+    s = await cache.stats()
+    assert (s.bytes_used, s.objects, s.bytes_reserved, s.objects_reserved) == (0, 0, 0, 0)
+    assert list(cache.root.iterdir()) == []
+
+
+async def test_good_keys_round_trip_and_stay_inside(cache: CacheService) -> None:
+    root = cache.root.resolve()
+    for i, key in enumerate(GOOD_KEYS):
+        guard = await cache.reserve_space(8, 1, deadline_after(1.0))
+        await cache.put(key, str(i).encode(), guard)
+    for i, key in enumerate(GOOD_KEYS):
+        entry = await cache.get(key)
+        assert entry is not None, key
+        assert entry.path.read_bytes() == str(i).encode()
+        assert root in entry.path.resolve().parents
+    assert len(disk_entries(cache.root)) == len(GOOD_KEYS)
+    assert not any((cache.root / n).exists() for n in INTERNAL_NAMES - {"%tracker"})
+    await cache.save_tracker()
+    # The tracker is not an entry and is untouched by keys named like it.
+    assert (await cache.get("%tracker")) is not None
+    assert (cache.root / "%tracker").read_bytes()[:8] == b"CDTRACK\n"
+
+
+segment = st.text(
+    st.characters(blacklist_categories=["Cs"], blacklist_characters="/\x00"),
+    min_size=1, max_size=80,
+).filter(lambda s: s not in (".", ".."))
+keys = st.lists(segment, min_size=1, max_size=4).map("/".join).filter(
+    lambda k: not k.endswith(".part") and len(k.encode()) <= 1024
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(keys, min_size=2, max_size=6, unique=True))
+def test_encoding_is_injective_and_files_never_collide_with_dirs(ks: list[str]) -> None:
+    paths = [key_relpath(validate_key(k)) for k in ks]
+    assert len(set(paths)) == len(paths)
+    files = set(paths)
+    dirs = {"/".join(p.split("/")[:i]) for p in paths for i in range(1, p.count("/") + 1)}
+    assert not files & dirs
+    for k, p in zip(ks, paths, strict=True):
+        assert all(len(n.encode()) <= MAX_NAME_BYTES + 2 for n in p.split("/"))
+        assert not p.endswith(".part") and p not in INTERNAL_NAMES
+        if "%h" not in p:
+            assert relpath_key(p) == k
+        name = staging_name(p, 3, 12345)
+        assert name.endswith("_3_12345.part") and len(name.encode()) < 255
+
+
+def test_long_segments_are_hashed_and_distinct() -> None:
+    a = key_relpath("%" * 255)
+    b = key_relpath("%" * 254 + "x")
+    assert a != b and "%h" in a and "%h" in b
+    assert len(a.encode()) <= MAX_NAME_BYTES
+    assert relpath_key(a) is None
+
+
+async def test_symlinked_entry_is_not_followed(cache: CacheService, tmp_path: Path) -> None:
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"top secret")
+    os.symlink(outside, cache.root / "evil")
+    assert await cache.get("evil") is None
+    assert await cache.get_range("evil", 0, 3) is None
+    assert cache.is_cached("evil") is CacheStatus.not_available
+    await cache.invalidate("evil")
+    assert outside.read_bytes() == b"top secret"
+    guard = await cache.reserve_space(3, 1, deadline_after(1.0))
+    await cache.put("evil", b"new", guard)  # replaces the link itself, not its target
+    assert outside.read_bytes() == b"top secret"
+    assert not (cache.root / "evil").is_symlink()
+    assert (cache.root / "evil").read_bytes() == b"new"
+
+
+async def test_symlinked_directory_is_not_followed(cache: CacheService, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x").write_bytes(b"outside data")
+    os.symlink(outside, cache.root / key_relpath("d/x").split("/")[0])
+    assert await cache.get("d/x") is None
+    assert cache.is_cached("d/x") is CacheStatus.not_available
+    with pytest.raises(InvalidKey):
+        await cache.invalidate("d/x")
+    with pytest.raises(InvalidKey):
+        await cache.create_staging_file("d/y", deadline_after(1.0))
+    guard = await cache.reserve_space(1, 1, deadline_after(1.0))
+    with pytest.raises(InvalidKey):
+        await cache.put("d/z", b"z", guard)
+    assert sorted(p.name for p in outside.iterdir()) == ["x"]
+    assert (outside / "x").read_bytes() == b"outside data"
+    # Trims and walks neither count nor delete through the link.
+    await cache.trim()
+    s = await cache.stats()
+    assert (s.bytes_used, s.objects, s.bytes_reserved, s.objects_reserved) == (0, 0, 0, 0)
+    assert (outside / "x").exists()
