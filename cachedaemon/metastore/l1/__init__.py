@@ -12,6 +12,7 @@ from cachedaemon.metastore.l1.errors import (
     OutOfRange,
     TransportError,
 )
+from cachedaemon.metastore.l1.gc import ObjectGC, default_object_name
 from cachedaemon.metastore.l1.keys import TopicIdPartition
 from cachedaemon.metastore.l1.metastore import L1Metastore
 from cachedaemon.metastore.l1.store import DatabaseRowStore, RowReader, RowStore
@@ -21,9 +22,11 @@ __all__ = [
     "InvalidRequest",
     "L1Metastore",
     "MissingPartition",
+    "ObjectGC",
     "OutOfRange",
     "RowReader",
     "RowStore",
     "TopicIdPartition",
     "TransportError",
+    "default_object_name",
 ]
