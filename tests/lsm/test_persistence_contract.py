@@ -11,14 +11,18 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cachedaemon.cache.service import CacheService
+from cachedaemon.clock import NO_DEADLINE
 from cachedaemon.core import failpoints
 from cachedaemon.errors import IOFailure, ShuttingDown, UpstreamError
 from cachedaemon.lsm.io.cloud import open_cloud_persistence
+from cachedaemon.lsm.io.cloud_cache import CloudCacheDataPersistence, cloud_cache_persistence
 from cachedaemon.lsm.io.disk import (
     STAGING_SUFFIX,
     manifest_name,
@@ -29,7 +33,13 @@ from cachedaemon.lsm.io.persistence import FileExists, FileHandle, Persistence
 from cachedaemon.remote.base import ObjectStore
 from cachedaemon.remote.faulty import FaultInjectingObjectStore
 from cachedaemon.remote.local import LocalObjectStore
-from tests.support.lsm_persistence import FAULT_APPEND_BYTES, PersistenceBackend
+from tests.support.lsm_persistence import (
+    FAULT_APPEND_BYTES,
+    PersistenceBackend,
+    cache_settings_for_tests,
+    open_test_cache,
+    part_files,
+)
 
 
 async def write_file(p: Persistence, handle: FileHandle, *chunks: bytes) -> None:
@@ -598,3 +608,234 @@ async def test_cloud_shutdown_interrupts_retries(tmp_path: Path) -> None:
     abort.set()
     with pytest.raises(ShuttingDown):
         await asyncio.wait_for(task, 2.0)
+
+
+# -- cloud through the cache only ---------------------------------------------------------
+
+
+@pytest.fixture
+async def cc_cache(tmp_path: Path) -> AsyncIterator[CacheService]:
+    cache = await open_test_cache(tmp_path / "cache")
+    yield cache
+    await asyncio.wait_for(cache.stop(), 10.0)
+
+
+@pytest.fixture
+def cc_store(tmp_path: Path) -> ObjectStore:
+    return LocalObjectStore(tmp_path / "bucket")
+
+
+def _cc(store: ObjectStore, cache: CacheService, **kwargs: Any) -> Persistence:
+    return cloud_cache_persistence(store, cache, "meta/domain/u1", **kwargs)
+
+
+def _cc_data(p: Persistence) -> CloudCacheDataPersistence:
+    assert isinstance(p.data, CloudCacheDataPersistence)
+    return p.data
+
+
+async def _assert_cache_idle(cache: CacheService) -> None:
+    stats = await cache.stats()
+    assert (stats.bytes_reserved, stats.objects_reserved) == (0, 0)
+    assert (stats.bytes_pending, stats.objects_pending) == (0, 0)
+
+
+async def test_cloud_cache_written_sst_is_a_cache_hit(
+    cc_store: ObjectStore, cc_cache: CacheService, tmp_path: Path
+) -> None:
+    p = _cc(cc_store, cc_cache)
+    h = FileHandle(2, 7)
+    data = os.urandom(300_000)
+    await write_file(p, h, data[:1000], data[1000:])
+    assert _cc_data(p).cache_key(h) == f"lsm/meta/domain/u1/{h.name}"
+    assert await cc_store.get_bytes(f"meta/domain/u1/{h.name}") == data
+    entry = await cc_cache.get(f"lsm/meta/domain/u1/{h.name}")
+    assert entry is not None and entry.size == len(data)
+    assert await read_all(p, h) == data
+    assert _cc_data(p).downloads == 0  # served by the cache, not the bucket
+    stats = await cc_cache.stats()
+    assert (stats.bytes_used, stats.objects) == (len(data), 1)
+    await _assert_cache_idle(cc_cache)
+    assert part_files(tmp_path / "cache") == []
+
+
+async def test_cloud_cache_read_after_invalidate_downloads_into_cache(
+    cc_store: ObjectStore, cc_cache: CacheService
+) -> None:
+    p = _cc(cc_store, cc_cache)
+    h = FileHandle(3, 7)
+    await write_file(p, h, b"round trip" * 5000)
+    key = _cc_data(p).cache_key(h)
+    await cc_cache.invalidate(key)
+    assert await cc_cache.get(key) is None
+    assert await read_all(p, h) == b"round trip" * 5000
+    assert _cc_data(p).downloads == 1
+    assert await cc_cache.get(key) is not None  # back in the cache...
+    assert await read_all(p, h) == b"round trip" * 5000
+    assert _cc_data(p).downloads == 1  # ...and the next read is a hit
+    stats = await cc_cache.stats()
+    assert (stats.bytes_used, stats.objects) == (50_000, 1)
+    await _assert_cache_idle(cc_cache)
+
+
+async def test_cloud_cache_reservation_deadline_on_append_leaves_nothing(
+    cc_store: ObjectStore, tmp_path: Path
+) -> None:
+    cache = await open_test_cache(tmp_path / "cache", max_bytes=1 << 20)
+    try:
+        p = _cc(cc_store, cache, write_deadline_s=0.2)
+        h = FileHandle(4, 7)
+        w = await p.data.open_sequential_writer(h)
+        await w.append(b"a" * 1000)
+        # Someone else holds the rest of the cache: our top-up cannot be granted in time.
+        blocker = await cache.reserve_space((1 << 20) - (64 << 10), 0, NO_DEADLINE)
+        with pytest.raises(IOFailure, match="no cache space in time"):
+            await w.append(b"b" * (200 << 10))
+        with pytest.raises(IOFailure):
+            await w.close()
+        blocker.close()
+        assert part_files(tmp_path / "cache") == []
+        assert await cc_store.head(f"meta/domain/u1/{h.name}") is None
+        assert await p.data.open_random_access_reader(h) is None
+        stats = await cache.stats()
+        assert (stats.bytes_used, stats.objects) == (0, 0)
+        await _assert_cache_idle(cache)
+    finally:
+        await asyncio.wait_for(cache.stop(), 10.0)
+
+
+async def test_cloud_cache_failed_upload_leaves_nothing(
+    cc_store: ObjectStore, cc_cache: CacheService, tmp_path: Path
+) -> None:
+    faulty = FaultInjectingObjectStore(cc_store)
+    p = _cc(faulty, cc_cache)
+    faulty.fail("put", exception=UpstreamError("403 access denied"))
+    h = FileHandle(5, 7)
+    w = await p.data.open_sequential_writer(h)
+    await w.append(b"x" * 100_000)
+    with pytest.raises(IOFailure):
+        await w.close()
+    assert part_files(tmp_path / "cache") == []
+    assert await cc_store.head(f"meta/domain/u1/{h.name}") is None
+    assert await cc_cache.get(_cc_data(p).cache_key(h)) is None
+    stats = await cc_cache.stats()
+    assert (stats.bytes_used, stats.objects) == (0, 0)
+    await _assert_cache_idle(cc_cache)
+
+
+async def test_cloud_cache_failed_commit_says_data_is_in_bucket(
+    cc_store: ObjectStore, cc_cache: CacheService, tmp_path: Path
+) -> None:
+    p = _cc(cc_store, cc_cache)
+    h = FileHandle(6, 7)
+    w = await p.data.open_sequential_writer(h)
+    await w.append(b"uploaded, not cached")
+    failpoints.arm("lsm.cloud_cache.commit", "raise@1")
+    with pytest.raises(IOFailure, match="safe in the bucket"):
+        await w.close()
+    assert part_files(tmp_path / "cache") == []
+    await _assert_cache_idle(cc_cache)
+    assert await cc_cache.get(_cc_data(p).cache_key(h)) is None
+    # The object is in the bucket and readable (downloaded on demand); the engine's file GC
+    # collects it as an unreferenced SST.
+    assert await cc_store.get_bytes(f"meta/domain/u1/{h.name}") == b"uploaded, not cached"
+    assert await read_all(p, h) == b"uploaded, not cached"
+
+
+async def test_cloud_cache_duplicate_at_upload_never_overwrites(
+    cc_store: ObjectStore, cc_cache: CacheService, tmp_path: Path
+) -> None:
+    p = _cc(cc_store, cc_cache)
+    h = FileHandle(7, 7)
+    w = await p.data.open_sequential_writer(h)
+    await w.append(b"loser")
+    await cc_store.put(f"meta/domain/u1/{h.name}", b"winner")
+    with pytest.raises(FileExists):
+        await w.close()
+    assert await cc_store.get_bytes(f"meta/domain/u1/{h.name}") == b"winner"
+    assert part_files(tmp_path / "cache") == []
+    assert await cc_cache.get(_cc_data(p).cache_key(h)) is None  # the loser was not cached
+    assert await read_all(p, h) == b"winner"
+    await _assert_cache_idle(cc_cache)
+
+
+class EvictingCache(CacheService):
+    """A real cache whose every download is trimmed away at once (a cache under pressure)."""
+
+    async def put(self, key: str, data: Any, guard: Any, deadline: Any = None) -> int:
+        size = await super().put(key, data, guard, deadline)
+        await self.invalidate(key)
+        return size
+
+
+async def test_cloud_cache_reader_retries_are_bounded(
+    cc_store: ObjectStore, tmp_path: Path
+) -> None:
+    cache = EvictingCache(0, cache_settings_for_tests(), tmp_path / "cache", fsync_commits=False)
+    await cache.start()
+    try:
+        p = _cc(cc_store, cache, read_attempts=3)
+        h = FileHandle(8, 7)
+        data = os.urandom(100_000)
+        await cc_store.put(f"meta/domain/u1/{h.name}", data)
+        r = await asyncio.wait_for(p.data.open_random_access_reader(h), 10.0)
+        assert r is not None
+        # Three downloads, each evicted: then it reads the bucket instead of looping forever.
+        assert _cc_data(p).downloads == 3
+        assert _cc_data(p).uncached_reads == 1
+        assert r.size() == len(data)
+        assert await r.read(500, 1000) == data[500:1500]
+        with pytest.raises(IOFailure):
+            await r.read(len(data) - 1, 2)
+        await r.close()
+        await _assert_cache_idle(cache)
+    finally:
+        await asyncio.wait_for(cache.stop(), 10.0)
+
+
+async def test_cloud_cache_uncacheable_object_is_read_from_bucket(
+    cc_store: ObjectStore, tmp_path: Path
+) -> None:
+    cache = await open_test_cache(tmp_path / "cache", max_bytes=64 << 10)
+    try:
+        p = _cc(cc_store, cache)
+        h = FileHandle(9, 7)
+        data = os.urandom(200_000)  # bigger than the whole cache: never cacheable
+        await cc_store.put(f"meta/domain/u1/{h.name}", data)
+        r = await p.data.open_random_access_reader(h)
+        assert r is not None
+        assert await r.read(150_000, 50_000) == data[150_000:]
+        await r.close()
+        assert _cc_data(p).downloads == 0
+        assert _cc_data(p).uncached_reads == 1
+        assert part_files(tmp_path / "cache") == []
+        await _assert_cache_idle(cache)
+    finally:
+        await asyncio.wait_for(cache.stop(), 10.0)
+
+
+async def test_cloud_cache_remove_drops_cache_copy_and_object(
+    cc_store: ObjectStore, cc_cache: CacheService
+) -> None:
+    p = _cc(cc_store, cc_cache)
+    h = FileHandle(10, 7)
+    await write_file(p, h, b"short-lived")
+    key = _cc_data(p).cache_key(h)
+    assert await cc_cache.get(key) is not None
+    await p.data.remove_file(h)
+    assert await cc_cache.get(key) is None
+    assert await cc_store.head(f"meta/domain/u1/{h.name}") is None
+    assert (await cc_cache.stats()).objects == 0
+
+
+async def test_cloud_cache_reader_survives_trim(
+    cc_store: ObjectStore, cc_cache: CacheService
+) -> None:
+    p = _cc(cc_store, cc_cache)
+    h = FileHandle(11, 7)
+    await write_file(p, h, b"held open" * 1000)
+    r = await p.data.open_random_access_reader(h)
+    assert r is not None
+    await cc_cache.invalidate(_cc_data(p).cache_key(h))  # as a trim would
+    assert await r.read(0, 9) == b"held open"
+    await r.close()

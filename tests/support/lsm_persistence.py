@@ -6,14 +6,19 @@ Used by ``tests/lsm/conftest.py`` (fixtures ``persistence_backend``, ``lsm_backe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cachedaemon.cache.service import CacheService
+from cachedaemon.config import CacheSettings, load_settings
 from cachedaemon.core import failpoints
 from cachedaemon.lsm.io.cloud import open_cloud_persistence
+from cachedaemon.lsm.io.cloud_cache import cloud_cache_persistence
 from cachedaemon.lsm.io.disk import open_disk_persistence
 from cachedaemon.lsm.io.memory import MemoryDataPersistence, memory_persistence
 from cachedaemon.lsm.io.persistence import FileHandle, Persistence
@@ -36,6 +41,8 @@ class PersistenceBackend:
     leftovers: Callable[[], Awaitable[list[str]]]
     opened: list[Persistence] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Run (in order) after every opened persistence is closed, at teardown.
+    cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def open(self) -> Persistence:
         p = await self.opener()
@@ -48,6 +55,8 @@ class PersistenceBackend:
                 await p.data.close()
             with contextlib.suppress(Exception):
                 await p.metadata.close()
+        for cleanup in self.cleanups:
+            await cleanup()
 
 
 #: An append at least this big reaches the backend's I/O (the disk writer buffers smaller ones).
@@ -129,6 +138,66 @@ def _cloud_backend(name: str, store: ObjectStore, tmp_path: Path) -> Persistence
     )
 
 
+# -- cloud through the cache ---------------------------------------------------------------
+
+#: The cache the cloud-cache backend runs on in tests: small staging chunks so appends top up
+#: their reservation often; no fsync per commit (speed); everything else the defaults.
+TEST_CACHE_BYTES = 256 << 20
+
+
+def cache_settings_for_tests(**overrides: Any) -> CacheSettings:
+    base = load_settings(env={}).cache
+    values: dict[str, Any] = {
+        "max_bytes": TEST_CACHE_BYTES,
+        "max_objects": 10_000,
+        "staging_initial_bytes": 4096,
+        "staging_chunk_bytes": 64 << 10,
+        "reserve_deadline": 5.0,
+    }
+    values.update(overrides)
+    return dataclasses.replace(base, **values)
+
+
+async def open_test_cache(directory: Path, **overrides: Any) -> CacheService:
+    return await CacheService.open_single(
+        directory, cache_settings_for_tests(**overrides), fsync_commits=False
+    )
+
+
+def part_files(root: Path) -> list[str]:
+    """Every ``.part`` file under ``root`` (relative paths)."""
+    if not root.exists():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.part"))
+
+
+def _cloud_cache_backend(
+    name: str, store: ObjectStore, cache: CacheService, cache_dir: Path
+) -> PersistenceBackend:
+    prefix = "meta/domain/db-under-test"
+
+    async def opener() -> Persistence:
+        return cloud_cache_persistence(store, cache, prefix, retry_chain_s=2.0)
+
+    async def leftovers() -> list[str]:
+        return part_files(cache_dir)
+
+    async def stop_cache() -> None:
+        await asyncio.wait_for(cache.stop(), 10.0)
+
+    return PersistenceBackend(
+        name,
+        opener,
+        # A real cache failure: the staging file's append (the reservation step) raises.
+        fail_append=lambda p: failpoints.arm("cache.staging.append", "raise@1"),
+        fail_close=lambda p: failpoints.arm("lsm.cloud.upload", "raise@1"),
+        fail_manifest_write=lambda p: failpoints.arm("lsm.cloud.manifest.put", "raise@1"),
+        leftovers=leftovers,
+        extra={"store": store, "cache": cache, "cache_dir": cache_dir, "prefix": prefix},
+        cleanups=[stop_cache],
+    )
+
+
 StoreMaker = Callable[..., Awaitable[ObjectStore]]
 
 
@@ -146,13 +215,17 @@ async def make_backend(name: str, tmp_path: Path, make_store: StoreMaker) -> Per
     store = await make_store({"file": "local", "s3": "s3"}[where])
     if kind == "cloud":
         return _cloud_backend(name, store, tmp_path)
+    if kind == "cloud_cache":
+        cache_dir = tmp_path / "cache"
+        cache = await open_test_cache(cache_dir)
+        return _cloud_cache_backend(name, store, cache, cache_dir)
     raise ValueError(f"unknown persistence backend {name!r}")
 
 
 #: Every backend: memory, disk, cloud (staging dir) and cloud-cache, the bucket-backed ones
 #: on a local ``file://`` bucket and on the moto S3 server.
-ALL_BACKENDS = ["memory", "disk", "cloud-file", "cloud-s3"]
+ALL_BACKENDS = ["memory", "disk", "cloud-file", "cloud-s3", "cloud_cache-file", "cloud_cache-s3"]
 #: Backends the engine/database tests run over (``lsm_persistence`` / ``lsm_backend``).
-LSM_BACKENDS = ["memory", "disk", "cloud-file"]
+LSM_BACKENDS = ["memory", "disk", "cloud_cache-file"]
 #: Backends the persistence contract suite runs over.
 CONTRACT_BACKENDS = ALL_BACKENDS
