@@ -112,12 +112,11 @@ def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     socks: list[socket.socket] = []
     try:
         # A plain (non-reuseport) bind first: it fails if anybody, including another
-        # cachedaemon with SO_REUSEPORT sockets, already has the port.
+        # cachedaemon with SO_REUSEPORT sockets, already has the port. With one shard it is
+        # the listening socket; with more it only reserves the port number for a moment.
         probe = socket.socket(family, socket.SOCK_STREAM)
         socks.append(probe)
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if count > 1:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             probe.bind(addr)
         except OSError as exc:
@@ -126,12 +125,19 @@ def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
                     from exc
             raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
         bound = probe.getsockname()
-        for _ in range(count - 1):
-            s = socket.socket(family, socket.SOCK_STREAM)
-            socks.append(s)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            s.bind(bound)
+        if count > 1:
+            probe.close()
+            socks.clear()
+            for _ in range(count):
+                s = socket.socket(family, socket.SOCK_STREAM)
+                socks.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                try:
+                    s.bind(bound)
+                except OSError as exc:
+                    raise StartupError(
+                        f"cannot listen on {host}:{bound[1]}: {exc.strerror}") from exc
         for s in socks:
             s.listen(1024)
             s.setblocking(False)
