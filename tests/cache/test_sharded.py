@@ -1,0 +1,112 @@
+"""The cache across shards: reservations and staging files on shard 1 hop to shard 0's
+coordinator; releases, commits and hits are posted back in order; stats sum every shard."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cachedaemon.cache import CacheService, start_cache, stop_cache
+from cachedaemon.clock import NO_DEADLINE, deadline_after
+from cachedaemon.core.sharded import Sharded
+from cachedaemon.core.smp import Smp, this_shard_id
+from cachedaemon.errors import CacheFull
+from tests.cache.conftest import KiB, disk_entries, make_settings
+
+
+@pytest.fixture
+async def sharded_cache(tmp_path: Path) -> AsyncIterator[Sharded[CacheService]]:
+    smp = Smp(2)
+    await smp.start()
+    cache = await start_cache(smp, make_settings(max_bytes=64 * KiB, max_objects=50),
+                              tmp_path / "cache", fsync_commits=False)
+    try:
+        yield cache
+    finally:
+        await stop_cache(cache)
+        await smp.stop()
+
+
+async def test_shard1_reserve_staging_commit_hop_to_shard0(
+    sharded_cache: Sharded[CacheService],
+) -> None:
+    async def on_shard1(svc: CacheService) -> tuple[int, int, int]:
+        assert this_shard_id() == 1
+        guard = await svc.reserve_space(1000, 1, deadline_after(1.0))
+        s1 = await svc.stats()
+        guard.close()
+        s2 = await svc.stats()
+        staging = await svc.create_staging_file("from/shard1", deadline_after(1.0))
+        assert "_1_" in staging.path.name
+        await staging.append(b"q" * 5000)
+        size = await staging.commit()
+        entry = await svc.get("from/shard1")
+        assert entry is not None and entry.size == 5000
+        assert await svc.get("missing") is None
+        return s1.bytes_reserved, s2.bytes_reserved, size
+
+    reserved, released, size = await sharded_cache.invoke_on(1, on_shard1)
+    assert (reserved, released, size) == (1000, 0, 5000)
+    s = await sharded_cache.local().stats()
+    assert (s.bytes_used, s.objects, s.bytes_reserved, s.objects_reserved) == (5000, 1, 0, 0)
+    assert (s.hits, s.misses, s.shards) == (1, 1, 2)
+    assert sum(disk_entries(sharded_cache.local().root).values()) == 5000
+
+
+async def test_concurrent_writers_on_both_shards_keep_counters_exact(
+    sharded_cache: Sharded[CacheService],
+) -> None:
+    async def writers(svc: CacheService, n: int) -> int:
+        shard = this_shard_id()
+
+        async def one(i: int) -> int:
+            try:
+                staging = await svc.create_staging_file(f"s{shard}/{i}", deadline_after(0.5))
+            except CacheFull:
+                return 0
+            try:
+                await staging.append(bytes([i % 256]) * (3 * KiB), deadline_after(0.5))
+                await staging.commit(replace=True)
+                return 1
+            except CacheFull:
+                await staging.close()
+                return 0
+
+        return sum(await asyncio.gather(*(one(i) for i in range(n))))
+
+    done = await sharded_cache.invoke_on_all(writers, 40)
+    assert sum(done) > 0
+    s = await sharded_cache.local().stats()
+    on_disk = disk_entries(sharded_cache.local().root)
+    assert (s.bytes_reserved, s.objects_reserved, s.bytes_pending, s.objects_pending) == (
+        0, 0, 0, 0)
+    assert s.bytes_used == sum(on_disk.values()) <= 64 * KiB
+    assert s.objects == len(on_disk) <= 50
+
+
+async def test_guard_dropped_on_shard1_is_released(sharded_cache: Sharded[CacheService]) -> None:
+    async def leak(svc: CacheService) -> None:
+        guard = await svc.reserve_space(777, 1, NO_DEADLINE)
+        del guard  # garbage: the finalizer posts the release to shard 0
+
+    await sharded_cache.invoke_on(1, leak)
+    await sharded_cache.invoke_on(1, lambda s: None)  # let posts from shard 1 land first
+    s = await sharded_cache.local().stats()
+    assert (s.bytes_reserved, s.objects_reserved) == (0, 0)
+
+
+async def test_trim_and_invalidate_from_shard1(sharded_cache: Sharded[CacheService]) -> None:
+    async def work(svc: CacheService) -> tuple[int, int]:
+        for i in range(10):
+            g = await svc.reserve_space(KiB, 1, deadline_after(1.0))
+            await svc.put(f"k{i}", b"z" * KiB, g)
+        await svc.invalidate("k0")
+        result = await svc.trim()
+        return result.bytes_freed, (await svc.stats()).objects
+
+    freed, objects = await sharded_cache.invoke_on(1, work)
+    assert freed == 0 and objects == 9  # 9 KiB is under 0.8 * 64 KiB: nothing to trim
+    assert len(disk_entries(sharded_cache.local().root)) == 9
