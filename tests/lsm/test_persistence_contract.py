@@ -793,10 +793,11 @@ async def test_cloud_cache_reader_retries_are_bounded(
         await asyncio.wait_for(cache.stop(), 10.0)
 
 
+@pytest.mark.parametrize("limit", ["max_bytes", "max_object_bytes"])
 async def test_cloud_cache_uncacheable_object_is_read_from_bucket(
-    cc_store: ObjectStore, tmp_path: Path
+    cc_store: ObjectStore, tmp_path: Path, limit: str
 ) -> None:
-    cache = await open_test_cache(tmp_path / "cache", max_bytes=64 << 10)
+    cache = await open_test_cache(tmp_path / "cache", **{limit: 64 << 10})
     try:
         p = _cc(cc_store, cache)
         h = FileHandle(9, 7)

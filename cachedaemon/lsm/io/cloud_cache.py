@@ -24,8 +24,9 @@ it readable even if a trim evicts the entry meanwhile). On a miss the object is 
 into the cache through a reservation (``reserve_space(size, 1, deadline)`` then
 ``cache.put``) and the lookup is repeated, at most ``read_attempts`` times (Redpanda's loop
 was unbounded and could spin while trims evicted each download). If the object cannot be
-cached (no space before the deadline, or evicted every time) the reader falls back to range
-GETs on the bucket, so a full cache slows reads but never fails them.
+cached (no space before the deadline, larger than the cache's object limit, or evicted every
+time) the reader falls back to range GETs on the bucket, so a full cache slows reads but
+never fails them.
 
 ``remove_file`` invalidates the cache entry, then deletes the object.
 
@@ -48,6 +49,7 @@ from cachedaemon.errors import (
     DeadlineExceeded,
     IOFailure,
     ShuttingDown,
+    TooLarge,
     Unavailable,
 )
 from cachedaemon.lsm.io.cloud_base import (
@@ -273,19 +275,16 @@ class CloudCacheDataPersistence(CloudDataPersistenceBase):
             if result is None:
                 return None
             async with result:
+                deadline = deadline_after(self._read_reserve_deadline_s, self._io.clock)
                 try:
-                    guard = await self._cache.reserve_space(
-                        result.content_length,
-                        1,
-                        deadline_after(self._read_reserve_deadline_s, self._io.clock),
-                    )
-                except DeadlineExceeded as exc:  # CacheFull included
+                    guard = await self._cache.reserve_space(result.content_length, 1, deadline)
+                    try:
+                        await self._cache.put(key, result.iter_chunks(), guard, deadline)
+                    finally:
+                        guard.close()  # releases only what put() did not take over
+                except (DeadlineExceeded, TooLarge) as exc:  # CacheFull included
                     log.info("cannot cache %s (%s); reading it from the bucket", key, exc)
                     return False
-                try:
-                    await self._cache.put(key, result.iter_chunks(), guard)
-                finally:
-                    guard.close()  # releases only what put() did not account
             return True
 
         fetched = await self._io.call(f"download {object_key} into the cache", _attempt)
