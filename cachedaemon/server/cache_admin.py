@@ -17,6 +17,7 @@ from aiohttp import web
 from cachedaemon.server import metrics
 from cachedaemon.server.context import Call
 from cachedaemon.server.keys import decode_key
+from cachedaemon.server.objects import forget_everywhere
 from cachedaemon.server.routes import ROUTES
 
 
@@ -60,6 +61,5 @@ async def trim_cache(call: Call) -> web.StreamResponse:
               tag="cache", responses={204: "dropped (also when not cached)"})
 async def drop_cached(call: Call) -> web.StreamResponse:
     key = decode_key(call.params["key"])
-    await call.ctx.cache.local().invalidate(key)
-    call.ctx.etags.pop(key, None)
+    await forget_everywhere(call, key)
     return web.Response(status=204)

@@ -11,6 +11,7 @@ writes of bools are atomic under the GIL, which is all the synchronisation it ne
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,12 +22,14 @@ from cachedaemon.server.singleflight import SingleFlight
 
 
 class ServerState:
-    """Process-wide life-cycle flags."""
+    """Process-wide life-cycle flags, and how to reach every shard's context."""
 
     def __init__(self, shards: int) -> None:
         self.shards = shards
         self.ready = False  # startup recovery done, serving
         self.draining = False  # SIGTERM received: refuse new work
+        self.smp: Any = None  # the Smp, for cross-shard calls
+        self.contexts: list[ShardContext | None] = [None] * shards
 
 
 @dataclass
@@ -41,7 +44,19 @@ class ShardContext:
     inflight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     etags: dict[str, str] = field(default_factory=dict)  # entries without an etag xattr
+    fills: dict[str, list[Any]] = field(default_factory=dict)  # cache fills in progress
     extensions: dict[str, Any] = field(default_factory=dict)
+
+    async def broadcast(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(ctx, *args)`` on every shard (each on its own loop), concurrently."""
+        smp = self.state.smp
+        contexts = self.state.contexts
+        if smp is None:
+            await fn(self, *args)
+            return
+        calls = [smp.submit_to(shard, fn, c, *args)
+                 for shard, c in enumerate(contexts) if c is not None]
+        await asyncio.gather(*calls)
 
     def enter(self) -> None:
         self.inflight += 1

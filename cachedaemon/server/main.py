@@ -245,6 +245,7 @@ class Daemon:
         limit_fn: Any = _max_object_bytes
         max_object_bytes: int = await self.cache.invoke_on(0, limit_fn, s)
 
+        self.state.smp = self.smp
         self.servers = Sharded(self.smp, "http")
         sockets = self.sockets
         stores = self.stores
@@ -256,6 +257,7 @@ class Daemon:
                                store=stores.instance(shard), cache=cache,
                                max_object_bytes=max_object_bytes)
             ctx.idle.set()
+            state.contexts[shard] = ctx
             runner = await start_shard_server(ctx, sockets[shard])
             return _ShardServer(ctx, runner)
 

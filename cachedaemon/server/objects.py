@@ -44,7 +44,7 @@ from cachedaemon.errors import (
     Unavailable,
 )
 from cachedaemon.server import metrics
-from cachedaemon.server.context import Call
+from cachedaemon.server.context import Call, ShardContext
 from cachedaemon.server.keys import decode_key, decode_text
 from cachedaemon.server.ranges import parse_range
 from cachedaemon.server.routes import ROUTES, Param
@@ -410,25 +410,31 @@ async def _fill_and_stream(call: Call, key: str) -> web.StreamResponse:
     result = await ctx.store.get(key)
     if result is None:
         raise NotFound(f"no object {key!r}")
+    fill = Fill()
     async with result:
         info = result.info
         staging = None
         if info.size <= ctx.max_object_bytes:
             try:
-                # Never wait for space on a read: fill only if it fits now (or after an
-                # in-memory trim the coordinator does at once).
+                # Never wait long for space on a read: fill only if it fits now (or after
+                # the in-memory trim the coordinator does at once).
                 staging = await cache.create_staging_file(
                     key, time.monotonic() + FILL_RESERVE_WAIT_S, max(info.size, 1))
             except (CacheFull, Unavailable):
                 staging = None
         if staging is None:
             metrics.STREAM_THROUGH.inc()
+        else:
+            ctx.fills.setdefault(key, []).append(fill)
         headers = _object_headers(info.size, info.etag, None, "miss")
         resp = web.StreamResponse(status=200, headers=headers)
         committed = False
+        n = 0
         try:
             await resp.prepare(call.request)
-            n = 0
+            # The last chunk is held back until the fill is committed, so a client that has
+            # the whole body knows the cache has it too (a DELETE it sends next removes it).
+            held: bytes | None = None
             async for chunk in result.iter_chunks():
                 n += len(chunk)
                 if staging is not None:
@@ -437,8 +443,11 @@ async def _fill_and_stream(call: Call, key: str) -> web.StreamResponse:
                     except (CacheFull, Unavailable, OSError):
                         await staging.close()
                         staging = None
-                await resp.write(chunk)
-            if staging is not None and n == info.size:
+                if held is not None:
+                    await resp.write(held)
+                held = chunk
+            if staging is not None and n == info.size and not fill.stale:
+                fill.committing = asyncio.get_running_loop().create_future()
                 try:
                     await staging.flush()
                     _set_etag(staging.path, info.etag)
@@ -446,13 +455,47 @@ async def _fill_and_stream(call: Call, key: str) -> web.StreamResponse:
                     committed = True
                 except CacheDaemonError:
                     pass
+                finally:
+                    fill.committing.set_result(None)
+            if held is not None:
+                await resp.write(held)
             await resp.write_eof()
         finally:
             if staging is not None and not committed:
                 await staging.close()
+            fills = ctx.fills.get(key)
+            if fills is not None and fill in fills:
+                fills.remove(fill)
+                if not fills:
+                    del ctx.fills[key]
     metrics.DOWNLOAD_BYTES.inc(n)
     metrics.DOWNLOAD_DURATION.observe(time.perf_counter() - t0)
     return resp
+
+
+class Fill:
+    """A cache fill in progress on this shard (see :func:`forget_everywhere`)."""
+
+    __slots__ = ("committing", "stale")
+
+    def __init__(self) -> None:
+        self.stale = False
+        self.committing: asyncio.Future[None] | None = None
+
+
+async def _forget_here(ctx: ShardContext, key: str) -> None:
+    ctx.etags.pop(key, None)
+    for fill in list(ctx.fills.get(key, ())):
+        fill.stale = True
+        if fill.committing is not None:
+            await asyncio.shield(fill.committing)
+
+
+async def forget_everywhere(call: Call, key: str) -> None:
+    """Make sure no fill that began before now commits ``key`` later, on any shard, then drop
+    the cached copy. Used when the bucket's object goes away (DELETE) or the local copy must."""
+    await call.ctx.broadcast(_forget_here, key)
+    await call.ctx.cache.local().invalidate(key)
 
 
 # --- DELETE ---------------------------------------------------------------------------------
@@ -463,8 +506,7 @@ async def _fill_and_stream(call: Call, key: str) -> web.StreamResponse:
 async def delete_object(call: Call) -> web.StreamResponse:
     key = decode_key(call.params["key"])
     await call.ctx.store.delete(key)
-    await call.ctx.cache.local().invalidate(key)
-    call.ctx.etags.pop(key, None)
+    await forget_everywhere(call, key)
     return web.Response(status=204)
 
 
