@@ -840,3 +840,35 @@ async def test_cloud_cache_reader_survives_trim(
     await cc_cache.invalidate(_cc_data(p).cache_key(h))  # as a trim would
     assert await r.read(0, 9) == b"held open"
     await r.close()
+
+
+async def test_cloud_cache_sst_survives_cache_restart_and_cold_cache(
+    cc_store: ObjectStore, tmp_path: Path
+) -> None:
+    cache = await open_test_cache(tmp_path / "cache")
+    p = _cc(cc_store, cache)
+    h = FileHandle(12, 7)
+    await write_file(p, h, b"persisted" * 3000)
+    await p.data.close()
+    await cache.stop()
+
+    # The same cache directory after a restart: the committed SST is still a hit.
+    cache = await open_test_cache(tmp_path / "cache")
+    try:
+        q = _cc(cc_store, cache)
+        assert await read_all(q, h) == b"persisted" * 3000
+        assert _cc_data(q).downloads == 0
+        assert (await cache.stats()).objects == 1
+    finally:
+        await cache.stop()
+
+    # Another node with an empty cache reads it from the bucket, into its own cache.
+    cold = await open_test_cache(tmp_path / "other-node-cache")
+    try:
+        r = _cc(cc_store, cold)
+        assert [x async for x in r.data.list_files()] == [h]
+        assert await read_all(r, h) == b"persisted" * 3000
+        assert _cc_data(r).downloads == 1
+        assert (await cold.stats()).objects == 1
+    finally:
+        await cold.stop()
