@@ -107,12 +107,18 @@ def moto_endpoint() -> Iterator[str]:
         stop_moto_server(proc)
 
 
+_BOTOCORE_SESSION: Any = None
+
+
 def bare_s3_client(endpoint: str) -> Any:
     """A plain synchronous botocore S3 client on the moto server (for test-side checks)."""
+    global _BOTOCORE_SESSION
     import botocore.session
     from botocore.config import Config
 
-    return botocore.session.get_session().create_client(
+    if _BOTOCORE_SESSION is None:  # loading the S3 model is slow: do it once
+        _BOTOCORE_SESSION = botocore.session.get_session()
+    return _BOTOCORE_SESSION.create_client(
         "s3",
         endpoint_url=endpoint,
         region_name="us-east-1",

@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -185,6 +185,9 @@ class S3ObjectStore(ObjectStoreBase):
     Credentials come from the standard AWS environment/config chain; when an ``endpoint_url``
     is given and the environment has none, dummy ones are used (moto, a local MinIO).
     """
+
+    #: S3 returns at most 1000 keys per ListObjectsV2; larger pages take several requests.
+    max_keys_per_request = 1000
 
     def __init__(
         self,
@@ -355,7 +358,7 @@ class S3ObjectStore(ObjectStoreBase):
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket,
             "Prefix": self.prefix + prefix,
-            "MaxKeys": min(limit, 1000),
+            "MaxKeys": min(limit, self.max_keys_per_request),
         }
         if start_after is not None:
             kwargs["StartAfter"] = self.prefix + start_after
@@ -386,7 +389,7 @@ class S3ObjectStore(ObjectStoreBase):
                 kwargs.pop("StartAfter", None)
             else:
                 kwargs["StartAfter"] = self.prefix + objects[-1].key
-            kwargs["MaxKeys"] = min(limit - len(objects), 1000)
+            kwargs["MaxKeys"] = min(limit - len(objects), self.max_keys_per_request)
         if len(objects) > limit:
             objects, more = objects[:limit], True
         return ListPage(objects, objects[-1].key if more and objects else None)
@@ -705,6 +708,18 @@ def client_config(
         response_checksum_validation="when_required",
         tcp_keepalive=True,
     )
+
+
+_THREAD_SESSIONS = threading.local()
+
+
+def thread_session() -> AioSession:
+    """This thread's (shard's) aiobotocore session: loading the S3 service model is costly
+    (~0.5 s), a session caches it, and sessions are not meant to be shared across threads."""
+    session: AioSession | None = getattr(_THREAD_SESSIONS, "session", None)
+    if session is None:
+        session = _THREAD_SESSIONS.session = get_session()
+    return session
 
 
 def client_kwargs(endpoint_url: str | None, region: str, config: AioConfig) -> dict[str, Any]:

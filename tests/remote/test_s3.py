@@ -167,19 +167,22 @@ async def test_prefix_is_applied_and_stripped(moto_endpoint: str, s3_bucket: str
         await other.close()
 
 
-async def test_list_more_than_1000(moto_endpoint: str, s3_bucket: str) -> None:
+async def test_list_page_spanning_requests(moto_endpoint: str, s3_bucket: str) -> None:
+    """A page bigger than one ListObjectsV2 answer (1000 keys on S3; 3 here) is stitched."""
     store = S3ObjectStore(s3_bucket, endpoint_url=moto_endpoint)
+    store.max_keys_per_request = 3
     try:
-        client = bare_s3_client(moto_endpoint)
-        for i in range(1203):
-            client.put_object(Bucket=s3_bucket, Key=f"k/{i:05d}", Body=b"")
-        client.close()
-        page = await store.list("k/", limit=1100)
-        assert len(page.objects) == 1100
-        assert page.next == "k/01099"
-        rest = await store.list("k/", start_after=page.next, limit=1100)
-        assert len(rest.objects) == 103 and rest.next is None
-        await store.delete_many([f"k/{i:05d}" for i in range(1203)])
+        keys = [f"k/{i:02d}" for i in range(11)]
+        await asyncio.gather(*(store.put(k, b"") for k in keys))
+        page = await store.list("k/", limit=8)
+        assert [o.key for o in page.objects] == keys[:8]
+        assert page.next == "k/07"
+        rest = await store.list("k/", start_after=page.next, limit=8)
+        assert [o.key for o in rest.objects] == keys[8:]
+        assert rest.next is None
+        exact = await store.list("k/", limit=11)
+        assert len(exact.objects) == 11 and exact.next is None
+        await store.delete_many(keys)
         assert (await store.list("k/")).objects == []
     finally:
         await store.close()
