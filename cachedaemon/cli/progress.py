@@ -1,7 +1,7 @@
 """A one-line progress display for long transfers of the CLI (``put``, ``get``).
 
 Drawn on stderr only when stderr is a terminal and the transfer is large (at least
-:data:`MIN_BYTES`, or of unknown size); otherwise every call is a no-op, so piped output and
+:data:`MIN_BYTES`, or of unknown size and still running after :data:`UNKNOWN_DELAY_S`); otherwise every call is a no-op, so piped output and
 logs stay clean. Redrawn at most :data:`REDRAW_S` apart. ``update`` is called from the client's
 loop thread; ``finish`` from the main thread after the transfer, so a lock guards the line.
 """
@@ -17,6 +17,8 @@ from cachedaemon.units import format_size
 
 MIN_BYTES = 1024 * 1024
 REDRAW_S = 0.1
+#: A transfer of unknown size is shown only once it has run this long.
+UNKNOWN_DELAY_S = 0.5
 
 
 class ProgressBar:
@@ -49,11 +51,13 @@ class ProgressBar:
         if not self.enabled:
             return
         now = time.monotonic()
+        if self.total is None and not self._drawn and now - self._started < UNKNOWN_DELAY_S:
+            return  # a stream of unknown size: only show it once it proves long
         if now - self._last_draw >= REDRAW_S:
             self._draw(now)
 
     def finish(self) -> None:
-        if not self.enabled:
+        if not self.enabled or (self.total is None and not self._drawn):
             return
         self._draw(time.monotonic())
         with self._lock:
