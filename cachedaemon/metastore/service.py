@@ -1,0 +1,276 @@
+"""DomainService: one shard's metastore domains (Redpanda's domain supervisor + managers).
+
+The daemon starts a ``Sharded[DomainService]`` after the cache and stops it before the cache.
+Each domain is owned by one shard, :func:`~cachedaemon.metastore.registry.owner_shard` (crc32
+of the name modulo the shard count); requests for it from any shard hop there with
+:func:`call_domain` (one ``invoke_on``). On its shard the service:
+
+* opens domains lazily, one opening at a time per name: as a **writer**
+  (:meth:`Domain.open_writer`: claims an epoch, fences older writers, replays the log) or, when
+  the daemon is read-only, as a **read replica**. A write to a domain never written creates it
+  (registry entry); a read of one never written is :class:`NotFound`. A domain whose log
+  failed (not fenced) is reopened on the next request;
+* runs a **flush loop** per writer domain (``flush_interval``) and one **GC loop**
+  (``gc_interval``: the LSM's file GC drops unreferenced SSTs after the deletion delay);
+* runs a **refresher** per read replica every ``refresh_interval``; a refresher whose domain
+  has not been read for two intervals stops, and the next read restarts it (refreshing first
+  if the replica is older than one interval);
+* stops (``stop``) by closing its gate, stopping the loops and closing every domain; nothing
+  is flushed (the log holds every acknowledged write and is replayed on the next open).
+
+All state is owned by the shard's loop; :func:`call_domain` is the only cross-shard entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+from cachedaemon.core.gate import Gate
+from cachedaemon.core.sharded import Sharded
+from cachedaemon.errors import CacheDaemonError, NotFound, ReadOnly
+from cachedaemon.lsm.io.cloud_base import CloudIO
+from cachedaemon.lsm.write_batch import WriteBatch
+from cachedaemon.metastore.domain import Domain, DomainConfig, check_key, check_value
+from cachedaemon.metastore.registry import DomainRegistry, check_domain_name, owner_shard
+from cachedaemon.remote.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Every live service (all shards), for the metrics collector.
+SERVICES: weakref.WeakSet[DomainService] = weakref.WeakSet()
+
+
+class DomainService:
+    def __init__(self, shard: int, shards: int, store: ObjectStore, cache: Any,
+                 config: DomainConfig) -> None:
+        self.shard = shard
+        self.shards = shards
+        self.config = config
+        self._abort = asyncio.Event()
+        self.io = CloudIO(store, clock=config.clock, abort=self._abort)
+        self.registry = DomainRegistry(self.io)
+        self._cache = cache
+        self._domains: dict[str, Domain] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._gc_task: asyncio.Task[None] | None = None
+        self._gate = Gate(f"metastore-shard-{shard}")
+        SERVICES.add(self)
+
+    @property
+    def read_only(self) -> bool:
+        return self.config.read_only
+
+    def domains(self) -> Iterator[Domain]:
+        return iter(list(self._domains.values()))
+
+    # --- life cycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._gc_task is None and not self.read_only:
+            self._gc_task = asyncio.create_task(self._gc_loop(), name=f"metastore-gc-{self.shard}")
+
+    async def stop(self) -> None:
+        self._abort.set()
+        closing = self._gate.close()
+        for task in [*self._tasks.values(), self._gc_task]:
+            if task is not None:
+                task.cancel()
+        for task in [*self._tasks.values(), self._gc_task]:
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await closing
+        for domain in list(self._domains.values()):
+            try:
+                await domain.close()
+            except Exception as exc:
+                log.error("closing domain %s failed: %s", domain.name, exc)
+        self._domains.clear()
+        SERVICES.discard(self)
+
+    # --- domains -------------------------------------------------------------------------------
+
+    async def domain(self, name: str, *, create: bool) -> Domain:
+        """The open domain ``name`` (opening it if needed). NotFound if never written and
+        ``create`` is false (or the daemon is read-only)."""
+        check_domain_name(name)
+        with self._gate.hold():
+            domain = self._domains.get(name)
+            if domain is not None and domain.broken is None:
+                return self._touch(domain)
+            lock = self._opening.setdefault(name, asyncio.Lock())
+            async with lock:
+                domain = self._domains.get(name)
+                if domain is not None and domain.broken is not None:
+                    log.warning("domain %s failed (%s); reopening", name, domain.broken)
+                    self._domains.pop(name, None)
+                    self._stop_task(name)
+                    with contextlib.suppress(CacheDaemonError):
+                        await domain.close()
+                    domain = None
+                if domain is None:
+                    domain = await self._open(name, create=create)
+                return self._touch(domain)
+
+    async def _open(self, name: str, *, create: bool) -> Domain:
+        if create and not self.read_only:
+            record = await self.registry.create(name)
+        else:
+            found = await self.registry.lookup(name)
+            if found is None:
+                raise NotFound(f"no domain {name!r}")
+            record = found
+        if self.read_only:
+            domain = await Domain.open_reader(record, self.io, self._cache, self.config)
+        else:
+            domain = await Domain.open_writer(self.registry, record, self.io, self._cache,
+                                              self.config)
+            self._tasks[name] = asyncio.create_task(domain.run_flush_loop(),
+                                                    name=f"metastore-flush-{name}")
+        self._domains[name] = domain
+        return domain
+
+    def _touch(self, domain: Domain) -> Domain:
+        domain.last_access = self.config.clock.monotonic()
+        if domain.read_only and domain.fenced is None:
+            task = self._tasks.get(domain.name)
+            if task is None or task.done():
+                self._tasks[domain.name] = asyncio.create_task(
+                    self._refresher(domain), name=f"metastore-refresh-{domain.name}")
+        return domain
+
+    def _stop_task(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    async def _refresher(self, domain: Domain) -> None:
+        """Refresh a replica every interval while it is being read; stop when idle."""
+        clock = self.config.clock
+        interval = self.config.refresh_interval_s
+        try:
+            while True:
+                if clock.monotonic() - domain.last_refresh >= interval:
+                    try:
+                        await domain.refresh()
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.warning("domain %s: refresh failed: %s", domain.name, exc)
+                        await clock.sleep(1.0)
+                        continue
+                if clock.monotonic() - domain.last_access > 2 * interval:
+                    log.debug("domain %s: replica idle; refresher stops", domain.name)
+                    return
+                await clock.sleep(max(0.0, interval - (clock.monotonic() - domain.last_refresh)))
+        finally:
+            if self._tasks.get(domain.name) is asyncio.current_task():
+                del self._tasks[domain.name]
+
+    async def _fresh_reader(self, domain: Domain) -> None:
+        """A replica read after an idle spell refreshes first (on demand)."""
+        if (domain.read_only and domain.fenced is None and self.config.clock.monotonic()
+                - domain.last_refresh >= self.config.refresh_interval_s):
+            await domain.refresh()
+
+    async def _gc_loop(self) -> None:
+        clock = self.config.clock
+        while True:
+            await clock.sleep(self.config.gc_interval_s)
+            for domain in self.domains():
+                try:
+                    await domain.collect_garbage()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("domain %s: garbage collection failed: %s", domain.name, exc)
+
+    # --- operations (run on the owner shard) ---------------------------------------------------
+
+    def _check_write(self, name: str) -> None:
+        check_domain_name(name)
+        if self.read_only:
+            raise ReadOnly(f"domain {name}: this daemon is a read-only replica")
+
+    async def write(self, name: str, batch: WriteBatch) -> int:
+        self._check_write(name)
+        for _kind, key, value in batch.ops:
+            check_key(key)
+            check_value(value)
+        domain = await self.domain(name, create=True)
+        with self._gate.hold():
+            return await domain.write(batch)
+
+    async def put(self, name: str, key: bytes, value: bytes) -> int:
+        return await self.write(name, WriteBatch().put(key, value))
+
+    async def delete(self, name: str, key: bytes) -> int:
+        return await self.write(name, WriteBatch().delete(key))
+
+    async def get(self, name: str, key: bytes) -> bytes | None:
+        check_key(key)
+        domain = await self.domain(name, create=False)
+        with self._gate.hold():
+            await self._fresh_reader(domain)
+            return await domain.get(key)
+
+    async def scan(self, name: str, start: bytes | None, end: bytes | None,
+                   prefix: bytes | None, limit: int, reverse: bool
+                   ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        domain = await self.domain(name, create=False)
+        with self._gate.hold():
+            await self._fresh_reader(domain)
+            return await domain.scan(start, end, prefix, limit, reverse)
+
+    async def flush(self, name: str) -> None:
+        domain = await self.domain(name, create=False)
+        with self._gate.hold():
+            await domain.flush()
+
+    async def compact(self, name: str) -> None:
+        check_domain_name(name)
+        if self.read_only:
+            raise ReadOnly(f"domain {name}: this daemon is a read-only replica")
+        domain = await self.domain(name, create=False)
+        with self._gate.hold():
+            await domain.compact()
+
+    async def info(self, name: str) -> dict[str, Any]:
+        domain = await self.domain(name, create=False)
+        with self._gate.hold():
+            await self._fresh_reader(domain)
+            return domain.info()
+
+    async def list_names(self) -> list[str]:
+        with self._gate.hold():
+            return await self.registry.list_names()
+
+
+async def call_domain(domains: Sharded[DomainService], name: str,
+                      fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run ``fn(service, name, *args)`` on the shard that owns domain ``name``."""
+    check_domain_name(name)
+    shard = owner_shard(name, domains.count)
+    return await domains.invoke_on(shard, fn, name, *args)
+
+
+async def start_domains(smp: Any, stores: Sharded[Any], cache: Sharded[Any] | None,
+                        config: DomainConfig) -> Sharded[DomainService]:
+    """A started :class:`DomainService` on every shard (each with its shard's store/cache)."""
+    sharded: Sharded[DomainService] = Sharded(smp, "metastore")
+
+    def make(shard: int) -> DomainService:
+        local_cache = cache.instance(shard) if cache is not None else None
+        return DomainService(shard, sharded.count, stores.instance(shard), local_cache, config)
+
+    await sharded.start(make)
+    await sharded.invoke_on_all(lambda s: s.start())
+    return sharded
