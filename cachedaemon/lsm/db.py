@@ -279,7 +279,11 @@ class Database:
                 allow_delay = False
                 self.write_slowdowns += 1
                 self._compact_wake.set()
-                await opts.clock.sleep(opts.l0_slowdown_sleep_s)
+                # A throttle, not a timer: real time (an injected manual clock would park
+                # writers forever), and cut short when background work makes progress.
+                ev = self._bg_event
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ev.wait(), opts.l0_slowdown_sleep_s)
             elif (not force and self._mem.approximate_bytes <= opts.memtable_bytes) or (force and self._mem.empty):
                 return False
             elif self._imm is not None or l0 >= opts.l0_stop_writes_trigger:
@@ -491,7 +495,8 @@ class Database:
 
     async def compact_range(self, start: bytes | None = None, end: bytes | None = None) -> None:
         """Flush, then compact every level's files overlapping ``[start, end]`` (user keys,
-        ``None`` = unbounded) down until the range sits in the deepest non-empty level."""
+        ``None`` = unbounded) down one level past the deepest level holding any of them
+        (files already in the last level stay), dropping shadowed versions and tombstones."""
         if self.options.readonly:
             raise ReadOnly("database is open read-only")
         await self.flush()
@@ -503,7 +508,11 @@ class Database:
             for level in range(1, NUM_LEVELS):
                 if vs.current.overlapping_inputs(level, begin, stop):
                     max_level = level
-            for level in range(max_level):
+            # Like LevelDB, push the range down to the deepest level holding it; unlike
+            # LevelDB, also rewrite that level's files one level down (RocksDB's bottommost
+            # compaction), so garbage sitting in a single level is dropped too.
+            last = max_level + 1 if max_level < NUM_LEVELS - 1 else max_level
+            for level in range(last):
                 while True:
                     self._raise_bg_error()
                     async with self._compaction_lock:
