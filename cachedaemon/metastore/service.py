@@ -26,10 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+from cachedaemon.config import Settings
 from cachedaemon.core.gate import Gate
 from cachedaemon.core.sharded import Sharded
 from cachedaemon.errors import CacheDaemonError, NotFound, ReadOnly
@@ -260,6 +263,24 @@ async def call_domain(domains: Sharded[DomainService], name: str,
     check_domain_name(name)
     shard = owner_shard(name, domains.count)
     return await domains.invoke_on(shard, fn, name, *args)
+
+
+def config_from_settings(settings: Settings, **overrides: Any) -> DomainConfig:
+    """The domain configuration of the daemon's ``[metastore]`` and related settings."""
+    m = settings.metastore
+    values: dict[str, Any] = {
+        "wal": m.wal,
+        "data_dir": settings.storage.data_dir,
+        "flush_interval_s": m.flush_interval,
+        "memtable_bytes": m.memtable_bytes,
+        "refresh_interval_s": m.refresh_interval,
+        "gc_interval_s": m.gc_interval,
+        "file_deletion_delay_s": m.file_deletion_delay,
+        "read_only": settings.server.read_only,
+        "node": f"{socket.gethostname()}:{os.getpid()}",
+    }
+    values.update(overrides)
+    return DomainConfig(**values)
 
 
 async def start_domains(smp: Any, stores: Sharded[Any], cache: Sharded[Any] | None,

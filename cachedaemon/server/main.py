@@ -46,7 +46,9 @@ from cachedaemon.server.services import (
     open_shard_store,
     probe_store,
     start_cache,
+    start_domains,
     stop_cache,
+    stop_domains,
 )
 
 log = logging.getLogger("cachedaemon.server")
@@ -185,6 +187,7 @@ class Daemon:
         self.smp: Smp | None = None
         self.stores: Sharded[Any] | None = None
         self.cache: Sharded[Any] | None = None
+        self.domains: Sharded[Any] | None = None
         self.servers: Sharded[_ShardServer] | None = None
         self.sockets: list[socket.socket] = []
         self.stop_requested = asyncio.Event()
@@ -242,6 +245,8 @@ class Daemon:
                 from exc
 
         self.cache = await start_cache(self.smp, s)
+        # Metastore domains start after the cache (their SSTs go through it), stop before it.
+        self.domains = await start_domains(self.smp, self.stores, self.cache, s)
         limit_fn: Any = _max_object_bytes
         max_object_bytes: int = await self.cache.invoke_on(0, limit_fn, s)
 
@@ -250,12 +255,14 @@ class Daemon:
         sockets = self.sockets
         stores = self.stores
         cache = self.cache
+        domains = self.domains
         state = self.state
 
         async def make(shard: int) -> _ShardServer:
             ctx = ShardContext(shard=shard, settings=s, state=state,
                                store=stores.instance(shard), cache=cache,
                                max_object_bytes=max_object_bytes)
+            ctx.extensions["metastore"] = domains
             ctx.idle.set()
             state.contexts[shard] = ctx
             runner = await start_shard_server(ctx, sockets[shard])
@@ -279,6 +286,12 @@ class Daemon:
         for sock in self.sockets:
             with contextlib.suppress(OSError):
                 sock.close()
+        if self.domains is not None:
+            try:
+                await stop_domains(self.domains)
+            except Exception as exc:
+                log.error("stopping the metastore domains failed: %s", exc, exc_info=exc)
+            self.domains = None
         if self.cache is not None:
             try:
                 await stop_cache(self.cache)

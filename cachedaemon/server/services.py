@@ -54,3 +54,19 @@ async def start_cache(smp: Smp, settings: Settings) -> Sharded[CacheService]:
 async def stop_cache(cache: Sharded[CacheService]) -> None:
     """Stop every shard's cache service; shard 0 saves the tracker last."""
     await _stop_cache(cache)
+
+
+async def start_domains(smp: Smp, stores: Sharded[Any], cache: Sharded[CacheService],
+                        settings: Settings) -> Sharded[Any]:
+    """The metastore's DomainService on every shard (after the cache; see metastore.service)."""
+    from cachedaemon.metastore import metrics as metastore_metrics
+    from cachedaemon.metastore.service import config_from_settings
+    from cachedaemon.metastore.service import start_domains as _start_domains
+
+    metastore_metrics.register()
+    return await _start_domains(smp, stores, cache, config_from_settings(settings))
+
+
+async def stop_domains(domains: Sharded[Any]) -> None:
+    """Stop every shard's domains (nothing to flush: the logs hold every acknowledged write)."""
+    await domains.stop()

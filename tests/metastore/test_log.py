@@ -188,7 +188,7 @@ async def test_remote_log_fences_an_older_writer() -> None:
     infos = [o async for o in store.list_all("d/wal/")]
     assert len(infos) == 3
     assert all(o.size == HEADER_BYTES for o in infos)
-    last, replay = await RemoteLog.open(io, "d", epoch=4, persisted_seqno=11)
+    _, replay = await RemoteLog.open(io, "d", epoch=4, persisted_seqno=11)
     assert replay == []
 
 

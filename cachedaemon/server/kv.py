@@ -1,0 +1,234 @@
+"""Key-value domain routes (shared/API.md "Key-value domains"): ``/v1/kv/{domain}/{key}`` and
+``/v1/domains/...``.
+
+Handlers decode and check the request on the shard that received it (domain name, the key from
+the RAW path with strict percent-decoding, base64 in JSON and queries: standard alphabet,
+padded, nothing else), then hop once to the domain's owner shard with
+:func:`~cachedaemon.metastore.service.call_domain`, where the
+:class:`~cachedaemon.metastore.service.DomainService` does the work. ``PUT``/``DELETE``/batch
+answer ``204`` only once the write is durable in the domain's log.
+
+The ``Sharded[DomainService]`` is ``ctx.extensions["metastore"]``, set by the daemon's start-up;
+without it the routes answer ``503 unavailable``. Served by every shard.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from cachedaemon.errors import InvalidArgument, InvalidKey, NotFound, TooLarge, Unavailable
+from cachedaemon.lsm.write_batch import WriteBatch
+from cachedaemon.metastore.domain import MAX_KEY_BYTES, MAX_VALUE_BYTES
+from cachedaemon.metastore.registry import check_domain_name
+from cachedaemon.metastore.service import DomainService, call_domain
+from cachedaemon.server.context import Call
+from cachedaemon.server.keys import decode_text, percent_decode
+from cachedaemon.server.routes import ROUTES, Param
+
+SCAN_DEFAULT = 1000
+SCAN_MAX = 10000
+#: A batch body may hold several maximal values, base64-inflated.
+MAX_BATCH_BODY_BYTES = 64 * 1024 * 1024
+_B64 = re.compile(r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
+
+
+def _domains(call: Call) -> Any:
+    domains = call.ctx.extensions.get("metastore")
+    if domains is None:
+        raise Unavailable("the metastore is not running")
+    return domains
+
+
+def _domain(call: Call) -> str:
+    return check_domain_name(decode_text(call.params["domain"], "domain name"))
+
+
+def _key(call: Call) -> bytes:
+    key = percent_decode(call.params["key"])
+    if not 1 <= len(key) <= MAX_KEY_BYTES:
+        raise InvalidKey(f"kv keys are 1-{MAX_KEY_BYTES} bytes, got {len(key)}")
+    return key
+
+
+def b64decode(value: Any, what: str) -> bytes:
+    """Strict standard, padded base64 (InvalidArgument otherwise)."""
+    if not isinstance(value, str) or not _B64.match(value):
+        raise InvalidArgument(f"{what} must be standard padded base64, got {str(value)[:40]!r}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidArgument(f"{what} is not valid base64: {exc}") from exc
+
+
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _json(payload: object) -> web.Response:
+    return web.Response(text=json.dumps(payload), content_type="application/json")
+
+
+async def _read_body(call: Call, limit: int) -> bytes:
+    request = call.request
+    length = request.content_length
+    if length is not None and length > limit:
+        raise TooLarge(f"body of {length} bytes is over the {limit}-byte limit")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.content.iter_any():
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge(f"body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --- single keys ---------------------------------------------------------------------------------
+
+_KV = "/v1/kv/{domain}/{key+}"
+
+
+@ROUTES.route("PUT", _KV, "Put a value (204 once durable).", tag="kv",
+              request_body="application/octet-stream",
+              responses={204: "durable", 409: "fenced or read_only", 413: "value over 4 MiB"})
+async def kv_put(call: Call) -> web.StreamResponse:
+    name, key = _domain(call), _key(call)
+    value = await _read_body(call, MAX_VALUE_BYTES)
+    await call_domain(_domains(call), name, DomainService.put, key, value)
+    return web.Response(status=204)
+
+
+@ROUTES.route("GET", _KV, "Get a value.", tag="kv", responses={200: "the raw value",
+                                                              404: "no such key or domain"})
+async def kv_get(call: Call) -> web.StreamResponse:
+    name, key = _domain(call), _key(call)
+    value = await call_domain(_domains(call), name, DomainService.get, key)
+    if value is None:
+        raise NotFound(f"no key {call.params['key'][:80]!r} in domain {name}")
+    return web.Response(body=value, content_type="application/octet-stream")
+
+
+@ROUTES.route("DELETE", _KV, "Delete a key (204, also when absent).", tag="kv",
+              responses={204: "durable"})
+async def kv_delete(call: Call) -> web.StreamResponse:
+    name, key = _domain(call), _key(call)
+    await call_domain(_domains(call), name, DomainService.delete, key)
+    return web.Response(status=204)
+
+
+# --- domains -------------------------------------------------------------------------------------
+
+
+def parse_batch(body: bytes) -> WriteBatch:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"batch body is not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("ops"), list):
+        raise InvalidArgument('batch body must be {"ops": [...]}')
+    batch = WriteBatch()
+    for i, op in enumerate(doc["ops"]):
+        if not isinstance(op, dict):
+            raise InvalidArgument(f"ops[{i}] must be an object")
+        kind = op.get("op")
+        key = b64decode(op.get("key"), f"ops[{i}].key")
+        if not 1 <= len(key) <= MAX_KEY_BYTES:
+            raise InvalidArgument(f"ops[{i}].key must be 1-{MAX_KEY_BYTES} bytes")
+        if kind == "put":
+            value = b64decode(op.get("value"), f"ops[{i}].value")
+            if len(value) > MAX_VALUE_BYTES:
+                raise TooLarge(f"ops[{i}].value is over {MAX_VALUE_BYTES} bytes")
+            batch.put(key, value)
+        elif kind == "delete":
+            batch.delete(key)
+        else:
+            raise InvalidArgument(f'ops[{i}].op must be "put" or "delete", got {kind!r}')
+    return batch
+
+
+@ROUTES.route("POST", "/v1/domains/{domain}/batch", "Apply puts and deletes atomically.",
+              tag="kv", request_body="application/json",
+              responses={204: "durable", 400: "bad body"})
+async def domain_batch(call: Call) -> web.StreamResponse:
+    name = _domain(call)
+    batch = parse_batch(await _read_body(call, MAX_BATCH_BODY_BYTES))
+    if batch.ops:
+        await call_domain(_domains(call), name, DomainService.write, batch)
+    return web.Response(status=204)
+
+
+def _query_b64(call: Call, name: str) -> bytes | None:
+    raw = call.request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    return b64decode(raw, name)
+
+
+@ROUTES.route(
+    "GET", "/v1/domains/{domain}/scan", "Scan a key range at one snapshot.", tag="kv",
+    params=(
+        Param("start", "query", "inclusive start key (base64)"),
+        Param("end", "query", "exclusive end key (base64)"),
+        Param("prefix", "query", "key prefix (base64)"),
+        Param("limit", "query", "items per page (default 1000, max 10000)",
+              {"type": "integer"}),
+        Param("reverse", "query", "0 or 1"),
+    ),
+    responses={200: '{"items": [{"key", "value"}], "next": b64|null}'},
+)
+async def domain_scan(call: Call) -> web.StreamResponse:
+    name = _domain(call)
+    query = call.request.query
+    start, end, prefix = (_query_b64(call, "start"), _query_b64(call, "end"),
+                          _query_b64(call, "prefix"))
+    raw_limit = query.get("limit")
+    limit = SCAN_DEFAULT
+    if raw_limit is not None:
+        if not re.fullmatch(r"\d{1,9}", raw_limit) or not 1 <= int(raw_limit) <= SCAN_MAX:
+            raise InvalidArgument(f"limit must be an integer from 1 to {SCAN_MAX}")
+        limit = int(raw_limit)
+    raw_reverse = query.get("reverse", "0")
+    if raw_reverse not in ("0", "1"):
+        raise InvalidArgument("reverse must be 0 or 1")
+    items, nxt = await call_domain(_domains(call), name, DomainService.scan, start, end, prefix,
+                                   limit, raw_reverse == "1")
+    return _json({
+        "items": [{"key": b64encode(k), "value": b64encode(v)} for k, v in items],
+        "next": None if nxt is None else b64encode(nxt),
+    })
+
+
+@ROUTES.route("POST", "/v1/domains/{domain}/flush",
+              "Memtable to SSTs in the bucket, manifest written (a replica refreshes).",
+              tag="kv", responses={204: "flushed"})
+async def domain_flush(call: Call) -> web.StreamResponse:
+    await call_domain(_domains(call), _domain(call), DomainService.flush)
+    return web.Response(status=204)
+
+
+@ROUTES.route("POST", "/v1/domains/{domain}/compact", "Full compaction.", tag="kv",
+              responses={204: "compacted"})
+async def domain_compact(call: Call) -> web.StreamResponse:
+    await call_domain(_domains(call), _domain(call), DomainService.compact)
+    return web.Response(status=204)
+
+
+@ROUTES.route("GET", "/v1/domains/{domain}", "A domain's state.", tag="kv",
+              responses={200: '{"name", "uuid", "epoch", "last_seqno", "persisted_seqno", '
+                              '"levels": [{"level", "files", "bytes"}], "read_only"}'})
+async def domain_info(call: Call) -> web.StreamResponse:
+    return _json(await call_domain(_domains(call), _domain(call), DomainService.info))
+
+
+@ROUTES.route("GET", "/v1/domains", "Every domain in the bucket.", tag="kv",
+              responses={200: '{"domains": [names]}'})
+async def domain_list(call: Call) -> web.StreamResponse:
+    domains = _domains(call)
+    names = await domains.invoke_on(0, DomainService.list_names)
+    return _json({"domains": names})
