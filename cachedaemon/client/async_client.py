@@ -166,7 +166,10 @@ class AsyncClient:
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            # identity: object bytes must arrive exactly as stored (no decompression step).
+            headers = {"Accept-Encoding": "identity"}
+            if self.token:
+                headers["Authorization"] = f"Bearer {self.token}"
             self._session = aiohttp.ClientSession(
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cachedaemon.cache.keys import TRACKER_NAME, key_relpath
+from cachedaemon.client import Client
 from tests.support.daemon import run_cli, start_daemon
 
 KEYS = ["fsck/a", "fsck/b/c", "top", "empty"]
@@ -19,10 +20,9 @@ KEYS = ["fsck/a", "fsck/b/c", "top", "empty"]
 def clean_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     data = tmp_path_factory.mktemp("fsck") / "data"
     with start_daemon(data) as d:
-        for key in KEYS:
-            body = b"" if key == "empty" else key.encode() * 10
-            r = run_cli("--url", d.url, "put", key, input=body)
-            assert r.returncode == 0, r.stderr
+        with Client(d.url) as c:
+            for key in KEYS:
+                c.put(key, b"" if key == "empty" else key.encode() * 10)
         assert d.terminate() == 0  # a clean stop saves the tracker
     yield data
 
