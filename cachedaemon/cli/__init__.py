@@ -466,6 +466,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED
+    except OSError as exc:  # a local file (put's FILE, get's -o) could not be read or written
+        where = f"{exc.filename}: " if exc.filename else ""
+        _die(f"{where}{exc.strerror or exc}", EXIT_FAILED)
     except KeyboardInterrupt:
         return 130
     return status

@@ -421,8 +421,11 @@ class AsyncClient:
             with target.open("wb") as f:
                 return await self.get_into(
                     key, f, byte_range=byte_range, progress=progress, on_meta=on_meta)
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=".download", dir=target.parent or ".")
+        try:
+            fd, tmp_name = tempfile.mkstemp(
+                prefix=f".{target.name}.", suffix=".download", dir=target.parent or ".")
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
         try:
             with os.fdopen(fd, "wb") as f:
                 meta = await self.get_into(
