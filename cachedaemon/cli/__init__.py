@@ -198,6 +198,8 @@ _SIZE_FIELDS = {"bytes_used", "bytes_reserved", "max_bytes", "bytes_freed"}
 
 
 def _human(name: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if name in _SIZE_FIELDS and isinstance(value, int) and not isinstance(value, bool):
         return f"{format_size(value)} ({value})" if value >= 1024 else f"{value} B"
     if isinstance(value, dict | list):

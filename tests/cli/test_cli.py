@@ -19,7 +19,6 @@ import pytest
 from cachedaemon.client import Client
 from cachedaemon.config import SCHEMA
 from tests.support.daemon import DaemonProcess, daemon_env, run_cli, start_daemon
-from tests.support.kv_fake import KvFake, running_fake
 
 TOKEN = "t0ken-for-tests"
 
@@ -201,36 +200,32 @@ def test_serve_flags_reach_the_daemon(tmp_path: Path) -> None:
         assert (doc["max_objects"], doc["max_bytes"]) == (77, 3 * 1024 * 1024)
 
 
-# --- kv commands (against the in-memory fake of the kv routes: no metastore server yet) ----
+# --- kv commands (the real metastore routes) --------------------------------------------------
 
 
-@pytest.fixture
-def kv() -> Iterator[KvFake]:
-    yield from running_fake()
-
-
-def test_kv_commands(kv: KvFake) -> None:
+def test_kv_commands(daemon: DaemonProcess) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[bytes]:
-        return run_cli("--url", kv.url, "kv", *args)
+        return cli(daemon, "kv", *args)
 
-    assert run("put", "dom", "k1", "value one").returncode == 0
-    with Client(kv.url) as c:
-        c.kv_put("dom", b"k2", b"two")
-        c.kv_put("dom", b"j", b"jay")
-    r = run("get", "dom", "k1")
-    assert r.returncode == 0 and r.stdout == b"value one"
-    r = run("scan", "dom", "--prefix", "k")
+    assert run("put", "clidom", "k1", "value one").returncode == 0
+    with Client(daemon.url) as c:
+        c.kv_put("clidom", b"k2", b"two")
+        c.kv_put("clidom", b"j", b"jay")
+    r = run("get", "clidom", "k1")
+    assert r.returncode == 0 and r.stdout == b"value one"  # raw, no newline
+    r = run("scan", "clidom", "--prefix", "k")
     lines = [json.loads(line) for line in r.stdout.decode().splitlines()]
     assert [(base64.b64decode(d["key"]), base64.b64decode(d["value"])) for d in lines] == [
         (b"k1", b"value one"), (b"k2", b"two")]
     assert set(lines[0]) == {"key", "value"}
-    assert len(run("scan", "dom", "--limit", "2").stdout.splitlines()) == 2
-    assert run("rm", "dom", "k1").returncode == 0
-    r = run("get", "dom", "k1")
-    assert r.returncode == 1 and r.stdout == b""
-    assert run("domains").stdout == b"dom\n"
-    assert run("flush", "dom").returncode == 0
-    assert kv.domains["dom"].persisted == kv.domains["dom"].seqno
+    assert len(run("scan", "clidom", "--limit", "2").stdout.splitlines()) == 2
+    assert run("rm", "clidom", "k1").returncode == 0
+    r = run("get", "clidom", "k1")
+    assert r.returncode == 1 and r.stdout == b"" and b"not_found" in r.stderr
+    assert b"clidom\n" in run("domains").stdout
+    assert run("flush", "clidom").returncode == 0
+    info = json.loads(run("info", "clidom", "--json").stdout)
+    assert info["persisted_seqno"] == info["last_seqno"]
 
 
 # --- progress --------------------------------------------------------------------------------

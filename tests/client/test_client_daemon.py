@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cachedaemon.client import AsyncClient, Client
+from cachedaemon.client import AsyncClient, Client, KvDelete, KvPut
 from cachedaemon.errors import (
     DaemonUnreachable,
     InvalidArgument,
@@ -229,3 +229,43 @@ def test_blocking_client(daemon: DaemonProcess, tmp_path: Path) -> None:
             c.get("sync/a")
     with pytest.raises(RuntimeError):
         c.get("sync/b")  # closed
+
+
+# --- key-value domains (the real metastore routes) ------------------------------------------
+
+
+async def test_kv_round_trip_scan_batch_and_admin(client: AsyncClient) -> None:
+    odd = [b"plain", b"a/b/c", b"\x00\xff", b"sp ace+plus=%?#", "ключ".encode()]
+    for i, key in enumerate(odd):
+        await client.kv_put("clientdom", key, b"v%d" % i)
+    for i, key in enumerate(odd):
+        assert await client.kv_get("clientdom", key) == b"v%d" % i
+    await client.kv_batch("clientdom", [KvPut(b"n%02d" % i, b"%d" % i) for i in range(12)]
+                          + [KvDelete(b"plain")])
+    with pytest.raises(NotFound):
+        await client.kv_get("clientdom", b"plain")
+    numbered = [(b"n%02d" % i, b"%d" % i) for i in range(12)]
+    assert [kv async for kv in client.kv_scan("clientdom", prefix=b"n", page_size=5)] == numbered
+    assert [k async for k, _ in client.kv_scan("clientdom", prefix=b"n", reverse=True,
+                                                page_size=5)] == [k for k, _ in numbered[::-1]]
+    bounded = [k async for k, _ in client.kv_scan("clientdom", start=b"n03", end=b"n07",
+                                                   page_size=2)]
+    assert bounded == [b"n03", b"n04", b"n05", b"n06"]
+    everything = sorted([*(k for k in odd if k != b"plain"), *(k for k, _ in numbered)])
+    assert [k async for k, _ in client.kv_scan("clientdom", page_size=3)] == everything
+    await client.kv_delete("clientdom", b"a/b/c")
+    await client.kv_delete("clientdom", b"a/b/c")
+    with pytest.raises(NotFound):
+        await client.kv_get("clientdom", b"a/b/c")
+
+    assert "clientdom" in await client.domains()
+    await client.flush("clientdom")
+    info = await client.domain_info("clientdom")
+    assert info.name == "clientdom" and info.persisted_seqno == info.last_seqno > 0
+    assert info.read_only is False and sum(lv.files for lv in info.levels) >= 1
+    await client.compact("clientdom")
+    assert await client.kv_get("clientdom", b"n05") == b"5"
+    with pytest.raises(NotFound):
+        await client.domain_info("never-written")
+    with pytest.raises(InvalidArgument):
+        await client.kv_put("Bad Name", b"k", b"v")
