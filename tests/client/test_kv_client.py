@@ -1,7 +1,8 @@
 """The client's key-value methods, against a small in-memory fake of the kv routes
-(``tests/support/kv_fake.py``): there is no real metastore server yet. What is under test is the
-client: path and base64 encoding of arbitrary byte keys, auto-pagination of scans in both
-directions, batches, and the mapping of error codes to exception classes."""
+(``tests/support/kv_fake.py``) that records every request, so the exact spelling can be checked:
+path and base64 encoding of arbitrary byte keys, the number of pages an auto-paginated scan
+fetches in both directions, batches, and error codes the real daemon rarely gives (``fenced``).
+The same methods run against the real daemon in ``test_client_daemon.py``."""
 
 from __future__ import annotations
 

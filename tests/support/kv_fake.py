@@ -1,5 +1,5 @@
 """A small in-memory stand-in for the daemon's key-value routes (``shared/API.md`` "Key-value
-domains"), to test the client's side of them until the real metastore server exists.
+domains") that records every request, to check how the client spells them.
 
 It follows the contract strictly where the client could get it wrong: keys are read from the
 raw (still percent-encoded) path, base64 is decoded with validation, ``limit`` pages the scan and
