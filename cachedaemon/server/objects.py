@@ -1,8 +1,9 @@
 """Object routes: ``PUT/GET/HEAD/DELETE /v1/objects/{key}`` and the listing ``GET /v1/objects``.
 
 PUT streams the body into a cache :class:`StagingFile` (its reservation grows as bytes arrive,
-bounded by the request's deadline), uploads the staged file to the bucket (the store goes
-multipart when large), then commits the staged file as the cache entry, replacing any older
+bounded by the request's deadline), uploads it to the bucket (from memory up to 8 MiB, else
+from the staged file: the store goes multipart when large; the staged file is synced to disk
+meanwhile), then commits the staged file as the cache entry, replacing any older
 copy. ``201`` only after the bucket holds the object. Any failure (body too large, client gone,
 upload error, reservation deadline, shut-down cancelling the handler) closes the staging file:
 no entry, no ``.part``, no reservation, no object (the store aborts a failed multipart upload).
@@ -48,11 +49,13 @@ from cachedaemon.server.context import Call, ShardContext
 from cachedaemon.server.keys import decode_key, decode_text
 from cachedaemon.server.ranges import parse_range
 from cachedaemon.server.routes import ROUTES, Param
+from cachedaemon.server.sendfile import can_send_file, send_file
 
 ETAG_XATTR = "user.cachedaemon.etag"
 READ_INLINE_BYTES = 64 * 1024
 READ_CHUNK_BYTES = 4 * 1024 * 1024
 STAGE_BATCH_BYTES = 1024 * 1024
+UPLOAD_FROM_MEMORY_BYTES = 8 * 1024 * 1024
 LIST_DEFAULT = 1000
 FILL_APPEND_WAIT_S = 5.0
 FILL_RESERVE_WAIT_S = 0.05
@@ -146,6 +149,7 @@ async def put_object(call: Call) -> web.StreamResponse:
         total = 0
         batch: list[bytes] = []
         batched = 0
+        kept: list[bytes] | None = []  # the body, while it is small enough to upload from memory
         content = request.content
         while True:
             try:
@@ -161,6 +165,11 @@ async def put_object(call: Call) -> web.StreamResponse:
                 raise TooLarge(f"object is over the limit of {limit} bytes")
             batch.append(chunk)
             batched += len(chunk)
+            if kept is not None:
+                if total <= UPLOAD_FROM_MEMORY_BYTES:
+                    kept.append(chunk)
+                else:
+                    kept = None
             if batched >= STAGE_BATCH_BYTES:
                 await _append(staging, batch, deadline)
                 batch, batched = [], 0
@@ -171,8 +180,15 @@ async def put_object(call: Call) -> web.StreamResponse:
         await staging.flush()
         await failpoint("server.put.before_upload")
         t0 = time.perf_counter()
-        info = await ctx.store.put(key, staging.path, if_none_match=if_none_match,
-                                   if_match=if_match)
+        # The staged bytes go to disk while the upload runs, so the commit's sync is cheap.
+        sync = asyncio.ensure_future(asyncio.to_thread(_datasync, staging.path))
+        try:
+            body: Any = b"".join(kept) if kept is not None else staging.path
+            info = await ctx.store.put(key, body, if_none_match=if_none_match,
+                                       if_match=if_match)
+        finally:
+            with contextlib.suppress(OSError):
+                await sync
         metrics.UPLOAD_DURATION.observe(time.perf_counter() - t0)
         metrics.UPLOAD_BYTES.inc(total)
         await failpoint("server.put.after_upload")
@@ -198,6 +214,14 @@ async def put_object(call: Call) -> web.StreamResponse:
 async def _append(staging: Any, batch: list[bytes], deadline: float) -> None:
     data = batch[0] if len(batch) == 1 else b"".join(batch)
     await staging.append(data, deadline)
+
+
+def _datasync(path: Any) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def _set_etag(path: Any, etag: str) -> None:
@@ -308,22 +332,27 @@ async def _serve_cached(call: Call, key: str, entry: Any, range_header: str | No
             return None
         return web.Response(status=status, body=data, headers=headers)
     try:
-        fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        # Opening a page-cached entry is a cheap syscall: done here, so a vanished file is
+        # still a miss (nothing has been sent yet).
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
         return None
     try:
         resp = web.StreamResponse(status=status, headers=headers)
         await resp.prepare(call.request)
-        offset = first
-        remaining = count
-        while remaining > 0:
-            n = min(remaining, READ_CHUNK_BYTES)
-            data = await asyncio.to_thread(os.pread, fd, n, offset)
-            if not data:
-                raise ConnectionResetError("cached file shrank while it was being served")
-            await resp.write(data)
-            offset += len(data)
-            remaining -= len(data)
+        if can_send_file(call.request):
+            await send_file(call.request, fd, first, count)
+        else:
+            offset = first
+            remaining = count
+            while remaining > 0:
+                n = min(remaining, READ_CHUNK_BYTES)
+                data = await asyncio.to_thread(os.pread, fd, n, offset)
+                if not data:
+                    raise ConnectionResetError("cached file shrank while it was being served")
+                await resp.write(data)
+                offset += len(data)
+                remaining -= len(data)
         await resp.write_eof()
         return resp
     finally:
@@ -432,9 +461,6 @@ async def _fill_and_stream(call: Call, key: str) -> web.StreamResponse:
         n = 0
         try:
             await resp.prepare(call.request)
-            # The last chunk is held back until the fill is committed, so a client that has
-            # the whole body knows the cache has it too (a DELETE it sends next removes it).
-            held: bytes | None = None
             async for chunk in result.iter_chunks():
                 n += len(chunk)
                 if staging is not None:
@@ -443,9 +469,7 @@ async def _fill_and_stream(call: Call, key: str) -> web.StreamResponse:
                     except (CacheFull, Unavailable, OSError):
                         await staging.close()
                         staging = None
-                if held is not None:
-                    await resp.write(held)
-                held = chunk
+                await resp.write(chunk)
             if staging is not None and n == info.size and not fill.stale:
                 fill.committing = asyncio.get_running_loop().create_future()
                 try:
@@ -457,8 +481,6 @@ async def _fill_and_stream(call: Call, key: str) -> web.StreamResponse:
                     pass
                 finally:
                     fill.committing.set_result(None)
-            if held is not None:
-                await resp.write(held)
             await resp.write_eof()
         finally:
             if staging is not None and not committed:
