@@ -192,6 +192,8 @@ async def make_object_store(
         pytest.param("s3", marks=pytest.mark.s3),
     ]
 )
-async def object_store(request: pytest.FixtureRequest, make_object_store: StoreMaker) -> ObjectStore:
+async def object_store(
+    request: pytest.FixtureRequest, make_object_store: StoreMaker
+) -> ObjectStore:
     """One store of each kind (memory, local, s3), fresh per test."""
     return await make_object_store(str(request.param))

@@ -722,12 +722,25 @@ def thread_session() -> AioSession:
     return session
 
 
+def _credentials_configured() -> bool:
+    """Whether the standard chain has something to find without asking the network
+    (environment variables, a profile, or a shared credentials file)."""
+    if os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE"):
+        return True
+    if os.environ.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or os.environ.get(
+        "AWS_WEB_IDENTITY_TOKEN_FILE"
+    ):
+        return True
+    path = os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.expanduser("~/.aws/credentials")
+    return os.path.exists(path)
+
+
 def client_kwargs(endpoint_url: str | None, region: str, config: AioConfig) -> dict[str, Any]:
     """``create_client`` arguments: endpoint, region, config, and dummy credentials for moto."""
     kwargs: dict[str, Any] = {"region_name": region, "config": config}
     if endpoint_url:
         kwargs["endpoint_url"] = endpoint_url
-        if not os.environ.get("AWS_ACCESS_KEY_ID") and not os.environ.get("AWS_PROFILE"):
+        if not _credentials_configured():
             kwargs["aws_access_key_id"] = "testing"
             kwargs["aws_secret_access_key"] = "testing"
     return kwargs

@@ -122,7 +122,9 @@ async def test_delay_and_abort() -> None:
     assert time.monotonic() - start >= 0.04
     faulty.fail("head")
     abort = asyncio.Event()
-    store = RetryingObjectStore(faulty, deadline_s=None, backoff=Backoff(initial_s=0.05), abort=abort)
+    store = RetryingObjectStore(
+        faulty, deadline_s=None, backoff=Backoff(initial_s=0.05), abort=abort
+    )
     task = asyncio.create_task(store.head("k"))
     await asyncio.sleep(0.02)
     abort.set()
