@@ -51,9 +51,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import aiohttp  # noqa: E402
+import aiohttp
 
-from tests.support.daemon import DaemonProcess, start_daemon  # noqa: E402
+from tests.support.daemon import DaemonProcess, start_daemon
 
 KiB, MiB = 1024, 1024 * 1024
 HIT_SIZES = [("4KiB", 4 * KiB), ("1MiB", MiB), ("16MiB", 16 * MiB)]
