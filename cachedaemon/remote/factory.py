@@ -3,7 +3,9 @@
 ``open_object_store(url)`` understands ``file:///abs/path`` (:class:`LocalObjectStore`, the
 embedded default), ``s3://bucket[/prefix]`` (:class:`S3ObjectStore`, optionally against
 ``s3_endpoint`` such as moto or MinIO) and ``memory://name`` (tests). A URL it cannot use raises
-``ConfigError("remote.url", source, problem)`` so the CLI exits 2 naming the setting.
+``ConfigError("remote.url", source, problem)`` so the CLI exits 2 naming the setting; a
+``file://`` directory that cannot be created raises :class:`Unavailable` ("unreachable bucket
+...", exit 1).
 
 ``check_bucket(store)`` is the start-up reachability probe (one small listing, optionally
 creating a missing S3 bucket); it raises :class:`Unavailable` with "unreachable bucket ..." so
@@ -58,7 +60,9 @@ def open_object_store(
         try:
             return LocalObjectStore(path)
         except CacheDaemonError as exc:
-            raise ConfigError("remote.url", source, f"{url!r}: {exc.message}") from exc
+            # A well-formed URL whose directory cannot be made is a start-up failure (exit 1),
+            # not invalid configuration (exit 2).
+            raise Unavailable(f"unreachable bucket {url}: {exc.message}") from exc
     if scheme == "s3":
         bucket = parsed.netloc
         if not bucket:

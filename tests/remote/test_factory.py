@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cachedaemon.errors import ConfigError
+from cachedaemon.errors import ConfigError, Unavailable
 from cachedaemon.remote import (
     LocalObjectStore,
     MemoryObjectStore,
@@ -74,6 +74,5 @@ def test_bad_endpoint() -> None:
 def test_unwritable_file_root(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_bytes(b"")
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(Unavailable, match="unreachable bucket"):
         open_object_store(f"file://{blocker}/bucket")
-    assert info.value.setting == "remote.url"
