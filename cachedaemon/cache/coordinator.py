@@ -144,6 +144,7 @@ class CacheCoordinator:
         self._last_walk = -math.inf
         self._generation = 0  # bumped on every change of usage or reservations
         self._watches: list[set[str]] = []
+        self._saving: asyncio.Future[int] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id = 0
@@ -219,11 +220,25 @@ class CacheCoordinator:
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
-        await self.save_tracker()
+        try:
+            await self.save_tracker()
+        except OSError:
+            pass  # logged by _saved
 
     @property
     def running(self) -> bool:
         return self._running
+
+    async def wait_idle(self) -> None:
+        """Wait until no trim is running (counters then match the disk). For tests and tools."""
+        while True:
+            if self._trimmer is not None and not self._trimmer.done():
+                await asyncio.wait([self._trimmer])
+                continue
+            async with await self._trim_sem.get_units(1):
+                pass
+            if self._trimmer is None or self._trimmer.done():
+                return
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -627,25 +642,35 @@ class CacheCoordinator:
     # --- timers ----------------------------------------------------------------------------
 
     async def save_tracker(self) -> None:
-        """Save the tracker if it changed (snapshot here, write in a thread)."""
+        """Save the tracker if it changed (snapshot here, write in a thread). Saves never
+        overlap: a save waits for the one in flight, even one whose caller was cancelled."""
+        while self._saving is not None and not self._saving.done():
+            await asyncio.wait([self._saving])
         if not self.tracker.dirty:
             return
         items = self.tracker.snapshot()
         self.tracker.dirty = False
-        try:
-            await asyncio.to_thread(
-                save_file, self.root / TRACKER_NAME, self.root / TRACKER_TMP_NAME, items
-            )
+        saving = asyncio.ensure_future(asyncio.to_thread(
+            save_file, self.root / TRACKER_NAME, self.root / TRACKER_TMP_NAME, items
+        ))
+        self._saving = saving
+        saving.add_done_callback(self._saved)
+        await asyncio.shield(saving)
+
+    def _saved(self, saving: asyncio.Future[int]) -> None:
+        exc = saving.exception() if not saving.cancelled() else None
+        if exc is None:
             self.metrics.tracker_saves += 1
-        except OSError as exc:
-            self.tracker.dirty = True
-            self.metrics.tracker_save_failures += 1
-            log.warning("cache: cannot save the access-time tracker: %s", exc)
+            return
+        self.tracker.dirty = True
+        self.metrics.tracker_save_failures += 1
+        log.warning("cache: cannot save the access-time tracker: %s", exc)
 
     async def _tracker_save_loop(self) -> None:
         while True:
             await self.clock.sleep(self.settings.tracker_save_interval)
-            await self.save_tracker()
+            with contextlib.suppress(OSError):
+                await self.save_tracker()
 
     async def _disk_poll_loop(self) -> None:
         while True:
