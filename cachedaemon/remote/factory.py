@@ -28,7 +28,13 @@ from cachedaemon.errors import (
 from cachedaemon.remote.base import ObjectStore
 from cachedaemon.remote.local import LocalObjectStore
 from cachedaemon.remote.memory import MemoryObjectStore
-from cachedaemon.remote.s3 import S3ObjectStore, error_code, translate_error
+from cachedaemon.remote.s3 import (
+    DEFAULT_PART_SIZE,
+    MIN_PART_SIZE,
+    S3ObjectStore,
+    error_code,
+    translate_error,
+)
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
@@ -84,6 +90,20 @@ def open_object_store(
                 )
         if not region:
             raise ConfigError("remote.region", source, "must not be empty")
+        part_size = s3_options.get("part_size")
+        if part_size is not None and part_size < MIN_PART_SIZE:
+            raise ConfigError(
+                "remote.multipart_part_size",
+                source,
+                f"{part_size} is below S3's minimum part size of {MIN_PART_SIZE} bytes (5 MiB)",
+            )
+        threshold = s3_options.get("multipart_threshold")
+        if threshold is not None and threshold < (part_size or DEFAULT_PART_SIZE):
+            raise ConfigError(
+                "remote.multipart_threshold",
+                source,
+                f"{threshold} is below the multipart part size",
+            )
         try:
             return S3ObjectStore(
                 bucket, prefix, endpoint_url=s3_endpoint, region=region, **s3_options

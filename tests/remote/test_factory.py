@@ -76,3 +76,12 @@ def test_unwritable_file_root(tmp_path: Path) -> None:
     blocker.write_bytes(b"")
     with pytest.raises(Unavailable, match="unreachable bucket"):
         open_object_store(f"file://{blocker}/bucket")
+
+
+def test_bad_multipart_settings() -> None:
+    with pytest.raises(ConfigError) as info:
+        open_object_store("s3://bucket", part_size=1024, source="env")
+    assert (info.value.setting, info.value.source) == ("remote.multipart_part_size", "env")
+    with pytest.raises(ConfigError) as info:
+        open_object_store("s3://bucket", multipart_threshold=6 << 20, part_size=8 << 20)
+    assert info.value.setting == "remote.multipart_threshold"
