@@ -6,7 +6,8 @@ the ``nth`` call of that operation (1-based, counted by this wrapper), or on a `
 calls drawn from a seeded RNG (deterministic for a given seed and call order), at most ``times``
 times. A failure is raised ``before`` the inner call (the request never reached the bucket) or
 ``after`` it (the bucket did the work and the answer was lost: the case that makes retried
-conditional puts interesting). Delays sleep on the injected clock.
+conditional puts interesting). :meth:`fail_body` lets a ``get`` open and breaks its body after
+some bytes (a download cut short). Delays sleep on the injected clock.
 
 Used from one loop (the test's, or one shard's); not thread-safe.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -39,13 +40,14 @@ ExceptionFactory = Callable[[], BaseException]
 @dataclass
 class FaultRule:
     op: str | None
-    kind: Literal["fail", "delay"]
+    kind: Literal["fail", "delay", "body"]
     fraction: float = 1.0
     nth: int | None = None
     times: int | None = None
     exception: ExceptionFactory | None = None
     delay_s: float = 0.0
     when: Literal["before", "after"] = "before"
+    after_bytes: int = 0
     fired: int = 0
 
     def matches(self, op: str, count: int, rng: random.Random) -> bool:
@@ -105,10 +107,33 @@ class FaultInjectingObjectStore(ObjectStoreBase):
         self.rules.append(rule)
         return rule
 
+    def fail_body(
+        self,
+        *,
+        after_bytes: int = 0,
+        fraction: float = 1.0,
+        nth: int | None = None,
+        times: int | None = None,
+        exception: ExceptionFactory | BaseException | type[BaseException] | None = None,
+    ) -> FaultRule:
+        """Let matching ``get`` calls open, then fail their body once ``after_bytes`` passed
+        (a connection that breaks mid-download)."""
+        rule = FaultRule(
+            "get", "body", fraction, nth, times, _factory(exception), after_bytes=after_bytes
+        )
+        self.rules.append(rule)
+        return rule
+
     def clear(self) -> None:
         self.rules.clear()
 
-    async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _call(
+        self,
+        op: str,
+        fn: Callable[[], Awaitable[T]],
+        body_fault: list[FaultRule] | None = None,
+    ) -> T:
+        """Apply the matching rules around ``fn``; a matching body rule goes to ``body_fault``."""
         self.calls[op] += 1
         count = self.calls[op]
         fail_after: FaultRule | None = None
@@ -116,7 +141,10 @@ class FaultInjectingObjectStore(ObjectStoreBase):
             if not rule.matches(op, count, self.rng):
                 continue
             rule.fired += 1
-            if rule.kind == "delay":
+            if rule.kind == "body":
+                if body_fault is not None:
+                    body_fault.append(rule)
+            elif rule.kind == "delay":
                 await self.clock.sleep(rule.delay_s)
             elif rule.when == "after":
                 fail_after = rule
@@ -132,7 +160,33 @@ class FaultInjectingObjectStore(ObjectStoreBase):
         return result
 
     async def get(self, key: str, *, byte_range: ByteRange | None = None) -> GetResult | None:
-        return await self._call("get", lambda: self.inner.get(key, byte_range=byte_range))
+        body_fault: list[FaultRule] = []
+        result = await self._call(
+            "get", lambda: self.inner.get(key, byte_range=byte_range), body_fault
+        )
+        if result is None or not body_fault:
+            return result
+        rule = body_fault[0]
+        inner = result
+        exception = rule.exception
+        assert exception is not None
+        limit = rule.after_bytes
+
+        async def broken() -> AsyncIterator[bytes]:
+            passed = 0
+            async for chunk in inner.iter_chunks():
+                if passed + len(chunk) > limit:
+                    if limit > passed:
+                        yield chunk[: limit - passed]
+                    self.injected["get"] += 1
+                    raise exception()
+                passed += len(chunk)
+                yield chunk
+            if passed >= limit:  # the body ended exactly at (or before) the break point
+                self.injected["get"] += 1
+                raise exception()
+
+        return GetResult(inner.info, inner.content_length, inner.range, broken(), inner.close)
 
     async def put(
         self,

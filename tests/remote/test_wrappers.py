@@ -156,3 +156,20 @@ async def test_instrumented_counts(object_store: ObjectStore) -> None:
         await failing.put("x", b"x")
     assert failing.stats["put"].errors == 1
     assert failing.stats.snapshot()["put"]["calls"] == 1
+
+
+async def test_body_fault_breaks_download(object_store: ObjectStore) -> None:
+    data = bytes(range(256)) * 8192  # 2 MiB
+    await object_store.put("b", data)
+    faulty = FaultInjectingObjectStore(object_store)
+    faulty.fail_body(after_bytes=100_000, nth=1)
+    result = await faulty.get("b")
+    assert result is not None
+    got = bytearray()
+    with pytest.raises(TransientUpstreamError):
+        async with result:
+            async for chunk in result.iter_chunks():
+                got += chunk
+    assert bytes(got) == data[:100_000]
+    assert faulty.injected["get"] == 1
+    assert await faulty.get_bytes("b") == data  # the second get is whole
