@@ -20,7 +20,7 @@ import pytest
 
 from cachedaemon.config import BY_KEY, SCHEMA
 from tests.conftest import bare_s3_client
-from tests.support.daemon import daemon_env, run_cli
+from tests.support.daemon import DaemonProcess, daemon_env, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_NAMES = {s.env for s in SCHEMA}
@@ -121,16 +121,13 @@ def _console_scripts() -> set[str]:
     return set(scripts)
 
 
-def test_healthcheck_command_works_against_the_daemon(tmp_path: Path) -> None:
+def test_healthcheck_command_works_against_the_daemon(cli_daemon: DaemonProcess) -> None:
     """The HEALTHCHECK's Python, pointed at a real daemon's port."""
-    from tests.support.daemon import start_daemon
-
     health = next(arg for n, arg in _dockerfile() if n == "HEALTHCHECK")
     code = json.loads(health[health.index("CMD") + 3:].strip())[2]
-    with start_daemon(tmp_path / "data") as d:
-        ok = subprocess.run([sys.executable, "-c", code.replace(":8470", f":{d.port}")],
-                            timeout=30, check=False)
-        assert ok.returncode == 0
+    ok = subprocess.run([sys.executable, "-c", code.replace(":8470", f":{cli_daemon.port}")],
+                        timeout=30, check=False)
+    assert ok.returncode == 0
     down = subprocess.run([sys.executable, "-c", code.replace(":8470", ":1")],
                           capture_output=True, timeout=30, check=False)
     assert down.returncode != 0
