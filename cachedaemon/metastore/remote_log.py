@@ -8,10 +8,12 @@ own an id: the one that loses reads the winner's header, and if the winner's epo
 is :class:`~cachedaemon.errors.Fenced` (it stops taking writes; nothing of the lost group was
 acknowledged). A retried PUT that finds its own earlier attempt (same bytes) counts as success.
 
-:meth:`RemoteLog.open` lists the segments, reads them all, and **fences**: it writes an empty
-segment of its own epoch at the next id. If an older writer took that id first, its records are
-replayed too and the next id is tried, until the fence lands; after that no older writer can
-append (its next PUT hits an id that is taken, by a newer epoch). A segment that disappears
+:meth:`RemoteLog.open` lists the segments, reads them, and **fences**: it writes an empty
+segment of its own epoch ``FENCE_SPAN`` ids above the newest one, then fills the ids below it,
+downwards, with empty segments until it meets a segment an older writer appended meanwhile
+(whose records it then reads too). An older writer still appending can reach at most the lowest
+fill, where its PUT finds the id taken by a newer epoch and it is fenced; so the opener never
+chases a fast writer id by id. A segment that disappears
 while being read, or a gap between the manifest's sequence number and the first segment,
 means an older writer flushed and released meanwhile: :class:`LogMoved` tells the domain to
 re-read the manifest and open again.
@@ -46,6 +48,8 @@ from cachedaemon.metastore.log_format import (
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^(\d{20})\.log$")
+#: How far above the newest segment an opening writer puts its fence (see ``open``).
+FENCE_SPAN = 8
 
 
 class LogMoved(Exception):
@@ -100,19 +104,40 @@ class RemoteLog(GroupCommitLog):
             raise LogMoved(
                 f"log starts at seqno {replay[0].base_seqno}, manifest has {persisted_seqno}"
             )
-        next_id = (listed[-1][0] + 1) if listed else 1
-        # Fence: an empty segment of our epoch at the next free id.
+        base = (listed[-1][0] + 1) if listed else 1
+        # Fence from above, so an older writer still appending cannot outrun us: claim
+        # ``lo + FENCE_SPAN - 1`` first (moving up a span while older writers are already
+        # past it), then fill the ids below it downwards until we meet the older writer's
+        # newest segment. It can then append at most up to the lowest fill, where it is fenced.
+        lo = base
         while True:
-            body = encode_segment(SegmentHeader(epoch, next_id), [])
-            winner = await cls._put(io, prefix, next_id, body)
+            top = lo + FENCE_SPAN - 1
+            winner = await cls._put(io, prefix, top, encode_segment(SegmentHeader(epoch, top), []))
             if winner is None:
-                segments.append((next_id, None))
-                next_id += 1
                 break
             if winner.header.epoch > epoch:
                 raise Fenced(f"domain log at {prefix}: fenced by epoch {winner.header.epoch}")
-            cls._take(winner, persisted_seqno, replay, segments)
-            next_id += 1
+            lo = top + 1
+        fills = [top]
+        taken_to = top - 1
+        while taken_to >= lo:
+            body = encode_segment(SegmentHeader(epoch, taken_to), [])
+            winner = await cls._put(io, prefix, taken_to, body)
+            if winner is not None:
+                if winner.header.epoch > epoch:
+                    raise Fenced(f"domain log at {prefix}: fenced by epoch {winner.header.epoch}")
+                break  # an older writer's segment: it wrote every id from base up to here
+            fills.append(taken_to)
+            taken_to -= 1
+        for segment_id in range(base, taken_to + 1):  # what older writers appended meanwhile
+            segment = await cls._read(io, prefix, segment_id)
+            if segment is None:
+                raise LogMoved(f"log segment {segment_id} vanished while opening")
+            if segment.header.epoch > epoch:
+                raise Fenced(f"domain log at {prefix}: fenced by epoch {segment.header.epoch}")
+            cls._take(segment, persisted_seqno, replay, segments)
+        segments.extend((f, None) for f in sorted(fills))
+        next_id = top + 1
         self = cls(io, prefix, epoch=epoch, next_id=next_id, segments=segments, name=name)
         if replay:
             self.durable_seqno = replay[-1].last_seqno

@@ -22,7 +22,7 @@ from cachedaemon.metastore.log_format import (
     encode_segment,
     parse_segment,
 )
-from cachedaemon.metastore.remote_log import RemoteLog, segment_key
+from cachedaemon.metastore.remote_log import FENCE_SPAN, RemoteLog, segment_key
 from cachedaemon.remote.memory import MemoryObjectStore
 
 
@@ -184,9 +184,9 @@ async def test_remote_log_fences_an_older_writer() -> None:
     with pytest.raises(Fenced):
         await RemoteLog.open(io, "d", epoch=2, persisted_seqno=0)
     await third.release(11)
-    # Left: only the three fences (an older writer may still try their ids).
+    # Left: only the fences of the three opens (an older writer may still try their ids).
     infos = [o async for o in store.list_all("d/wal/")]
-    assert len(infos) == 3
+    assert len(infos) == 3 * FENCE_SPAN
     assert all(o.size == HEADER_BYTES for o in infos)
     _, replay = await RemoteLog.open(io, "d", epoch=4, persisted_seqno=11)
     assert replay == []
@@ -205,3 +205,27 @@ async def test_remote_log_replays_an_older_writer_that_won_the_fence_slot() -> N
     new, replay = await RemoteLog.open(io, "d", epoch=2, persisted_seqno=0)
     assert [r.base_seqno for r in replay] == [1, 2, 3]
     await new.close()
+
+
+async def test_remote_log_open_is_not_outrun_by_a_fast_older_writer() -> None:
+    store = MemoryObjectStore()
+    io = CloudIO(store)
+    old, _ = await RemoteLog.open(io, "d", epoch=1, persisted_seqno=0)
+    acked: list[int] = []
+
+    async def hammer() -> None:
+        seq = 1
+        while True:
+            try:
+                await old.append(rec(seq, (b"k%d" % seq, b"v")))
+            except Fenced:
+                return
+            acked.append(seq)
+            seq += 1
+
+    task = asyncio.create_task(hammer())
+    await asyncio.sleep(0.01)
+    new, replay = await RemoteLog.open(io, "d", epoch=2, persisted_seqno=0)
+    await asyncio.wait_for(task, 5)
+    assert acked and [r.base_seqno for r in replay] == acked  # every acknowledged record
+    await new.append(rec(acked[-1] + 1, (b"new", b"v")))
