@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import io
 import json
 import os
 import stat
@@ -302,10 +303,7 @@ class AsyncClient:
             return self._chunks_of_bytes(view, progress), len(view)
         if isinstance(data, os.PathLike):
             path = Path(data)
-            try:
-                length = path.stat().st_size if size is None else size
-            except OSError as exc:
-                raise FileNotFoundError(exc.errno, exc.strerror, str(path)) from exc
+            length = path.stat().st_size if size is None else size
             return self._chunks_of_path(path, progress), length
         if hasattr(data, "read"):
             reader: _Readable = data  # type: ignore[assignment]
@@ -603,15 +601,20 @@ def _op_from_tuple(op: tuple[Any, ...]) -> KvOp:
 
 
 def _remaining_size(f: _Readable) -> int | None:
-    """Bytes left in a regular file object (size - position), None for pipes and sockets."""
-    fileno = getattr(f, "fileno", None)
-    tell = getattr(f, "tell", None)
-    if fileno is None or tell is None:
-        return None
+    """Bytes left in a seekable file object (a regular file, ``BytesIO``): end - position.
+    None for pipes, sockets and other streams, which are then sent chunked."""
     try:
-        st = os.fstat(fileno())
-        if not stat.S_ISREG(st.st_mode):
+        fileno = getattr(f, "fileno", None)
+        if fileno is not None:
+            with contextlib.suppress(io.UnsupportedOperation):
+                if not stat.S_ISREG(os.fstat(fileno()).st_mode):
+                    return None
+        seekable = getattr(f, "seekable", None)
+        if seekable is None or not seekable():
             return None
-        return max(0, st.st_size - int(tell()))
+        pos = f.tell()  # type: ignore[attr-defined]
+        end = f.seek(0, os.SEEK_END)  # type: ignore[attr-defined]
+        f.seek(pos)  # type: ignore[attr-defined]
+        return max(0, int(end) - int(pos))
     except (OSError, ValueError):
         return None

@@ -62,6 +62,10 @@ async def test_put_forms_and_get(client: AsyncClient, tmp_path: Path,
     with src.open("rb") as f:
         assert (await client.put(f"{base}/fileobj", f)).size == 100_000
     assert (await client.put(f"{base}/bytesio", io.BytesIO(b"abc"))).size == 3
+    partly_read = io.BytesIO(b"0123456789")
+    partly_read.seek(4)  # sent from the current position on, with its Content-Length
+    assert (await client.put(f"{base}/partly", partly_read)).size == 6
+    assert await client.get(f"{base}/partly") == b"456789"
     # An async stream of unknown size goes chunked.
     assert (await client.put(f"{base}/stream", _chunks(b"ab", b"", b"cd"))).size == 4
     sent: list[int] = []
