@@ -261,3 +261,18 @@ def test_progress_on_a_terminal_only(daemon: DaemonProcess, tmp_path: Path) -> N
     # Piped stderr: nothing at all.
     r = cli(daemon, "get", "progress/big")
     assert r.returncode == 0 and r.stderr == b"" and len(r.stdout) == 3 * 1024 * 1024
+
+
+def test_serve_passes_only_the_flags_given() -> None:
+    """In-process: what ``serve`` hands to load_settings (flag > env > file > default only works
+    if flags not typed are absent)."""
+    from cachedaemon.cli import _setting_flags, build_parser
+
+    args = build_parser().parse_args(
+        ["serve", "--read-only", "--listen", "0.0.0.0:1", "--server-shards", "3",
+         "--max-object-bytes", "1MiB", "--config", "x.toml"])
+    assert _setting_flags(args) == {
+        "server.read_only": "true", "server.listen": "0.0.0.0:1", "server.shards": "3",
+        "cache.max_object_bytes": "1MiB"}
+    assert args.config == "x.toml"
+    assert _setting_flags(build_parser().parse_args(["serve"])) == {}
