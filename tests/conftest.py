@@ -9,8 +9,9 @@
   ``file://`` directory under ``tmp_path``) and ``s3`` (``S3ObjectStore`` on a fresh bucket);
   closed after the test. ``make_object_store(kind)`` builds more of the same kind.
 
-Helpers for other test packages: :func:`bare_s3_client` (a botocore client for checks the
-store does not offer, such as listing multipart uploads).
+Helpers for other test packages: :func:`bare_s3_client` (a synchronous botocore client) and
+:func:`bare_aio_s3_client` (an aiobotocore one) for checks the store does not offer, such as
+listing multipart uploads.
 """
 
 from __future__ import annotations
@@ -125,6 +126,22 @@ def bare_s3_client(endpoint: str) -> Any:
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
         config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
+    )
+
+
+def bare_aio_s3_client(endpoint: str) -> Any:
+    """A plain aiobotocore S3 client (an async context manager) on the moto server."""
+    from aiobotocore.config import AioConfig
+
+    from cachedaemon.remote.s3 import thread_session
+
+    return thread_session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=AioConfig(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
     )
 
 

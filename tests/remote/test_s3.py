@@ -20,7 +20,7 @@ from cachedaemon.errors import (
 )
 from cachedaemon.remote.factory import check_bucket
 from cachedaemon.remote.s3 import S3ObjectStore, translate_error
-from tests.conftest import bare_s3_client
+from tests.conftest import bare_aio_s3_client
 from tests.remote.test_contract import BodyFailed, chunked, failing_body, payload
 
 pytestmark = pytest.mark.s3
@@ -40,12 +40,11 @@ async def small_parts(moto_endpoint: str, s3_bucket: str) -> AsyncIterator[S3Obj
         await store.close()
 
 
-def multipart_uploads(endpoint: str, bucket: str) -> list[Any]:
-    client = bare_s3_client(endpoint)
-    try:
-        return list(client.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
-    finally:
-        client.close()
+async def multipart_uploads(endpoint: str, bucket: str) -> list[Any]:
+    """In-progress multipart uploads, through a bare aiobotocore client (not the store)."""
+    async with bare_aio_s3_client(endpoint) as client:
+        resp = await client.list_multipart_uploads(Bucket=bucket)
+        return list(resp.get("Uploads", []))
 
 
 @pytest.mark.parametrize("kind", ["bytes", "path", "stream"])
@@ -65,7 +64,7 @@ async def test_multipart_round_trip(
     assert await small_parts.get_bytes("mp") == data
     head = await small_parts.head("mp")
     assert head is not None and head.etag == info.etag
-    assert multipart_uploads(moto_endpoint, small_parts.bucket) == []
+    assert await multipart_uploads(moto_endpoint, small_parts.bucket) == []
 
 
 async def test_stream_at_threshold_is_single_part(small_parts: S3ObjectStore) -> None:
@@ -78,7 +77,7 @@ async def test_failed_multipart_is_aborted(small_parts: S3ObjectStore, moto_endp
     with pytest.raises(BodyFailed):
         await small_parts.put("mp", failing_body(30 * MiB, 12 * MiB))
     assert await small_parts.head("mp") is None
-    assert multipart_uploads(moto_endpoint, small_parts.bucket) == []
+    assert await multipart_uploads(moto_endpoint, small_parts.bucket) == []
 
 
 async def test_cancelled_multipart_is_aborted(
@@ -96,15 +95,15 @@ async def test_cancelled_multipart_is_aborted(
     await asyncio.wait_for(started.wait(), 10)
     # Let the upload be created and the first parts start.
     for _ in range(50):
-        if multipart_uploads(moto_endpoint, small_parts.bucket):
+        if await multipart_uploads(moto_endpoint, small_parts.bucket):
             break
         await asyncio.sleep(0.02)
-    assert multipart_uploads(moto_endpoint, small_parts.bucket), "multipart never started"
+    assert await multipart_uploads(moto_endpoint, small_parts.bucket), "multipart never started"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await small_parts.head("mp") is None
-    assert multipart_uploads(moto_endpoint, small_parts.bucket) == []
+    assert await multipart_uploads(moto_endpoint, small_parts.bucket) == []
 
 
 async def test_multipart_conditional(small_parts: S3ObjectStore, moto_endpoint: str) -> None:
@@ -120,7 +119,7 @@ async def test_multipart_conditional(small_parts: S3ObjectStore, moto_endpoint: 
     v2 = await small_parts.put_if_match("mp", big2, v1.etag)
     assert v2.etag != v1.etag
     assert await small_parts.get_bytes("mp") == big2
-    assert multipart_uploads(moto_endpoint, small_parts.bucket) == []
+    assert await multipart_uploads(moto_endpoint, small_parts.bucket) == []
 
 
 async def test_multipart_put_if_absent_race_at_complete(
@@ -144,13 +143,13 @@ async def test_multipart_put_if_absent_race_at_complete(
 
     tasks = [asyncio.create_task(attempt(s)) for s in (1, 2)]
     for _ in range(100):  # both uploads created (both passed the early HEAD)
-        if len(multipart_uploads(moto_endpoint, small_parts.bucket)) == 2:
+        if len(await multipart_uploads(moto_endpoint, small_parts.bucket)) == 2:
             break
         await asyncio.sleep(0.02)
     release.set()
     results = await asyncio.gather(*tasks)
     assert sorted(results) == [False, True]
-    assert multipart_uploads(moto_endpoint, small_parts.bucket) == []
+    assert await multipart_uploads(moto_endpoint, small_parts.bucket) == []
 
 
 async def test_prefix_is_applied_and_stripped(moto_endpoint: str, s3_bucket: str) -> None:
