@@ -51,15 +51,36 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cachedaemon.cache")
 
-#: Appends are buffered up to this many bytes before one thread job writes them.
+#: Appends are buffered until they pass this many bytes; then one thread job writes them.
 WRITE_BUFFER_BYTES = 1024 * 1024
 
 
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+def _write_all(fd: int, chunks: list[bytes | memoryview]) -> None:
+    """Write ``chunks`` in order with as few ``writev`` calls as possible (blocking)."""
+    pending = [memoryview(c) for c in chunks if len(c)]
+    while pending:
+        n = os.writev(fd, pending[:_IOV_MAX])
+        while n and pending:
+            head = pending[0]
+            if n >= len(head):
+                n -= len(head)
+                pending.pop(0)
+            else:
+                pending[0] = head[n:]
+                n = 0
+
+
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+
+
+def _immutable(data: bytes | bytearray | memoryview) -> bytes | memoryview:
+    """``data`` itself if the caller cannot change it later (bytes, or a read-only view of
+    bytes); else a copy. Buffered appends keep references, so no copy in the common case."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, memoryview) and data.readonly and isinstance(data.obj, bytes):
+        return data
+    return bytes(data)
 
 
 class StagingFile:
@@ -86,7 +107,8 @@ class StagingFile:
         self._guard = guard
         self._holder = holder
         self._on_done = on_done
-        self._buffer = bytearray()
+        self._buffer: list[bytes | memoryview] = []
+        self._buffered = 0
         self._written = 0  # appended, including what is still buffered
         self._closed = False
         self._committed = False
@@ -128,9 +150,10 @@ class StagingFile:
                 extra, 0, self._service.default_deadline() if deadline is None else deadline
             )
             self._guard.merge(more)
-        self._buffer += data
+        self._buffer.append(_immutable(data))
+        self._buffered += n
         self._written = need
-        if len(self._buffer) >= WRITE_BUFFER_BYTES:
+        if self._buffered > WRITE_BUFFER_BYTES:
             await self._write_buffer()
 
     async def _write_buffer(self) -> None:
@@ -138,7 +161,7 @@ class StagingFile:
             return
         fd = self._fd
         assert fd is not None
-        buf, self._buffer = self._buffer, bytearray()
+        buf, self._buffer, self._buffered = self._buffer, [], 0
         try:
             await asyncio.to_thread(_write_all, fd, buf)
         except OSError as exc:
@@ -155,7 +178,7 @@ class StagingFile:
         self._closed = True
         fd, self._fd = self._fd, None
         assert fd is not None
-        buf, self._buffer = self._buffer, bytearray()
+        buf, self._buffer, self._buffered = self._buffer, [], 0
         job = asyncio.ensure_future(asyncio.to_thread(
             self._commit_job, fd, buf, self._service.fsync_commits, replace
         ))
@@ -192,7 +215,9 @@ class StagingFile:
             if not self._committed:
                 self._finish()
 
-    def _commit_job(self, fd: int, buf: bytearray, sync: bool, replace: bool) -> bool:
+    def _commit_job(
+        self, fd: int, buf: list[bytes | memoryview], sync: bool, replace: bool
+    ) -> bool:
         """Thread job: True if the file is now the entry, False if another writer won.
         Raises (with the ``.part`` untouched) if it failed before that."""
         try:
@@ -233,7 +258,7 @@ class StagingFile:
 
     async def _abort(self, *, unlink: bool) -> None:
         fd, self._fd = self._fd, None
-        self._buffer = bytearray()
+        self._buffer, self._buffered = [], 0
         self._guard.close()
         root = self._service.root
         path = self.path
