@@ -14,7 +14,7 @@ import builtins
 import contextlib
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Iterator
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 
@@ -60,10 +60,10 @@ class SyncObjectReader:
         self._reader = reader
         self.meta = reader.meta
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Generator[bytes, None, None]:
         return self.iter_chunks()
 
-    def iter_chunks(self, chunk_bytes: int | None = None) -> Iterator[bytes]:
+    def iter_chunks(self, chunk_bytes: int | None = None) -> Generator[bytes, None, None]:
         return self._client._iterate(self._reader.iter_chunks(chunk_bytes))
 
     def read(self) -> bytes:
@@ -130,7 +130,7 @@ class Client:
             future.cancel()
             raise
 
-    def _iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
+    def _iterate(self, agen: AsyncIterator[T]) -> Generator[T, None, None]:
         try:
             while True:
                 more, item = self._run(_next(agen))
@@ -214,7 +214,8 @@ class Client:
     def list(
         self, prefix: str | None = None, *, start_after: str | None = None,
         page_size: int | None = None,
-    ) -> Iterator[ObjectInfo]:
+    ) -> Generator[ObjectInfo, None, None]:
+        """Every object in key order, page by page; ``close()`` it to stop early."""
         return self._iterate(
             self._async.list(prefix, start_after=start_after, page_size=page_size))
 
@@ -256,7 +257,8 @@ class Client:
     def kv_scan(
         self, domain: str, *, start: bytes | str | None = None, end: bytes | str | None = None,
         prefix: bytes | str | None = None, reverse: bool = False, page_size: int | None = None,
-    ) -> Iterator[tuple[bytes, bytes]]:
+    ) -> Generator[tuple[bytes, bytes], None, None]:
+        """``(key, value)`` pairs, page by page; ``close()`` it to stop early."""
         return self._iterate(self._async.kv_scan(
             domain, start=start, end=end, prefix=prefix, reverse=reverse, page_size=page_size))
 

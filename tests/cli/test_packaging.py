@@ -86,7 +86,10 @@ def _dockerfile() -> list[tuple[str, str]]:
 def test_dockerfile_refers_to_what_exists() -> None:
     """No Docker engine here, so the image is not built; this checks what the build uses."""
     instr = _dockerfile()
-    get = lambda name: [arg for n, arg in instr if n == name]  # noqa: E731
+
+    def get(name: str) -> list[str]:
+        return [arg for n, arg in instr if n == name]
+
     assert get("FROM") == ["python:3.11-slim"]
     for arg in get("COPY"):
         for src in arg.split()[:-1]:

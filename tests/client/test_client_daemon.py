@@ -41,7 +41,7 @@ async def client(daemon: DaemonProcess) -> AsyncIterator[AsyncClient]:
 
 
 def _name(request: pytest.FixtureRequest) -> str:
-    return request.node.name.replace("[", "-").replace("]", "")
+    return str(request.node.name).replace("[", "-").replace("]", "")
 
 
 async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:

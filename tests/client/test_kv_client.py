@@ -82,7 +82,7 @@ async def test_batch_is_sent_as_base64_ops(fake: KvFake) -> None:
                                  ("put", "txt", b"t")])
         assert fake.domains["dom"].items == {b"\x00a": b"\xff", b"txt": b"t"}
         with pytest.raises(TypeError):
-            await c.kv_batch("dom", [("upsert", b"k")])  # type: ignore[list-item]
+            await c.kv_batch("dom", [("upsert", b"k")])
 
 
 async def test_domains_info_flush_compact(fake: KvFake) -> None:
