@@ -24,7 +24,15 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Protocol
@@ -118,7 +126,7 @@ class ObjectReader:
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self.iter_chunks()
 
-    async def iter_chunks(self, chunk_bytes: int | None = None) -> AsyncIterator[bytes]:
+    async def iter_chunks(self, chunk_bytes: int | None = None) -> AsyncGenerator[bytes, None]:
         size = chunk_bytes or self._client.chunk_bytes
         with self._client._translating(self._what):
             async for chunk in self._resp.content.iter_chunked(size):
@@ -460,7 +468,7 @@ class AsyncClient:
     async def list(
         self, prefix: str | None = None, *, start_after: str | None = None,
         page_size: int | None = None,
-    ) -> AsyncIterator[ObjectInfo]:
+    ) -> AsyncGenerator[ObjectInfo, None]:
         """Every object (under ``prefix``) in key order, following ``next`` page by page."""
         after = start_after
         while True:
@@ -547,7 +555,7 @@ class AsyncClient:
         prefix: bytes | str | None = None,
         reverse: bool = False,
         page_size: int | None = None,
-    ) -> AsyncIterator[tuple[bytes, bytes]]:
+    ) -> AsyncGenerator[tuple[bytes, bytes], None]:
         """``(key, value)`` in key order (descending with ``reverse``) from ``start``
         (inclusive) to ``end`` (exclusive), following ``next``. Each page is a consistent
         snapshot; the whole scan is not."""
