@@ -328,6 +328,21 @@ class CacheCoordinator:
         self._watch(path)
         self._after_change()
 
+    def on_disk_full(self) -> None:
+        """A write failed with ENOSPC: refresh the disk status and trim in the background."""
+        if not self._running:
+            return
+
+        async def run() -> None:
+            try:
+                self.disk = await asyncio.to_thread(disk_status, self.root)
+            except OSError:
+                pass
+            self._spawn_background_trim(self.settings.low_watermark)
+
+        log.warning("cache: the disk is full; trimming")
+        self._spawn(run())
+
     def touch_batch(self, items: list[tuple[str, float]]) -> None:
         for path, atime in items:
             self.tracker.touch(path, atime)

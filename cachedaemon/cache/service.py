@@ -316,6 +316,13 @@ class CacheService:
                 nbytes, nobjects, deadline, f" from shard {from_shard}"
             )
 
+    def note_disk_full(self) -> None:
+        """A write hit ENOSPC: have shard 0 re-read free space and trim in the background."""
+        try:
+            self.coordinator.post(self.coordinator.on_disk_full)
+        except RuntimeError:
+            pass
+
     def account_commit(self, rel: str, size: int, held_b: int, held_o: int) -> None:
         """A staging file landed at ``rel``: post the accounting to shard 0."""
         self.coordinator.post(self.coordinator.commit_entry, rel, size, held_b, held_o)

@@ -165,6 +165,8 @@ class StagingFile:
         try:
             await asyncio.to_thread(_write_all, fd, buf)
         except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                self._service.note_disk_full()
             raise IOFailure(f"cannot write staging file {self.path}: {exc}") from exc
 
     async def flush(self) -> None:
@@ -199,6 +201,8 @@ class StagingFile:
                 if cancelled:
                     raise asyncio.CancelledError()
                 if isinstance(exc, OSError):
+                    if exc.errno == errno.ENOSPC:
+                        self._service.note_disk_full()
                     raise IOFailure(f"cannot commit {self.key!r}: {exc}") from exc
                 raise exc
             if job.result():
@@ -288,6 +292,16 @@ class StagingFile:
             holder.release()
 
     def __del__(self) -> None:
-        if getattr(self, "_holder", None) is not None:
-            log.error("cache: staging file %s for %r dropped without close() or commit()",
-                      self.path, self.key)
+        if getattr(self, "_holder", None) is None:
+            return
+        # A bug in the caller. Do what can be done without a loop: close the descriptor, leave
+        # the gate (so stop() does not hang), and leave the .part to the next start.
+        log.error("cache: staging file %s for %r dropped without close() or commit()",
+                  self.path, self.key)
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._finish()
