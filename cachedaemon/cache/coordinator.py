@@ -200,6 +200,17 @@ class CacheCoordinator:
             time.monotonic() - started, walk.parts_deleted, walk.empty_dirs_removed,
         )
 
+    def begin_stop(self) -> None:
+        """Refuse new reservations and fail the queued ones (GateClosed), so that gates holding
+        them can drain. The first step of stopping any shard's service. Idempotent."""
+        self._running = False
+        while self._waiters:
+            w = self._waiters.popleft()
+            self.pending_bytes -= w.nbytes
+            self.pending_objects -= w.nobjects
+            if not w.future.done():
+                w.future.set_exception(GateClosed("the cache is stopping"))
+
     async def stop(self) -> None:
         """Fail waiters, stop timers and trims, save the tracker. Idempotent."""
         if self._stopped:

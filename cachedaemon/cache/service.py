@@ -164,7 +164,14 @@ class CacheService:
         self._started = True
 
     async def stop(self) -> None:
-        """Close the gate (waiting for operations and staging files); shard 0 saves the tracker."""
+        """Fail queued reservations (the whole cache is stopping), close the gate (waiting for
+        operations and staging files); shard 0 then stops the coordinator and saves the
+        tracker."""
+        if self._started:
+            try:
+                self.coordinator.post(self.coordinator.begin_stop)
+            except RuntimeError:
+                pass  # shard 0 is gone already
         await self._gate.close()
         self._flush_touches()
         if self._coordinator is not None:

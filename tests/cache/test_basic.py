@@ -264,3 +264,14 @@ async def test_disk_layout_matches_api_statement(cache: CacheService) -> None:
     assert sorted(entries) == sorted(key_relpath(k) for k in keys)
     assert os.path.exists(cache.root / "%tracker")
     assert (await cache.stats()).objects == len(keys)
+
+
+async def test_stop_fails_waiting_reservations(open_cache: OpenCache) -> None:
+    svc = await open_cache(max_bytes=1000)
+    held = await svc.reserve_space(1000, 1, NO_DEADLINE)
+    waiter = asyncio.ensure_future(svc.reserve_space(10, 0, NO_DEADLINE))
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(svc.stop(), 2.0)
+    with pytest.raises(GateClosed):
+        await waiter
+    held.close()
