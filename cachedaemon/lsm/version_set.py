@@ -56,7 +56,9 @@ class Version:
         best_level, best_score = -1, -1.0
         for level in range(NUM_LEVELS - 1):
             if level == 0:
-                score = len(levels[0]) / max(1, options.l0_compaction_trigger)
+                # Never let writers stall on L0 without a compaction being due.
+                trigger = min(options.l0_compaction_trigger, options.l0_slowdown_writes_trigger)
+                score = len(levels[0]) / max(1, trigger)
             else:
                 score = total_bytes(levels[level]) / options.max_bytes_for_level(level)
             if score > best_score:
