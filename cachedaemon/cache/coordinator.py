@@ -61,7 +61,7 @@ from typing import Any
 from cachedaemon.cache.keys import TRACKER_NAME, TRACKER_TMP_NAME
 from cachedaemon.cache.reservation import ReservationGuard
 from cachedaemon.cache.tracker import AccessTimeTracker, load_file, save_file
-from cachedaemon.cache.walker import WalkResult, delete_entries, walk_cache
+from cachedaemon.cache.walker import WalkResult, delete_entries, walk_and_diff, walk_cache
 from cachedaemon.clock import Clock, Deadline, expired, remaining
 from cachedaemon.config import CacheSettings
 from cachedaemon.core.semaphore import Semaphore
@@ -603,36 +603,31 @@ class CacheCoordinator:
         return freed_b, freed_o
 
     async def _walk_and_sync(self) -> WalkResult:
-        """Phase 2: walk the directory and make the tracker and counters match it."""
+        """Phase 2: walk the directory and make the tracker and counters match it. The walk
+        and the comparison with a snapshot of the tracker run in one thread job; the loop only
+        applies the differences (and skips paths that changed meanwhile)."""
         watch: set[str] = set()
         self._watches.append(watch)
+        snapshot = self.tracker.copy_entries()
         try:
-            walk = await asyncio.to_thread(walk_cache, self.root, delete_parts=False)
+            walk, diff = await asyncio.to_thread(walk_and_diff, self.root, snapshot)
         finally:
             self._watches.remove(watch)
         self._last_walk = self.clock.monotonic()
         self.metrics.walks += 1
-        walked = {p: (a, s) for p, a, s in walk.files}
         before = (self.current_bytes, self.current_objects)
-        for path, _ in list(self.tracker.lru()):
-            if path not in walked and path not in watch:
+        for path in diff.vanished:
+            if path not in watch:
                 self.tracker.remove(path)
-        adopted = 0
-        for path, (_atime, size) in walked.items():
-            if path in watch:
-                continue
+        for path, size in diff.resized:
             entry = self.tracker.get(path)
-            if entry is None:
-                adopted += 1
-            elif entry[1] != size:
+            if path not in watch and entry is not None:
                 self.tracker.add(path, entry[0], size)
+        adopted = [f for f in diff.untracked if f[0] not in watch and f[0] not in self.tracker]
         if adopted:
             # Untracked files found: rebuild so they take their place in access-time order.
-            items = self.tracker.snapshot()
-            items += [(p, a, s) for p, (a, s) in walked.items()
-                      if p not in watch and p not in self.tracker]
-            self.tracker.replace_all(items)
-            log.info("cache: trim walk adopted %d untracked files", adopted)
+            self.tracker.replace_all(self.tracker.snapshot() + adopted)
+            log.info("cache: trim walk adopted %d untracked files", len(adopted))
         self._extra_bytes = self._extra_objects = 0
         if (self.current_bytes, self.current_objects) != before:
             log.info("cache: walk corrected usage from %d bytes, %d objects to %d bytes, %d "

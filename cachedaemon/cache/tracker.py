@@ -92,6 +92,10 @@ class AccessTimeTracker:
         """Entries, least recently used first. Do not mutate while iterating."""
         return iter(self._entries.items())
 
+    def copy_entries(self) -> dict[str, Entry]:
+        """A plain copy (C speed) for a thread to compare against."""
+        return dict(self._entries)
+
     def snapshot(self) -> list[tuple[str, float, int]]:
         return [(p, e[0], e[1]) for p, e in self._entries.items()]
 

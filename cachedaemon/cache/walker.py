@@ -102,6 +102,34 @@ def _walk_dir(
     return remaining == 0
 
 
+@dataclass
+class WalkDiff:
+    """How the disk differs from a tracker snapshot."""
+
+    vanished: list[str] = field(default_factory=list)  # tracked, not on disk
+    untracked: list[tuple[str, float, int]] = field(default_factory=list)  # on disk only
+    resized: list[tuple[str, int]] = field(default_factory=list)  # (path, size on disk)
+
+
+def walk_and_diff(
+    root: Path, tracked: dict[str, tuple[float, int]]
+) -> tuple[WalkResult, WalkDiff]:
+    """Walk ``root`` (leaving ``.part`` files) and compare with ``tracked`` (path -> (atime,
+    size)). One thread job for the trim's walk phase."""
+    walk = walk_cache(root, delete_parts=False)
+    diff = WalkDiff()
+    seen: set[str] = set()
+    for path, atime, size in walk.files:
+        seen.add(path)
+        entry = tracked.get(path)
+        if entry is None:
+            diff.untracked.append((path, atime, size))
+        elif entry[1] != size:
+            diff.resized.append((path, size))
+    diff.vanished = [p for p in tracked if p not in seen]
+    return walk, diff
+
+
 def remove_empty_parents(root: Path, path: Path) -> None:
     """Remove ``path``'s parent directories while they are empty, stopping at ``root``."""
     parent = path.parent
@@ -122,6 +150,7 @@ def delete_entries(root: Path, relpaths: list[str]) -> list[tuple[str, int | Non
     be deleted (logged). Symbolic links and non-regular files are left alone.
     """
     out: list[tuple[str, int | None]] = []
+    parents: dict[Path, Path] = {}  # directory -> one deleted file in it
     for rel in relpaths:
         p = root / rel
         try:
@@ -138,5 +167,9 @@ def delete_entries(root: Path, relpaths: list[str]) -> list[tuple[str, int | Non
             out.append((rel, None))
             continue
         out.append((rel, st.st_size))
+        if p.parent != root:
+            parents.setdefault(p.parent, p)
+    # Once per directory, deepest first: most parents still hold other entries.
+    for p in sorted(parents.values(), key=lambda q: len(q.parts), reverse=True):
         remove_empty_parents(root, p)
     return out

@@ -275,3 +275,17 @@ async def test_stop_fails_waiting_reservations(open_cache: OpenCache) -> None:
     with pytest.raises(GateClosed):
         await waiter
     held.close()
+
+
+async def test_trim_and_invalidate_remove_empty_parents(cache: CacheService) -> None:
+    await put(cache, "x/y/z", b"1")
+    await put(cache, "x/y/w", b"2")
+    await put(cache, "p/q", b"3")
+    await cache.invalidate("p/q")
+    assert sorted(p.name for p in cache.root.iterdir() if not p.name.startswith("%tracker")) == [
+        "x%d"]
+    coord = cache.coordinator
+    async with await coord._trim_sem.get_units(1):
+        result = await coord._trim_once(manual=True, fraction=0.0)
+    assert (result.bytes_freed, result.objects_freed) == (2, 2)
+    assert [p for p in cache.root.iterdir() if not p.name.startswith("%tracker")] == []
