@@ -172,6 +172,9 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("metastore", "gc_interval", "duration", 60.0, "How often garbage collection runs."),
     Setting("metastore", "file_deletion_delay", "duration", 3600.0,
             "How long an unreferenced SST or object stays before it is deleted."),
+    Setting("metastore", "l1_preregistration_ttl", "duration", 3600.0,
+            "How long an L1 object id preregistered but never added is kept before the object "
+            "GC deletes it (and any upload under its name)."),
 )
 
 SECTIONS = tuple(dict.fromkeys(s.section for s in SCHEMA))
@@ -247,6 +250,7 @@ class MetastoreSettings:
     refresh_interval: float
     gc_interval: float
     file_deletion_delay: float
+    l1_preregistration_ttl: float
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ class ObjectGC:
         object_name: Callable[[uuid.UUID], str] = default_object_name,
         clock: Clock | None = None,
         domain: str = "",
+        alive: Callable[[], bool] | None = None,
     ) -> None:
         self.metastore = metastore
         self.deleter = deleter
@@ -93,6 +94,8 @@ class ObjectGC:
         self.object_name = object_name
         self.clock = clock or metastore.clock
         self.domain = domain
+        #: The loop ends once this says its owner stopped.
+        self.alive = alive or (lambda: True)
         self._task: asyncio.Task[None] | None = None
         self.rounds = 0
         self.last_result = GcResult()
@@ -111,8 +114,10 @@ class ObjectGC:
                 await task
 
     async def _run(self) -> None:
-        while True:
+        while self.alive():
             await self.clock.sleep(self.interval_s)
+            if not self.alive():
+                return
             try:
                 await self.collect()
             except asyncio.CancelledError:
@@ -159,7 +164,7 @@ class ObjectGC:
                              due: Callable[[ObjectEntry], bool], result: GcResult) -> None:
         ms = self.metastore
         async with (ms.locks.partitions(), ms.locks.objects(candidates),
-                    ms.store.snapshot() as reader):
+                    ms.store.snapshot(for_write=True) as reader):
             staged = StagedRows(reader)
             confirmed: list[tuple[uuid.UUID, ObjectEntry]] = []
             for oid in candidates:

@@ -174,9 +174,9 @@ class L1Metastore:
                          ) -> T:
         """Compute once to learn the objects touched, then again under their locks; apply.
         REQUIRES: the caller holds the locks of every partition ``compute`` reads."""
-        async with self.store.snapshot() as reader:
+        async with self.store.snapshot(for_write=True) as reader:
             _, oids = await compute(StagedRows(reader))
-        async with self.locks.objects(oids), self.store.snapshot() as reader:
+        async with self.locks.objects(oids), self.store.snapshot(for_write=True) as reader:
             staged = StagedRows(reader)
             result, again = await compute(staged)
             if not again <= oids:
@@ -200,7 +200,7 @@ class L1Metastore:
         parts = _validate_objects(objects)
         term_map = _validate_terms(terms, parts)
         async with (self.locks.partitions(parts), self.locks.objects(o.oid for o in objects),
-                    self.store.snapshot() as reader):
+                    self.store.snapshot(for_write=True) as reader):
             s = StagedRows(reader)
             await _check_new_objects(s, objects)
             now = self.now_ms()
@@ -427,7 +427,7 @@ class L1Metastore:
             raise InvalidRequest(f"count: {count} is not within 1..10000")
         oids = [uuid.uuid4() for _ in range(count)]
         async with (self.locks.partitions(), self.locks.objects(oids),
-                    self.store.snapshot() as reader):
+                    self.store.snapshot(for_write=True) as reader):
             s = StagedRows(reader)
             now = self.now_ms()
             for oid in oids:
@@ -441,7 +441,7 @@ class L1Metastore:
         rows deleted. The bucket objects are the caller's (the GC deletes them first)."""
         wanted = sorted(set(oids))
         async with (self.locks.partitions(), self.locks.objects(wanted),
-                    self.store.snapshot() as reader):
+                    self.store.snapshot(for_write=True) as reader):
             s = StagedRows(reader)
             n = 0
             for oid in wanted:

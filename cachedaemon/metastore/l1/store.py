@@ -43,8 +43,9 @@ class RowReader(Protocol):
 
 
 class RowStore(Protocol):
-    def snapshot(self) -> AbstractAsyncContextManager[RowReader]:
-        """A reader over every row applied so far."""
+    def snapshot(self, *, for_write: bool = False) -> AbstractAsyncContextManager[RowReader]:
+        """A reader over every row applied so far. ``for_write``: the caller will apply a batch
+        built from it (a store may create its domain then; a read never does)."""
         ...
 
     def persisted_snapshot(self) -> AbstractAsyncContextManager[RowReader]:
@@ -72,7 +73,7 @@ async def scan_all(reader: RowReader, start: bytes, end: bytes, *, page: int = 1
 # --- the adapter over an lsm.Database --------------------------------------------------------
 
 
-class _DatabaseReader:
+class DatabaseReader:
     """Reads of one :class:`Database` at one seqno (a pinned :class:`Snapshot` or a bare int)."""
 
     __slots__ = ("_db", "_snap")
@@ -120,16 +121,16 @@ class DatabaseRowStore:
         self._persisted_seqno = persisted_seqno or (lambda: db.max_persisted_seqno)
 
     @asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[RowReader]:
+    async def snapshot(self, *, for_write: bool = False) -> AsyncIterator[RowReader]:
         snap = self.db.create_snapshot()
         try:
-            yield _DatabaseReader(self.db, snap)
+            yield DatabaseReader(self.db, snap)
         finally:
             snap.release()
 
     @asynccontextmanager
     async def persisted_snapshot(self) -> AsyncIterator[RowReader]:
-        yield _DatabaseReader(self.db, self._persisted_seqno())
+        yield DatabaseReader(self.db, self._persisted_seqno())
 
     async def apply(self, ops: Sequence[RowOp]) -> None:
         batch = WriteBatch()
