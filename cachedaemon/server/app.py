@@ -19,6 +19,7 @@ import json
 import logging
 import socket
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -32,14 +33,29 @@ log = logging.getLogger("cachedaemon.server")
 access_log = logging.getLogger("cachedaemon.access")
 
 UNMATCHED = "unmatched"
+METRIC_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"})
 
 
 def make_handler(ctx: ShardContext, table: RouteTable = ROUTES):  # type: ignore[no-untyped-def]
     token = ctx.settings.server.auth_token
     expected = f"Bearer {token}".encode() if token else None
     json_log = ctx.settings.server.log_format == "json"
-    requests_total = metrics.HTTP_REQUESTS
-    duration = metrics.HTTP_DURATION
+    # Labelled children cached per label set: ``labels()`` takes a lock and builds a key.
+    counters: dict[tuple[str, str, int], Any] = {}
+    timers: dict[tuple[str, str], Any] = {}
+
+    def count(method: str, template: str, status: int, elapsed: float) -> None:
+        if method not in METRIC_METHODS:
+            method = "OTHER"  # clients choose methods: keep the label set bounded
+        c = counters.get((method, template, status))
+        if c is None:
+            c = counters[(method, template, status)] = metrics.HTTP_REQUESTS.labels(
+                method, template, str(status))
+        c.inc()
+        t = timers.get((method, template))
+        if t is None:
+            t = timers[(method, template)] = metrics.HTTP_DURATION.labels(method, template)
+        t.observe(elapsed)
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         start = time.perf_counter()
@@ -75,14 +91,13 @@ def make_handler(ctx: ShardContext, table: RouteTable = ROUTES):  # type: ignore
             resp = json_error(exc.status, "invalid_argument" if exc.status < 500 else "internal",
                               exc.reason)
         except (asyncio.CancelledError, ConnectionError):
-            requests_total.labels(method, template, "499").inc()
+            count(method, template, 499, time.perf_counter() - start)
             raise
         except Exception as exc:  # a bug: answer 500, keep serving
             resp = internal_error(exc)
         status = resp.status
         elapsed = time.perf_counter() - start
-        requests_total.labels(method, template, str(status)).inc()
-        duration.labels(method, template).observe(elapsed)
+        count(method, template, status, elapsed)
         if json_log:
             access_log.info(json.dumps({
                 "ts": time.time(), "shard": ctx.shard, "method": method, "route": template,

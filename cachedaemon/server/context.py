@@ -68,7 +68,7 @@ class ShardContext:
             self.idle.set()
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One request being handled: the aiohttp request, the raw route params, the context."""
 

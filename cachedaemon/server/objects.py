@@ -461,6 +461,9 @@ async def _fill_and_stream(call: Call, key: str) -> web.StreamResponse:
         n = 0
         try:
             await resp.prepare(call.request)
+            # The last chunk is held back until the fill is committed, so a client that has
+            # the whole body can count on the next GET being a hit, on any shard.
+            held: bytes | None = None
             async for chunk in result.iter_chunks():
                 n += len(chunk)
                 if staging is not None:
@@ -469,7 +472,9 @@ async def _fill_and_stream(call: Call, key: str) -> web.StreamResponse:
                     except (CacheFull, Unavailable, OSError):
                         await staging.close()
                         staging = None
-                await resp.write(chunk)
+                if held is not None:
+                    await resp.write(held)
+                held = chunk
             if staging is not None and n == info.size and not fill.stale:
                 fill.committing = asyncio.get_running_loop().create_future()
                 try:
@@ -481,6 +486,8 @@ async def _fill_and_stream(call: Call, key: str) -> web.StreamResponse:
                     pass
                 finally:
                     fill.committing.set_result(None)
+            if held is not None:
+                await resp.write(held)
             await resp.write_eof()
         finally:
             if staging is not None and not committed:

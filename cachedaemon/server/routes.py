@@ -67,6 +67,8 @@ class RouteTable:
     def __init__(self) -> None:
         self._routes: list[Route] = []
         self._by_key: dict[tuple[str, str], Route] = {}
+        # Routes by their first two path segments (None: a parameter there), for dispatch.
+        self._index: dict[tuple[str | None, str | None], list[Route]] = {}
 
     def add(self, route: Route) -> Route:
         segs = tuple(route.template.strip("/").split("/")) if route.template != "/" else ()
@@ -81,6 +83,9 @@ class RouteTable:
         self._routes.append(route)
         # Literal segments before parameters, then longer templates first.
         self._routes.sort(key=_specificity)
+        self._index = {}
+        for r in self._routes:
+            self._index.setdefault(_index_key(r.segments), []).append(r)
         return route
 
     def route(self, method: str, template: str, summary: str, **kw: Any
@@ -98,7 +103,7 @@ class RouteTable:
         the path with another method (for the ``Allow`` header)."""
         parts = raw_path.strip("/").split("/") if raw_path.strip("/") else []
         path_known = False
-        for route in self._routes:
+        for route in self._candidates(parts):
             params = _match(route.segments, parts, raw_path)
             if params is None:
                 continue
@@ -108,10 +113,31 @@ class RouteTable:
             path_known = True
         return None, {}, path_known
 
+    def _candidates(self, parts: list[str]) -> list[Route]:
+        a = parts[0] if parts else ""
+        b = parts[1] if len(parts) > 1 else ""
+        out: list[Route] = []
+        for key in ((a, b), (a, None), (None, None)):
+            out += self._index.get(key, ())
+        if len(out) > 1:
+            out.sort(key=_specificity)
+        return out
+
     def allowed(self, raw_path: str) -> list[str]:
         parts = raw_path.strip("/").split("/") if raw_path.strip("/") else []
         return sorted({r.method for r in self._routes if _match(r.segments, parts, raw_path)
                        is not None})
+
+
+def _index_key(segs: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """The dispatch-index key of a template: its first two segments while they are literal."""
+    a = segs[0] if segs else ""
+    if a.startswith("{"):
+        return (None, None)
+    b = segs[1] if len(segs) > 1 else ""
+    if b.startswith("{"):
+        return (a, None)
+    return (a, b)
 
 
 def _specificity(route: Route) -> tuple[int, ...]:
