@@ -1,0 +1,374 @@
+"""Benchmark: the cachedaemon LSM engine against LevelDB (plyvel), RocksDB (rocksdict) and
+SlateDB (its Python binding over a local file store), where installed.
+
+    .venv/bin/python bench/lsm.py            # 1,000,000 keys, 100,000 gets
+    .venv/bin/python bench/lsm.py --n 100000 --gets 20000
+
+Rows: puts one at a time; puts in batches of 1,000; random gets of keys still in the memtable
+("hot"); random gets after a flush (from SSTs); a full forward scan. Keys are 16 bytes,
+values 100 bytes, written in random order. Timings cover the operations only (not opening or
+the final flush). The peers are optional (``pip install -e '.[bench]'``); a missing one is
+skipped with the reason. SlateDB's Python binding is slow per call, so its rows are measured
+on at most ``--slatedb-max`` operations (ops/s is a rate, so the rows stay comparable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cachedaemon.lsm import Database, Options, WriteBatch  # noqa: E402
+from cachedaemon.lsm.io.disk import open_disk_persistence  # noqa: E402
+from cachedaemon.lsm.io.memory import memory_persistence  # noqa: E402
+
+ROWS = ["put", "put batch 1000", "get hot (memtable)", "get (SSTs)", "scan"]
+
+
+@dataclasses.dataclass
+class Workload:
+    keys: list[bytes]
+    values: list[bytes]
+    hot_keys: list[bytes]
+    get_order: list[int]
+    hot_order: list[int]
+
+
+def make_workload(n: int, gets: int, seed: int = 42) -> Workload:
+    rnd = random.Random(seed)
+    ids = list(range(n))
+    rnd.shuffle(ids)
+    keys = [b"%016d" % (i * 7919 % (10**16)) for i in ids]
+    blob = rnd.randbytes(1 << 16)
+    values = [blob[(i * 131) % 65000 : (i * 131) % 65000 + 100] for i in range(n)]
+    hot = keys[: min(n, 100_000)]
+    return Workload(
+        keys,
+        values,
+        hot,
+        [rnd.randrange(n) for _ in range(gets)],
+        [rnd.randrange(len(hot)) for _ in range(gets)],
+    )
+
+
+class Engine:
+    name = "?"
+    #: Cap on operations per row (None = all).
+    cap: int | None = None
+
+    async def open(self, directory: Path) -> None: ...
+    async def put(self, k: bytes, v: bytes) -> None: ...
+    async def puts(self, keys: list[bytes], values: list[bytes]) -> None:
+        for k, v in zip(keys, values, strict=True):
+            await self.put(k, v)
+
+    async def batches(self, keys: list[bytes], values: list[bytes], size: int) -> None: ...
+    async def gets(self, keys: list[bytes], order: list[int]) -> int: ...
+    async def scan(self) -> int: ...
+    async def flush(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class Ours(Engine):
+    def __init__(self, backend: str, options: Options) -> None:
+        self.name = f"cachedaemon ({backend})"
+        self.backend = backend
+        self.options = options
+
+    async def open(self, directory: Path) -> None:
+        if self.backend == "memory":
+            p = memory_persistence()
+        else:
+            p = await open_disk_persistence(directory)
+        self.p = p
+        self.db = await Database.open(self.options, p)
+
+    async def puts(self, keys: list[bytes], values: list[bytes]) -> None:
+        db = self.db
+        for k, v in zip(keys, values, strict=True):
+            await db.apply(WriteBatch().put(k, v))
+
+    async def batches(self, keys: list[bytes], values: list[bytes], size: int) -> None:
+        for i in range(0, len(keys), size):
+            b = WriteBatch()
+            for k, v in zip(keys[i : i + size], values[i : i + size], strict=True):
+                b.put(k, v)
+            await self.db.apply(b)
+
+    async def gets(self, keys: list[bytes], order: list[int]) -> int:
+        get = self.db.get
+        found = 0
+        for i in order:
+            if await get(keys[i]) is not None:
+                found += 1
+        return found
+
+    async def scan(self) -> int:
+        n = 0
+        async with self.db.iterator() as it:
+            await it.seek_to_first()
+            while it.valid():
+                it.key()
+                it.value()
+                n += 1
+                await it.next()
+        return n
+
+    async def flush(self) -> None:
+        await self.db.flush()
+
+    async def close(self) -> None:
+        await self.db.close()
+        await self.p.data.close()
+        await self.p.metadata.close()
+
+
+class Plyvel(Engine):
+    name = "plyvel (LevelDB)"
+
+    async def open(self, directory: Path) -> None:
+        import plyvel
+
+        self.db = plyvel.DB(str(directory), create_if_missing=True)
+
+    async def puts(self, keys: list[bytes], values: list[bytes]) -> None:
+        put = self.db.put
+        for k, v in zip(keys, values, strict=True):
+            put(k, v)
+
+    async def batches(self, keys: list[bytes], values: list[bytes], size: int) -> None:
+        for i in range(0, len(keys), size):
+            with self.db.write_batch() as b:
+                for k, v in zip(keys[i : i + size], values[i : i + size], strict=True):
+                    b.put(k, v)
+
+    async def gets(self, keys: list[bytes], order: list[int]) -> int:
+        get = self.db.get
+        return sum(1 for i in order if get(keys[i]) is not None)
+
+    async def scan(self) -> int:
+        return sum(1 for _ in self.db.iterator())
+
+    async def flush(self) -> None:
+        return None  # plyvel has no flush; data is already in its tables
+
+    async def close(self) -> None:
+        self.db.close()
+
+
+class RocksDict(Engine):
+    name = "rocksdict (RocksDB)"
+
+    async def open(self, directory: Path) -> None:
+        import rocksdict
+
+        opts = rocksdict.Options(raw_mode=True)
+        self.mod = rocksdict
+        self.db = rocksdict.Rdict(str(directory), options=opts)
+
+    async def puts(self, keys: list[bytes], values: list[bytes]) -> None:
+        put = self.db.put
+        for k, v in zip(keys, values, strict=True):
+            put(k, v)
+
+    async def batches(self, keys: list[bytes], values: list[bytes], size: int) -> None:
+        for i in range(0, len(keys), size):
+            b = self.mod.WriteBatch(raw_mode=True)
+            for k, v in zip(keys[i : i + size], values[i : i + size], strict=True):
+                b.put(k, v)
+            self.db.write(b)
+
+    async def gets(self, keys: list[bytes], order: list[int]) -> int:
+        get = self.db.get
+        return sum(1 for i in order if get(keys[i]) is not None)
+
+    async def scan(self) -> int:
+        return sum(1 for _ in self.db.items())
+
+    async def flush(self) -> None:
+        self.db.flush()
+
+    async def close(self) -> None:
+        self.db.close()
+
+
+class SlateDB(Engine):
+    name = "slatedb (file store)"
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+
+    async def open(self, directory: Path) -> None:
+        from slatedb.uniffi import DbBuilder, KeyRange, ObjectStore, WriteBatch
+
+        self.mod_batch = WriteBatch
+        self.key_range = KeyRange
+        store = ObjectStore.resolve("file:///")
+        self.db = await DbBuilder(str(directory).lstrip("/"), store).build()
+
+    async def puts(self, keys: list[bytes], values: list[bytes]) -> None:
+        put = self.db.put
+        for k, v in zip(keys, values, strict=True):
+            await put(k, v)
+
+    async def batches(self, keys: list[bytes], values: list[bytes], size: int) -> None:
+        for i in range(0, len(keys), size):
+            b = self.mod_batch()
+            for k, v in zip(keys[i : i + size], values[i : i + size], strict=True):
+                b.put(k, v)
+            await self.db.write(b)
+
+    async def gets(self, keys: list[bytes], order: list[int]) -> int:
+        get = self.db.get
+        found = 0
+        for i in order:
+            if await get(keys[i]) is not None:
+                found += 1
+        return found
+
+    async def scan(self) -> int:
+        it = await self.db.scan(
+            self.key_range(start=None, start_inclusive=True, end=None, end_inclusive=False)
+        )
+        n = 0
+        while True:
+            batch = await it.next_batch(1000)
+            if not batch:
+                return n
+            n += len(batch)
+
+    async def flush(self) -> None:
+        await self.db.flush()
+
+    async def close(self) -> None:
+        await self.db.shutdown()
+
+
+async def timed(n: int, fn: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+    t = time.perf_counter()
+    result = await fn()
+    return n / (time.perf_counter() - t), result
+
+
+async def run_engine(engine: Engine, w: Workload, root: Path) -> dict[str, float]:
+    n = len(w.keys) if engine.cap is None else min(engine.cap, len(w.keys))
+    g = len(w.get_order) if engine.cap is None else min(engine.cap, len(w.get_order))
+    keys, values = w.keys[:n], w.values[:n]
+    out: dict[str, float] = {}
+    slug = "".join(c if c.isalnum() else "-" for c in engine.name)
+
+    d = root / f"{slug}-single"
+    await engine.open(d)
+    out["put"], _ = await timed(n, lambda: engine.puts(keys, values))
+    await engine.close()
+    shutil.rmtree(d, ignore_errors=True)
+
+    d = root / f"{slug}-hot"
+    await engine.open(d)
+    hot = w.hot_keys[: min(len(w.hot_keys), n)]
+    await engine.batches(hot, values[: len(hot)], 1000)
+    order = [i % len(hot) for i in w.hot_order[:g]]
+    out["get hot (memtable)"], found = await timed(g, lambda: engine.gets(hot, order))
+    assert found == len(order), (engine.name, found)
+    await engine.close()
+    shutil.rmtree(d, ignore_errors=True)
+
+    d = root / f"{slug}-batch"
+    await engine.open(d)
+    out["put batch 1000"], _ = await timed(n, lambda: engine.batches(keys, values, 1000))
+    await engine.flush()
+    order = [i % n for i in w.get_order[:g]]
+    out["get (SSTs)"], found = await timed(g, lambda: engine.gets(keys, order))
+    assert found == len(order), (engine.name, found)
+    out["scan"], count = await timed(n, engine.scan)
+    assert count == n, (engine.name, count, n)
+    await engine.close()
+    shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
+def peers(slatedb_max: int) -> list[tuple[str, Callable[[], Engine] | None, str]]:
+    found: list[tuple[str, Callable[[], Engine] | None, str]] = []
+    for mod, factory, label in (
+        ("plyvel", Plyvel, "plyvel (LevelDB)"),
+        ("rocksdict", RocksDict, "rocksdict (RocksDB)"),
+        ("slatedb.uniffi", lambda: SlateDB(slatedb_max), "slatedb (file store)"),
+    ):
+        try:
+            __import__(mod)
+            found.append((label, factory, ""))
+        except Exception as e:  # any import failure means "skip it"
+            found.append((label, None, f"{type(e).__name__}: {e}"))
+    return found
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=1_000_000, help="keys written per put row")
+    ap.add_argument("--gets", type=int, default=100_000, help="random gets per get row")
+    ap.add_argument("--slatedb-max", type=int, default=50_000)
+    ap.add_argument("--block-cache-mib", type=int, default=256)
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated engine-name substrings")
+    args = ap.parse_args()
+
+    w = make_workload(args.n, args.gets)
+    options = Options(block_cache_bytes=args.block_cache_mib << 20)
+    engines: list[Engine] = [Ours("memory", options), Ours("disk", options)]
+    if not args.no_peers:
+        for label, factory, why in peers(args.slatedb_max):
+            if factory is None:
+                print(f"skipping {label}: {why}")
+            else:
+                engines.append(factory())
+    if args.only:
+        wanted = args.only.split(",")
+        engines = [e for e in engines if any(s in e.name for s in wanted)]
+
+    print(
+        f"n={args.n:,} keys (16 B) x 100 B values, {args.gets:,} gets; "
+        f"block cache {args.block_cache_mib} MiB; python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} cpus"
+    )
+    results: dict[str, dict[str, float]] = {}
+    root = Path(tempfile.mkdtemp(prefix="lsm-bench-"))
+    try:
+        for e in engines:
+            t = time.perf_counter()
+            results[e.name] = await run_engine(e, w, root)
+            cap = f" (rows capped at {e.cap:,} ops)" if e.cap and e.cap < args.n else ""
+            print(f"  ran {e.name} in {time.perf_counter() - t:.1f}s{cap}", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    names = list(results)
+    width = max(len(r) for r in ROWS) + 2
+    print()
+    print("ops/s".ljust(width) + "".join(n[:24].rjust(26) for n in names))
+    for row in ROWS:
+        print(row.ljust(width) + "".join(f"{results[n][row]:>26,.0f}" for n in names))
+    ours = [n for n in names if n.startswith("cachedaemon")]
+    others = [n for n in names if not n.startswith("cachedaemon")]
+    if ours and others:
+        print()
+        print("ratio ours/peer".ljust(width) + "".join(f"{o[:12]}/{p[:11]}".rjust(26) for o in ours for p in others))
+        for row in ROWS:
+            cells = "".join(
+                f"{results[o][row] / results[p][row]:>26.2f}" for o in ours for p in others
+            )
+            print(row.ljust(width) + cells)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
