@@ -244,20 +244,25 @@ async def main() -> None:
     ap.add_argument("--objects", type=int, default=100_000)
     ap.add_argument("--big", action="store_true", help="also startup/trim with 1,000,000 objects")
     ap.add_argument("--quick", action="store_true", help="fewer rounds (smoke test)")
+    ap.add_argument("--only", default="staging,reserve,startup",
+                    help="comma-separated parts to run: staging, reserve, startup")
     args = ap.parse_args()
+    parts = set(args.only.split(","))
     root = Path(tempfile.mkdtemp(prefix=".bench-cache-", dir=args.dir))
     try:
         print(f"# bench/cache.py  (python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
               f"dir {root})")
-        rows = await bench_staging(root, args.quick)
+        rows = await bench_staging(root, args.quick) if "staging" in parts else []
         print("\n## staging write + commit (64 KiB appends) vs open/write/[fsync]/rename")
         print(f"{'object size':<22}{'ours MB/s':>12}{'plain MB/s':>12}{'ratio':>8}")
         for label, ours, plain in rows:
             print(f"{label:<22}{ours:>12.1f}{plain:>12.1f}{ours / plain:>8.2f}")
-        s0, s1 = await bench_reserve(root, args.quick)
-        print("\n## reserve_space + release round trips")
-        print(f"from shard 0: {s0:,.0f}/s   from shard 1 (hop to shard 0): {s1:,.0f}/s")
-        sizes = [args.objects] + ([1_000_000] if args.big else [])
+        if "reserve" in parts:
+            s0, s1 = await bench_reserve(root, args.quick)
+            print("\n## reserve_space + release round trips")
+            print(f"from shard 0: {s0:,.0f}/s   from shard 1 (hop to shard 0): {s1:,.0f}/s")
+        sizes = ([args.objects] if "startup" in parts else []) + (
+            [1_000_000] if args.big else [])
         print("\n## startup (recovery) and trim")
         print(f"{'objects':>10}{'populate s':>12}{'cold start s':>14}{'warm start s':>14}"
               f"{'manual trim s':>15}{'(stall ms)':>11}{'LRU trim s':>12}{'(stall ms)':>11}")

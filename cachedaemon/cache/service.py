@@ -194,10 +194,13 @@ class CacheService:
         return self.coordinator.metrics
 
     @property
-    def max_object_bytes(self) -> int | None:
+    def max_object_bytes(self) -> int:
+        """The largest entry a writer may stage (``max_object_bytes``, else the byte limit)."""
         if self.settings.max_object_bytes is not None:
             return self.settings.max_object_bytes
-        return self.settings.max_bytes
+        if self.settings.max_bytes is not None:
+            return self.settings.max_bytes
+        return self.coordinator.max_bytes  # a plain int read; set on shard 0 at start
 
     def default_deadline(self) -> Deadline:
         return deadline_after(self.settings.reserve_deadline, self.clock)
@@ -230,6 +233,13 @@ class CacheService:
             self.hits += 1
             self._touch(rel)
             return CacheEntry(path, st.st_size)
+
+    def peek(self, key: str) -> CacheEntry | None:
+        """Like :meth:`get`, but neither counted as a hit or miss nor touched (for HEAD)."""
+        rel, path = self._resolve(key)
+        with self._gate.hold():
+            st = self._lstat_entry(rel, path)
+            return None if st is None else CacheEntry(path, st.st_size)
 
     def _lstat_entry(self, rel: str, path: Path) -> os.stat_result | None:
         try:

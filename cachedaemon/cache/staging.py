@@ -140,7 +140,7 @@ class StagingFile:
             return
         need = self._written + n
         limit = self._service.max_object_bytes
-        if limit is not None and need > limit:
+        if need > limit:
             raise TooLarge(
                 f"object {self.key!r} is over the {limit}-byte limit ({need} bytes so far)"
             )

@@ -289,3 +289,35 @@ async def test_trim_and_invalidate_remove_empty_parents(cache: CacheService) -> 
         result = await coord._trim_once(manual=True, fraction=0.0)
     assert (result.bytes_freed, result.objects_freed) == (2, 2)
     assert [p for p in cache.root.iterdir() if not p.name.startswith("%tracker")] == []
+
+
+async def test_peek_neither_counts_nor_touches(cache: CacheService) -> None:
+    await put(cache, "a", b"abc")
+    entry = cache.peek("a")
+    assert entry is not None and entry.size == 3
+    assert cache.peek("b") is None
+    s = await cache.stats()
+    assert (s.hits, s.misses) == (0, 0)
+
+
+async def test_limit_from_disk_percent(open_cache: OpenCache) -> None:
+    svc = await open_cache(max_bytes=None, max_bytes_percent=1.0, disk_reservation_percent=50.0)
+    st = os.statvfs(svc.root)
+    expected = int(st.f_blocks * st.f_frsize * 0.5 * 0.01)
+    s = await svc.stats()
+    assert s.max_bytes == expected
+    assert svc.max_object_bytes == expected
+
+
+async def test_min_free_bytes_trims_further(open_cache: OpenCache, tmp_path: Path) -> None:
+    svc = await open_cache(tmp_path / "c")
+    for i in range(5):
+        await put(svc, f"k{i}", b"x" * 100)
+    await svc.stop()
+    svc = await open_cache(tmp_path / "c", min_free_bytes=1 << 60)  # the disk is never that free
+    g = await svc.reserve_space(1, 0, NO_DEADLINE)  # low free space: a background trim starts
+    g.close()
+    await svc.coordinator.wait_idle()
+    s = await svc.stats()
+    assert (s.objects, s.bytes_used) == (0, 0)
+    assert disk_entries(svc.root) == {}
