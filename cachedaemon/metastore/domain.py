@@ -270,6 +270,9 @@ class Domain:
             self._step_down(str(exc))
             raise
         except CacheDaemonError as exc:
+            # The LSM may have tried a manifest write of its own (memtable full) and lost it:
+            # that is a fence, not a failure to reopen from (which would take the domain back).
+            self._check_fenced(exc)
             if self.log.failed is not None and self.broken is None:
                 self.broken = exc
             raise
@@ -394,6 +397,9 @@ class Domain:
                 return
             except Exception as exc:
                 log.warning("domain %s: background flush failed: %s", self.name, exc)
+                if self.manifest.fenced is not None:
+                    self._step_down(self.manifest.fenced)
+                    return
                 if self.db.max_persisted_seqno < self._released_seqno:
                     return
 

@@ -309,3 +309,27 @@ async def test_compaction_and_gc_remove_unreferenced_ssts(
             if o.key.endswith(".sst")]
     assert len(ssts) == live
     assert len((await svc.scan("c", None, None, None, 1000, False))[0]) == 200
+
+
+async def test_a_writer_fenced_by_its_own_memtable_flush_steps_down(
+    make_service: Maker, make_object_store: Any
+) -> None:
+    store = await make_object_store("memory")
+    a = await make_service(store, "a", memtable_bytes=4096)
+    b = await make_service(store, "b", memtable_bytes=4096)
+    await a.put("m", b"k", b"a")
+    await b.put("m", b"k", b"b")  # b takes over; a learns of it only at its next manifest
+    epoch_b = (await b.info("m"))["epoch"]
+    err: BaseException | None = None
+    for i in range(500):  # enough to fill a's memtable: the LSM flushes by itself
+        try:
+            await a.put("m", b"x%d" % i, b"v" * 100)
+        except Exception as exc:
+            err = exc
+            break
+        await asyncio.sleep(0)
+    assert isinstance(err, Fenced), err
+    with pytest.raises(Fenced):  # a stays down: it does not reopen and take the domain back
+        await a.put("m", b"again", b"a")
+    assert (await b.info("m"))["epoch"] == epoch_b
+    await b.put("m", b"still-b", b"b")

@@ -229,3 +229,25 @@ async def test_remote_log_open_is_not_outrun_by_a_fast_older_writer() -> None:
     await asyncio.wait_for(task, 5)
     assert acked and [r.base_seqno for r in replay] == acked  # every acknowledged record
     await new.append(rec(acked[-1] + 1, (b"new", b"v")))
+
+
+async def test_concurrent_writers_share_fsyncs_counted_at_the_syscall(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        nonlocal calls
+        calls += 1
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
+    log_, _ = await LocalLog.open(tmp_path / "wal", epoch=1, persisted_seqno=0)
+    await log_.append(rec(1, (b"first", b"x")))  # the segment exists: only record syncs remain
+    calls = 0
+    n = 50
+    await asyncio.gather(*(log_.append(rec(i + 2, (b"k%d" % i, b"v"))) for i in range(n)))
+    assert 1 <= calls < n, calls
+    assert calls == log_.stats.syncs - 1
+    await log_.close()
