@@ -76,9 +76,13 @@ def make_handler(ctx: ShardContext, table: RouteTable = ROUTES):  # type: ignore
             elif route.auth and expected is not None and not _authorized(request, expected):
                 resp = json_error(401, "unauthorized", "missing or wrong bearer token",
                                   {"WWW-Authenticate": 'Bearer realm="cachedaemon"'})
-            elif ctx.state.draining and route.auth:
-                resp = json_error(503, "unavailable", "the daemon is shutting down",
-                                  {"Retry-After": "1", "Connection": "close"})
+            elif route.auth and (ctx.state.draining or not ctx.state.ready):
+                if ctx.state.draining:
+                    resp = json_error(503, "unavailable", "the daemon is shutting down",
+                                      {"Retry-After": "1", "Connection": "close"})
+                else:
+                    resp = json_error(503, "unavailable", "the daemon is starting",
+                                      {"Retry-After": "1"})
             else:
                 ctx.enter()
                 try:

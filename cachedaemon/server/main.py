@@ -3,9 +3,10 @@
 Start-up, bottom up: data directory (created, checked writable), the listening sockets (bound
 before anything slow, so "port in use" fails fast), the shards (:class:`Smp`; shard 0 is the
 main uvloop loop), one object store per shard (S3 clients are loop-bound) and a reachability
-probe of the bucket, the cache service on every shard (shard 0 coordinates the accounting;
-start-up recovery: tracker load, walk, ``.part`` clean-up), then one aiohttp server per shard on
-the same port (``SO_REUSEPORT``). Then ``/readyz`` turns 200, the line
+probe of the bucket, one aiohttp server per shard on the same port (``SO_REUSEPORT``; until
+recovery ends ``/readyz`` is 503 and ``/v1`` requests 503 ``unavailable``), the cache service
+on every shard (shard 0 coordinates the accounting; start-up recovery: tracker load, walk,
+``.part`` clean-up), the metastore domains. Then ``/readyz`` turns 200, the line
 ``cachedaemon listening on http://HOST:PORT`` is printed on stdout and systemd is told
 ``READY=1``.
 
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from cachedaemon.config import Settings
+from cachedaemon.core.failpoints import failpoint
 from cachedaemon.core.sharded import Sharded
 from cachedaemon.core.smp import Smp
 from cachedaemon.errors import CacheDaemonError, ConfigError
@@ -244,31 +246,39 @@ class Daemon:
             raise StartupError(f"cannot reach the bucket {s.remote.url}: {exc or 'timed out'}") \
                 from exc
 
-        self.cache = await start_cache(self.smp, s)
-        # Metastore domains start after the cache (their SSTs go through it), stop before it.
-        self.domains = await start_domains(self.smp, self.stores, self.cache, s)
-        limit_fn: Any = _max_object_bytes
-        max_object_bytes: int = await self.cache.invoke_on(0, limit_fn, s)
-
+        # The HTTP servers come up first: /healthz answers and /readyz says 503 while the
+        # cache and the metastore recover; /v1 requests get 503 unavailable until then.
         self.state.smp = self.smp
         self.servers = Sharded(self.smp, "http")
         sockets = self.sockets
         stores = self.stores
-        cache = self.cache
-        domains = self.domains
         state = self.state
 
         async def make(shard: int) -> _ShardServer:
             ctx = ShardContext(shard=shard, settings=s, state=state,
-                               store=stores.instance(shard), cache=cache,
-                               max_object_bytes=max_object_bytes)
-            ctx.extensions["metastore"] = domains
+                               store=stores.instance(shard), cache=None, max_object_bytes=0)
             ctx.idle.set()
             state.contexts[shard] = ctx
             runner = await start_shard_server(ctx, sockets[shard])
             return _ShardServer(ctx, runner)
 
         await self.servers.start(make)
+        await failpoint("server.start.before_recovery")
+
+        self.cache = await start_cache(self.smp, s)
+        # Metastore domains start after the cache (their SSTs go through it), stop before it.
+        self.domains = await start_domains(self.smp, self.stores, self.cache, s)
+        limit_fn: Any = _max_object_bytes
+        max_object_bytes: int = await self.cache.invoke_on(0, limit_fn, s)
+        cache = self.cache
+        domains = self.domains
+
+        def attach(srv: _ShardServer) -> None:
+            srv.ctx.cache = cache
+            srv.ctx.max_object_bytes = max_object_bytes
+            srv.ctx.extensions["metastore"] = domains
+
+        await self.servers.invoke_on_all(attach)
         self.state.ready = True
         return url
 

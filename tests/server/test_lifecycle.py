@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from tests.server.conftest import cache_files, part_files
-from tests.support.daemon import daemon_env, run_cli, start_daemon
+from tests.support.daemon import DaemonProcess, daemon_env, run_cli, start_daemon
 from tests.support.http import fetch
 
 
@@ -260,3 +260,35 @@ def test_json_access_log_and_shards(tmp_path: Path) -> None:
         assert len(access) >= 40
         assert {x["status"] for x in access} == {200, 201}
         assert {x["shard"] for x in access} <= {0, 1}
+
+
+def test_readyz_503_until_recovery_done(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"CACHEDAEMON_FAILPOINTS": "server.start.before_recovery=delay:2"}
+    d = DaemonProcess(tmp_path / "d", env=env, listen=f"127.0.0.1:{port}")
+    try:
+        starter = threading.Thread(target=d.start, kwargs={"timeout": 30})
+        starter.start()
+        url = f"http://127.0.0.1:{port}"
+
+        async def early() -> tuple[int, int, str | None, int]:
+            for _ in range(200):
+                try:
+                    r = await fetch("GET", f"{url}/readyz")
+                    break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.02)
+            h = await fetch("GET", f"{url}/healthz")
+            v = await fetch("GET", f"{url}/v1/cache")
+            return r.status, v.status, v.error_code, h.status
+
+        ready, v1, code, health = asyncio.run(early())
+        assert (ready, v1, code, health) == (503, 503, "unavailable", 200)
+        starter.join(30)
+        assert d.url == url
+        assert asyncio.run(fetch("GET", f"{url}/readyz")).status == 200
+        assert d.terminate() == 0
+    finally:
+        d.close()
