@@ -669,7 +669,7 @@ class CacheCoordinator:
             await asyncio.wait([self._saving])
         if not self.tracker.dirty:
             return
-        items = self.tracker.snapshot()
+        items = self.tracker.copy_entries()  # C-speed copy; encoded in the thread
         self.tracker.dirty = False
         saving = asyncio.ensure_future(asyncio.to_thread(
             save_file, self.root / TRACKER_NAME, self.root / TRACKER_TMP_NAME, items

@@ -17,7 +17,7 @@ Paths are the entries' paths relative to the cache root (see :mod:`cachedaemon.c
     body      msgpack   array of [path: str, atime: float (unix seconds), size: int], LRU first
 
 Saves are atomic: write ``%tracker.tmp``, fsync, rename over ``%tracker``, fsync the directory
-(:func:`save_file`, run in a thread on a snapshot taken on the loop). A file with a bad magic,
+(:func:`save_file`, run in a thread on a copy of the entries taken on the loop). A file with a bad magic,
 version, length or checksum raises :class:`~cachedaemon.errors.Corruption`; the coordinator then
 rebuilds the tracker from a directory walk and logs a warning.
 """
@@ -132,8 +132,13 @@ def decode(data: bytes) -> list[tuple[str, float, int]]:
     return raw
 
 
-def save_file(path: Path, tmp_path: Path, items: list[tuple[str, float, int]]) -> int:
-    """Atomically replace ``path`` with the encoded ``items``. Blocking: run in a thread."""
+def save_file(
+    path: Path, tmp_path: Path, items: list[tuple[str, float, int]] | dict[str, Entry]
+) -> int:
+    """Atomically replace ``path`` with the encoded ``items`` (a list, or a
+    :meth:`AccessTimeTracker.copy_entries` copy). Blocking: run in a thread."""
+    if isinstance(items, dict):
+        items = [(p, e[0], e[1]) for p, e in items.items()]
     data = encode(items)
     fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
