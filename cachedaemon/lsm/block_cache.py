@@ -32,9 +32,10 @@ class BlockCache:
         return len(self._entries)
 
     def get(self, key: CacheKey) -> Block | None:
+        """The cached block, or ``None``. Counts hits; the loader counts misses (a lookup
+        that a bloom filter then answers is neither)."""
         block = self._entries.get(key)
         if block is None:
-            self.misses += 1
             return None
         self.hits += 1
         self._entries.move_to_end(key)

@@ -153,7 +153,9 @@ def pick_compaction(
         return None
     c = Compaction(level, version, options)
     pointer = pointers[level]
-    first = next((f for f in files if pointer is None or f.largest > pointer), files[0])
+    # L0 is kept newest first; like LevelDB (file-number order) start from the oldest.
+    ordered = files[::-1] if level == 0 else files
+    first = next((f for f in ordered if pointer is None or f.largest > pointer), ordered[0])
     c.inputs[0] = [first]
     if level == 0:
         lo, hi = key_range(c.inputs[0])

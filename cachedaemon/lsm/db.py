@@ -593,7 +593,7 @@ class Database:
         tables = self._tables
         try:
             for f in version.files_for_get(uprefix):
-                table = await tables.find(f.handle)
+                table = tables.lookup(f.handle) or await tables.find(f.handle)
                 try:
                     found = await table.get(seek, uprefix)
                 finally:

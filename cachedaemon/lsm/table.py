@@ -113,6 +113,7 @@ class SstReader:
         block = self._cache.get(key)
         if block is None:
             self.block_reads += 1
+            self._cache.misses += 1
             where = f"{self.handle.name} at offset {off}"
             payload = await self._read_raw(self._reader, self.handle.name, self.size, off, n, self._verify)
             block = decode_block(payload, where)
@@ -127,9 +128,13 @@ class SstReader:
         i = bisect.bisect_left(self.index_keys, seek)
         if i == len(self.index_keys):
             return None
-        if self._filter is not None and not self._filter.key_may_match(self.handles[i][0], uprefix):
-            return None
-        block = await self.read_block(i)
+        off = self.handles[i][0]
+        # A cached block answers faster than the bloom filter; the filter only saves reads.
+        block = self._cache.get((self.handle, off))
+        if block is None:
+            if self._filter is not None and not self._filter.key_may_match(off, uprefix):
+                return None
+            block = await self.read_block(i)
         keys = block.keys
         j = bisect.bisect_left(keys, seek)
         if j == len(keys):

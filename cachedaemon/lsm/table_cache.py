@@ -39,6 +39,15 @@ class TableCache:
     def __len__(self) -> int:
         return len(self._open)
 
+    def lookup(self, handle: FileHandle) -> SstReader | None:
+        """The open reader for ``handle`` with a reference taken, or ``None`` (no waiting)."""
+        table = self._open.get(handle)
+        if table is not None:
+            self.hits += 1
+            self._open.move_to_end(handle)
+            table.refs += 1
+        return table
+
     async def find(self, handle: FileHandle) -> SstReader:
         table = self._open.get(handle)
         if table is not None:
