@@ -9,12 +9,16 @@ need the bearer token carry the security requirement. Generated once per process
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from cachedaemon.server.context import Call
 from cachedaemon.server.routes import ROUTES, RouteTable
+
+#: Functions that refine the generated document (request/answer schemas); modules append.
+SPEC_EXTENSIONS: list[Callable[[dict[str, Any]], None]] = []
 
 _ERROR_SCHEMA = {
     "type": "object",
@@ -55,7 +59,7 @@ def build_spec(table: RouteTable = ROUTES) -> dict[str, Any]:
         if route.auth:
             op["security"] = [{"bearer": []}]
         paths.setdefault(route.openapi_path, {})[route.method.lower()] = op
-    return {
+    spec = {
         "openapi": "3.1.0",
         "info": {"title": "cachedaemon", "version": "1",
                  "description": "A local-disk cache in front of a bucket, and an LSM metastore."},
@@ -65,6 +69,9 @@ def build_spec(table: RouteTable = ROUTES) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+    for extend in SPEC_EXTENSIONS:
+        extend(spec)
+    return spec
 
 
 def _op_name(path: str) -> str:

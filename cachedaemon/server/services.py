@@ -69,4 +69,9 @@ async def start_domains(smp: Smp, stores: Sharded[Any], cache: Sharded[CacheServ
 
 async def stop_domains(domains: Sharded[Any]) -> None:
     """Stop every shard's domains (nothing to flush: the logs hold every acknowledged write)."""
+    from cachedaemon.metastore.l1.service import stop_l1
+
+    # The L1 object GC loops first: they use the domains.
+    stopped: list[None] = await domains.invoke_on_all(stop_l1)
+    del stopped
     await domains.stop()

@@ -130,8 +130,10 @@ def l1_domain(service: DomainService, name: str, config: L1Config) -> L1Domain:
 
 
 async def l1_call(service: DomainService, name: str, config: L1Config, op: str,
-                  *args: Any, **kwargs: Any) -> Any:
-    """Run ``L1Metastore.<op>(*args, **kwargs)`` of domain ``name`` (on its owner shard)."""
+                  args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> Any:
+    """Run ``L1Metastore.<op>(*args, **kwargs)`` of domain ``name`` (on its owner shard; the
+    arguments travel as two values because ``call_domain`` passes positionals only)."""
+    kwargs = kwargs or {}
     metastore = l1_domain(service, name, config).metastore
     if not hasattr(L1Metastore, op) or op.startswith("_"):
         raise CacheDaemonError(f"no L1 operation {op!r}")

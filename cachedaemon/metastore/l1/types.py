@@ -184,3 +184,40 @@ class GcResult(_Struct):
     bytes_deleted: int = 0
     preregistrations_expired: int = 0
     errors: int = 0
+
+
+class PartitionInfo(_Struct):
+    start_offset: int
+    next_offset: int
+    compaction_epoch: int
+    size: int
+    num_extents: int
+
+
+class SizeAnswer(_Struct):
+    size: int
+
+
+class OffsetAnswer(_Struct):
+    offset: int
+
+
+class TermAnswer(_Struct):
+    term: int
+
+
+class EndOffsetAnswer(_Struct):
+    end_offset: int
+
+
+class CountAnswer(_Struct):
+    count: int
+
+
+class ObjectList(_Struct):
+    objects: list[ObjectInfo]
+    next: uuid.UUID | None
+
+
+class StartOffsetBody(_Struct):
+    start_offset: NonNegative

@@ -1,0 +1,224 @@
+"""``L1Client``: the typed Python API of the L1 metastore routes (``/v1/l1/{domain}/...``).
+
+Wraps an :class:`~cachedaemon.client.async_client.AsyncClient` (its session, token and error
+decoding) for one domain. Requests and answers are the msgspec Structs of
+:mod:`cachedaemon.metastore.l1.types`; errors come back as the L1 kinds —
+:class:`MissingPartition` (404 on a partition), :class:`InvalidRequest` (400),
+:class:`OutOfRange` (416), :class:`TransportError` (502) — other errors as the client raises them
+(``Fenced``/``ReadOnly`` 409, ``DaemonUnreachable``...).
+
+Use from one event loop, like the client it wraps::
+
+    async with AsyncClient(url) as client:
+        l1 = L1Client(client, "meta")
+        await l1.add_objects([NewObject(...)], [TermStart(...)])
+        offsets = await l1.get_offsets(TopicIdPartition(topic, 0))
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import msgspec
+
+from cachedaemon.client.async_client import AsyncClient
+from cachedaemon.errors import (
+    CacheDaemonError,
+    InvalidArgument,
+    InvalidKey,
+    InvalidRange,
+    NotFound,
+    UpstreamError,
+)
+from cachedaemon.metastore.l1.errors import (
+    InvalidRequest,
+    MissingPartition,
+    OutOfRange,
+    TransportError,
+)
+from cachedaemon.metastore.l1.keys import TopicIdPartition
+from cachedaemon.metastore.l1.types import (
+    AddObjectsRequest,
+    AddObjectsResponse,
+    CompactionInfo,
+    CompactionUpdate,
+    CompactObjectsRequest,
+    CountAnswer,
+    EndOffsetAnswer,
+    EpochsResponse,
+    ExtentList,
+    ExtentMetadata,
+    GcResult,
+    NewObject,
+    ObjectIds,
+    ObjectInfo,
+    ObjectList,
+    OffsetAnswer,
+    Offsets,
+    PartitionEpoch,
+    PartitionInfo,
+    PreregisterRequest,
+    RemoveTopicsRequest,
+    ReplaceObjectsRequest,
+    SizeAnswer,
+    StartOffsetBody,
+    TermAnswer,
+    TermStart,
+)
+
+S = TypeVar("S")
+
+
+def _translate(exc: CacheDaemonError) -> CacheDaemonError:
+    if isinstance(exc, NotFound) and not isinstance(exc, MissingPartition):
+        return MissingPartition(exc.message)
+    if isinstance(exc, InvalidArgument) and not isinstance(exc, InvalidKey | InvalidRequest):
+        return InvalidRequest(exc.message)
+    if isinstance(exc, InvalidRange):
+        return OutOfRange(exc.message)
+    if isinstance(exc, UpstreamError) and not isinstance(exc, TransportError):
+        return TransportError(exc.message)
+    return exc
+
+
+class L1Client:
+    def __init__(self, client: AsyncClient, domain: str) -> None:
+        self.client = client
+        self.domain = domain
+        self._base = f"/v1/l1/{quote(domain, safe='')}"
+
+    def _partition(self, tidp: TopicIdPartition, suffix: str = "") -> str:
+        return f"{self._base}/partitions/{tidp.topic_id}/{tidp.partition}{suffix}"
+
+    async def _request(self, method: str, path: str, answer: type[S], *, body: Any = None,
+                       query: Mapping[str, str | int | None] | None = None) -> S:
+        data = None if body is None else msgspec.json.encode(body)
+        headers = None if body is None else {"Content-Type": "application/json"}
+        try:
+            raw = await self.client._call(method, path, query=query, data=data, headers=headers)
+        except CacheDaemonError as exc:
+            raise _translate(exc) from exc
+        try:
+            return msgspec.json.decode(raw, type=answer)
+        except msgspec.MsgspecError as exc:
+            raise CacheDaemonError(f"{method} {path}: unexpected answer {raw[:200]!r}") from exc
+
+    # --- writes ------------------------------------------------------------------------------
+
+    async def add_objects(self, objects: Sequence[NewObject], terms: Sequence[TermStart] = ()
+                          ) -> dict[TopicIdPartition, int]:
+        """Returns the corrected next offsets (partitions whose extents were not added)."""
+        got = await self._request("POST", self._base + "/objects/add", AddObjectsResponse,
+                                  body=AddObjectsRequest(objects=list(objects),
+                                                         terms=list(terms)))
+        return {TopicIdPartition(p.topic_id, p.partition): p.next_offset
+                for p in got.corrected_next_offsets}
+
+    @staticmethod
+    def _epochs(got: EpochsResponse) -> dict[TopicIdPartition, int]:
+        return {TopicIdPartition(p.topic_id, p.partition): p.compaction_epoch
+                for p in got.compaction_epochs}
+
+    async def replace_objects(self, objects: Sequence[NewObject],
+                              expected_epochs: Mapping[TopicIdPartition, int]
+                              ) -> dict[TopicIdPartition, int]:
+        body = ReplaceObjectsRequest(objects=list(objects), expected_epochs=[
+            PartitionEpoch(topic_id=k.topic_id, partition=k.partition, compaction_epoch=v)
+            for k, v in expected_epochs.items()])
+        return self._epochs(await self._request("POST", self._base + "/objects/replace",
+                                                EpochsResponse, body=body))
+
+    async def compact_objects(self, objects: Sequence[NewObject],
+                              updates: Sequence[CompactionUpdate]
+                              ) -> dict[TopicIdPartition, int]:
+        body = CompactObjectsRequest(objects=list(objects), updates=list(updates))
+        return self._epochs(await self._request("POST", self._base + "/objects/compact",
+                                                EpochsResponse, body=body))
+
+    async def set_start_offset(self, tidp: TopicIdPartition, start_offset: int) -> Offsets:
+        return await self._request("POST", self._partition(tidp, "/start_offset"), Offsets,
+                                   body=StartOffsetBody(start_offset=start_offset))
+
+    async def remove_topics(self, topic_ids: Iterable[uuid.UUID]) -> int:
+        got = await self._request("POST", self._base + "/topics/remove", CountAnswer,
+                                  body=RemoveTopicsRequest(topic_ids=list(topic_ids)))
+        return got.count
+
+    async def preregister_objects(self, count: int) -> list[uuid.UUID]:
+        got = await self._request("POST", self._base + "/objects/preregister", ObjectIds,
+                                  body=PreregisterRequest(count=count))
+        return got.oids
+
+    async def remove_objects(self, oids: Iterable[uuid.UUID]) -> int:
+        got = await self._request("POST", self._base + "/objects/remove", CountAnswer,
+                                  body=ObjectIds(oids=list(oids)))
+        return got.count
+
+    async def collect_garbage(self) -> GcResult:
+        """One object GC round on the daemon, now."""
+        return await self._request("POST", self._base + "/gc", GcResult)
+
+    # --- queries -----------------------------------------------------------------------------
+
+    async def get_partition(self, tidp: TopicIdPartition) -> PartitionInfo:
+        return await self._request("GET", self._partition(tidp), PartitionInfo)
+
+    async def get_offsets(self, tidp: TopicIdPartition) -> Offsets:
+        return await self._request("GET", self._partition(tidp, "/offsets"), Offsets)
+
+    async def get_size(self, tidp: TopicIdPartition) -> int:
+        return (await self._request("GET", self._partition(tidp, "/size"), SizeAnswer)).size
+
+    async def get_first_ge(self, tidp: TopicIdPartition, offset: int) -> ExtentMetadata:
+        return await self._request("GET", self._partition(tidp, "/first"), ExtentMetadata,
+                                   query={"offset": offset})
+
+    async def get_first_ge_timestamp(self, tidp: TopicIdPartition, timestamp: int,
+                                     min_offset: int = 0) -> ExtentMetadata:
+        return await self._request("GET", self._partition(tidp, "/first"), ExtentMetadata,
+                                   query={"timestamp": timestamp, "min_offset": min_offset})
+
+    async def get_first_offset_for_bytes(self, tidp: TopicIdPartition, nbytes: int) -> int:
+        got = await self._request("GET", self._partition(tidp, "/first_offset_for_bytes"),
+                                  OffsetAnswer, query={"bytes": nbytes})
+        return got.offset
+
+    async def get_term_for_offset(self, tidp: TopicIdPartition, offset: int) -> int:
+        got = await self._request("GET", self._partition(tidp, "/term"), TermAnswer,
+                                  query={"offset": offset})
+        return got.term
+
+    async def get_end_offset_for_term(self, tidp: TopicIdPartition, term: int) -> int:
+        got = await self._request("GET", self._partition(tidp, "/term_end"), EndOffsetAnswer,
+                                  query={"term": term})
+        return got.end_offset
+
+    async def get_compaction_info(self, tidp: TopicIdPartition,
+                                  tombstone_removal_upper_bound: int = -1) -> CompactionInfo:
+        return await self._request(
+            "GET", self._partition(tidp, "/compaction"), CompactionInfo,
+            query={"tombstone_removal_upper_bound": tombstone_removal_upper_bound})
+
+    async def get_extents(self, tidp: TopicIdPartition, min_offset: int = 0,
+                          max_offset: int | None = None, *, limit: int = 1000,
+                          reverse: bool = False) -> ExtentList:
+        return await self._request(
+            "GET", self._partition(tidp, "/extents"), ExtentList,
+            query={"min_offset": min_offset, "max_offset": max_offset, "limit": limit,
+                   "reverse": 1 if reverse else 0})
+
+    async def get_object(self, oid: uuid.UUID) -> ObjectInfo | None:
+        try:
+            return await self._request("GET", f"{self._base}/objects/{oid}", ObjectInfo)
+        except MissingPartition:
+            return None
+
+    async def list_objects(self, start_after: uuid.UUID | None = None, limit: int = 1000
+                           ) -> ObjectList:
+        return await self._request(
+            "GET", self._base + "/objects", ObjectList,
+            query={"start_after": None if start_after is None else str(start_after),
+                   "limit": limit})
