@@ -6,11 +6,13 @@ shard that owns it, in one of two modes:
 **Writer** (:meth:`Domain.open_writer`):
 
 1. claim a fresh epoch (``newest + 1``, put-if-absent) in the registry;
-2. stamp the manifest object with it (compare-and-swap): every older writer's next manifest
-   write now fails, and it is fenced;
-3. open the LSM at that manifest, SSTs through the cloud-cache persistence;
-4. open the log (local: recover segment files; remote: read the segments and write the fence
-   segment) and replay every record above the manifest's sequence number into the memtable.
+2. read the manifest object; with the local log, recover the segment files now (they are
+   replayed only if this node was the domain's last writer, see ``local_log``);
+3. stamp the manifest object with the new epoch (compare-and-swap on what step 2 read): every
+   older writer's next manifest write now fails, and it is fenced;
+4. open the LSM at that manifest, SSTs through the cloud-cache persistence;
+5. with the remote log, read its segments and fence it; replay every record above the
+   manifest's sequence number into the memtable.
 
 A write (:meth:`write`) gets the next sequence numbers, goes into the log's group commit, and
 is applied to the memtable by the log's sync task, in sequence order, *after* it is durable and
@@ -56,6 +58,7 @@ from cachedaemon.lsm.io.cloud import CloudDataPersistence, clean_staging_dir
 from cachedaemon.lsm.io.cloud_base import CloudIO
 from cachedaemon.lsm.io.cloud_cache import CloudCacheDataPersistence
 from cachedaemon.lsm.io.persistence import DataPersistence, Persistence
+from cachedaemon.lsm.manifest import decode_manifest
 from cachedaemon.lsm.options import Options
 from cachedaemon.lsm.write_batch import WriteBatch
 from cachedaemon.metastore.group_commit import GroupCommitLog
@@ -189,24 +192,42 @@ class Domain:
         for _ in range(OPEN_ATTEMPTS):
             epoch = await registry.claim_epoch(record, config.node)
             manifest = FencedManifestStore(io, record.prefix)
-            try:
-                replaced = await manifest.stamp(epoch)
-            except Fenced as exc:  # a newer writer slipped in between claim and stamp
-                last_error = exc
+            current = await manifest.load()
+            if current is not None and current.epoch > epoch:
+                last_error = Fenced(f"a newer writer (epoch {current.epoch}) opened meanwhile")
                 continue
-            persistence = Persistence(await cls._data_persistence(io, record, cache, config), manifest)
+            replaced = current.epoch if current is not None else 0
+            persisted = (decode_manifest(current.body, manifest.key).last_seqno
+                         if current is not None and current.body else 0)
+            wal: GroupCommitLog | None = None
+            replay: list[LogRecord] = []
+            if config.wal != "remote":
+                # Before the stamp: the log records that this node is about to own the domain.
+                wal, replay = await LocalLog.open(
+                    config.wal_dir / record.uuid, epoch=epoch, persisted_seqno=persisted,
+                    owner_epoch=replaced, name=record.name)
+            try:
+                stamped = await manifest.try_stamp(epoch, current)
+            except BaseException:
+                if wal is not None:
+                    await wal.close()
+                raise
+            if not stamped:  # another writer got in between: decide again
+                if wal is not None:
+                    await wal.close()
+                last_error = Fenced("the manifest changed while opening")
+                continue
+            persistence = Persistence(await cls._data_persistence(io, record, cache, config),
+                                      manifest)
             db = await Database.open(cls._options(config, epoch=epoch, readonly=False),
                                      persistence)
             try:
-                persisted = db.max_persisted_seqno
-                wal: GroupCommitLog
-                if config.wal == "remote":
+                if db.max_persisted_seqno != persisted:
+                    raise IOFailure(f"domain {record.name}: manifest seqno {persisted} but the "
+                                    f"database opened at {db.max_persisted_seqno}")
+                if wal is None:
                     wal, replay = await RemoteLog.open(
                         io, record.prefix, epoch=epoch, persisted_seqno=persisted,
-                        name=record.name)
-                else:
-                    wal, replay = await LocalLog.open(
-                        config.wal_dir / record.uuid, epoch=epoch, persisted_seqno=persisted,
                         name=record.name)
                 for r in replay:
                     await db.apply(r.batch(), seqno=r.base_seqno)
@@ -216,6 +237,8 @@ class Domain:
                 continue
             except BaseException:
                 await db.close()
+                if wal is not None:
+                    await wal.close()
                 raise
             log.info(
                 "domain %s (%s) open for writing at epoch %d (took over from epoch %d): "

@@ -12,6 +12,12 @@ anywhere else (:class:`~cachedaemon.errors.Corruption`), deletes segments wholly
 manifest's sequence number, and returns the records above it for the domain to replay. New
 records always go to a fresh segment.
 
+A local log is this node's alone, so it is replayed only if this node was the domain's last
+writer: the file ``OWNERS`` lists the epochs this node opened the domain with (written before
+each opening stamps the manifest), and if the manifest's current owner is not among them another
+node has written the domain since; the leftover segments would replay stale writes over newer
+ones, so they are moved to ``stranded-<owner epoch>-<ns>/`` (and logged) instead.
+
 Owned by one domain on one shard; blocking work runs in threads, one hop per group.
 """
 
@@ -22,6 +28,7 @@ import contextlib
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +45,9 @@ log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^(\d{20})\.log$")
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+#: The epochs this node opened the domain with, newest last (see ``LocalLog.open``).
+OWNERS = "OWNERS"
+KEEP_OWNERS = 64
 
 
 def segment_name(segment_id: int) -> str:
@@ -59,8 +69,41 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _read_owners(directory: Path) -> list[int]:
+    try:
+        text = (directory / OWNERS).read_text("ascii")
+    except FileNotFoundError:
+        return []
+    return [int(line) for line in text.split() if line.isdigit()]
+
+
+def _write_owners(directory: Path, epochs: list[int]) -> None:
+    tmp = directory / (OWNERS + ".tmp")
+    with tmp.open("w", encoding="ascii") as f:
+        f.write("".join(f"{e}\n" for e in epochs[-KEEP_OWNERS:]))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / OWNERS)
+    _fsync_dir(directory)
+
+
+def _strand(directory: Path, found: list[tuple[int, Path]], owner_epoch: int) -> None:
+    """Move segments another writer has superseded out of the way (kept for inspection)."""
+    aside = directory / f"stranded-{owner_epoch:020d}-{time.time_ns()}"
+    aside.mkdir()
+    for _, path in found:
+        os.replace(path, aside / path.name)
+    _fsync_dir(aside)
+    _fsync_dir(directory)
+    log.error(
+        "log %s: the domain was written by epoch %d since this node last owned it; this "
+        "node's %d unflushed log segments are superseded and moved to %s (not replayed)",
+        directory, owner_epoch, len(found), aside,
+    )
+
+
 def _recover(
-    directory: Path, persisted_seqno: int
+    directory: Path, persisted_seqno: int, epoch: int, owner_epoch: int | None
 ) -> tuple[list[_SegmentInfo], list[LogRecord], int]:
     """Thread work of :meth:`LocalLog.open`: ``(kept segments, records to replay, next id)``."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -70,6 +113,15 @@ def _recover(
         if m is not None:
             found.append((int(m.group(1)), Path(entry.path)))
     found.sort()
+    owners = _read_owners(directory)
+    next_id = (found[-1][0] + 1) if found else 1
+    if owner_epoch is not None and found and owner_epoch not in owners:
+        _strand(directory, found, owner_epoch)
+        found = []
+    if owner_epoch is not None:
+        # Recorded before the manifest is stamped with ``epoch``: whichever of our epochs
+        # owns the manifest next time, this node knows it was the last writer.
+        _write_owners(directory, [*owners, epoch])
     kept: list[_SegmentInfo] = []
     replay: list[LogRecord] = []
     changed = False
@@ -104,7 +156,6 @@ def _recover(
         kept.append(_SegmentInfo(segment_id, path, last))
     if changed:
         _fsync_dir(directory)
-    next_id = (found[-1][0] + 1) if found else 1
     return kept, replay, next_id
 
 
@@ -149,13 +200,20 @@ class LocalLog(GroupCommitLog):
         *,
         epoch: int,
         persisted_seqno: int,
+        owner_epoch: int | None = None,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         name: str = "",
     ) -> tuple[LocalLog, list[LogRecord]]:
-        """Recover the log in ``directory``; returns it and the records to replay."""
+        """Recover the log in ``directory``; returns it and the records to replay.
+
+        ``owner_epoch``: the epoch that owns the domain's manifest now (before this writer
+        stamps it). If it is none of the epochs this node ever opened the domain with, another
+        writer has owned the domain since, and this node's leftover segments are superseded:
+        they are moved aside, not replayed. ``None`` skips the check (tests of the log alone).
+        """
         try:
             segments, replay, next_id = await asyncio.to_thread(
-                _recover, directory, persisted_seqno
+                _recover, directory, persisted_seqno, epoch, owner_epoch
             )
         except OSError as exc:
             raise IOFailure(f"cannot recover log {directory}: {exc}") from exc

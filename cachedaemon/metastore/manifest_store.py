@@ -98,20 +98,26 @@ class FencedManifestStore:
         epoch, body = decode(data, self.key)
         return ManifestObject(epoch, body, etag)
 
-    async def stamp(self, epoch: int) -> int:
-        """Make ``epoch`` the owner of the manifest; returns the epoch it replaced (0: none).
+    async def try_stamp(self, epoch: int, current: ManifestObject | None) -> bool:
+        """Make ``epoch`` the owner of the manifest ``current`` (as :meth:`load` returned it).
 
-        Raises :class:`Fenced` if a newer epoch already owns it.
+        False if the object changed since (compare-and-swap lost: load and decide again);
+        :class:`Fenced` if ``current`` is already owned by a newer epoch.
         """
+        if current is not None and current.epoch > epoch:
+            raise Fenced(f"{self.key} is owned by epoch {current.epoch} > {epoch}")
+        body = current.body if current is not None else b""
+        etag = await self._put(encode(epoch, body), current.etag if current is not None else None)
+        if etag is None:
+            return False
+        self.epoch, self._etag, self._body = epoch, etag, body
+        return True
+
+    async def stamp(self, epoch: int) -> int:
+        """Load and stamp until it sticks; returns the epoch it replaced (0: none)."""
         for _ in range(100):
             current = await self.load()
-            if current is not None and current.epoch > epoch:
-                raise Fenced(f"{self.key} is owned by epoch {current.epoch} > {epoch}")
-            body = current.body if current is not None else b""
-            data = encode(epoch, body)
-            etag = await self._put(data, current.etag if current is not None else None)
-            if etag is not None:
-                self.epoch, self._etag, self._body = epoch, etag, body
+            if await self.try_stamp(epoch, current):
                 return current.epoch if current is not None else 0
         raise IOFailure(f"{self.key}: could not stamp epoch {epoch}: too much contention")
 

@@ -333,3 +333,30 @@ async def test_a_writer_fenced_by_its_own_memtable_flush_steps_down(
         await a.put("m", b"again", b"a")
     assert (await b.info("m"))["epoch"] == epoch_b
     await b.put("m", b"still-b", b"b")
+
+
+async def test_a_local_log_superseded_by_another_writer_is_not_replayed(
+    make_service: Maker, make_object_store: Any
+) -> None:
+    store = await make_object_store("memory")
+    a = await make_service(store, "a")
+    await a.put("s", b"k", b"a-flushed")
+    await a.flush("s")
+    await a.put("s", b"k", b"a-stale")  # only in a's local log
+    await a.put("s", b"only-a", b"x")
+    b = await make_service(store, "b")
+    await b.put("s", b"k", b"b-newer")
+    await b.put("s", b"k2", b"b")
+    await b.flush("s")
+    await b.stop()
+    a = await restart(a, make_service, store)  # a owns the domain again
+    assert await a.get("s", b"k") == b"b-newer"  # a's stale log did not replay over b
+    assert await a.get("s", b"k2") == b"b"
+    assert await a.get("s", b"only-a") is None  # stranded (kept aside, reported in the log)
+    domain = await a.domain("s", create=False)
+    wal_dir = a.config.wal_dir / domain.record.uuid
+    (aside,) = [p for p in wal_dir.iterdir() if p.name.startswith("stranded-")]
+    assert any(p.suffix == ".log" for p in aside.iterdir())
+    await a.put("s", b"k3", b"a-again")
+    a = await restart(a, make_service, store)  # and its own log replays again afterwards
+    assert await a.get("s", b"k3") == b"a-again"
