@@ -214,7 +214,8 @@ class L1Metastore:
                         removed[x.oid] += x.spec.len
                     continue
                 new_terms = term_map.get(tidp, [])
-                last_term = await s.last_term(tidp) if m is not None else None
+                last_term = (await s.last_term(tidp)
+                             if m is not None and new_terms else None)
                 for term, start in new_terms:
                     if last_term is not None and term < last_term[0]:
                         raise InvalidRequest(f"term {term} of partition {tidp} is below its "
