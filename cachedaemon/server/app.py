@@ -86,6 +86,8 @@ def make_handler(ctx: ShardContext, table: RouteTable = ROUTES):  # type: ignore
             else:
                 ctx.enter()
                 try:
+                    if not route.handles_expect:
+                        await send_continue(request)
                     resp = await route.handler(Call(request, params, ctx, template))
                 finally:
                     ctx.leave()
@@ -94,9 +96,16 @@ def make_handler(ctx: ShardContext, table: RouteTable = ROUTES):  # type: ignore
         except web.HTTPException as exc:
             resp = json_error(exc.status, "invalid_argument" if exc.status < 500 else "internal",
                               exc.reason)
-        except (asyncio.CancelledError, ConnectionError):
+        except asyncio.CancelledError:
             count(method, template, 499, time.perf_counter() - start)
             raise
+        except ConnectionError:
+            # The client went away mid-response: nothing more can be sent. Close the
+            # connection and hand aiohttp a response it will fail to send, quietly.
+            count(method, template, 499, time.perf_counter() - start)
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=499)
         except Exception as exc:  # a bug: answer 500, keep serving
             resp = internal_error(exc)
         status = resp.status
@@ -112,6 +121,13 @@ def make_handler(ctx: ShardContext, table: RouteTable = ROUTES):  # type: ignore
         return resp
 
     return handle
+
+
+async def send_continue(request: web.BaseRequest) -> None:
+    """Answer ``Expect: 100-continue`` so the client sends its body now (curl waits 1 s)."""
+    if request.version >= (1, 1) and \
+            request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
 def _authorized(request: web.BaseRequest, expected: bytes) -> bool:

@@ -45,6 +45,7 @@ from cachedaemon.errors import (
     Unavailable,
 )
 from cachedaemon.server import metrics
+from cachedaemon.server.app import send_continue
 from cachedaemon.server.context import Call, ShardContext
 from cachedaemon.server.keys import decode_key, decode_text
 from cachedaemon.server.ranges import parse_range
@@ -108,7 +109,7 @@ def _deadline(call: Call) -> float:
         Param("X-Deadline-Ms", "header", "How long to wait for cache space (default from config).",
               {"type": "integer", "minimum": 0}),
     ),
-    request_body="application/octet-stream",
+    request_body="application/octet-stream", handles_expect=True,
     responses={201: "stored: {key, size, etag}", 400: "invalid key", 412: "precondition failed",
                413: "too large", 502: "bucket failed", 503: "cache full / shutting down"},
 )
@@ -135,6 +136,7 @@ async def put_object(call: Call) -> web.StreamResponse:
             raise InvalidArgument("If-Match needs an ETag")
     deadline = _deadline(call)
     cache = ctx.cache.local()
+    await send_continue(request)  # the checks that need no body passed
 
     t_wait = time.perf_counter()
     try:

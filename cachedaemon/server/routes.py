@@ -49,6 +49,7 @@ class Route:
     params: tuple[Param, ...] = ()
     responses: dict[int, str] = field(default_factory=dict)
     request_body: str | None = None  # content type of the body, if any
+    handles_expect: bool = False  # answers ``Expect: 100-continue`` itself (after its checks)
     segments: tuple[str, ...] = field(default=(), compare=False)
 
     @property

@@ -311,3 +311,50 @@ def test_port_in_use_socket_probe(daemon: DaemonProcess) -> None:
     # Sanity for the port-in-use test: the daemon's port is really taken.
     with socket.socket() as s, pytest.raises(OSError):
         s.bind((daemon.host, daemon.port))
+
+
+async def test_client_disconnect_mid_put_leaves_nothing(daemon: DaemonProcess) -> None:
+    _reader, writer = await asyncio.open_connection(daemon.host, daemon.port)
+    writer.write(b"PUT /v1/objects/gone HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n")
+    writer.write(os.urandom(1_500_000))
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.close()
+    st: dict[str, int] = {}
+    for _ in range(100):
+        st = await cache_stats(daemon)
+        if st["bytes_reserved"] == 0 and not part_files(daemon.data_dir):
+            break
+        await asyncio.sleep(0.05)
+    assert st["bytes_reserved"] == 0 and st["objects_reserved"] == 0
+    assert not part_files(daemon.data_dir)
+    assert (await fetch("GET", obj(daemon, "gone"))).status == 404
+    assert not (daemon.data_dir / "bucket" / "gone").exists()
+    # And the daemon still serves.
+    assert (await put(daemon, "after-gone", b"ok")).status == 201
+
+
+async def test_expect_100_continue(daemon: DaemonProcess) -> None:
+    reader, writer = await asyncio.open_connection(daemon.host, daemon.port)
+    try:
+        writer.write(b"PUT /v1/objects/expect HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.9)  # curl waits 1 s
+        assert line.startswith(b"HTTP/1.1 100")
+        writer.write(b"hello")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 201")
+        length = int(next(h.split(b":")[1] for h in head.split(b"\r\n")
+                          if h.lower().startswith(b"content-length:")))
+        await reader.readexactly(length)
+        # Over the limit: refused at once, no 100 Continue first.
+        writer.write(b"PUT /v1/objects/expect2 HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 999999999\r\nExpect: 100-continue\r\n\r\n")
+        await writer.drain()
+        rest = await asyncio.wait_for(reader.read(65536), 10)
+        assert b"HTTP/1.1 413" in rest and b"100 Continue" not in rest
+    finally:
+        writer.close()
+    assert (await fetch("GET", obj(daemon, "expect"))).body == b"hello"

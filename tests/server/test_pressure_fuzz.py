@@ -24,6 +24,8 @@ async def test_concurrent_puts_to_a_small_cache(small_daemon: DaemonProcess) -> 
     async def one(i: int, s: aiohttp.ClientSession) -> tuple[int, str | None]:
         r = await fetch("PUT", f"{url}/v1/objects/p/{i}", data=os.urandom(700_000),
                         headers={"X-Deadline-Ms": "300"}, session=s)
+        if r.status == 503:
+            assert int(r.headers["Retry-After"]) >= 1
         return r.status, r.error_code
 
     async with aiohttp.ClientSession() as s:
