@@ -84,9 +84,17 @@ class RouteTable:
         self._routes.append(route)
         # Literal segments before parameters, then longer templates first.
         self._routes.sort(key=_specificity)
-        self._index = {}
+        index: dict[tuple[str | None, str | None], list[Route]] = {}
         for r in self._routes:
-            self._index.setdefault(_index_key(r.segments), []).append(r)
+            index.setdefault(_index_key(r.segments), []).append(r)
+        # Every lookup key gets its full candidate list (its own routes, those with a
+        # parameter in second place, the all-parameter ones), most specific first.
+        self._index = {}
+        for a, b in list(index) + [(a, None) for a, _ in index] + [(None, None)]:
+            keys = [(a, b), (a, None), (None, None)] if b is not None else \
+                [(a, None), (None, None)] if a is not None else [(None, None)]
+            merged = [r for k in dict.fromkeys(keys) for r in index.get(k, ())]
+            self._index[(a, b)] = sorted(merged, key=_specificity)
         return route
 
     def route(self, method: str, template: str, summary: str, **kw: Any
@@ -102,27 +110,30 @@ class RouteTable:
     def match(self, method: str, raw_path: str) -> tuple[Route | None, dict[str, str], bool]:
         """``(route, raw params, path_known)``; ``path_known`` is True when some route matches
         the path with another method (for the ``Allow`` header)."""
-        parts = raw_path.strip("/").split("/") if raw_path.strip("/") else []
-        path_known = False
-        for route in self._candidates(parts):
-            params = _match(route.segments, parts, raw_path)
-            if params is None:
+        stripped = raw_path.strip("/")
+        parts = stripped.split("/") if stripped else []
+        candidates = self._candidates(parts)
+        for route in candidates:
+            if route.method != method and not (
+                    method == "HEAD" and route.method == "GET"
+                    and ("HEAD", route.template) not in self._by_key):
                 continue
-            if route.method == method or (method == "HEAD" and route.method == "GET"
-                                          and (("HEAD", route.template) not in self._by_key)):
+            params = _match(route.segments, parts, raw_path)
+            if params is not None:
                 return route, params, True
-            path_known = True
-        return None, {}, path_known
+        known = any(_match(r.segments, parts, raw_path) is not None for r in candidates)
+        return None, {}, known
 
     def _candidates(self, parts: list[str]) -> list[Route]:
         a = parts[0] if parts else ""
         b = parts[1] if len(parts) > 1 else ""
-        out: list[Route] = []
-        for key in ((a, b), (a, None), (None, None)):
-            out += self._index.get(key, ())
-        if len(out) > 1:
-            out.sort(key=_specificity)
-        return out
+        index = self._index
+        found = index.get((a, b))
+        if found is None:
+            found = index.get((a, None))
+            if found is None:
+                found = index.get((None, None), [])
+        return found
 
     def allowed(self, raw_path: str) -> list[str]:
         parts = raw_path.strip("/").split("/") if raw_path.strip("/") else []
