@@ -29,9 +29,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cachedaemon.lsm import Database, Options, WriteBatch  # noqa: E402
-from cachedaemon.lsm.io.disk import open_disk_persistence  # noqa: E402
-from cachedaemon.lsm.io.memory import memory_persistence  # noqa: E402
+from cachedaemon.lsm import Database, Options, WriteBatch
+from cachedaemon.lsm.io.disk import open_disk_persistence
+from cachedaemon.lsm.io.memory import memory_persistence
 
 ROWS = ["put", "put batch 1000", "get hot (memtable)", "get (SSTs)", "scan"]
 

@@ -245,15 +245,22 @@ class Database:
         self._gate.check()
         if seqno is not None and seqno <= self._max_applied:
             raise InvalidArgument(f"seqno {seqno} not above max applied {self._max_applied}")
-        if not batch.ops:
+        ops = batch.ops
+        if not ops:
             return self._max_applied
-        await self._make_room_for_write(force=False)
+        opts = self.options
+        if (
+            self._bg_error is not None
+            or self._mem.approximate_bytes > opts.memtable_bytes
+            or len(self._versions.current.levels[0]) > opts.l0_slowdown_writes_trigger
+        ):
+            await self._make_room_for_write(force=False)
         base = self._max_applied + 1 if seqno is None else seqno
         if base <= self._max_applied:
             raise InvalidArgument(f"seqno {base} not above max applied {self._max_applied}")
-        if base + len(batch.ops) - 1 > MAX_SEQNO:
+        if base + len(ops) - 1 > MAX_SEQNO:
             raise InvalidArgument("seqno overflow")
-        self._max_applied = self._mem.apply(batch.ops, base, batch.approximate_bytes)
+        self._max_applied = self._mem.apply(ops, base, batch.approximate_bytes)
         return self._max_applied
 
     async def put(self, key: bytes, value: bytes) -> int:
@@ -330,6 +337,23 @@ class Database:
                     continue
                 await self._wait_bg(deadline)
                 self._gate.check()
+
+    async def wait_for_background_work(self, deadline: Deadline = NO_DEADLINE) -> None:
+        """Wait until no flush is pending and no level needs compaction (tests, benchmarks,
+        shutdown paths that want a settled tree). Raises a background failure."""
+        if self.options.readonly:
+            return
+        with self._gate.hold():
+            while True:
+                self._raise_bg_error()
+                if (
+                    self._imm is None
+                    and not self._compaction_lock.locked()
+                    and self._versions.current.compaction_score < 1
+                ):
+                    return
+                self._compact_wake.set()
+                await self._wait_bg(deadline)
 
     # --- background: flush -------------------------------------------------------------------
 
@@ -584,7 +608,7 @@ class Database:
             return None if node[1] == KIND_DELETE else node[2]
         vs = self._versions
         version = vs.current
-        if not any(version.levels):
+        if not version.num_files_total:
             return None
         self._gate.check()
         uprefix = user_prefix(key)

@@ -160,6 +160,11 @@ class DBIter:
             if not it.valid():
                 self._valid = False
                 return
+            # Fast path (the common case in a scan): the next entry is a visible value of a
+            # new user key.
+            ikey = it.key()
+            if ikey[-1] == _VALUE_BYTE and ikey[:-8] > skip and ikey[-8:] >= self._visible:
+                return
         await self._find_next_user_entry(True, skip)
 
     async def prev(self) -> None:

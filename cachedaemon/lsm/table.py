@@ -117,8 +117,6 @@ class SstReader:
             where = f"{self.handle.name} at offset {off}"
             payload = await self._read_raw(self._reader, self.handle.name, self.size, off, n, self._verify)
             block = decode_block(payload, where)
-            if not block.keys:
-                raise Corruption(f"{where}: empty data block")
             self._cache.insert(key, block)
         return block
 
@@ -135,13 +133,11 @@ class SstReader:
             if self._filter is not None and not self._filter.key_may_match(off, uprefix):
                 return None
             block = await self.read_block(i)
-        keys = block.keys
-        j = bisect.bisect_left(keys, seek)
-        if j == len(keys):
-            return None
-        k = keys[j]
-        if len(k) - 8 == len(uprefix) and k.startswith(uprefix):
-            return k, block.values[j]
+        found = block.find(seek)
+        if found is not None:
+            k = found[0]
+            if len(k) - 8 == len(uprefix) and k.startswith(uprefix):
+                return found
         return None
 
     def may_contain(self, uprefix: bytes, seek: bytes) -> bool:

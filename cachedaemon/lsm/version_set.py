@@ -46,11 +46,13 @@ class Version:
         "compaction_level",
         "compaction_score",
         "levels",
+        "num_files_total",
         "refs",
     )
 
     def __init__(self, levels: list[list[FileMeta]], options: Options) -> None:
         self.levels = levels
+        self.num_files_total = sum(len(files) for files in levels)
         self.refs = 0
         self._largest_user = [[f.largest[:-8] for f in files] for files in levels]
         best_level, best_score = -1, -1.0

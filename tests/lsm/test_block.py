@@ -77,3 +77,21 @@ async def test_list_iterator_walks_both_ways() -> None:
     await it.seek_to_last()
     await it.next()
     assert not it.valid()
+
+
+@given(kvs, st.integers(1, 20), st.lists(st.binary(max_size=30), max_size=20))
+def test_find_by_restart_points_matches_full_decode(
+    d: dict[bytes, bytes], interval: int, targets: list[bytes]
+) -> None:
+    b = BlockBuilder(interval)
+    items = sorted(d.items())
+    for k, v in items:
+        b.add(k, v)
+    raw = b.finish()
+    for target in targets + [k for k, _ in items[:5]]:
+        lazy = decode_block(raw, "t").find(target)  # never fully decoded
+        expected = next(((k, v) for k, v in items if k >= target), None)
+        assert lazy == expected
+        full = decode_block(raw, "t")
+        assert len(full) == len(items)
+        assert full.find(target) == expected

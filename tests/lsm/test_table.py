@@ -8,7 +8,13 @@ import pytest
 
 from cachedaemon.errors import Corruption
 from cachedaemon.lsm.block_cache import BlockCache
-from cachedaemon.lsm.dbformat import KIND_DELETE, KIND_VALUE, make_internal_key, seek_key, user_prefix
+from cachedaemon.lsm.dbformat import (
+    KIND_DELETE,
+    KIND_VALUE,
+    make_internal_key,
+    seek_key,
+    user_prefix,
+)
 from cachedaemon.lsm.format import FOOTER_LEN, decode_footer
 from cachedaemon.lsm.io.memory import memory_persistence
 from cachedaemon.lsm.io.persistence import DataPersistence, FileHandle
