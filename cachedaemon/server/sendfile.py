@@ -46,7 +46,7 @@ def _send_all(sock_fd: int, file_fd: int, offset: int, count: int) -> None:
             n = os.sendfile(sock_fd, file_fd, offset, count)
         except BlockingIOError:
             if not poller.poll(int(STALL_TIMEOUT_S * 1000)):
-                raise TimeoutError("the client stopped reading") from None
+                raise ConnectionResetError("the client stopped reading") from None
             continue
         if n == 0:
             raise ConnectionResetError("the cached file shrank while it was being sent")
