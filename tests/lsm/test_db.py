@@ -297,3 +297,42 @@ async def test_file_gc_honours_delay_and_open_iterators(lsm_persistence: Persist
     assert await stored_files(lsm_persistence) == manifest_files(db)
     assert await db.scan() == sorted(hist.at(600).items())
     await db.close()
+
+
+async def test_corrupt_manifest_and_sst_are_reported_never_served() -> None:
+    from cachedaemon.errors import Corruption
+    from cachedaemon.lsm.io.memory import memory_persistence
+
+    p = memory_persistence()
+    db = await Database.open(tiny_options(verify_checksums=True), p)
+    for i in range(200):
+        await db.put(b"k%04d" % i, b"v%04d" % i * 5)
+    await db.flush()
+    await db.close()
+    files = p.data.files  # type: ignore[attr-defined]
+    manifests = p.metadata.manifests  # type: ignore[attr-defined]
+    # A flipped byte in an SST data block: reads of that block fail with Corruption.
+    victim = max(files, key=lambda h: len(files[h]))
+    raw = bytearray(files[victim])
+    raw[20] ^= 0xFF
+    files[victim] = bytes(raw)
+    db = await Database.open(tiny_options(), p)
+    results = []
+    for i in range(200):
+        try:
+            results.append(await db.get(b"k%04d" % i))
+        except Corruption as e:
+            assert victim.name in str(e) and "at offset" in str(e)
+            results.append(None)
+    assert None in results
+    assert all(r is None or r == b"v%04d" % i * 5 for i, r in enumerate(results))
+    with pytest.raises(Corruption, match=victim.name):
+        await db.scan()
+    await db.close()
+    # A flipped byte in the manifest: open fails with Corruption.
+    epoch = max(manifests)
+    m = bytearray(manifests[epoch])
+    m[len(m) // 2] ^= 0x01
+    manifests[epoch] = bytes(m)
+    with pytest.raises(Corruption, match="manifest"):
+        await Database.open(tiny_options(), p)
