@@ -52,14 +52,11 @@ class BlockBuilder:
             shared = 0
         else:
             last = self._last
-            n = min(len(last), len(key))
-            shared = 0
-            # Find the common prefix length: compare whole prefixes first (C speed).
-            if key[:n] == last[:n]:
-                shared = n
-            else:
-                while shared < n and key[shared] == last[shared]:
-                    shared += 1
+            n = len(last) if len(last) < len(key) else len(key)
+            # Common prefix length in O(1) Python steps: the highest set bit of the XOR of
+            # the two prefixes as big-endian integers marks the first differing byte.
+            x = int.from_bytes(key[:n], "big") ^ int.from_bytes(last[:n], "big")
+            shared = n - ((x.bit_length() + 7) >> 3)
         header = _pack_entry(shared, len(key) - shared, len(value))
         suffix = key[shared:] if shared else key
         self._parts.append(header)

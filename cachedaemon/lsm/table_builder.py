@@ -13,7 +13,6 @@ File layout: data blocks, filter block, metaindex block, index block, footer
 from __future__ import annotations
 
 from cachedaemon.lsm.block_builder import BlockBuilder
-from cachedaemon.lsm.dbformat import seqno_kind
 from cachedaemon.lsm.filter_block import FilterBlockBuilder
 from cachedaemon.lsm.format import (
     COMPRESSION_BY_NAME,
@@ -26,6 +25,8 @@ from cachedaemon.lsm.format import (
 from cachedaemon.lsm.io.persistence import FileHandle, SequentialWriter
 
 FILTER_META_KEY = b"filter.cachedaemon.BloomV1"
+_M64 = (1 << 64) - 1
+_from_bytes = int.from_bytes
 _DRAIN_BYTES = 256 * 1024
 
 
@@ -71,7 +72,7 @@ class SstBuilder:
         if self.smallest is None:
             self.smallest = ikey
         self.largest = ikey
-        seqno, _ = seqno_kind(ikey)
+        seqno = (_M64 ^ _from_bytes(ikey[-8:], "big")) >> 8
         if self.num_entries == 0:
             self.oldest_seqno = self.newest_seqno = seqno
         elif seqno < self.oldest_seqno:
@@ -84,7 +85,7 @@ class SstBuilder:
         data = self._data
         data.add(ikey, value)
         self._last_key = ikey
-        if data.current_size_estimate() >= self._block_size:
+        if data._size >= self._block_size:
             self._flush_data_block()
 
     def _emit(self, kind: int, payload: bytes) -> tuple[int, int]:
