@@ -81,16 +81,16 @@ class DomainService:
             self._gc_task = asyncio.create_task(self._gc_loop(), name=f"metastore-gc-{self.shard}")
 
     async def stop(self) -> None:
+        # New requests are refused at once; running ones finish (a write waits for its
+        # group commit, which completes or fails); bucket retries stop.
         self._abort.set()
-        closing = self._gate.close()
-        for task in [*self._tasks.values(), self._gc_task]:
-            if task is not None:
-                task.cancel()
-        for task in [*self._tasks.values(), self._gc_task]:
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        await closing
+        await self._gate.close()
+        tasks = [t for t in [*self._tasks.values(), self._gc_task] if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         for domain in list(self._domains.values()):
             try:
                 await domain.close()
