@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cachedaemon.clock import SYSTEM_CLOCK, Clock
+from cachedaemon.errors import ConfigError
 
 NUM_LEVELS = 7
 
@@ -66,6 +67,29 @@ class Options:
     #: Verify block checksums on every read (always on for the manifest).
     verify_checksums: bool = True
     clock: Clock = SYSTEM_CLOCK
+
+    def __post_init__(self) -> None:
+        def bad(name: str, problem: str) -> ConfigError:
+            return ConfigError(f"lsm.{name}", "Options", problem)
+
+        for name in ("memtable_bytes", "block_size", "max_file_bytes", "l1_max_bytes"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "must be positive")
+        if self.block_restart_interval < 1:
+            raise bad("block_restart_interval", "must be >= 1")
+        if not self.l0_compaction_trigger >= 1:
+            raise bad("l0_compaction_trigger", "must be >= 1")
+        if self.l0_stop_writes_trigger <= self.l0_slowdown_writes_trigger:
+            raise bad("l0_stop_writes_trigger", "must exceed l0_slowdown_writes_trigger")
+        if self.epoch < 0:
+            raise bad("epoch", "must be >= 0")
+        if self.file_deletion_delay_s < 0:
+            raise bad("file_deletion_delay_s", "must be >= 0")
+        for c in self.compression:
+            if c not in COMPRESSIONS:
+                raise bad("compression", f"unknown compression {c!r} (one of {COMPRESSIONS})")
+        if self.level_size_multiplier < 2:
+            raise bad("level_size_multiplier", "must be >= 2")
 
     def compression_for(self, level: int) -> str:
         if level < len(self.compression):
