@@ -336,3 +336,27 @@ async def test_corrupt_manifest_and_sst_are_reported_never_served() -> None:
     manifests[epoch] = bytes(m)
     with pytest.raises(Corruption, match="manifest"):
         await Database.open(tiny_options(), p)
+
+
+async def test_close_releases_stalled_writers_and_flushers(lsm_persistence: Persistence) -> None:
+    from cachedaemon.core import failpoints
+    from cachedaemon.errors import GateClosed
+
+    db = await Database.open(tiny_options(), lsm_persistence)
+    failpoints.arm("lsm.flush.before_manifest", "delay:0.2")
+
+    async def writer() -> None:
+        for i in range(10_000):
+            await db.put(b"k%05d" % i, b"x" * 50)
+
+    w = asyncio.create_task(writer())
+    f = asyncio.create_task(db.flush())
+    await asyncio.sleep(0.05)
+    assert not w.done()  # stalled behind the slow flush
+    await db.close()
+    with pytest.raises(GateClosed):
+        await w
+    with pytest.raises(GateClosed):
+        await f
+    with pytest.raises(GateClosed):
+        await db.put(b"late", b"x")
