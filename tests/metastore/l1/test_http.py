@@ -17,7 +17,7 @@ from yarl import URL
 
 from cachedaemon.client import AsyncClient
 from cachedaemon.client.l1 import L1Client
-from cachedaemon.errors import NotFound, ReadOnly
+from cachedaemon.errors import Fenced, NotFound, ReadOnly
 from cachedaemon.metastore.l1 import (
     InvalidRequest,
     MissingPartition,
@@ -220,3 +220,23 @@ async def test_rows_survive_kill_9_and_reach_a_read_replica(tmp_path: Path) -> N
                 assert time.monotonic() < deadline, "the replica did not refresh"
                 await asyncio.sleep(0.05)
             assert (await lr.get_first_ge(q, 0)).base_offset == 10
+
+
+async def test_a_second_writer_fences_the_first_for_l1_writes(tmp_path: Path) -> None:
+    bucket = f"file://{tmp_path / 'bucket'}"
+    common = ("--metastore-wal", "remote")
+    q = TopicIdPartition(uuid.uuid4(), 0)
+    with start_daemon(tmp_path / "a", *common, remote=bucket) as a, \
+            start_daemon(tmp_path / "b", *common, remote=bucket) as b:
+        async with AsyncClient(a.url) as ca, AsyncClient(b.url) as cb:
+            la, lb = L1Client(ca, "fx"), L1Client(cb, "fx")
+            await la.add_objects([obj(ext(q, 0, 9))])
+            await ca.flush("fx")
+            await la.add_objects([obj(ext(q, 10, 19))])  # only in a's log so far
+            assert await lb.add_objects([obj(ext(q, 20, 29))]) == {}  # b took over
+            with pytest.raises(Fenced):
+                await la.add_objects([obj(ext(q, 30, 39))])
+            with pytest.raises(Fenced):
+                await la.set_start_offset(q, 5)
+            part = await lb.get_partition(q)
+            assert (part.next_offset, part.num_extents) == (30, 3)  # nothing acknowledged lost

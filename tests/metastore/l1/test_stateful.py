@@ -22,9 +22,12 @@ from cachedaemon.metastore.l1 import (
     DatabaseRowStore,
     L1Metastore,
     MissingPartition,
+    ObjectGC,
     TopicIdPartition,
+    default_object_name,
 )
 from cachedaemon.metastore.l1.types import ExtentSpec, NewObject, TermStart
+from cachedaemon.remote.memory import MemoryObjectStore
 from tests.metastore.l1.model import Model
 
 T = TypeVar("T")
@@ -38,6 +41,9 @@ class L1Machine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.db = self.run(Database.open(Options(memtable_bytes=4096), memory_persistence()))
         self.l1 = L1Metastore(DatabaseRowStore(self.db), clock=ManualClock())
+        self.bucket = MemoryObjectStore()
+        self.gc = ObjectGC(self.l1, self.bucket, deletion_delay_s=0,
+                           preregistration_ttl_s=1e9, batch_size=4)
         self.model = Model()
         # Object ids in creation order: draws index into it, so runs replay deterministically
         # although preregistered ids are random.
@@ -88,8 +94,10 @@ class L1Machine(RuleBasedStateMachine):
                                         base_offset=base, last_offset=last, filepos=pos,
                                         len=length, max_timestamp=base))
                 pos += length
-        return NewObject(oid=oid or self.fresh_oid(), footer_pos=pos, object_size=pos + 10,
-                         extents=specs)
+        o = NewObject(oid=oid or self.fresh_oid(), footer_pos=pos, object_size=pos + 10,
+                      extents=specs)
+        self.run(self.bucket.put(default_object_name(o.oid), b"o" * o.object_size))
+        return o
 
     @staticmethod
     def split(base: int, counts: list[int], lengths: list[int]) -> list[tuple[int, int, int]]:
@@ -191,6 +199,23 @@ class L1Machine(RuleBasedStateMachine):
     @rule()
     def flush(self) -> None:
         self.run(self.db.flush())
+
+    @rule()
+    def collect_garbage(self) -> None:
+        """Flush (so every row is persisted) and run a GC round with no delay: exactly the
+        dead objects go, from the bucket and the catalogue; live ones stay in both."""
+        self.run(self.db.flush())
+        dead = {oid for oid, o in self.model.objects.items()
+                if not o.prereg and o.removed >= o.total}
+        got = self.run(self.gc.collect())
+        assert got.objects_deleted == len(dead) and got.errors == 0
+        event(f"gc deleted: {min(len(dead), 3)}")
+        for oid in dead:
+            del self.model.objects[oid]
+            assert self.run(self.bucket.head(default_object_name(oid))) is None
+        for oid, o in self.model.objects.items():
+            if not o.prereg:
+                assert self.run(self.bucket.head(default_object_name(oid))) is not None
 
     @rule(tidp=st.sampled_from(PARTITIONS), delta=st.integers(-3, 40),
           nbytes=st.integers(0, 300))
