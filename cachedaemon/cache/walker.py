@@ -53,6 +53,9 @@ def _walk_dir(
 ) -> bool:
     """Walk one directory; True if it is empty afterwards."""
     remaining = 0
+    # readdir may return a name twice when the directory changes during the walk (commits and
+    # deletes go on meanwhile): count each file once.
+    seen: set[str] = set()
     try:
         it = os.scandir(path)
     except FileNotFoundError:
@@ -97,6 +100,10 @@ def _walk_dir(
                 continue
             if not rel and name in INTERNAL_NAMES:
                 continue
+            if name in seen:
+                remaining -= 1
+                continue
+            seen.add(name)
             result.files.append((child_rel, max(st.st_atime, st.st_mtime), st.st_size))
             result.total_bytes += st.st_size
     return remaining == 0
