@@ -7,6 +7,8 @@ decoding) for one domain. Requests and answers are the msgspec Structs of
 :class:`OutOfRange` (416), :class:`TransportError` (502) — other errors as the client raises them
 (``Fenced``/``ReadOnly`` 409, ``DaemonUnreachable``...).
 
+:class:`SyncL1Client` is the same API, blocking, over a :class:`~cachedaemon.client.Client`.
+
 Use from one event loop, like the client it wraps::
 
     async with AsyncClient(url) as client:
@@ -25,6 +27,7 @@ from urllib.parse import quote
 import msgspec
 
 from cachedaemon.client.async_client import AsyncClient
+from cachedaemon.client.sync_client import Client
 from cachedaemon.errors import (
     CacheDaemonError,
     InvalidArgument,
@@ -222,3 +225,82 @@ class L1Client:
             "GET", self._base + "/objects", ObjectList,
             query={"start_after": None if start_after is None else str(start_after),
                    "limit": limit})
+
+
+class SyncL1Client:
+    """:class:`L1Client`, blocking: each call runs on the wrapped :class:`Client`'s loop."""
+
+    def __init__(self, client: Client, domain: str) -> None:
+        self.client = client
+        self.aio = L1Client(client._async, domain)
+
+    def add_objects(self, objects: Sequence[NewObject], terms: Sequence[TermStart] = ()
+                    ) -> dict[TopicIdPartition, int]:
+        return self.client._run(self.aio.add_objects(objects, terms))
+
+    def replace_objects(self, objects: Sequence[NewObject],
+                        expected_epochs: Mapping[TopicIdPartition, int]
+                        ) -> dict[TopicIdPartition, int]:
+        return self.client._run(self.aio.replace_objects(objects, expected_epochs))
+
+    def compact_objects(self, objects: Sequence[NewObject], updates: Sequence[CompactionUpdate]
+                        ) -> dict[TopicIdPartition, int]:
+        return self.client._run(self.aio.compact_objects(objects, updates))
+
+    def set_start_offset(self, tidp: TopicIdPartition, start_offset: int) -> Offsets:
+        return self.client._run(self.aio.set_start_offset(tidp, start_offset))
+
+    def remove_topics(self, topic_ids: Iterable[uuid.UUID]) -> int:
+        return self.client._run(self.aio.remove_topics(topic_ids))
+
+    def preregister_objects(self, count: int) -> list[uuid.UUID]:
+        return self.client._run(self.aio.preregister_objects(count))
+
+    def remove_objects(self, oids: Iterable[uuid.UUID]) -> int:
+        return self.client._run(self.aio.remove_objects(oids))
+
+    def collect_garbage(self) -> GcResult:
+        return self.client._run(self.aio.collect_garbage())
+
+    def get_partition(self, tidp: TopicIdPartition) -> PartitionInfo:
+        return self.client._run(self.aio.get_partition(tidp))
+
+    def get_offsets(self, tidp: TopicIdPartition) -> Offsets:
+        return self.client._run(self.aio.get_offsets(tidp))
+
+    def get_size(self, tidp: TopicIdPartition) -> int:
+        return self.client._run(self.aio.get_size(tidp))
+
+    def get_first_ge(self, tidp: TopicIdPartition, offset: int) -> ExtentMetadata:
+        return self.client._run(self.aio.get_first_ge(tidp, offset))
+
+    def get_first_ge_timestamp(self, tidp: TopicIdPartition, timestamp: int,
+                               min_offset: int = 0) -> ExtentMetadata:
+        return self.client._run(self.aio.get_first_ge_timestamp(tidp, timestamp, min_offset))
+
+    def get_first_offset_for_bytes(self, tidp: TopicIdPartition, nbytes: int) -> int:
+        return self.client._run(self.aio.get_first_offset_for_bytes(tidp, nbytes))
+
+    def get_term_for_offset(self, tidp: TopicIdPartition, offset: int) -> int:
+        return self.client._run(self.aio.get_term_for_offset(tidp, offset))
+
+    def get_end_offset_for_term(self, tidp: TopicIdPartition, term: int) -> int:
+        return self.client._run(self.aio.get_end_offset_for_term(tidp, term))
+
+    def get_compaction_info(self, tidp: TopicIdPartition,
+                            tombstone_removal_upper_bound: int = -1) -> CompactionInfo:
+        return self.client._run(self.aio.get_compaction_info(tidp,
+                                                             tombstone_removal_upper_bound))
+
+    def get_extents(self, tidp: TopicIdPartition, min_offset: int = 0,
+                    max_offset: int | None = None, *, limit: int = 1000,
+                    reverse: bool = False) -> ExtentList:
+        return self.client._run(self.aio.get_extents(tidp, min_offset, max_offset, limit=limit,
+                                                     reverse=reverse))
+
+    def get_object(self, oid: uuid.UUID) -> ObjectInfo | None:
+        return self.client._run(self.aio.get_object(oid))
+
+    def list_objects(self, start_after: uuid.UUID | None = None, limit: int = 1000
+                     ) -> ObjectList:
+        return self.client._run(self.aio.list_objects(start_after, limit))

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from cachedaemon.client import AsyncClient
-from cachedaemon.client.l1 import L1Client
+from cachedaemon.client import AsyncClient, Client
+from cachedaemon.client.l1 import L1Client, SyncL1Client
 from cachedaemon.errors import Fenced, NotFound, ReadOnly
 from cachedaemon.metastore.l1 import (
     InvalidRequest,
@@ -92,6 +92,16 @@ async def test_l1_routes_contract(tmp_path: Path) -> None:
                 await l1.get_size(P1)
             with pytest.raises(InvalidRequest, match="not contiguous"):
                 await l1.add_objects([obj(ext(P0, 0, 9)), obj(ext(P0, 11, 19))])
+
+        # the blocking client: same API
+        with Client(d.url) as sync:
+            sl1 = SyncL1Client(sync, "cat")
+            q = TopicIdPartition(uuid.uuid4(), 0)
+            assert sl1.add_objects([obj(ext(q, 5, 9))]) == {}
+            assert sl1.get_offsets(q).start_offset == 5
+            with pytest.raises(OutOfRange):
+                sl1.get_first_ge(q, 10)
+            assert sl1.remove_topics([q.topic_id]) == 1
 
         # raw HTTP: statuses, codes, and messages naming the field
         base = "/v1/l1/cat"
