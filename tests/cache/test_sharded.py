@@ -110,3 +110,32 @@ async def test_trim_and_invalidate_from_shard1(sharded_cache: Sharded[CacheServi
     freed, objects = await sharded_cache.invoke_on(1, work)
     assert freed == 0 and objects == 9  # 9 KiB is under 0.8 * 64 KiB: nothing to trim
     assert len(disk_entries(sharded_cache.local().root)) == 9
+
+
+async def test_cancelled_cross_shard_waiter_leaves_nothing(
+    sharded_cache: Sharded[CacheService],
+) -> None:
+    svc0 = sharded_cache.local()
+    held = await svc0.reserve_space(64 * KiB, 0, NO_DEADLINE)  # the whole byte limit
+
+    async def wait_then_cancel(svc: CacheService) -> tuple[int, int]:
+        task = asyncio.ensure_future(svc.reserve_space(KiB, 1, NO_DEADLINE))
+        await asyncio.sleep(0.02)
+        s = await svc.stats()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return s.bytes_pending, s.objects_pending
+
+    pending = await sharded_cache.invoke_on(1, wait_then_cancel)
+    assert pending == (KiB, 1)
+    for _ in range(100):  # the remote cancellation lands on shard 0 asynchronously
+        s = await svc0.stats()
+        if (s.bytes_pending, s.objects_pending) == (0, 0):
+            break
+        await asyncio.sleep(0.005)
+    assert (s.bytes_pending, s.objects_pending, s.bytes_reserved, s.objects_reserved) == (
+        0, 0, 64 * KiB, 0)
+    held.close()
+    s = await svc0.stats()
+    assert (s.bytes_reserved, s.objects_reserved) == (0, 0)
