@@ -16,8 +16,8 @@
 4. Trim time with N objects: a manual trim (walk + LRU delete of 20 %) and an LRU-only trim
    (in memory, deletes in thread batches), with the worst event-loop stall seen meanwhile.
 
-Files are created under ``--dir`` (default: a temporary directory beside this repository, on
-the same disk as the data directory would be) and deleted at the end.
+Files are created in a temporary directory under ``--dir`` (default: the system's temporary
+directory; point it at the data disk) and deleted at the end.
 """
 
 from __future__ import annotations
@@ -248,7 +248,8 @@ async def bench_startup_and_trim(root: Path, n: int) -> dict[str, float]:
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dir", type=Path, default=Path(__file__).resolve().parents[1])
+    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
+                    help="where to create the temporary files (use the data disk)")
     ap.add_argument("--objects", type=int, default=100_000)
     ap.add_argument("--big", action="store_true", help="also startup/trim with 1,000,000 objects")
     ap.add_argument("--quick", action="store_true", help="fewer rounds (smoke test)")
