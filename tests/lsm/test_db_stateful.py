@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
+import tempfile
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from cachedaemon.lsm import Database, Snapshot, WriteBatch
+from cachedaemon.lsm.io.disk import open_disk_persistence
 from cachedaemon.lsm.io.memory import memory_persistence
 from cachedaemon.lsm.io.persistence import Persistence
 from tests.lsm.lsm_helpers import History, tiny_options
@@ -180,8 +183,8 @@ class DatabaseMachine(RuleBasedStateMachine):
         for snap, _ in self.snapshots:
             snap.release()
         self.snapshots.clear()
+        self.run(self.db.close())  # an in-flight background flush completes first
         persisted = self.db.max_persisted_seqno
-        self.run(self.db.close())
         self.db = self.run(Database.open(self.options, self.p))
         assert self.db.max_applied_seqno == persisted
         # Writes above the persisted seqno were in the memtable only: gone.
@@ -204,3 +207,27 @@ DatabaseMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestDatabaseMachine = DatabaseMachine.TestCase
+
+
+class DiskDatabaseMachine(DatabaseMachine):
+    """The same machine over the disk persistence (fewer examples: every flush fsyncs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="lsm-stateful-")
+        self.p = self.run(open_disk_persistence(self.dir))
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+DiskDatabaseMachine.TestCase.settings = settings(
+    max_examples=8,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestDiskDatabaseMachine = DiskDatabaseMachine.TestCase
