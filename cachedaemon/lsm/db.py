@@ -642,9 +642,11 @@ class Database:
         it = children[0] if len(children) == 1 else MergingIterator(children)
         return it, version
 
-    def iterator(self, snapshot: Snapshot | int | None = None) -> DBIter:
+    def iterator(self, snapshot: Snapshot | int | None = None, *, reverse: bool = False) -> DBIter:
         """A user-key iterator at ``snapshot`` (default: now). Position it with
-        ``seek``/``seek_to_first``/``seek_to_last``; close it (or ``async with``)."""
+        ``seek``/``seek_to_first``/``seek_to_last`` and step with ``next``/``prev``; close it
+        (or ``async with``). ``async for k, v in it`` walks the whole database ascending, or
+        descending with ``reverse=True``, and closes it."""
         self._gate.check()
         if snapshot is None:
             snap = self._max_applied
@@ -663,7 +665,7 @@ class Database:
                 unpinned = True
                 vs.unpin(version)
 
-        db_iter = DBIter(it, snap, on_close=unpin)
+        db_iter = DBIter(it, snap, on_close=unpin, reverse=reverse)
         weakref.finalize(db_iter, unpin)
         return db_iter
 

@@ -34,8 +34,11 @@ class DBIter:
         it: InternalIterator,
         snapshot: int,
         on_close: Callable[[], None] | None = None,
+        reverse: bool = False,
     ) -> None:
         self._it = it
+        self._reverse = reverse
+        self._positioned = False
         self._snapshot = snapshot
         self._visible = trailer(snapshot, KIND_SEEK)
         self._on_close = on_close
@@ -113,12 +116,14 @@ class DBIter:
             self._valid = True
 
     async def seek_to_first(self) -> None:
+        self._positioned = True
         self._direction = _FORWARD
         self._saved_value = b""
         await self._it.seek_to_first()
         await self._find_next_user_entry(False, b"")
 
     async def seek_to_last(self) -> None:
+        self._positioned = True
         self._direction = _REVERSE
         self._saved_value = b""
         await self._it.seek_to_last()
@@ -126,6 +131,7 @@ class DBIter:
 
     async def seek(self, user_key: bytes) -> None:
         """Position at the first user key >= ``user_key``."""
+        self._positioned = True
         self._direction = _FORWARD
         self._saved_value = b""
         await self._it.seek(user_prefix(user_key) + self._visible)
@@ -208,3 +214,16 @@ class DBIter:
         while self._valid:
             yield self.key(), self.value()
             await self.next()
+
+    async def __aiter__(self) -> AsyncIterator[tuple[bytes, bytes]]:
+        """``async for k, v in db.iterator(reverse=...)``: from the current position (or, if
+        never positioned, from the first / last key) ascending, or descending if the iterator
+        was made with ``reverse=True``. Closes the iterator at the end."""
+        try:
+            if not self._positioned:
+                await (self.seek_to_last() if self._reverse else self.seek_to_first())
+            while self._valid:
+                yield self.key(), self.value()
+                await (self.prev() if self._reverse else self.next())
+        finally:
+            await self.close()

@@ -360,3 +360,18 @@ async def test_close_releases_stalled_writers_and_flushers(lsm_persistence: Pers
         await f
     with pytest.raises(GateClosed):
         await db.put(b"late", b"x")
+
+
+async def test_async_for_over_iterator_both_ways(lsm_persistence: Persistence) -> None:
+    db = await Database.open(tiny_options(), lsm_persistence)
+    kvs = [(b"k%03d" % i, b"v%d" % i) for i in range(200)]
+    for k, v in kvs:
+        await db.put(k, v)
+    await db.delete(b"k100")
+    expected = [kv for kv in kvs if kv[0] != b"k100"]
+    assert [kv async for kv in db.iterator()] == expected
+    assert [kv async for kv in db.iterator(reverse=True)] == expected[::-1]
+    it = db.iterator()
+    await it.seek(b"k150")
+    assert [kv async for kv in it] == expected[149:]
+    await db.close()
