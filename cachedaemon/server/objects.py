@@ -383,34 +383,20 @@ async def _serve_miss(call: Call, key: str, range_header: str | None) -> web.Str
             return await _stream_from_bucket(call, key, byte_range, info.size)
     # Whole object: single flight per shard; the leader streams and fills, followers wait
     # for the fill and then serve the cached file.
-    if ctx.flights.in_flight(key):
-        try:
-            await ctx.flights.run(key, _never)
-        except CacheDaemonError:
-            pass
+    if ctx.flights.joinable(key):
+        with contextlib.suppress(Exception):
+            await ctx.flights.wait(key)
         entry = await ctx.cache.local().get(key)
         if entry is not None:
             resp = await _serve_cached(call, key, entry, range_header, head=False)
             if resp is not None:
                 return resp
         return await _stream_from_bucket(call, key, None, None)
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def wait_done() -> None:
-        await asyncio.shield(done)
-
-    flight = asyncio.ensure_future(ctx.flights.run(key, wait_done))
+    flight = ctx.flights.begin(key)
     try:
         return await _fill_and_stream(call, key)
     finally:
-        if not done.done():
-            done.set_result(None)
-        with contextlib.suppress(BaseException):
-            await flight
-
-
-async def _never() -> None:  # pragma: no cover - only joins an existing flight
-    raise AssertionError("no flight to join")
+        ctx.flights.end(key, flight)
 
 
 async def _stream_from_bucket(call: Call, key: str, byte_range: tuple[int, int] | None,
