@@ -200,11 +200,12 @@ async def put_object(call: Call) -> web.StreamResponse:
             committed = True
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await cache.invalidate(key)
+                await forget_everywhere(call, key)
             raise
         except Exception:
-            # The bucket has the new object; no older cached copy may survive.
-            await cache.invalidate(key)
+            # The bucket has the new object; no older cached copy (nor a fill of one still
+            # running on another shard) may survive.
+            await forget_everywhere(call, key)
         ctx.etags.pop(key, None)
     finally:
         if not committed:
