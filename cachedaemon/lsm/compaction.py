@@ -1,6 +1,8 @@
 """Leveled compaction: choosing inputs and merging them into the next level (LevelDB's
 ``VersionSet::PickCompaction``, ``Compaction`` and ``DBImpl::DoCompactionWork``).
 
+* **Seek compaction**: when no level scores >= 1, a file that lookups keep consulting in vain
+  (``VersionSet.charge_seek``) is compacted into the next level.
 * **Scoring** (computed per :class:`~cachedaemon.lsm.version_set.Version`): L0 scores its file
   count over ``l0_compaction_trigger``; level ``n >= 1`` its bytes over
   ``Options.max_bytes_for_level(n)``. The best level with a score >= 1 is compacted.
@@ -142,11 +144,23 @@ def setup_other_inputs(c: Compaction) -> None:
 
 
 def pick_compaction(
-    version: Version, pointers: list[bytes | None], options: Options
+    version: Version,
+    pointers: list[bytes | None],
+    options: Options,
+    seek_file: tuple[int, FileMeta] | None = None,
 ) -> Compaction | None:
-    """The size-triggered compaction to run next, or ``None`` if no level needs one."""
+    """The compaction to run next: size-triggered if a level scores >= 1, else the
+    seek-triggered one for ``seek_file``; ``None`` if neither is due."""
     if version.compaction_score < 1:
-        return None
+        if seek_file is None or not version.contains(seek_file[0], seek_file[1].handle):
+            return None
+        c = Compaction(seek_file[0], version, options)
+        c.inputs[0] = [seek_file[1]]
+        if c.level == 0:
+            lo, hi = key_range(c.inputs[0])
+            c.inputs[0] = version.overlapping_inputs(0, lo, hi)
+        setup_other_inputs(c)
+        return c
     level = version.compaction_level
     files = version.levels[level]
     if not files:

@@ -465,7 +465,9 @@ class Database:
                 while not self._gate.is_closed:
                     async with self._compaction_lock:
                         vs = self._versions
-                        c = pick_compaction(vs.current, vs.compact_pointers, self.options)
+                        c = pick_compaction(
+                            vs.current, vs.compact_pointers, self.options, vs.file_to_compact
+                        )
                         if c is None:
                             break
                         await self._run_compaction(c)
@@ -615,8 +617,13 @@ class Database:
         seek = uprefix + trailer(snap, KIND_SEEK)
         vs.pin(version)
         tables = self._tables
+        first: tuple[int, FileMeta] | None = None
+        consulted = 0
         try:
-            for f in version.files_for_get(uprefix):
+            for level, f in version.files_for_get(uprefix):
+                consulted += 1
+                if first is None:
+                    first = (level, f)
                 table = tables.lookup(f.handle) or await tables.find(f.handle)
                 try:
                     found = await table.get(seek, uprefix)
@@ -628,6 +635,10 @@ class Database:
             return None
         finally:
             vs.unpin(version)
+            # LevelDB's seek compaction: a file that keeps being consulted in vain before
+            # the file that answers is worth compacting into the next level.
+            if consulted > 1 and first is not None and vs.charge_seek(*first):
+                self._compact_wake.set()
 
     def _internal_iterator(self) -> tuple[InternalIterator, Version]:
         children: list[InternalIterator] = [self._mem.iterator()]
@@ -779,6 +790,7 @@ class Database:
             "compaction_score": v.compaction_score,
             "flushes": self.flushes,
             "compactions": self.compactions,
+            "seek_compaction_pending": self._versions.file_to_compact is not None,
             "trivial_moves": self.trivial_moves,
             "write_slowdowns": self.write_slowdowns,
             "write_stalls": self.write_stalls,

@@ -89,18 +89,21 @@ class Version:
     def level_bytes(self, level: int) -> int:
         return total_bytes(self.levels[level])
 
-    def files_for_get(self, uprefix: bytes) -> Iterator[FileMeta]:
-        """Files that may hold ``uprefix``'s user key, in newest-to-oldest search order."""
+    def files_for_get(self, uprefix: bytes) -> Iterator[tuple[int, FileMeta]]:
+        """``(level, file)`` that may hold ``uprefix``'s user key, newest to oldest."""
         for f in self.levels[0]:
             if f.smallest[:-8] <= uprefix <= f.largest[:-8]:
-                yield f
+                yield 0, f
         for level in range(1, NUM_LEVELS):
             files = self.levels[level]
             if not files:
                 continue
             i = bisect.bisect_left(self._largest_user[level], uprefix)
             if i < len(files) and files[i].smallest[:-8] <= uprefix:
-                yield files[i]
+                yield level, files[i]
+
+    def contains(self, level: int, handle: FileHandle) -> bool:
+        return any(f.handle == handle for f in self.levels[level])
 
     def overlapping_inputs(
         self, level: int, begin: bytes | None, end: bytes | None
@@ -179,6 +182,24 @@ class VersionSet:
         self.manifest_epoch: int | None = None
         self._lock = asyncio.Lock()
         self._pinned: dict[int, Version] = {}
+        #: Seek compaction: lookups left per file, and the file whose budget ran out.
+        self._seeks_left: dict[FileHandle, int] = {}
+        self.file_to_compact: tuple[int, FileMeta] | None = None
+
+    def charge_seek(self, level: int, f: FileMeta) -> bool:
+        """Count a lookup that consulted ``f`` in vain; ``True`` when ``f`` just became due
+        for a seek compaction (after max(100, size / 16 KiB) such lookups, as LevelDB)."""
+        if level >= NUM_LEVELS - 1 or self.options.readonly:
+            return False
+        left = self._seeks_left.get(f.handle)
+        if left is None:
+            left = max(100, f.size // (16 * 1024))
+        left -= 1
+        self._seeks_left[f.handle] = left
+        if left <= 0 and self.file_to_compact is None:
+            self.file_to_compact = (level, f)
+            return True
+        return False
 
     # --- versions pinned by readers --------------------------------------------------------
 
@@ -208,6 +229,13 @@ class VersionSet:
         return ManifestState(self.epoch, self.next_file_id, last_seqno, pointers, version.levels)
 
     def _install(self, version: Version) -> None:
+        if self.file_to_compact is not None and not version.contains(
+            self.file_to_compact[0], self.file_to_compact[1].handle
+        ):
+            self.file_to_compact = None
+        if len(self._seeks_left) > 4 * max(1, version.num_files_total):
+            live = {f.handle for f in version.files()}
+            self._seeks_left = {h: n for h, n in self._seeks_left.items() if h in live}
         old = self.current
         version.ref()
         self.current = version

@@ -375,3 +375,37 @@ async def test_async_for_over_iterator_both_ways(lsm_persistence: Persistence) -
     await it.seek(b"k150")
     assert [kv async for kv in it] == expected[149:]
     await db.close()
+
+
+async def test_seek_compaction_of_a_file_consulted_in_vain(lsm_persistence: Persistence) -> None:
+    opts = tiny_options(
+        memtable_bytes=1 << 20,
+        l0_compaction_trigger=100,
+        l0_slowdown_writes_trigger=100,
+        l0_stop_writes_trigger=200,
+        l1_max_bytes=1 << 30,
+    )
+    db = await Database.open(opts, lsm_persistence)
+    for i in range(0, 200, 2):
+        await db.put(b"k%03d" % i, b"even")
+    await db.flush()
+    for i in range(1, 200, 2):
+        await db.put(b"k%03d" % i, b"odd")
+    await db.flush()
+    levels = [len(files) for files in db.current_version.levels]
+    assert levels[1] == 1 and levels[2] == 1, levels  # odd keys above the even ones
+    assert db.compactions == 0
+    for _ in range(3):
+        for i in range(0, 200, 2):
+            assert await db.get(b"k%03d" % i) == b"even"
+    await db.wait_for_background_work()
+    for _ in range(100):
+        if db.current_version.num_files(1) == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert db.current_version.num_files(1) == 0  # compacted down into L2
+    assert db.compactions + db.trivial_moves >= 1
+    assert await db.scan() == sorted(
+        (b"k%03d" % i, b"even" if i % 2 == 0 else b"odd") for i in range(200)
+    )
+    await db.close()
