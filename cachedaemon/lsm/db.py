@@ -597,6 +597,13 @@ class Database:
         return snap
 
     async def get(self, key: bytes, snapshot: Snapshot | int | None = None) -> bytes | None:
+        """The value of ``key`` at ``snapshot`` (default: now), or ``None``.
+
+        A bare ``int`` snapshot is a seqno, not a registration: the versions it needs are kept
+        only while a :class:`Snapshot` at or below it is live (compaction drops versions
+        shadowed at or below the oldest registered snapshot, as LevelDB does). Use
+        :meth:`create_snapshot` for reads that must stay stable across awaits.
+        """
         if snapshot is None:
             snap = self._max_applied
         elif isinstance(snapshot, int):
