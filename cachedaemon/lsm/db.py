@@ -385,7 +385,11 @@ class Database:
         fid = vs.new_file_id()
         self._pending_outputs.add(fid)
         handle = FileHandle(fid, vs.epoch)
-        writer = await self._data.open_sequential_writer(handle)
+        try:
+            writer = await self._data.open_sequential_writer(handle)
+        except BaseException:
+            self._pending_outputs.discard(fid)
+            raise
         opts = self.options
         return SstBuilder(
             handle,
