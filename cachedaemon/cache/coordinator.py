@@ -60,7 +60,7 @@ from typing import Any
 
 from cachedaemon.cache.keys import TRACKER_NAME, TRACKER_TMP_NAME
 from cachedaemon.cache.reservation import ReservationGuard
-from cachedaemon.cache.tracker import AccessTimeTracker, load_file, save_file
+from cachedaemon.cache.tracker import AccessTimeTracker, load_file, reconcile, save_file
 from cachedaemon.cache.walker import WalkResult, delete_entries, walk_and_diff, walk_cache
 from cachedaemon.clock import Clock, Deadline, expired, remaining
 from cachedaemon.config import CacheSettings
@@ -179,25 +179,27 @@ class CacheCoordinator:
         self.max_objects = s.max_objects
 
     async def recover(self) -> None:
-        """Load the tracker, walk (deleting ``.part`` leftovers and empty dirs), reconcile."""
+        """Load the tracker and walk the directory (deleting ``.part`` leftovers and empty
+        dirs) in two concurrent thread jobs, then reconcile in a third: every walked file is an
+        entry, with its saved access time if the tracker knew it."""
         started = time.monotonic()
+        loading = asyncio.ensure_future(asyncio.to_thread(load_file, self.root / TRACKER_NAME))
+        walk = await asyncio.to_thread(walk_cache, self.root, delete_parts=True)
         saved: list[tuple[str, float, int]] | None
         try:
-            saved = await asyncio.to_thread(load_file, self.root / TRACKER_NAME)
+            saved = await loading
         except (Corruption, OSError) as exc:
             log.warning("cache: access-time tracker %s is unusable (%s); rebuilding it from a "
                         "directory walk", self.root / TRACKER_NAME, exc)
             saved = None
-        walk = await asyncio.to_thread(walk_cache, self.root, delete_parts=True)
-        atimes = {p: a for p, a, _ in saved} if saved else {}
-        items = [(p, atimes.get(p, a), s) for p, a, s in walk.files]
-        self.tracker.replace_all(items)
-        self.tracker.dirty = saved is None or len(saved) != len(items)
+        entries, total = await asyncio.to_thread(reconcile, saved or [], walk.files)
+        self.tracker.install(entries, total)
+        self.tracker.dirty = saved is None or len(saved) != len(entries)
         self._extra_bytes = self._extra_objects = 0
         log.info(
             "cache: recovered %d entries, %d bytes in %.2fs (%d .part leftovers and %d empty "
-            "directories deleted)", len(items), self.tracker.total_bytes,
-            time.monotonic() - started, walk.parts_deleted, walk.empty_dirs_removed,
+            "directories deleted)", len(entries), total, time.monotonic() - started,
+            walk.parts_deleted, walk.empty_dirs_removed,
         )
 
     def begin_stop(self) -> None:

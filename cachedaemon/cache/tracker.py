@@ -99,12 +99,37 @@ class AccessTimeTracker:
     def snapshot(self) -> list[tuple[str, float, int]]:
         return [(p, e[0], e[1]) for p, e in self._entries.items()]
 
+    def install(self, entries: OrderedDict[str, Entry], total_bytes: int) -> None:
+        """Take over ``entries`` (LRU order) built elsewhere, e.g. by :func:`reconcile`."""
+        self._entries = entries
+        self.total_bytes = total_bytes
+        self.dirty = True
+
     def replace_all(self, items: list[tuple[str, float, int]]) -> None:
         """Load ``items`` (sorted here by access time, oldest first)."""
         items = sorted(items, key=lambda t: t[1])
         self._entries = OrderedDict((p, (a, s)) for p, a, s in items)
         self.total_bytes = sum(s for _, _, s in items)
         self.dirty = True
+
+
+def reconcile(
+    saved: list[tuple[str, float, int]], walked: list[tuple[str, float, int]]
+) -> tuple[OrderedDict[str, Entry], int]:
+    """Entries for the files ``walked`` (path, atime, size), with the access time ``saved`` for
+    them if any, in access-time order; and their total size. Blocking (CPU): run in a thread.
+
+    The saved list is in LRU order already, so it leads and the sort is nearly linear."""
+    on_disk = {p: (a, s) for p, a, s in walked}
+    items: list[tuple[str, float, int]] = []
+    for p, a, _ in saved:
+        found = on_disk.pop(p, None)
+        if found is not None:
+            items.append((p, a, found[1]))
+    items.extend((p, a, s) for p, (a, s) in on_disk.items())
+    items.sort(key=lambda t: t[1])
+    entries = OrderedDict((p, (a, s)) for p, a, s in items)
+    return entries, sum(s for _, _, s in items)
 
 
 def encode(items: list[tuple[str, float, int]]) -> bytes:
