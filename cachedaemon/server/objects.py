@@ -33,8 +33,6 @@ from typing import Any
 
 from aiohttp import web
 
-from cachedaemon.cache.keys import checked_relpath
-from cachedaemon.cache.service import CacheEntry, CacheStatus
 from cachedaemon.core.failpoints import failpoint
 from cachedaemon.errors import (
     CacheDaemonError,
@@ -264,7 +262,7 @@ async def _get(call: Call, *, head: bool) -> web.StreamResponse:
     key = decode_key(call.params["key"])
     range_header = request.headers.get("Range")
     cache = ctx.cache.local()
-    entry = _peek(cache, key) if head else await cache.get(key)
+    entry = cache.peek(key) if head else await cache.get(key)
     if entry is not None:
         resp = await _serve_cached(call, key, entry, range_header, head=head)
         if resp is not None:
@@ -276,17 +274,6 @@ async def _get(call: Call, *, head: bool) -> web.StreamResponse:
         byte_range = parse_range(range_header, info.size)
         return _headers_only(info.size, info.etag, byte_range, "miss")
     return await _serve_miss(call, key, range_header)
-
-
-def _peek(cache: Any, key: str) -> Any:
-    """The cached entry without counting a hit/miss or touching its access time (HEAD)."""
-    if cache.is_cached(key) is not CacheStatus.available:
-        return None
-    path = cache.root / checked_relpath(key)
-    try:
-        return CacheEntry(path, os.lstat(path).st_size)
-    except OSError:
-        return None
 
 
 def _headers_only(size: int, etag: str, byte_range: tuple[int, int] | None, xcache: str
