@@ -208,10 +208,11 @@ class Daemon:
             print(f"cachedaemon: cannot start: {exc}", file=sys.stderr, flush=True)
             await self.stop()
             return EXIT_FAILED
-        print(f"cachedaemon listening on {url}", flush=True)
-        log.info("ready: %s, %d shard(s), bucket %s, cache %s", url, self.state.shards,
-                 self.settings.remote.url, self.settings.cache_dir)
-        sdnotify.notify("READY=1")
+        if not self.stop_requested.is_set():  # a signal during start-up: just stop
+            print(f"cachedaemon listening on {url}", flush=True)
+            log.info("ready: %s, %d shard(s), bucket %s, cache %s", url, self.state.shards,
+                     self.settings.remote.url, self.settings.cache_dir)
+            sdnotify.notify("READY=1")
         await self.stop_requested.wait()
         log.info("stopping: draining in-flight requests (up to %.1fs)",
                  self.settings.server.shutdown_timeout)
