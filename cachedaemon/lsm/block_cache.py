@@ -1,7 +1,9 @@
 """BlockCache: a bounded LRU of decoded blocks, shared by every table of one database
 (LevelDB's ``NewLRUCache`` used as the block cache).
 
-Keyed by ``(file handle, block offset)``; the charge of an entry is its uncompressed payload
+Keyed by ``(file number, block offset)``, where the file number is a small int the cache hands
+out per file handle (:meth:`BlockCache.file_number`; hashing a tuple of ints is far cheaper than
+hashing a dataclass handle on every lookup). The charge of an entry is its uncompressed payload
 size (the decoded Python lists take a few times more; size the cache accordingly). Owned by
 the database on its shard; no locking (single loop).
 """
@@ -13,7 +15,7 @@ from collections import OrderedDict
 from cachedaemon.lsm.block import Block
 from cachedaemon.lsm.io.persistence import FileHandle
 
-CacheKey = tuple[FileHandle, int]
+CacheKey = tuple[int, int]
 
 
 class BlockCache:
@@ -21,8 +23,16 @@ class BlockCache:
         self.capacity_bytes = capacity_bytes
         self._entries: OrderedDict[CacheKey, Block] = OrderedDict()
         self._usage = 0
+        self._numbers: dict[FileHandle, int] = {}
         self.hits = 0
         self.misses = 0
+
+    def file_number(self, handle: FileHandle) -> int:
+        """The stable small int that stands for ``handle`` in cache keys."""
+        n = self._numbers.get(handle)
+        if n is None:
+            n = self._numbers[handle] = len(self._numbers) + 1
+        return n
 
     @property
     def usage_bytes(self) -> int:
@@ -54,5 +64,9 @@ class BlockCache:
             self._usage -= victim.charge
 
     def erase_file(self, handle: FileHandle) -> None:
-        for key in [k for k in self._entries if k[0] == handle]:
+        """Drop every block of ``handle`` (the file is being deleted)."""
+        n = self._numbers.pop(handle, None)
+        if n is None:
+            return
+        for key in [k for k in self._entries if k[0] == n]:
             self._usage -= self._entries.pop(key).charge

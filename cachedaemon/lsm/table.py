@@ -51,6 +51,7 @@ class SstReader:
         self.handles = handles
         self._filter = filter_reader
         self._cache = cache
+        self._number = cache.file_number(handle)
         self._verify = verify
         self.refs = 0
         self.evicted = False
@@ -109,7 +110,7 @@ class SstReader:
 
     async def read_block(self, i: int) -> Block:
         off, n = self.handles[i]
-        key = (self.handle, off)
+        key = (self._number, off)
         block = self._cache.get(key)
         if block is None:
             self.block_reads += 1
@@ -128,7 +129,7 @@ class SstReader:
             return None
         off = self.handles[i][0]
         # A cached block answers faster than the bloom filter; the filter only saves reads.
-        block = self._cache.get((self.handle, off))
+        block = self._cache.get((self._number, off))
         if block is None:
             if self._filter is not None and not self._filter.key_may_match(off, uprefix):
                 return None

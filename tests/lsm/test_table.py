@@ -170,3 +170,24 @@ async def test_table_cache_bounds_open_readers_and_reports_missing() -> None:
         await tc.find(FileHandle(99, 0))
     await tc.close()
     assert p.data.open_readers == 0  # type: ignore[attr-defined]
+
+
+def test_block_cache_is_a_bounded_lru_and_erases_files() -> None:
+    from cachedaemon.lsm.block import decode_block
+    from cachedaemon.lsm.block_builder import BlockBuilder
+
+    bb = BlockBuilder()
+    bb.add(b"k", b"v" * 100)
+    payload = bb.finish()
+    cache = BlockCache(3 * len(payload))
+    a, b = cache.file_number(FileHandle(1, 0)), cache.file_number(FileHandle(2, 0))
+    assert a != b and cache.file_number(FileHandle(1, 0)) == a
+    for off in range(3):
+        cache.insert((a, off), decode_block(payload, "t"))
+    assert cache.get((a, 0)) is not None  # now most recent
+    cache.insert((b, 0), decode_block(payload, "t"))  # evicts (a, 1), the least recent
+    assert cache.get((a, 1)) is None and cache.get((a, 2)) is not None
+    assert cache.usage_bytes <= cache.capacity_bytes and len(cache) == 3
+    cache.erase_file(FileHandle(1, 0))
+    assert len(cache) == 1 and cache.get((b, 0)) is not None
+    assert cache.hits == 3
