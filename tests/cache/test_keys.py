@@ -213,3 +213,21 @@ async def test_symlinked_directory_is_not_followed(cache: CacheService, tmp_path
     s = await cache.stats()
     assert (s.bytes_used, s.objects, s.bytes_reserved, s.objects_reserved) == (0, 0, 0, 0)
     assert (outside / "x").exists()
+
+
+async def test_trim_does_not_delete_through_a_directory_swapped_for_a_link(
+    cache: CacheService, tmp_path: Path
+) -> None:
+    guard = await cache.reserve_space(4, 1, deadline_after(1.0))
+    await cache.put("d/x", b"mine", guard)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x").write_bytes(b"theirs")
+    d = cache.root / key_relpath("d/x").split("/")[0]
+    (d / "x").unlink()
+    d.rmdir()
+    os.symlink(outside, d)  # the tracker still lists d%d/x
+    coord = cache.coordinator
+    async with await coord._trim_sem.get_units(1):
+        await coord._trim_once(manual=False, fraction=0.0)  # LRU phase only
+    assert (outside / "x").read_bytes() == b"theirs"
