@@ -7,8 +7,10 @@ and holds, for its whole life, a holder of the shard's cache gate and **one** re
 guard: the initial reservation (``staging_initial_bytes`` + 1 object) topped up by ``append``
 in chunks of at least ``staging_chunk_bytes``, each merged into that guard.
 
-Writes are buffered in memory and reach the file in one worker-thread job per
-:data:`WRITE_BUFFER_BYTES` (a thread hop costs ~0.1 ms, so one per small append would dominate).
+Appends are buffered in memory (references to immutable chunks, copies of mutable ones) and
+reach the file with ``writev`` in one worker-thread job once more than
+:data:`WRITE_BUFFER_BYTES` are buffered, and at commit (a thread hop costs ~0.1 ms, so one per
+small append would dominate; a 1 MiB object is written and committed in a single hop).
 ``flush()`` writes the buffer out; after it, :attr:`path` holds every appended byte and can be
 read (to upload it, say) before the commit.
 
