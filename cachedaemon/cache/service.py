@@ -43,7 +43,7 @@ from cachedaemon.config import CacheSettings
 from cachedaemon.core.gate import Gate
 from cachedaemon.core.sharded import Sharded
 from cachedaemon.core.smp import Smp
-from cachedaemon.errors import InvalidArgument, InvalidKey, InvalidRange, IOFailure
+from cachedaemon.errors import InvalidArgument, InvalidKey, InvalidRange, IOFailure, ShardStopped
 
 log = logging.getLogger("cachedaemon.cache")
 
@@ -170,7 +170,7 @@ class CacheService:
         if self._started:
             try:
                 self.coordinator.post(self.coordinator.begin_stop)
-            except RuntimeError:
+            except (RuntimeError, ShardStopped):
                 pass  # shard 0 is gone already
         await self._gate.close()
         self._flush_touches()
@@ -304,7 +304,7 @@ class CacheService:
         batch, self._touches = list(self._touches.items()), {}
         try:
             self.coordinator.post(self.coordinator.touch_batch, batch)
-        except RuntimeError:
+        except (RuntimeError, ShardStopped):
             pass  # shard 0 is gone: access times no longer matter
 
     # --- reservations ----------------------------------------------------------------------
@@ -337,7 +337,7 @@ class CacheService:
         """A write hit ENOSPC: have shard 0 re-read free space and trim in the background."""
         try:
             self.coordinator.post(self.coordinator.on_disk_full)
-        except RuntimeError:
+        except (RuntimeError, ShardStopped):
             pass
 
     def account_commit(self, rel: str, size: int, held_b: int, held_o: int) -> None:
