@@ -543,6 +543,7 @@ class CacheCoordinator:
         if not manual and not self._over(goal):
             return TrimResult(0, 0)
         started = time.monotonic()
+        walks_before = self.metrics.walks
         freed_b = freed_o = 0
         # Phase 1: LRU from memory, never throttled.
         if self._over(goal):
@@ -560,6 +561,8 @@ class CacheCoordinator:
                 b, o = await self._trim_exhaustive(walk, goal)
                 freed_b, freed_o = freed_b + b, freed_o + o
         elapsed = time.monotonic() - started
+        if not (manual or freed_b or freed_o or self.metrics.walks != walks_before):
+            return TrimResult(0, 0)  # nothing could be done (a waiter retries): not a trim
         m = self.metrics
         m.trims += 1
         m.trim_seconds_total += elapsed
