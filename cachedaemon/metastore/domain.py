@@ -23,7 +23,8 @@ then releases the log segments the manifest now covers.
 
 A write whose log append or manifest update reports :class:`~cachedaemon.errors.Fenced` makes
 the domain step down: it stops taking writes (409 ``fenced``), says so in the log and in its
-info (``read_only`` turns true), and keeps serving reads from what it has. Any other log failure
+info (``read_only`` turns true), and the service replaces it by a read replica that keeps
+``fenced`` set (so writes still get 409 ``fenced``) while reads follow the new writer. Any other log failure
 marks the domain :attr:`broken`; the service reopens it on the next request (the log has every
 acknowledged write).
 
@@ -348,7 +349,7 @@ class Domain:
 
     async def flush(self) -> None:
         """Memtable to SSTs and manifest; then release the log. A replica refreshes instead."""
-        if self.read_only and self.fenced is None:
+        if self.log is None and self.fenced is None:
             await self.refresh()
             return
         self.check_writable()

@@ -7,7 +7,8 @@ of the name modulo the shard count); requests for it from any shard hop there wi
 
 * opens domains lazily, one opening at a time per name: as a **writer**
   (:meth:`Domain.open_writer`: claims an epoch, fences older writers, replays the log) or, when
-  the daemon is read-only, as a **read replica**. A write to a domain never written creates it
+  the daemon is read-only, as a **read replica**. A writer that was fenced steps down to a
+  read replica on the next request (its writes keep getting 409 ``fenced``). A write to a domain never written creates it
   (registry entry); a read of one never written is :class:`NotFound`. A domain whose log
   failed (not fenced) is reopened on the next request;
 * runs a **flush loop** per writer domain (``flush_interval``) and one **GC loop**
@@ -107,21 +108,35 @@ class DomainService:
         check_domain_name(name)
         with self._gate.hold():
             domain = self._domains.get(name)
-            if domain is not None and domain.broken is None:
+            if domain is not None and domain.broken is None and not _fenced_writer(domain):
                 return self._touch(domain)
             lock = self._opening.setdefault(name, asyncio.Lock())
             async with lock:
                 domain = self._domains.get(name)
-                if domain is not None and domain.broken is not None:
+                if domain is not None and _fenced_writer(domain):
+                    # Step down to a read replica: reads follow the new writer's manifests,
+                    # writes keep getting 409 fenced.
+                    # (If the replica cannot open, the fenced writer stays: it must never be
+                    # reopened as a writer, which would take the domain back.)
+                    log.warning("domain %s: fenced writer steps down to a read replica", name)
+                    replica = await Domain.open_reader(domain.record, self.io, self._cache,
+                                                       self.config)
+                    replica.fenced = domain.fenced
+                    await self._forget(domain)
+                    self._domains[name] = domain = replica
+                elif domain is not None and domain.broken is not None:
                     log.warning("domain %s failed (%s); reopening", name, domain.broken)
-                    self._domains.pop(name, None)
-                    self._stop_task(name)
-                    with contextlib.suppress(CacheDaemonError):
-                        await domain.close()
+                    await self._forget(domain)
                     domain = None
                 if domain is None:
                     domain = await self._open(name, create=create)
                 return self._touch(domain)
+
+    async def _forget(self, domain: Domain) -> None:
+        self._domains.pop(domain.name, None)
+        self._stop_task(domain.name)
+        with contextlib.suppress(CacheDaemonError):
+            await domain.close()
 
     async def _open(self, name: str, *, create: bool) -> Domain:
         if create and not self.read_only:
@@ -143,7 +158,7 @@ class DomainService:
 
     def _touch(self, domain: Domain) -> Domain:
         domain.last_access = self.config.clock.monotonic()
-        if domain.read_only and domain.fenced is None:
+        if domain.log is None:  # a replica (or a fenced writer that stepped down)
             task = self._tasks.get(domain.name)
             if task is None or task.done():
                 self._tasks[domain.name] = asyncio.create_task(
@@ -180,7 +195,7 @@ class DomainService:
 
     async def _fresh_reader(self, domain: Domain) -> None:
         """A replica read after an idle spell refreshes first (on demand)."""
-        if (domain.read_only and domain.fenced is None and self.config.clock.monotonic()
+        if (domain.log is None and self.config.clock.monotonic()
                 - domain.last_refresh >= self.config.refresh_interval_s):
             await domain.refresh()
 
@@ -255,6 +270,10 @@ class DomainService:
     async def list_names(self) -> list[str]:
         with self._gate.hold():
             return await self.registry.list_names()
+
+
+def _fenced_writer(domain: Domain) -> bool:
+    return domain.fenced is not None and domain.log is not None
 
 
 async def call_domain(domains: Sharded[DomainService], name: str,

@@ -285,7 +285,7 @@ async def test_crash_at_fail_points_loses_nothing_acknowledged(
 
 async def _two_daemons(tmp_path: Path, session: aiohttp.ClientSession, wal: str,
                        concurrent: bool, remote: str, s3_endpoint: str | None) -> None:
-    common = ("--metastore-wal", wal)
+    common = ("--metastore-wal", wal, "--metastore-refresh-interval", "1s")
     with start_daemon(tmp_path / "a", *common, remote=remote, s3_endpoint=s3_endpoint) as a, \
             start_daemon(tmp_path / "b", *common, remote=remote, s3_endpoint=s3_endpoint) as b:
         api_a, api_b = Api(a.url, session), Api(b.url, session)
@@ -293,6 +293,7 @@ async def _two_daemons(tmp_path: Path, session: aiohttp.ClientSession, wal: str,
         await _writer(api_a, "f", "a", 5, acked["a"])
         assert (await api_a.req("POST", "/v1/domains/f/flush"))[0] == 204
         await _writer(api_a, "f", "a1", 3, acked.setdefault("a1", []))  # only in a's log
+        epoch_a = (await api_a.json("GET", "/v1/domains/f"))["epoch"]  # type: ignore[index]
         if concurrent:
             # a keeps writing while b takes over: a's writes stop with 409 fenced.
             task = asyncio.create_task(
@@ -314,7 +315,15 @@ async def _two_daemons(tmp_path: Path, session: aiohttp.ClientSession, wal: str,
         assert "fenced" in a.logs()
         await _check_batches(api_b, "f", acked)
         info_b = await api_b.json("GET", "/v1/domains/f")
-        assert isinstance(info_b, dict) and info_b["epoch"] > info["epoch"]
+        assert isinstance(info_b, dict) and info_b["epoch"] > epoch_a
+        # The fenced daemon stepped down to a replica: it reads what b flushes.
+        assert (await api_b.req("PUT", "/v1/kv/f/from-b", data=b"b"))[0] == 204
+        assert (await api_b.req("POST", "/v1/domains/f/flush"))[0] == 204
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0 + 1.0  # the refresh interval, and some slack
+        while await api_a.req("GET", "/v1/kv/f/from-b") != (200, b"b"):
+            assert loop.time() < deadline, "the stepped-down daemon did not refresh"
+            await asyncio.sleep(0.05)
 
 
 @pytest.mark.s3

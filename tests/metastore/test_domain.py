@@ -235,6 +235,16 @@ async def test_two_writers_the_older_is_fenced_and_nothing_acknowledged_is_lost(
     for k, v in acked.items():
         assert await b.get("f", k) == v, k
     await b.flush("f")
+    # a stepped down to a read replica: it now serves what b flushed, and still refuses writes.
+    await b.put("f", b"from-b", b"b")
+    await b.flush("f")
+    for _ in range(100):  # within a's refresh interval (0.2 s)
+        if await a.get("f", b"from-b") == b"b":
+            break
+        await asyncio.sleep(0.02)
+    assert await a.get("f", b"from-b") == b"b"
+    with pytest.raises(Fenced):
+        await a.put("f", b"after2", b"x")
     info = await b.info("f")
     assert info["persisted_seqno"] == info["last_seqno"]
     c = await make_service(store_b, "c", wal="remote")
