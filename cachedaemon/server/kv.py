@@ -122,6 +122,16 @@ async def kv_delete(call: Call) -> web.StreamResponse:
     return web.Response(status=204)
 
 
+async def _empty_key(call: Call) -> web.StreamResponse:
+    _domain(call)
+    raise InvalidKey("kv keys are 1-4096 bytes: the key is missing")
+
+
+for _method in ("PUT", "GET", "DELETE"):
+    ROUTES.route(_method, "/v1/kv/{domain}", "A kv path without a key (400 invalid_key).",
+                 tag="kv", responses={400: "empty key"})(_empty_key)
+
+
 # --- domains -------------------------------------------------------------------------------------
 
 

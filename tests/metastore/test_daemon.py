@@ -94,6 +94,8 @@ async def test_kv_contract(daemon: DaemonProcess, session: aiohttp.ClientSession
         assert (await api.code("PUT", f"/v1/kv/{bad}/k", data=b"v"))[0] == 400, bad
         assert await api.code("GET", f"/v1/domains/{bad}") == (400, "invalid_argument"), bad
     assert (await api.code("PUT", "/v1/kv/d/" + "k" * 4097, data=b"v"))[0] == 400
+    assert await api.code("PUT", "/v1/kv/d/", data=b"v") == (400, "invalid_key")
+    assert await api.code("GET", "/v1/kv/d") == (400, "invalid_key")
     assert (await api.code("PUT", "/v1/kv/d/%zz", data=b"v"))[0] == 400
     assert await api.code("PUT", "/v1/kv/d/big", data=b"x" * (4 * 1024 * 1024 + 1)) == (
         413, "too_large")
