@@ -269,12 +269,20 @@ async def test_local_log_writer_is_fenced_at_its_next_manifest_write(
     assert await b.get("l", b"k") == b"a"
 
 
+@pytest.mark.parametrize("bucket", ["local", pytest.param("s3", marks=pytest.mark.s3)])
 async def test_read_replica_sees_flushed_writes_within_its_refresh_interval(
-    make_service: Maker, make_object_store: Any
+    make_service: Maker, make_object_store: Any, bucket: str, closers: list[ObjectStore]
 ) -> None:
-    store = await make_object_store("memory")
+    store = await make_object_store(bucket)
+    replica_store: ObjectStore  # the replica is its own client of the same bucket
+    if bucket == "s3":
+        replica_store = S3ObjectStore(store.bucket, endpoint_url=store.endpoint_url)  # type: ignore[attr-defined]
+        closers.append(replica_store)
+    else:
+        replica_store = await make_object_store(
+            "local", root=Path(store.url.removeprefix("file://")))
     w = await make_service(store, "w")
-    r = await make_service(store, "r", read_only=True, refresh_interval_s=0.2)
+    r = await make_service(replica_store, "r", read_only=True, refresh_interval_s=0.2)
     with pytest.raises(NotFound):
         await r.get("rr", b"k")
     with pytest.raises(ReadOnly):
