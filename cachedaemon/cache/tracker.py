@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import struct
-from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,7 +47,9 @@ class AccessTimeTracker:
     """Entries in least-recently-used-first order, with running totals and a dirty flag."""
 
     def __init__(self) -> None:
-        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        # A plain dict: insertion order is LRU order (a touch deletes and re-inserts), and
+        # copying it for a thread job runs at C speed (an OrderedDict copies slowly).
+        self._entries: dict[str, Entry] = {}
         self.total_bytes = 0
         self.dirty = False
 
@@ -76,8 +77,8 @@ class AccessTimeTracker:
         entry = self._entries.get(path)
         if entry is None:
             return False
+        del self._entries[path]
         self._entries[path] = (max(entry[0], atime), entry[1])
-        self._entries.move_to_end(path)
         self.dirty = True
         return True
 
@@ -93,13 +94,13 @@ class AccessTimeTracker:
         return iter(self._entries.items())
 
     def copy_entries(self) -> dict[str, Entry]:
-        """A plain copy (C speed) for a thread to compare against."""
-        return dict(self._entries)
+        """A copy in LRU order (C speed) for a thread job."""
+        return self._entries.copy()
 
     def snapshot(self) -> list[tuple[str, float, int]]:
         return [(p, e[0], e[1]) for p, e in self._entries.items()]
 
-    def install(self, entries: OrderedDict[str, Entry], total_bytes: int) -> None:
+    def install(self, entries: dict[str, Entry], total_bytes: int) -> None:
         """Take over ``entries`` (LRU order) built elsewhere, e.g. by :func:`reconcile`."""
         self._entries = entries
         self.total_bytes = total_bytes
@@ -108,14 +109,14 @@ class AccessTimeTracker:
     def replace_all(self, items: list[tuple[str, float, int]]) -> None:
         """Load ``items`` (sorted here by access time, oldest first)."""
         items = sorted(items, key=lambda t: t[1])
-        self._entries = OrderedDict((p, (a, s)) for p, a, s in items)
+        self._entries = {p: (a, s) for p, a, s in items}
         self.total_bytes = sum(s for _, _, s in items)
         self.dirty = True
 
 
 def reconcile(
     saved: list[tuple[str, float, int]], walked: list[tuple[str, float, int]]
-) -> tuple[OrderedDict[str, Entry], int]:
+) -> tuple[dict[str, Entry], int]:
     """Entries for the files ``walked`` (path, atime, size), with the access time ``saved`` for
     them if any, in access-time order; and their total size. Blocking (CPU): run in a thread.
 
@@ -128,7 +129,7 @@ def reconcile(
             items.append((p, a, found[1]))
     items.extend((p, a, s) for p, (a, s) in on_disk.items())
     items.sort(key=lambda t: t[1])
-    entries = OrderedDict((p, (a, s)) for p, a, s in items)
+    entries = {p: (a, s) for p, a, s in items}
     return entries, sum(s for _, _, s in items)
 
 
