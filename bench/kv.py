@@ -8,7 +8,8 @@ For each log kind it measures, with 1 and 64 concurrent callers, 100-byte values
 
 * ``put``: durable puts (acknowledged only once in the domain's log; SlateDB: ``put`` then
   ``await_durable()``), ops/s and p50/p99 latency;
-* ``get``: point reads of keys written before (random order);
+* ``get``: point reads of keys written before (random order), after a flush, so they are
+  served from SSTs (and each engine's block cache), not from the memtable;
 * ``scan``: 100-item scans from a random start key.
 
 Paths measured:
@@ -136,6 +137,9 @@ class System:
 
     async def scan(self, start: bytes, n: int) -> int: ...
 
+    async def flush(self) -> None:
+        """Memtable to SSTs, so the reads that follow come from tables, not the memtable."""
+
 
 class Inproc(System):
     name = "ours/inproc"
@@ -152,6 +156,9 @@ class Inproc(System):
     async def scan(self, start: bytes, n: int) -> int:
         items, _ = await self.s.scan("bench", start, None, None, n, False)
         return len(items)
+
+    async def flush(self) -> None:
+        await self.s.flush("bench")
 
 
 class Slate(System):
@@ -175,6 +182,9 @@ class Slate(System):
         got = await it.next_batch(n)
         return len(got)
 
+    async def flush(self) -> None:
+        await self.db.flush()
+
 
 async def measure(system: System, log: str, duration: float, results: list[Result]) -> None:
     base = random.randrange(1 << 30)
@@ -193,6 +203,7 @@ async def measure(system: System, log: str, duration: float, results: list[Resul
         n, secs, lat = await run_load(put, conc, duration)
         results.append(Result(system.name, log, "put", conc, n, secs, lat))
         print_row(results[-1])
+    await system.flush()
     for conc in CONCURRENCY:
         async def get(i: int) -> None:
             if await system.get(key(random.randrange(PRELOAD))) is None:
@@ -350,6 +361,10 @@ async def http_system(work: Path, wal: str, remote: str, s3_endpoint: str | None
         scripts = {"put": _PUT_LUA, "get": _GET_LUA % (PRELOAD - 1),
                    "scan": _SCAN_LUA % (starts, SCAN_ITEMS)}
         for op in ("put", "get", "scan"):
+            if op == "get":
+                async with aiohttp.ClientSession() as session, \
+                        session.post(f"{d.url}/v1/domains/bench/flush") as r:
+                    assert r.status == 204, r.status
             for conc in CONCURRENCY:
                 res = await asyncio.to_thread(wrk, d.url, scripts[op], conc, duration, wal, op,
                                               work)
