@@ -24,6 +24,7 @@ class BlockCache:
         self._entries: OrderedDict[CacheKey, Block] = OrderedDict()
         self._usage = 0
         self._numbers: dict[FileHandle, int] = {}
+        self._next_number = 0
         self.hits = 0
         self.misses = 0
 
@@ -31,7 +32,10 @@ class BlockCache:
         """The stable small int that stands for ``handle`` in cache keys."""
         n = self._numbers.get(handle)
         if n is None:
-            n = self._numbers[handle] = len(self._numbers) + 1
+            # Never reused, even after erase_file: a recycled number would alias another
+            # file's cached blocks.
+            self._next_number += 1
+            n = self._numbers[handle] = self._next_number
         return n
 
     @property

@@ -191,3 +191,12 @@ def test_block_cache_is_a_bounded_lru_and_erases_files() -> None:
     cache.erase_file(FileHandle(1, 0))
     assert len(cache) == 1 and cache.get((b, 0)) is not None
     assert cache.hits == 3
+
+
+def test_block_cache_file_numbers_are_never_reused() -> None:
+    cache = BlockCache(1 << 20)
+    a = cache.file_number(FileHandle(1, 0))
+    b = cache.file_number(FileHandle(2, 0))
+    cache.erase_file(FileHandle(1, 0))
+    c = cache.file_number(FileHandle(3, 0))
+    assert len({a, b, c}) == 3
