@@ -27,17 +27,20 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from cachedaemon.lsm.dbformat import KIND_DELETE, seqno_kind
+from cachedaemon.lsm.dbformat import KIND_DELETE
 from cachedaemon.lsm.iterator import InternalIterator
 from cachedaemon.lsm.level_iterator import LevelIterator
 from cachedaemon.lsm.merger import MergingIterator
 from cachedaemon.lsm.options import NUM_LEVELS, Options
-from cachedaemon.lsm.table_builder import SstBuilder
+from cachedaemon.lsm.table_builder import _DRAIN_BYTES, SstBuilder
 from cachedaemon.lsm.table_cache import TableCache
 from cachedaemon.lsm.version_edit import FileMeta, VersionEdit
 from cachedaemon.lsm.version_set import Version, total_bytes
 
 _YIELD_EVERY = 1024
+_M64 = (1 << 64) - 1
+_from_bytes = int.from_bytes
+_DELETE_BYTE = 0xFF - KIND_DELETE  # last trailer byte of a tombstone
 
 
 def key_range(files: list[FileMeta]) -> tuple[bytes, bytes]:
@@ -238,34 +241,42 @@ async def do_compaction_work(
         last_seq_for_key = 0
         has_last = False
         n = 0
+        max_bytes = opts.max_file_bytes
+        has_gps = bool(c.grandparents)
+        # The loop runs once per input entry: keep it flat (no helper calls where a
+        # comparison will do; seqno and kind come straight off the trailer bytes).
         while it.valid():
             ikey = it.key()
             up = ikey[:-8]
             if up != current_user:
                 if builder is not None and (
-                    builder.file_size >= opts.max_file_bytes or c.should_stop_before(up)
+                    builder._offset + builder._data._size >= max_bytes
+                    or (has_gps and c.should_stop_before(up))
                 ):
                     outputs.append(await _finish(builder))
                     builder = None
                     check()
-                elif builder is None:
+                elif builder is None and has_gps:
                     c.should_stop_before(up)
                 current_user = up
                 has_last = False
-            seq, kind = seqno_kind(ikey)
-            drop = False
+            seq = (_M64 ^ _from_bytes(ikey[-8:], "big")) >> 8
             if has_last and last_seq_for_key <= smallest_snapshot:
-                drop = True  # shadowed by a newer version every reader sees
-            elif kind == KIND_DELETE and seq <= smallest_snapshot and c.is_base_level_for_key(up):
-                drop = True  # tombstone with nothing older left below
-            last_seq_for_key = seq
-            has_last = True
-            if not drop:
+                pass  # shadowed by a newer version every reader sees: drop
+            elif (
+                ikey[-1] == _DELETE_BYTE
+                and seq <= smallest_snapshot
+                and c.is_base_level_for_key(up)
+            ):
+                pass  # tombstone with nothing older left below: drop
+            else:
                 if builder is None:
                     builder = await new_output()
                 builder.add(ikey, it.value())
-                if builder.should_drain:
+                if builder._pending_bytes >= _DRAIN_BYTES:
                     await builder.drain()
+            last_seq_for_key = seq
+            has_last = True
             n += 1
             if n % _YIELD_EVERY == 0:
                 check()
