@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cachedaemon.cache.keys import INTERNAL_NAMES, PART_SUFFIX
+from cachedaemon.core.failpoints import failpoint_sync
 
 log = logging.getLogger("cachedaemon.cache")
 
@@ -158,6 +159,7 @@ def delete_entries(root: Path, relpaths: list[str]) -> list[tuple[str, int | Non
     ``lstat``-ed first and unlinked in inode order, which keeps the filesystem's metadata
     writes close together (LRU order scatters them over every directory).
     """
+    failpoint_sync("cache.trim.delete")
     out: list[tuple[str, int | None]] = []
     found: list[tuple[int, str, Path, int]] = []
     real_root = os.path.realpath(root)

@@ -139,3 +139,36 @@ async def test_cancelled_cross_shard_waiter_leaves_nothing(
     held.close()
     s = await svc0.stats()
     assert (s.bytes_reserved, s.objects_reserved) == (0, 0)
+
+
+async def test_a_slow_trim_blocks_no_shard(sharded_cache: Sharded[CacheService]) -> None:
+    from cachedaemon.core import failpoints
+
+    svc0 = sharded_cache.local()
+    for i in range(40):
+        g = await svc0.reserve_space(KiB, 1, deadline_after(1.0))
+        await svc0.put(f"k{i}", b"t" * KiB, g)
+    failpoints.arm("cache.trim.delete", "delay:0.5")  # every delete batch takes 0.5 s
+    g = await svc0.reserve_space(0, 0, NO_DEADLINE)
+    g.wrote_data(50 * KiB, 0)  # push usage over the limit so the trim has work to do
+    trim = asyncio.ensure_future(svc0.trim())
+    await asyncio.sleep(0.05)
+    assert not trim.done()
+
+    async def reads(svc: CacheService) -> float:
+        t0 = asyncio.get_running_loop().time()
+        for i in range(40):
+            await svc.get(f"k{i}")
+        staging = await svc.create_staging_file("during/trim", NO_DEADLINE)  # hops to shard 0
+        await staging.append(b"x" * 100)
+        await staging.commit()
+        return asyncio.get_running_loop().time() - t0
+
+    elapsed = await sharded_cache.invoke_on(1, reads)
+    t0 = asyncio.get_running_loop().time()
+    await svc0.stats()
+    stats_s = asyncio.get_running_loop().time() - t0
+    assert not trim.done()  # the trim was still running all along
+    assert elapsed < 0.3 and stats_s < 0.1
+    await trim
+    failpoints.disarm()
