@@ -120,30 +120,32 @@ def _crash(name: str) -> None:
     os._exit(CRASH_EXIT_CODE)
 
 
-async def failpoint(name: str) -> None:
-    """Reach fail point ``name`` on the event loop."""
+def _reach(name: str) -> float | None:
+    """What reaching fail point ``name`` does, decided once for both flavours: nothing (None),
+    crash the process, raise FailPointTriggered, or a delay (the seconds the caller sleeps, in
+    its own way)."""
     action = _fire(name)
     if action is None:
-        return
+        return None
     if action.kind == "crash":
         _crash(name)
     if action.kind == "delay":
-        await asyncio.sleep(action.delay_s)
-        return
+        return action.delay_s
     raise FailPointTriggered(f"fail point {name} triggered")
+
+
+async def failpoint(name: str) -> None:
+    """Reach fail point ``name`` on the event loop."""
+    delay_s = _reach(name)
+    if delay_s is not None:
+        await asyncio.sleep(delay_s)
 
 
 def failpoint_sync(name: str) -> None:
     """Reach fail point ``name`` in synchronous (thread) code."""
-    action = _fire(name)
-    if action is None:
-        return
-    if action.kind == "crash":
-        _crash(name)
-    if action.kind == "delay":
-        time.sleep(action.delay_s)
-        return
-    raise FailPointTriggered(f"fail point {name} triggered")
+    delay_s = _reach(name)
+    if delay_s is not None:
+        time.sleep(delay_s)
 
 
 load_from_env()
