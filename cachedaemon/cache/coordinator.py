@@ -218,13 +218,7 @@ class CacheCoordinator:
         if self._stopped:
             return
         self._stopped = True
-        self._running = False
-        while self._waiters:
-            w = self._waiters.popleft()
-            self.pending_bytes -= w.nbytes
-            self.pending_objects -= w.nobjects
-            if not w.future.done():
-                w.future.set_exception(GateClosed("the cache is stopping"))
+        self.begin_stop()
         tasks = list(self._tasks)
         if self._trimmer is not None:
             tasks.append(self._trimmer)
