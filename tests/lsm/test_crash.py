@@ -59,6 +59,7 @@ async def finish_and_check(db: Database, p: Persistence, hist: History) -> None:
     await workload(db, hist, 300, seed=99)
     await db.flush()
     await db.compact_range()
+    await db.wait_for_background_work()
     await db.collect_garbage()
     assert await stored_files(p) == manifest_files(db)
     assert await db.scan() == sorted(hist.at(db.max_applied_seqno).items())
@@ -176,6 +177,7 @@ async def test_process_killed_mid_write_recovers(tmp_path: Path, point: str) -> 
     # The next writer of the same epoch never collides with the crashed one's files.
     await db.apply(WriteBatch().put(b"after", b"crash"))
     await db.flush()
+    await db.wait_for_background_work()
     await db.collect_garbage()
     assert await stored_files(p) == manifest_files(db)
     await db.close()

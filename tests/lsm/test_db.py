@@ -291,6 +291,7 @@ async def test_file_gc_honours_delay_and_open_iterators(lsm_persistence: Persist
     await it.seek_to_first()
     assert [kv async for kv in it.items()] == sorted(hist.at(600).items())
     await it.close()
+    await db.wait_for_background_work()
     await db.collect_garbage()
     clock.advance(61)
     await db.collect_garbage()
