@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from cachedaemon.config import Settings
+from cachedaemon.errors import Unavailable
 from cachedaemon.server.singleflight import SingleFlight
 
 
@@ -76,3 +77,12 @@ class Call:
     params: dict[str, str]
     ctx: ShardContext
     route_template: str
+
+
+def metastore_domains(call: Call) -> Any:
+    """The daemon's ``Sharded[DomainService]`` (``ctx.extensions["metastore"]``, set at
+    start-up), for the routes of the metastore (``kv``, ``l1``); ``503 unavailable`` without it."""
+    domains = call.ctx.extensions.get("metastore")
+    if domains is None:
+        raise Unavailable("the metastore is not running")
+    return domains

@@ -13,6 +13,8 @@ import re
 
 from cachedaemon.cache.keys import validate_key as cache_validate_key
 from cachedaemon.errors import InvalidArgument, InvalidKey
+from cachedaemon.metastore.registry import check_domain_name
+from cachedaemon.server.context import Call
 
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 
@@ -51,3 +53,9 @@ def decode_text(raw: str, what: str) -> str:
         return percent_decode(raw, what=what).decode("utf-8")
     except (UnicodeDecodeError, InvalidKey) as exc:
         raise InvalidArgument(f"invalid {what} {raw[:80]!r}: not percent-encoded UTF-8") from exc
+
+
+def domain_param(call: Call) -> str:
+    """The ``{domain}`` path parameter of a metastore route: decoded, then checked against the
+    domain name rules (InvalidArgument)."""
+    return check_domain_name(decode_text(call.params["domain"], "domain name"))

@@ -22,13 +22,12 @@ from typing import Any
 
 from aiohttp import web
 
-from cachedaemon.errors import InvalidArgument, InvalidKey, NotFound, TooLarge, Unavailable
+from cachedaemon.errors import InvalidArgument, InvalidKey, NotFound, TooLarge
 from cachedaemon.lsm.write_batch import WriteBatch
 from cachedaemon.metastore.domain import MAX_KEY_BYTES, MAX_VALUE_BYTES
-from cachedaemon.metastore.registry import check_domain_name
 from cachedaemon.metastore.service import DomainService, call_domain
-from cachedaemon.server.context import Call
-from cachedaemon.server.keys import decode_text, percent_decode
+from cachedaemon.server.context import Call, metastore_domains
+from cachedaemon.server.keys import domain_param, percent_decode
 from cachedaemon.server.routes import ROUTES, Param
 
 SCAN_DEFAULT = 1000
@@ -36,17 +35,6 @@ SCAN_MAX = 10000
 #: A batch body may hold several maximal values, base64-inflated.
 MAX_BATCH_BODY_BYTES = 64 * 1024 * 1024
 _B64 = re.compile(r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
-
-
-def _domains(call: Call) -> Any:
-    domains = call.ctx.extensions.get("metastore")
-    if domains is None:
-        raise Unavailable("the metastore is not running")
-    return domains
-
-
-def _domain(call: Call) -> str:
-    return check_domain_name(decode_text(call.params["domain"], "domain name"))
 
 
 def _key(call: Call) -> bytes:
@@ -98,17 +86,17 @@ _KV = "/v1/kv/{domain}/{key+}"
               request_body="application/octet-stream",
               responses={204: "durable", 409: "fenced or read_only", 413: "value over 4 MiB"})
 async def kv_put(call: Call) -> web.StreamResponse:
-    name, key = _domain(call), _key(call)
+    name, key = domain_param(call), _key(call)
     value = await _read_body(call, MAX_VALUE_BYTES)
-    await call_domain(_domains(call), name, DomainService.put, key, value)
+    await call_domain(metastore_domains(call), name, DomainService.put, key, value)
     return web.Response(status=204)
 
 
 @ROUTES.route("GET", _KV, "Get a value.", tag="kv", responses={200: "the raw value",
                                                               404: "no such key or domain"})
 async def kv_get(call: Call) -> web.StreamResponse:
-    name, key = _domain(call), _key(call)
-    value = await call_domain(_domains(call), name, DomainService.get, key)
+    name, key = domain_param(call), _key(call)
+    value = await call_domain(metastore_domains(call), name, DomainService.get, key)
     if value is None:
         raise NotFound(f"no key {call.params['key'][:80]!r} in domain {name}")
     return web.Response(body=value, content_type="application/octet-stream")
@@ -117,13 +105,13 @@ async def kv_get(call: Call) -> web.StreamResponse:
 @ROUTES.route("DELETE", _KV, "Delete a key (204, also when absent).", tag="kv",
               responses={204: "durable"})
 async def kv_delete(call: Call) -> web.StreamResponse:
-    name, key = _domain(call), _key(call)
-    await call_domain(_domains(call), name, DomainService.delete, key)
+    name, key = domain_param(call), _key(call)
+    await call_domain(metastore_domains(call), name, DomainService.delete, key)
     return web.Response(status=204)
 
 
 async def _empty_key(call: Call) -> web.StreamResponse:
-    _domain(call)
+    domain_param(call)
     raise InvalidKey("kv keys are 1-4096 bytes: the key is missing")
 
 
@@ -166,10 +154,10 @@ def parse_batch(body: bytes) -> WriteBatch:
               tag="kv", request_body="application/json",
               responses={204: "durable", 400: "bad body"})
 async def domain_batch(call: Call) -> web.StreamResponse:
-    name = _domain(call)
+    name = domain_param(call)
     batch = parse_batch(await _read_body(call, MAX_BATCH_BODY_BYTES))
     if batch.ops:
-        await call_domain(_domains(call), name, DomainService.write, batch)
+        await call_domain(metastore_domains(call), name, DomainService.write, batch)
     return web.Response(status=204)
 
 
@@ -193,7 +181,7 @@ def _query_b64(call: Call, name: str) -> bytes | None:
     responses={200: '{"items": [{"key", "value"}], "next": b64|null}'},
 )
 async def domain_scan(call: Call) -> web.StreamResponse:
-    name = _domain(call)
+    name = domain_param(call)
     query = call.request.query
     start, end, prefix = (_query_b64(call, "start"), _query_b64(call, "end"),
                           _query_b64(call, "prefix"))
@@ -206,8 +194,8 @@ async def domain_scan(call: Call) -> web.StreamResponse:
     raw_reverse = query.get("reverse", "0")
     if raw_reverse not in ("0", "1"):
         raise InvalidArgument("reverse must be 0 or 1")
-    items, nxt = await call_domain(_domains(call), name, DomainService.scan, start, end, prefix,
-                                   limit, raw_reverse == "1")
+    items, nxt = await call_domain(metastore_domains(call), name, DomainService.scan, start, end,
+                                   prefix, limit, raw_reverse == "1")
     return _json({
         "items": [{"key": b64encode(k), "value": b64encode(v)} for k, v in items],
         "next": None if nxt is None else b64encode(nxt),
@@ -218,14 +206,14 @@ async def domain_scan(call: Call) -> web.StreamResponse:
               "Memtable to SSTs in the bucket, manifest written (a replica refreshes).",
               tag="kv", responses={204: "flushed"})
 async def domain_flush(call: Call) -> web.StreamResponse:
-    await call_domain(_domains(call), _domain(call), DomainService.flush)
+    await call_domain(metastore_domains(call), domain_param(call), DomainService.flush)
     return web.Response(status=204)
 
 
 @ROUTES.route("POST", "/v1/domains/{domain}/compact", "Full compaction.", tag="kv",
               responses={204: "compacted"})
 async def domain_compact(call: Call) -> web.StreamResponse:
-    await call_domain(_domains(call), _domain(call), DomainService.compact)
+    await call_domain(metastore_domains(call), domain_param(call), DomainService.compact)
     return web.Response(status=204)
 
 
@@ -233,12 +221,12 @@ async def domain_compact(call: Call) -> web.StreamResponse:
               responses={200: '{"name", "uuid", "epoch", "last_seqno", "persisted_seqno", '
                               '"levels": [{"level", "files", "bytes"}], "read_only"}'})
 async def domain_info(call: Call) -> web.StreamResponse:
-    return _json(await call_domain(_domains(call), _domain(call), DomainService.info))
+    return _json(await call_domain(metastore_domains(call), domain_param(call), DomainService.info))
 
 
 @ROUTES.route("GET", "/v1/domains", "Every domain in the bucket.", tag="kv",
               responses={200: '{"domains": [names]}'})
 async def domain_list(call: Call) -> web.StreamResponse:
-    domains = _domains(call)
+    domains = metastore_domains(call)
     names = await domains.invoke_on(0, DomainService.list_names)
     return _json({"domains": names})

@@ -22,14 +22,13 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from cachedaemon.errors import InvalidArgument, NotFound, TooLarge, Unavailable
+from cachedaemon.errors import InvalidArgument, NotFound, TooLarge
 from cachedaemon.metastore.l1 import TopicIdPartition
 from cachedaemon.metastore.l1 import types as t
 from cachedaemon.metastore.l1.service import L1Config, l1_call, l1_collect_garbage
-from cachedaemon.metastore.registry import check_domain_name
 from cachedaemon.metastore.service import call_domain
-from cachedaemon.server.context import Call
-from cachedaemon.server.keys import decode_text
+from cachedaemon.server.context import Call, metastore_domains
+from cachedaemon.server.keys import decode_text, domain_param
 from cachedaemon.server.openapi import SPEC_EXTENSIONS
 from cachedaemon.server.routes import ROUTES, Handler, Param
 
@@ -59,17 +58,6 @@ def _config(call: Call) -> L1Config:
     m = call.ctx.settings.metastore
     return L1Config(gc_interval_s=m.gc_interval, deletion_delay_s=m.file_deletion_delay,
                     preregistration_ttl_s=m.l1_preregistration_ttl)
-
-
-def _domains(call: Call) -> Any:
-    domains = call.ctx.extensions.get("metastore")
-    if domains is None:
-        raise Unavailable("the metastore is not running")
-    return domains
-
-
-def _domain(call: Call) -> str:
-    return check_domain_name(decode_text(call.params["domain"], "domain name"))
 
 
 def _tidp(call: Call) -> TopicIdPartition:
@@ -131,7 +119,8 @@ def _answer(value: Any) -> web.Response:
 
 
 async def _op(call: Call, name: str, op: str, *args: Any, **kwargs: Any) -> Any:
-    return await call_domain(_domains(call), name, l1_call, _config(call), op, args, kwargs)
+    return await call_domain(metastore_domains(call), name, l1_call, _config(call), op, args,
+                             kwargs)
 
 
 def _offsets(d: dict[TopicIdPartition, int]) -> list[t.PartitionOffset]:
@@ -151,7 +140,7 @@ def _epochs(d: dict[TopicIdPartition, int]) -> t.EpochsResponse:
 @_route("POST", _BASE + "/objects/add", "Register new objects, their extents and term starts.",
         t.AddObjectsRequest, t.AddObjectsResponse)
 async def add_objects(call: Call) -> web.StreamResponse:
-    name = _domain(call)
+    name = domain_param(call)
     req: t.AddObjectsRequest = await _body(call, t.AddObjectsRequest)
     corrected = await _op(call, name, "add_objects", req.objects, req.terms)
     return _answer(t.AddObjectsResponse(corrected_next_offsets=_offsets(corrected)))
@@ -160,7 +149,7 @@ async def add_objects(call: Call) -> web.StreamResponse:
 @_route("POST", _BASE + "/objects/replace", "Replace extents with new objects (optimistic on "
         "compaction epochs).", t.ReplaceObjectsRequest, t.EpochsResponse)
 async def replace_objects(call: Call) -> web.StreamResponse:
-    name = _domain(call)
+    name = domain_param(call)
     req: t.ReplaceObjectsRequest = await _body(call, t.ReplaceObjectsRequest)
     epochs: dict[TopicIdPartition, int] = {}
     for i, e in enumerate(req.expected_epochs):
@@ -174,7 +163,7 @@ async def replace_objects(call: Call) -> web.StreamResponse:
 @_route("POST", _BASE + "/objects/compact", "Replace extents with compacted objects and record "
         "the compaction outcome.", t.CompactObjectsRequest, t.EpochsResponse)
 async def compact_objects(call: Call) -> web.StreamResponse:
-    name = _domain(call)
+    name = domain_param(call)
     req: t.CompactObjectsRequest = await _body(call, t.CompactObjectsRequest)
     return _answer(_epochs(await _op(call, name, "compact_objects", req.objects, req.updates)))
 
@@ -182,7 +171,7 @@ async def compact_objects(call: Call) -> web.StreamResponse:
 @_route("POST", _BASE + "/objects/preregister", "Reserve object ids before uploading.",
         t.PreregisterRequest, t.ObjectIds)
 async def preregister_objects(call: Call) -> web.StreamResponse:
-    name = _domain(call)
+    name = domain_param(call)
     req: t.PreregisterRequest = await _body(call, t.PreregisterRequest)
     return _answer(t.ObjectIds(oids=await _op(call, name, "preregister_objects", req.count)))
 
@@ -190,7 +179,7 @@ async def preregister_objects(call: Call) -> web.StreamResponse:
 @_route("POST", _BASE + "/objects/remove", "Delete the rows of dead objects (not the bucket "
         "objects).", t.ObjectIds, t.CountAnswer)
 async def remove_objects(call: Call) -> web.StreamResponse:
-    name = _domain(call)
+    name = domain_param(call)
     req: t.ObjectIds = await _body(call, t.ObjectIds)
     return _answer(t.CountAnswer(count=await _op(call, name, "remove_objects", req.oids)))
 
@@ -198,7 +187,7 @@ async def remove_objects(call: Call) -> web.StreamResponse:
 @_route("POST", _BASE + "/topics/remove", "Remove every partition of the topics.",
         t.RemoveTopicsRequest, t.CountAnswer)
 async def remove_topics(call: Call) -> web.StreamResponse:
-    name = _domain(call)
+    name = domain_param(call)
     req: t.RemoveTopicsRequest = await _body(call, t.RemoveTopicsRequest)
     return _answer(t.CountAnswer(count=await _op(call, name, "remove_topics", req.topic_ids)))
 
@@ -206,15 +195,15 @@ async def remove_topics(call: Call) -> web.StreamResponse:
 @_route("POST", _PART + "/start_offset", "Truncate a partition's prefix.", t.StartOffsetBody,
         t.Offsets, responses={404: "no such partition", 416: "past the next offset"})
 async def set_start_offset(call: Call) -> web.StreamResponse:
-    name, tidp = _domain(call), _tidp(call)
+    name, tidp = domain_param(call), _tidp(call)
     req: t.StartOffsetBody = await _body(call, t.StartOffsetBody)
     return _answer(await _op(call, name, "set_start_offset", tidp, req.start_offset))
 
 
 @_route("POST", _BASE + "/gc", "Run one object GC round now.", None, t.GcResult)
 async def collect_garbage(call: Call) -> web.StreamResponse:
-    name = _domain(call)
-    result = await call_domain(_domains(call), name, l1_collect_garbage, _config(call))
+    name = domain_param(call)
+    result = await call_domain(metastore_domains(call), name, l1_collect_garbage, _config(call))
     return _answer(result)
 
 
@@ -226,7 +215,7 @@ _OFFSET = Param("offset", "query", "an offset", {"type": "integer", "minimum": 0
 @_route("GET", _PART, "Partition metadata.", None, t.PartitionInfo,
         responses={404: "no such partition"})
 async def get_partition(call: Call) -> web.StreamResponse:
-    name, tidp = _domain(call), _tidp(call)
+    name, tidp = domain_param(call), _tidp(call)
     m = await _op(call, name, "get_partition", tidp)
     return _answer(t.PartitionInfo(start_offset=m.start_offset, next_offset=m.next_offset,
                                  compaction_epoch=m.compaction_epoch, size=m.size,
@@ -236,14 +225,14 @@ async def get_partition(call: Call) -> web.StreamResponse:
 @_route("GET", _PART + "/offsets", "Start and next offsets.", None, t.Offsets,
         responses={404: "no such partition"})
 async def get_offsets(call: Call) -> web.StreamResponse:
-    name, tidp = _domain(call), _tidp(call)
+    name, tidp = domain_param(call), _tidp(call)
     return _answer(await _op(call, name, "get_offsets", tidp))
 
 
 @_route("GET", _PART + "/size", "Bytes of the partition's extents.", None, t.SizeAnswer,
         responses={404: "no such partition"})
 async def get_size(call: Call) -> web.StreamResponse:
-    name, tidp = _domain(call), _tidp(call)
+    name, tidp = domain_param(call), _tidp(call)
     return _answer(t.SizeAnswer(size=await _op(call, name, "get_size", tidp)))
 
 
@@ -255,7 +244,7 @@ async def get_size(call: Call) -> web.StreamResponse:
                       {"type": "integer", "minimum": 0})),
         responses={404: "no such partition", 416: "nothing there"})
 async def get_first(call: Call) -> web.StreamResponse:
-    name, tidp = _domain(call), _tidp(call)
+    name, tidp = domain_param(call), _tidp(call)
     q = call.request.query
     if ("offset" in q) == ("timestamp" in q):
         raise InvalidArgument("exactly one of offset and timestamp is required")
@@ -271,7 +260,7 @@ async def get_first(call: Call) -> web.StreamResponse:
         params=(Param("bytes", "query", "byte budget", {"type": "integer", "minimum": 0},
                       required=True),), responses={404: "no such partition"})
 async def get_first_offset_for_bytes(call: Call) -> web.StreamResponse:
-    name, tidp = _domain(call), _tidp(call)
+    name, tidp = domain_param(call), _tidp(call)
     offset = await _op(call, name, "get_first_offset_for_bytes", tidp, _query_int(call, "bytes"))
     return _answer(t.OffsetAnswer(offset=offset))
 
@@ -281,7 +270,7 @@ async def get_first_offset_for_bytes(call: Call) -> web.StreamResponse:
                       required=True),),
         responses={404: "no such partition", 416: "offset outside the partition"})
 async def get_term_for_offset(call: Call) -> web.StreamResponse:
-    name, tidp = _domain(call), _tidp(call)
+    name, tidp = domain_param(call), _tidp(call)
     term = await _op(call, name, "get_term_for_offset", tidp, _query_int(call, "offset"))
     return _answer(t.TermAnswer(term=term))
 
@@ -292,7 +281,7 @@ async def get_term_for_offset(call: Call) -> web.StreamResponse:
                       required=True),),
         responses={404: "no such partition", 416: "term before the first known one"})
 async def get_end_offset_for_term(call: Call) -> web.StreamResponse:
-    name, tidp = _domain(call), _tidp(call)
+    name, tidp = domain_param(call), _tidp(call)
     end = await _op(call, name, "get_end_offset_for_term", tidp, _query_int(call, "term"))
     return _answer(t.EndOffsetAnswer(end_offset=end))
 
@@ -302,7 +291,7 @@ async def get_end_offset_for_term(call: Call) -> web.StreamResponse:
                       "list tombstone ranges cleaned at or before this time (ms) as removable",
                       {"type": "integer"}),), responses={404: "no such partition"})
 async def get_compaction_info(call: Call) -> web.StreamResponse:
-    name, tidp = _domain(call), _tidp(call)
+    name, tidp = domain_param(call), _tidp(call)
     bound = _query_int(call, "tombstone_removal_upper_bound", -1, lo=-(2**63))
     return _answer(await _op(call, name, "get_compaction_info", tidp, bound))
 
@@ -317,7 +306,7 @@ async def get_compaction_info(call: Call) -> web.StreamResponse:
                 Param("reverse", "query", "0|1", {"type": "integer"})),
         responses={404: "no such partition"})
 async def get_extents(call: Call) -> web.StreamResponse:
-    name, tidp = _domain(call), _tidp(call)
+    name, tidp = domain_param(call), _tidp(call)
     max_offset = (None if not call.request.query.get("max_offset")
                   else _query_int(call, "max_offset"))
     got = await _op(call, name, "get_extents", tidp, _query_int(call, "min_offset", 0),
@@ -331,7 +320,7 @@ async def get_extents(call: Call) -> web.StreamResponse:
                 Param("limit", "query", "1..10000, default 1000",
                       {"type": "integer", "minimum": 1, "maximum": 10000})))
 async def list_objects(call: Call) -> web.StreamResponse:
-    name = _domain(call)
+    name = domain_param(call)
     raw = call.request.query.get("start_after")
     try:
         start_after = uuid.UUID(raw) if raw else None
@@ -346,7 +335,7 @@ async def list_objects(call: Call) -> web.StreamResponse:
 @_route("GET", _BASE + "/objects/{oid}", "One object row.", None, t.ObjectInfo,
         responses={404: "no such object"})
 async def get_object(call: Call) -> web.StreamResponse:
-    name = _domain(call)
+    name = domain_param(call)
     raw = decode_text(call.params["oid"], "oid")
     try:
         oid = uuid.UUID(raw)
