@@ -28,10 +28,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from cachedaemon.errors import CacheDaemonError, ReadOnly
-from cachedaemon.lsm.write_batch import WriteBatch
 from cachedaemon.metastore.l1.gc import ObjectGC, default_object_name
 from cachedaemon.metastore.l1.metastore import L1Metastore
-from cachedaemon.metastore.l1.store import DatabaseReader, RowOp, RowReader
+from cachedaemon.metastore.l1.store import (
+    DatabaseReader,
+    RowOp,
+    RowReader,
+    snapshot_reader,
+    write_batch_of,
+)
 from cachedaemon.metastore.l1.types import GcResult
 from cachedaemon.metastore.service import SERVICES, DomainService
 
@@ -63,11 +68,8 @@ class DomainRowStore:
         if for_write and self.service.read_only:
             raise ReadOnly(f"domain {self.name}: this daemon is a read-only replica")
         domain = await self._domain(for_write)
-        snap = domain.db.create_snapshot()
-        try:
-            yield DatabaseReader(domain.db, snap)
-        finally:
-            snap.release()
+        async with snapshot_reader(domain.db) as reader:
+            yield reader
 
     @asynccontextmanager
     async def persisted_snapshot(self) -> AsyncIterator[RowReader]:
@@ -75,13 +77,7 @@ class DomainRowStore:
         yield DatabaseReader(domain.db, domain.db.max_persisted_seqno)
 
     async def apply(self, ops: Sequence[RowOp]) -> None:
-        batch = WriteBatch()
-        for key, value in ops:
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
-        await self.service.write(self.name, batch)
+        await self.service.write(self.name, write_batch_of(ops))
 
 
 class _CachedObjectDeleter:

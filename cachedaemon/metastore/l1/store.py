@@ -98,6 +98,27 @@ class DatabaseReader:
             raise TransportError(f"L1 scan failed: {exc.message}") from exc
 
 
+@asynccontextmanager
+async def snapshot_reader(db: Database) -> AsyncIterator[DatabaseReader]:
+    """A reader over a fresh snapshot of ``db``, released on exit (every ``snapshot()``)."""
+    snap = db.create_snapshot()
+    try:
+        yield DatabaseReader(db, snap)
+    finally:
+        snap.release()
+
+
+def write_batch_of(ops: Sequence[RowOp]) -> WriteBatch:
+    """The one atomic batch of row operations: puts, and deletes where the value is None."""
+    batch = WriteBatch()
+    for key, value in ops:
+        if value is None:
+            batch.delete(key)
+        else:
+            batch.put(key, value)
+    return batch
+
+
 class DatabaseRowStore:
     """:class:`RowStore` over an open ``lsm.Database``.
 
@@ -120,25 +141,15 @@ class DatabaseRowStore:
         self._apply_batch = apply_batch or db.apply
         self._persisted_seqno = persisted_seqno or (lambda: db.max_persisted_seqno)
 
-    @asynccontextmanager
-    async def snapshot(self, *, for_write: bool = False) -> AsyncIterator[RowReader]:
-        snap = self.db.create_snapshot()
-        try:
-            yield DatabaseReader(self.db, snap)
-        finally:
-            snap.release()
+    def snapshot(self, *, for_write: bool = False) -> AbstractAsyncContextManager[RowReader]:
+        return snapshot_reader(self.db)
 
     @asynccontextmanager
     async def persisted_snapshot(self) -> AsyncIterator[RowReader]:
         yield DatabaseReader(self.db, self._persisted_seqno())
 
     async def apply(self, ops: Sequence[RowOp]) -> None:
-        batch = WriteBatch()
-        for key, value in ops:
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
+        batch = write_batch_of(ops)
         try:
             await self._apply_batch(batch)
         except IOFailure as exc:
