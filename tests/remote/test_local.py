@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -144,10 +145,12 @@ async def test_large_object_is_read_in_windows(tmp_path: Path) -> None:
     assert b"".join(chunks) == data[1:]
 
 
-def test_put_if_absent_across_threads_one_winner(tmp_path: Path) -> None:
-    """Several threads, each with its own loop and store instance (as shards have)."""
-    root = tmp_path / "bucket"
-    n = 8
+def race_on_threads(
+    root: Path, n: int, attempt: Callable[[LocalObjectStore, int], Awaitable[object]]
+) -> list[str]:
+    """Run ``attempt(store, i)`` on ``n`` threads at once, each with its own loop and store
+    instance on ``root`` (as shards have); thread i's result is "won", or "lost" if its
+    attempt raised PreconditionFailed."""
     barrier = threading.Barrier(n)
     results: list[str] = [""] * n
 
@@ -156,7 +159,7 @@ def test_put_if_absent_across_threads_one_winner(tmp_path: Path) -> None:
             store = LocalObjectStore(root)
             barrier.wait()
             try:
-                await store.put_if_absent("race", f"shard-{i}".encode() * 1000)
+                await attempt(store, i)
                 results[i] = "won"
             except PreconditionFailed:
                 results[i] = "lost"
@@ -168,6 +171,15 @@ def test_put_if_absent_across_threads_one_winner(tmp_path: Path) -> None:
         t.start()
     for t in threads:
         t.join()
+    return results
+
+
+def test_put_if_absent_across_threads_one_winner(tmp_path: Path) -> None:
+    """Several threads, each with its own loop and store instance (as shards have)."""
+    root = tmp_path / "bucket"
+    n = 8
+    results = race_on_threads(
+        root, n, lambda store, i: store.put_if_absent("race", f"shard-{i}".encode() * 1000))
     assert results.count("won") == 1, results
     assert results.count("lost") == n - 1
     winner = results.index("won")
@@ -178,26 +190,8 @@ def test_put_if_match_across_threads_one_winner(tmp_path: Path) -> None:
     root = tmp_path / "bucket"
     base = asyncio.run(LocalObjectStore(root).put("cas", b"base"))
     n = 8
-    barrier = threading.Barrier(n)
-    results: list[str] = [""] * n
-
-    def shard(i: int) -> None:
-        async def run() -> None:
-            store = LocalObjectStore(root)
-            barrier.wait()
-            try:
-                await store.put_if_match("cas", f"shard-{i}".encode(), base.etag)
-                results[i] = "won"
-            except PreconditionFailed:
-                results[i] = "lost"
-
-        asyncio.run(run())
-
-    threads = [threading.Thread(target=shard, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = race_on_threads(
+        root, n, lambda store, i: store.put_if_match("cas", f"shard-{i}".encode(), base.etag))
     assert results.count("won") == 1, results
 
 
