@@ -110,6 +110,20 @@ def moto_endpoint() -> Iterator[str]:
 
 _BOTOCORE_SESSION: Any = None
 
+#: What the bare clients below share: moto's region and dummy credentials; with
+#: :func:`_moto_client_config`, path-style addressing and no retries (a test-side check must see
+#: the first failure).
+_MOTO_CLIENT_ARGS: dict[str, Any] = {
+    "region_name": "us-east-1",
+    "aws_access_key_id": "testing",
+    "aws_secret_access_key": "testing",
+}
+
+
+def _moto_client_config() -> dict[str, Any]:
+    """The bare clients' ``Config`` arguments (fresh dicts each time: a client may keep them)."""
+    return {"s3": {"addressing_style": "path"}, "retries": {"total_max_attempts": 1}}
+
 
 def bare_s3_client(endpoint: str) -> Any:
     """A plain synchronous botocore S3 client on the moto server (for test-side checks)."""
@@ -120,12 +134,7 @@ def bare_s3_client(endpoint: str) -> Any:
     if _BOTOCORE_SESSION is None:  # loading the S3 model is slow: do it once
         _BOTOCORE_SESSION = botocore.session.get_session()
     return _BOTOCORE_SESSION.create_client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
+        "s3", endpoint_url=endpoint, config=Config(**_moto_client_config()), **_MOTO_CLIENT_ARGS
     )
 
 
@@ -136,12 +145,7 @@ def bare_aio_s3_client(endpoint: str) -> Any:
     from cachedaemon.remote.s3 import thread_session
 
     return thread_session().create_client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=AioConfig(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
+        "s3", endpoint_url=endpoint, config=AioConfig(**_moto_client_config()), **_MOTO_CLIENT_ARGS
     )
 
 
