@@ -49,7 +49,7 @@ from cachedaemon.errors import (
     ShuttingDown,
     Unavailable,
 )
-from cachedaemon.lsm.io.persistence import FileExists, FileHandle
+from cachedaemon.lsm.io.persistence import FileExists, FileHandle, check_read_bounds
 from cachedaemon.remote.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -146,11 +146,7 @@ class ObjectRangeReader:
     async def read(self, offset: int, n: int) -> bytes:
         if self._closed:
             raise IOFailure(f"read of closed reader {self._name}")
-        if offset < 0 or n < 0 or offset + n > self._size:
-            raise IOFailure(
-                f"read [{offset}, {offset + n}) out of bounds of {self._name} "
-                f"({self._size} bytes)"
-            )
+        check_read_bounds(self._name, offset, n, self._size)
         if n == 0:
             return b""
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from cachedaemon.core.failpoints import failpoint_sync
 from cachedaemon.errors import IOFailure, ShuttingDown
-from cachedaemon.lsm.io.persistence import FileExists
+from cachedaemon.lsm.io.persistence import FileExists, check_read_bounds
 
 #: A writer hands its buffer to a worker thread once this much has gathered.
 WRITE_BEHIND_BYTES = 1 << 20
@@ -105,11 +105,7 @@ class FileRandomAccessReader:
     async def read(self, offset: int, n: int) -> bytes:
         if self._closed:
             raise IOFailure(f"read of closed reader {self._name}")
-        if offset < 0 or n < 0 or offset + n > self._size:
-            raise IOFailure(
-                f"read [{offset}, {offset + n}) out of bounds of {self._name} "
-                f"({self._size} bytes)"
-            )
+        check_read_bounds(self._name, offset, n, self._size)
         if n == 0:
             return b""
         try:

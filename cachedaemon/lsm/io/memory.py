@@ -33,6 +33,7 @@ from cachedaemon.lsm.io.persistence import (
     Persistence,
     RandomAccessReader,
     SequentialWriter,
+    check_read_bounds,
 )
 
 
@@ -72,11 +73,7 @@ class MemoryRandomAccessReader:
         if self._closed:
             raise IOFailure(f"read of closed reader {self._handle.name}")
         self._owner.faults.check(f"read {self._handle.name}")
-        if offset < 0 or n < 0 or offset + n > len(self._data):
-            raise IOFailure(
-                f"read [{offset}, {offset + n}) out of bounds of {self._handle.name} "
-                f"({len(self._data)} bytes)"
-            )
+        check_read_bounds(self._handle.name, offset, n, len(self._data))
         return self._data[offset : offset + n]
 
     def size(self) -> int:

@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from cachedaemon.errors import CacheDaemonError
+from cachedaemon.errors import CacheDaemonError, IOFailure
 
 _NAME = re.compile(r"^(\d{20})-(\d{20})\.sst$")
 
@@ -77,6 +77,13 @@ class RandomAccessReader(Protocol):
     def size(self) -> int: ...
 
     async def close(self) -> None: ...
+
+
+def check_read_bounds(name: str, offset: int, n: int, size: int) -> None:
+    """The bounds rule of :meth:`RandomAccessReader.read`, for every backend's reader: IOFailure
+    unless ``[offset, offset + n)`` lies within the ``size`` bytes of file ``name``."""
+    if offset < 0 or n < 0 or offset + n > size:
+        raise IOFailure(f"read [{offset}, {offset + n}) out of bounds of {name} ({size} bytes)")
 
 
 class SequentialWriter(Protocol):
