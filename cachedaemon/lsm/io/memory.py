@@ -60,6 +60,24 @@ class _FaultInjector:
             raise IOFailure(f"injected failure: {what}")
 
 
+class _FaultSwitch:
+    """Fault injection of a memory persistence: ``failing`` and ``fail_next`` forwarded to its
+    :class:`_FaultInjector` (``faults``)."""
+
+    faults: _FaultInjector
+
+    @property
+    def failing(self) -> bool:
+        return self.faults.failing
+
+    @failing.setter
+    def failing(self, value: bool) -> None:
+        self.faults.failing = value
+
+    def fail_next(self, count: int = 1) -> None:
+        self.faults.fail_next(count)
+
+
 class MemoryRandomAccessReader:
     """Reads one published file's bytes (a snapshot taken when it was opened)."""
 
@@ -136,7 +154,7 @@ class MemorySequentialWriter:
         self._owner._writers.discard(self._handle)
 
 
-class MemoryDataPersistence:
+class MemoryDataPersistence(_FaultSwitch):
     """Data files (SSTs) in a dict. See the module docstring for the rules."""
 
     def __init__(self, files: dict[FileHandle, bytes] | None = None) -> None:
@@ -147,19 +165,6 @@ class MemoryDataPersistence:
         self._readers_open = 0
         self._closed = False
         self.faults = _FaultInjector()
-
-    # -- fault injection ------------------------------------------------------------------
-
-    @property
-    def failing(self) -> bool:
-        return self.faults.failing
-
-    @failing.setter
-    def failing(self, value: bool) -> None:
-        self.faults.failing = value
-
-    def fail_next(self, count: int = 1) -> None:
-        self.faults.fail_next(count)
 
     # -- DataPersistence ------------------------------------------------------------------
 
@@ -218,7 +223,7 @@ class MemoryDataPersistence:
             raise ShuttingDown("memory data persistence is closed")
 
 
-class MemoryMetadataPersistence:
+class MemoryMetadataPersistence(_FaultSwitch):
     """Manifests in a dict keyed by epoch. See the module docstring for the rules."""
 
     def __init__(self, manifests: dict[int, bytes] | None = None) -> None:
@@ -226,17 +231,6 @@ class MemoryMetadataPersistence:
         self._manifests: dict[int, bytes] = {} if manifests is None else manifests
         self._closed = False
         self.faults = _FaultInjector()
-
-    @property
-    def failing(self) -> bool:
-        return self.faults.failing
-
-    @failing.setter
-    def failing(self, value: bool) -> None:
-        self.faults.failing = value
-
-    def fail_next(self, count: int = 1) -> None:
-        self.faults.fail_next(count)
 
     async def read_manifest(self, max_epoch: int) -> tuple[int, bytes] | None:
         self._check_open()
