@@ -49,7 +49,12 @@ from cachedaemon.errors import (
     ShuttingDown,
     Unavailable,
 )
-from cachedaemon.lsm.io.persistence import FileExists, FileHandle, check_read_bounds
+from cachedaemon.lsm.io.persistence import (
+    PERSISTENCE_ERRORS,
+    FileExists,
+    FileHandle,
+    check_read_bounds,
+)
 from cachedaemon.remote.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -80,7 +85,7 @@ def normalise_prefix(prefix: str) -> str:
 
 def map_error(what: str, exc: BaseException) -> BaseException:
     """The persistence-level error for a failed bucket operation ``what``."""
-    if isinstance(exc, (IOFailure, FileExists, ShuttingDown)):
+    if isinstance(exc, PERSISTENCE_ERRORS):
         return exc
     if isinstance(exc, DeadlineExceeded):
         return IOFailure(f"{what}: timed out: {exc}")

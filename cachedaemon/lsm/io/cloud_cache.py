@@ -61,7 +61,7 @@ from cachedaemon.lsm.io.cloud_base import (
 )
 from cachedaemon.lsm.io.local_file import FileRandomAccessReader, unlink_quietly
 from cachedaemon.lsm.io.persistence import (
-    FileExists,
+    PERSISTENCE_ERRORS,
     FileHandle,
     Persistence,
     RandomAccessReader,
@@ -83,7 +83,7 @@ CACHE_KEY_ROOT = "lsm"
 
 def _cache_error(what: str, exc: BaseException) -> BaseException:
     """The persistence error for a failed cache step (shutdown stays a shutdown)."""
-    if isinstance(exc, (IOFailure, FileExists, ShuttingDown)):
+    if isinstance(exc, PERSISTENCE_ERRORS):
         return exc
     if isinstance(exc, DeadlineExceeded):  # CacheFull included
         return IOFailure(f"{what}: no cache space in time: {exc}")
@@ -142,9 +142,7 @@ class CloudCacheSequentialWriter:
             await self._owner.upload_file(self._handle, self._staging.path)
         except BaseException as exc:
             await self._discard("failed")
-            if isinstance(exc, Exception) and not isinstance(
-                exc, (IOFailure, FileExists, ShuttingDown)
-            ):
+            if isinstance(exc, Exception) and not isinstance(exc, PERSISTENCE_ERRORS):
                 raise IOFailure(f"persisting {name} failed: {exc}") from exc
             raise
         # Uploaded: the SST is durable. Now make it a local cache hit.

@@ -29,8 +29,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from cachedaemon.core.failpoints import failpoint_sync
-from cachedaemon.errors import IOFailure, ShuttingDown
-from cachedaemon.lsm.io.persistence import FileExists, check_read_bounds
+from cachedaemon.errors import IOFailure
+from cachedaemon.lsm.io.persistence import PERSISTENCE_ERRORS, check_read_bounds
 
 #: A writer hands its buffer to a worker thread once this much has gathered.
 WRITE_BEHIND_BYTES = 1 << 20
@@ -274,7 +274,7 @@ class FileSequentialWriter:
             await self._persist(self._file)
         except BaseException as exc:
             await self._discard("failed")
-            if isinstance(exc, Exception) and not _is_persistence_error(exc):
+            if isinstance(exc, Exception) and not isinstance(exc, PERSISTENCE_ERRORS):
                 raise IOFailure(f"persisting {self._name} failed: {exc}") from exc
             raise
         self._state = "closed"
@@ -291,7 +291,3 @@ class FileSequentialWriter:
             await self._file.discard()
         finally:
             self._on_done()
-
-
-def _is_persistence_error(exc: BaseException) -> bool:
-    return isinstance(exc, (IOFailure, FileExists, ShuttingDown))

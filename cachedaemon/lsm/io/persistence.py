@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from cachedaemon.errors import CacheDaemonError, IOFailure
+from cachedaemon.errors import CacheDaemonError, IOFailure, ShuttingDown
 
 _NAME = re.compile(r"^(\d{20})-(\d{20})\.sst$")
 
@@ -45,6 +45,11 @@ class FileExists(CacheDaemonError):
 
     code = "file_exists"
     http_status = 500
+
+
+#: The errors of the persistence contract: a backend passes these through as they are and
+#: translates anything else (into IOFailure, or ShuttingDown for a stopping part).
+PERSISTENCE_ERRORS: tuple[type[CacheDaemonError], ...] = (IOFailure, FileExists, ShuttingDown)
 
 
 @dataclass(frozen=True, order=True)
