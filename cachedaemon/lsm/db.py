@@ -593,10 +593,23 @@ class Database:
 
     # --- reads -----------------------------------------------------------------------------
 
-    def create_snapshot(self) -> Snapshot:
-        """Pin the current seqno: reads at it never change, compaction keeps its versions."""
+    def create_snapshot(self, seqno: int | None = None) -> Snapshot:
+        """Pin the current seqno (or ``seqno``): reads at it never change, compaction keeps
+        its versions.
+
+        REQUIRES: ``max_persisted_seqno <= seqno <= max_applied_seqno``. Every version visible
+        at such a seqno still exists (SSTs hold only persisted data, so compaction cannot yet
+        have dropped a version that a newer, unpersisted write shadows); an older seqno could
+        name versions that are already gone, so it is refused.
+        """
         self._gate.check()
-        snap = Snapshot(self, self._max_applied)
+        if seqno is None:
+            seqno = self._max_applied
+        elif not self.max_persisted_seqno <= seqno <= self._max_applied:
+            raise InvalidArgument(
+                f"snapshot seqno {seqno} outside [{self.max_persisted_seqno}, {self._max_applied}]"
+            )
+        snap = Snapshot(self, seqno)
         self._snapshots.add(snap.seqno)
         return snap
 

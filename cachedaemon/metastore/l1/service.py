@@ -31,7 +31,6 @@ from cachedaemon.errors import CacheDaemonError, ReadOnly
 from cachedaemon.metastore.l1.gc import ObjectGC, default_object_name
 from cachedaemon.metastore.l1.metastore import L1Metastore
 from cachedaemon.metastore.l1.store import (
-    DatabaseReader,
     RowOp,
     RowReader,
     snapshot_reader,
@@ -74,7 +73,8 @@ class DomainRowStore:
     @asynccontextmanager
     async def persisted_snapshot(self) -> AsyncIterator[RowReader]:
         domain = await self._domain(False)
-        yield DatabaseReader(domain.db, domain.db.max_persisted_seqno)
+        async with snapshot_reader(domain.db, domain.db.max_persisted_seqno) as reader:
+            yield reader
 
     async def apply(self, ops: Sequence[RowOp]) -> None:
         await self.service.write(self.name, write_batch_of(ops))

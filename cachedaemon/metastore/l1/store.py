@@ -99,9 +99,9 @@ class DatabaseReader:
 
 
 @asynccontextmanager
-async def snapshot_reader(db: Database) -> AsyncIterator[DatabaseReader]:
-    """A reader over a fresh snapshot of ``db``, released on exit (every ``snapshot()``)."""
-    snap = db.create_snapshot()
+async def snapshot_reader(db: Database, seqno: int | None = None) -> AsyncIterator[DatabaseReader]:
+    """A reader over a fresh snapshot of ``db`` (now, or at ``seqno``), released on exit."""
+    snap = db.create_snapshot(seqno)
     try:
         yield DatabaseReader(db, snap)
     finally:
@@ -124,10 +124,8 @@ class DatabaseRowStore:
 
     ``apply_batch`` replaces the plain ``db.apply`` when the owner makes writes durable in
     its own log first (a metastore domain); ``persisted_seqno`` reports what its manifest holds
-    (default: the database's ``max_persisted_seqno``). The persisted snapshot reads at that seqno
-    without pinning it: compaction may have dropped versions only it would see, so it can miss
-    (or show an older version of) a persisted row — the GC re-checks every candidate on a fresh
-    snapshot, and object rows only ever move towards "dead", so that is safe.
+    (default: the database's ``max_persisted_seqno``). The persisted snapshot pins that seqno,
+    so compaction keeps every version it reads for as long as it is open.
     """
 
     def __init__(
@@ -146,7 +144,8 @@ class DatabaseRowStore:
 
     @asynccontextmanager
     async def persisted_snapshot(self) -> AsyncIterator[RowReader]:
-        yield DatabaseReader(self.db, self._persisted_seqno())
+        async with snapshot_reader(self.db, self._persisted_seqno()) as reader:
+            yield reader
 
     async def apply(self, ops: Sequence[RowOp]) -> None:
         batch = write_batch_of(ops)
