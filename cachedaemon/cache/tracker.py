@@ -33,6 +33,7 @@ import google_crc32c
 import msgspec
 
 from cachedaemon.core.failpoints import failpoint_sync
+from cachedaemon.core.fsync import fsync_dir
 from cachedaemon.errors import Corruption
 
 MAGIC = b"CDTRACK\n"
@@ -177,11 +178,7 @@ def save_file(
     finally:
         os.close(fd)
     os.rename(tmp_path, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(path.parent)
     return len(data)
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cachedaemon.core.failpoints import failpoint_sync
+from cachedaemon.core.fsync import fsync_dir
 from cachedaemon.errors import Corruption, IOFailure
 from cachedaemon.metastore.group_commit import GroupCommitLog
 from cachedaemon.metastore.log_format import (
@@ -61,14 +62,6 @@ class _SegmentInfo:
     last_seqno: int | None  # None: no records
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _read_owners(directory: Path) -> list[int]:
     try:
         text = (directory / OWNERS).read_text("ascii")
@@ -84,7 +77,7 @@ def _write_owners(directory: Path, epochs: list[int]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, directory / OWNERS)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def _strand(directory: Path, found: list[tuple[int, Path]], owner_epoch: int) -> None:
@@ -93,8 +86,8 @@ def _strand(directory: Path, found: list[tuple[int, Path]], owner_epoch: int) ->
     aside.mkdir()
     for _, path in found:
         os.replace(path, aside / path.name)
-    _fsync_dir(aside)
-    _fsync_dir(directory)
+    fsync_dir(aside)
+    fsync_dir(directory)
     log.error(
         "log %s: the domain was written by epoch %d since this node last owned it; this "
         "node's %d unflushed log segments are superseded and moved to %s (not replayed)",
@@ -155,7 +148,7 @@ def _recover(
         replay.extend(r for r in segment.records if r.last_seqno > persisted_seqno)
         kept.append(_SegmentInfo(segment_id, path, last))
     if changed:
-        _fsync_dir(directory)
+        fsync_dir(directory)
     return kept, replay, next_id
 
 
@@ -236,7 +229,7 @@ class LocalLog(GroupCommitLog):
         try:
             _write_all(fd, header)
             os.fsync(fd)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except BaseException:
             os.close(fd)
             raise
@@ -302,7 +295,7 @@ class LocalLog(GroupCommitLog):
             for s in doomed:
                 with contextlib.suppress(FileNotFoundError):
                     s.path.unlink()
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
         try:
             await asyncio.to_thread(_delete)

@@ -58,6 +58,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from cachedaemon.core.fsync import fsync_dir
 from cachedaemon.errors import InvalidKey, PreconditionFailed, UpstreamError
 from cachedaemon.remote.base import (
     Body,
@@ -137,14 +138,6 @@ def unescape_name(name: str) -> str | None:
             return name[len(ESCAPE_PREFIX) :]
         return None
     return name
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quiet(path: str) -> None:
@@ -473,7 +466,7 @@ class LocalObjectStore(ObjectStoreBase):
             else:
                 self._write_meta(key, etag, st)
                 os.replace(tmp.path, target)
-            _fsync_dir(os.path.dirname(target))
+            fsync_dir(os.path.dirname(target))
         return ObjectInfo(key, st.st_size, etag, st.st_mtime)
 
     def _prepare_target(self, key: str) -> str:
@@ -503,14 +496,14 @@ class LocalObjectStore(ObjectStoreBase):
         staging = os.path.join(self._tmp_dir, f"{uuid.uuid4().hex}.dir")
         os.mkdir(staging)
         os.link(path, os.path.join(staging, OBJECT_IN_DIR))
-        _fsync_dir(staging)
+        fsync_dir(staging)
         if _exchange(staging, path):
             # ``staging`` is now the old file (a second link to the object): drop it.
             os.unlink(staging)
         else:
             os.unlink(path)
             os.rename(staging, path)
-        _fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path))
 
     # --- delete ----------------------------------------------------------------------------
 

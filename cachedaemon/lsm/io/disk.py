@@ -35,12 +35,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from cachedaemon.core.failpoints import failpoint_sync
+from cachedaemon.core.fsync import fsync_dir
 from cachedaemon.errors import FailPointTriggered, IOFailure, ShuttingDown
 from cachedaemon.lsm.io.local_file import (
     FileRandomAccessReader,
     FileSequentialWriter,
     LocalFileWriter,
-    fsync_dir,
     unlink_quietly,
 )
 from cachedaemon.lsm.io.persistence import (

@@ -13,8 +13,8 @@
   append poisons close, any failure discards the local file) over a :class:`LocalFileWriter`;
   the backend supplies the step that persists the finished file (disk: fsync in place; cloud:
   upload).
-* :func:`fsync_dir`, :func:`unlink_quietly`: small synchronous steps meant to run inside a
-  worker-thread job together with the write they make durable.
+* :func:`unlink_quietly`: a small synchronous step meant to run inside a worker-thread job
+  (as :func:`cachedaemon.core.fsync.fsync_dir` does, with the write it makes durable).
 
 Used by the disk, cloud and cloud-cache backends (``cachedaemon.lsm.io``); a reader belongs to
 the shard that opened it.
@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from cachedaemon.core.failpoints import failpoint_sync
+from cachedaemon.core.fsync import fsync_dir
 from cachedaemon.errors import IOFailure
 from cachedaemon.lsm.io.persistence import PERSISTENCE_ERRORS, check_read_bounds
 
@@ -37,15 +38,6 @@ WRITE_BEHIND_BYTES = 1 << 20
 #: Reads up to this size are done on the loop: an SST block read is a page-cache copy of a few
 #: microseconds, where a thread hop costs ~100 us. Bigger reads go to a worker thread.
 INLINE_READ_BYTES = 64 << 10
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a directory's entries (a create, rename or unlink in it) durable. Blocking."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def unlink_quietly(path: Path) -> None:
