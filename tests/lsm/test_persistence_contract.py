@@ -63,6 +63,18 @@ async def listed(p: Persistence) -> list[FileHandle]:
     return [h async for h in p.data.list_files()]
 
 
+async def assert_nothing_left_then_rewritable(
+    backend: PersistenceBackend, p: Persistence, h: FileHandle, data: bytes
+) -> None:
+    """After a writer of ``h`` failed or was aborted: no file, no listing, no leftovers, and
+    the handle can be written afresh."""
+    assert await p.data.open_random_access_reader(h) is None
+    assert await listed(p) == []
+    assert await backend.leftovers() == []
+    await write_file(p, h, data)
+    assert await read_all(p, h) == data
+
+
 # -- data files ---------------------------------------------------------------------------
 
 
@@ -213,12 +225,7 @@ async def test_failed_append_leaves_nothing(persistence_backend: PersistenceBack
     with pytest.raises(IOFailure):
         await w.close()
     await w.abort()  # idempotent after a failure
-    assert await p.data.open_random_access_reader(h) is None
-    assert await listed(p) == []
-    assert await persistence_backend.leftovers() == []
-    # Nothing left behind: the handle can be written afresh.
-    await write_file(p, h, b"second try")
-    assert await read_all(p, h) == b"second try"
+    await assert_nothing_left_then_rewritable(persistence_backend, p, h, b"second try")
 
 
 async def test_failed_close_leaves_nothing(persistence_backend: PersistenceBackend) -> None:
@@ -229,11 +236,7 @@ async def test_failed_close_leaves_nothing(persistence_backend: PersistenceBacke
     persistence_backend.fail_close(p)
     with pytest.raises(IOFailure):
         await w.close()
-    assert await p.data.open_random_access_reader(h) is None
-    assert await listed(p) == []
-    assert await persistence_backend.leftovers() == []
-    await write_file(p, h, b"retried")
-    assert await read_all(p, h) == b"retried"
+    await assert_nothing_left_then_rewritable(persistence_backend, p, h, b"retried")
 
 
 async def test_abort_discards(persistence_backend: PersistenceBackend) -> None:
@@ -245,11 +248,7 @@ async def test_abort_discards(persistence_backend: PersistenceBackend) -> None:
     await w.abort()
     with pytest.raises(IOFailure):
         await w.close()
-    assert await p.data.open_random_access_reader(h) is None
-    assert await listed(p) == []
-    assert await persistence_backend.leftovers() == []
-    await write_file(p, h, b"again")
-    assert await read_all(p, h) == b"again"
+    await assert_nothing_left_then_rewritable(persistence_backend, p, h, b"again")
 
 
 async def test_double_close_is_an_error(persistence_backend: PersistenceBackend) -> None:
