@@ -12,10 +12,16 @@ reach the file with ``writev`` in one worker-thread job once more than
 :data:`WRITE_BUFFER_BYTES` are buffered, and at commit (a thread hop costs ~0.1 ms, so one per
 small append would dominate; a 1 MiB object is written and committed in a single hop).
 ``flush()`` writes the buffer out; after it, :attr:`path` holds every appended byte and can be
-read (to upload it, say) before the commit.
+read (to upload it, say) before the commit. ``sync()`` writes it out and ``fdatasync``-s it in
+one thread job, through a descriptor of its own (an abort meanwhile cannot close it under the
+job); a commit with nothing appended since then skips its own ``fdatasync``, so running
+``sync()`` while waiting for something else (an upload) takes the disk off the commit's path.
+Writes use explicit offsets (``pwritev``). A failed write marks the file torn: later appends
+and the commit raise :class:`IOFailure` (the commit aborts the file).
 
-``commit(replace=False)`` is one thread job: write the buffer, ``fdatasync`` (unless the
-service was built with ``fsync_commits=False``), close, then
+``commit(replace=False, xattrs=None)`` is one thread job: write the buffer, set ``xattrs``
+(best effort), ``fdatasync`` (unless the service was built with ``fsync_commits=False``, or
+``sync()`` covered every byte), close, then
 
 * ``replace=False``: ``link(part, dest)`` then ``unlink(part)``. A crash between the two leaves
   full data at both names (the ``.part`` is deleted at restart), never an empty placeholder.
@@ -34,6 +40,7 @@ the gate. Idempotent, and a no-op after a commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -57,11 +64,13 @@ log = logging.getLogger("cachedaemon.cache")
 WRITE_BUFFER_BYTES = 1024 * 1024
 
 
-def _write_all(fd: int, chunks: list[bytes | memoryview]) -> None:
-    """Write ``chunks`` in order with as few ``writev`` calls as possible (blocking)."""
+def _write_all(fd: int, chunks: list[bytes | memoryview], offset: int) -> None:
+    """Write ``chunks`` in order at ``offset`` with as few ``pwritev`` calls as possible
+    (blocking). Explicit offsets: :meth:`StagingFile.sync` writes through its own descriptor."""
     pending = [memoryview(c) for c in chunks if len(c)]
     while pending:
-        n = os.writev(fd, pending[:_IOV_MAX])
+        n = os.pwritev(fd, pending[:_IOV_MAX], offset)
+        offset += n
         while n and pending:
             head = pending[0]
             if n >= len(head):
@@ -112,6 +121,10 @@ class StagingFile:
         self._buffer: list[bytes | memoryview] = []
         self._buffered = 0
         self._written = 0  # appended, including what is still buffered
+        self._flushed = 0  # handed to a write job (the file's size once those finish)
+        self._synced = -1  # bytes known to be on disk (fdatasync-ed), -1 if none yet
+        self._failed: BaseException | None = None  # a write job failed: the file is torn
+        self._pending: asyncio.Future[None] | None = None  # a running sync() job
         self._closed = False
         self._committed = False
 
@@ -131,6 +144,20 @@ class StagingFile:
     def _check_open(self) -> None:
         if self._closed:
             raise GateClosed(f"staging file for {self.key!r} is already closed or committed")
+        if self._failed is not None:
+            raise IOFailure(f"staging file {self.path} lost a write: {self._failed}")
+
+    def _take_buffer(self) -> tuple[list[bytes | memoryview], int]:
+        """Hand the buffer to a write job: returns it and the file offset it goes to."""
+        buf, offset = self._buffer, self._flushed
+        self._buffer, self._flushed, self._buffered = [], offset + self._buffered, 0
+        return buf, offset
+
+    def _write_failed(self, exc: BaseException) -> IOFailure:
+        self._failed = exc
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            self._service.note_disk_full()
+        return IOFailure(f"cannot write staging file {self.path}: {exc}")
 
     async def append(self, data: bytes | bytearray | memoryview, deadline: Deadline | None = None) -> None:
         """Reserve space for ``data`` (waiting until ``deadline``, default the configured
@@ -163,28 +190,71 @@ class StagingFile:
             return
         fd = self._fd
         assert fd is not None
-        buf, self._buffer, self._buffered = self._buffer, [], 0
+        buf, offset = self._take_buffer()
         try:
-            await asyncio.to_thread(_write_all, fd, buf)
+            await asyncio.to_thread(_write_all, fd, buf, offset)
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                self._service.note_disk_full()
-            raise IOFailure(f"cannot write staging file {self.path}: {exc}") from exc
+            raise self._write_failed(exc) from exc
 
     async def flush(self) -> None:
         """Write every appended byte to :attr:`path`."""
         self._check_open()
         await self._write_buffer()
 
-    async def commit(self, replace: bool = False) -> int:
-        """Put the file in place as the key's entry; return its size. See the module docstring."""
+    async def sync(self) -> None:
+        """Write every appended byte to :attr:`path` and ``fdatasync`` it, in one thread job
+        through a descriptor of its own (so an abort meanwhile cannot close it under the job).
+        A commit with nothing appended since needs no ``fdatasync`` of its own: run this
+        while waiting for something else (an upload) and the commit is cheap."""
         self._check_open()
+        if self._pending is not None:
+            await asyncio.shield(self._pending)
+        buf, offset = self._take_buffer()
+        upto = self._written
+        path = self.path
+
+        def job() -> None:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                _write_all(fd, buf, offset)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+
+        self._pending = pending = asyncio.ensure_future(asyncio.to_thread(job))
+        try:
+            await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            raise
+        except OSError as exc:
+            raise self._write_failed(exc) from exc
+        finally:
+            if pending.done():
+                self._pending = None
+        self._synced = max(self._synced, upto)
+
+    async def commit(self, replace: bool = False, *, xattrs: dict[str, bytes] | None = None
+                     ) -> int:
+        """Put the file in place as the key's entry; return its size. ``xattrs`` are set on
+        the file before it becomes visible (best effort, as part of the same thread job). See
+        the module docstring."""
+        if self._failed is not None and not self._closed:
+            self._closed = True
+            await self._abort(unlink=True)
+            raise IOFailure(f"cannot commit {self.key!r}: a write was lost: {self._failed}")
+        self._check_open()
+        pending = self._pending
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
+            self._check_open()
         self._closed = True
         fd, self._fd = self._fd, None
         assert fd is not None
-        buf, self._buffer, self._buffered = self._buffer, [], 0
+        buf, offset = self._take_buffer()
+        sync = self._service.fsync_commits and self._synced != self._written
         job = asyncio.ensure_future(asyncio.to_thread(
-            self._commit_job, fd, buf, self._service.fsync_commits, replace
+            self._commit_job, fd, buf, offset, sync, replace, xattrs
         ))
         # The job cannot be interrupted halfway: if we are cancelled, wait for it, do the
         # accounting, and only then let the cancellation through.
@@ -222,13 +292,17 @@ class StagingFile:
                 self._finish()
 
     def _commit_job(
-        self, fd: int, buf: list[bytes | memoryview], sync: bool, replace: bool
+        self, fd: int, buf: list[bytes | memoryview], offset: int, sync: bool, replace: bool,
+        xattrs: dict[str, bytes] | None,
     ) -> bool:
         """Thread job: True if the file is now the entry, False if another writer won.
         Raises (with the ``.part`` untouched) if it failed before that."""
         try:
             if buf:
-                _write_all(fd, buf)
+                _write_all(fd, buf, offset)
+            for name, value in (xattrs or {}).items():
+                with contextlib.suppress(OSError):
+                    os.setxattr(fd, name, value)
             if sync:
                 os.fdatasync(fd)
         finally:
@@ -266,6 +340,8 @@ class StagingFile:
         fd, self._fd = self._fd, None
         self._buffer, self._buffered = [], 0
         self._guard.close()
+        # A running sync() job writes through its own descriptor: closing ours and unlinking
+        # the path under it is harmless (it finishes on the unlinked inode).
         root = self._service.root
         path = self.path
 

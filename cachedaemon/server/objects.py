@@ -53,7 +53,6 @@ from cachedaemon.server.sendfile import can_send_file, send_file
 ETAG_XATTR = "user.cachedaemon.etag"
 READ_INLINE_BYTES = 64 * 1024
 READ_CHUNK_BYTES = 4 * 1024 * 1024
-STAGE_BATCH_BYTES = 1024 * 1024
 UPLOAD_FROM_MEMORY_BYTES = 8 * 1024 * 1024
 LIST_DEFAULT = 1000
 FILL_APPEND_WAIT_S = 5.0
@@ -147,8 +146,6 @@ async def put_object(call: Call) -> web.StreamResponse:
     committed = False
     try:
         total = 0
-        batch: list[bytes] = []
-        batched = 0
         kept: list[bytes] | None = []  # the body, while it is small enough to upload from memory
         content = request.content
         while True:
@@ -163,38 +160,40 @@ async def put_object(call: Call) -> web.StreamResponse:
             total += len(chunk)
             if total > limit:
                 raise TooLarge(f"object is over the limit of {limit} bytes")
-            batch.append(chunk)
-            batched += len(chunk)
+            # The staging file buffers references (no copy) and writes them out in big
+            # thread jobs; its reservation grows as bytes arrive.
+            await staging.append(chunk, deadline)
             if kept is not None:
                 if total <= UPLOAD_FROM_MEMORY_BYTES:
                     kept.append(chunk)
                 else:
                     kept = None
-            if batched >= STAGE_BATCH_BYTES:
-                await _append(staging, batch, deadline)
-                batch, batched = [], 0
-        if batch:
-            await _append(staging, batch, deadline)
         if clen is not None and total != clen:
             raise InvalidArgument(f"request body has {total} bytes, Content-Length said {clen}")
-        await staging.flush()
+        body: Any
+        if kept is not None:
+            body = kept[0] if len(kept) == 1 else b"".join(kept)
+        else:
+            await staging.flush()  # the upload reads the staged file
+            body = staging.path
         await failpoint("server.put.before_upload")
         t0 = time.perf_counter()
-        # The staged bytes go to disk while the upload runs, so the commit's sync is cheap.
-        sync = asyncio.ensure_future(asyncio.to_thread(_datasync, staging.path))
+        # The staged bytes are written and synced (one thread job) while the upload runs, so
+        # the commit has no disk wait of its own.
+        sync = asyncio.ensure_future(staging.sync())
         try:
-            body: Any = b"".join(kept) if kept is not None else staging.path
             info = await ctx.store.put(key, body, if_none_match=if_none_match,
                                        if_match=if_match)
         finally:
-            with contextlib.suppress(OSError):
-                await sync
+            await asyncio.wait([sync])
+            if not sync.cancelled():
+                sync.exception()  # retrieved here; raised below only if the upload worked
         metrics.UPLOAD_DURATION.observe(time.perf_counter() - t0)
         metrics.UPLOAD_BYTES.inc(total)
         await failpoint("server.put.after_upload")
         try:
-            _set_etag(staging.path, info.etag)
-            await staging.commit(replace=True)
+            sync.result()
+            await staging.commit(replace=True, xattrs={ETAG_XATTR: info.etag.encode()})
             committed = True
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
@@ -210,24 +209,6 @@ async def put_object(call: Call) -> web.StreamResponse:
             await staging.close()
     return _json({"key": key, "size": info.size, "etag": quote_etag(info.etag)}, 201,
                  {"ETag": quote_etag(info.etag)})
-
-
-async def _append(staging: Any, batch: list[bytes], deadline: float) -> None:
-    data = batch[0] if len(batch) == 1 else b"".join(batch)
-    await staging.append(data, deadline)
-
-
-def _datasync(path: Any) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
-
-
-def _set_etag(path: Any, etag: str) -> None:
-    with contextlib.suppress(OSError):
-        os.setxattr(path, ETAG_XATTR, etag.encode())
 
 
 def _get_etag(path: Any) -> str | None:
@@ -454,9 +435,8 @@ async def _fill_and_stream(call: Call, key: str) -> web.StreamResponse:
             if staging is not None and n == info.size and not fill.stale:
                 fill.committing = asyncio.get_running_loop().create_future()
                 try:
-                    await staging.flush()
-                    _set_etag(staging.path, info.etag)
-                    await staging.commit(replace=False)
+                    # One thread job: write, set the ETag, sync, link.
+                    await staging.commit(replace=False, xattrs={ETAG_XATTR: info.etag.encode()})
                     committed = True
                 except CacheDaemonError:
                     pass
