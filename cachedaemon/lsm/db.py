@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -401,15 +402,16 @@ class Database:
             zstd_level=opts.zstd_level,
         )
 
-    async def _write_table(self, entries: Iterator[tuple[bytes, bytes]]) -> FileMeta:
+    async def _write_table(self, imm: MemTable) -> FileMeta:
         builder = await self._new_builder(0)
+        entries = imm.entries()
+        seqnos = (imm.first_seqno, imm.last_seqno)
         try:
-            for n, (k, v) in enumerate(entries, 1):
-                builder.add(k, v)
+            while chunk := list(itertools.islice(entries, _YIELD_EVERY)):
+                builder.add_many(chunk, seqnos)
                 if builder.should_drain:
                     await builder.drain()
-                if n % _YIELD_EVERY == 0:
-                    await asyncio.sleep(0)
+                await asyncio.sleep(0)
             size = await builder.finish()
         except BaseException:
             self._pending_outputs.discard(builder.handle.id)
@@ -431,7 +433,7 @@ class Database:
         meta: FileMeta | None = None
         try:
             if not imm.empty:
-                meta = await self._write_table(imm.entries())
+                meta = await self._write_table(imm)
             edit = VersionEdit(last_seqno=imm.last_seqno)
             await failpoint("lsm.flush.before_manifest")
             if meta is None:

@@ -20,6 +20,7 @@ Layout, chosen for Python speed rather than copied from LevelDB's skiplist:
 from __future__ import annotations
 
 import bisect
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,6 +36,10 @@ from cachedaemon.lsm.dbformat import (
 )
 from cachedaemon.lsm.iterator import InternalIterator
 from cachedaemon.lsm.write_batch import OP_OVERHEAD
+
+_MASK64 = (1 << 64) - 1
+#: ``TERMINATOR ‖ BE64(x)``.
+_pack_tail = struct.Struct(">2xQ").pack
 
 # A version chain node: (seqno, kind, value, older node or None).
 Chain = tuple[int, int, bytes, Any]
@@ -121,12 +126,16 @@ class MemTable:
     def entries(self) -> Iterator[tuple[bytes, bytes]]:
         """Every version as ``(internal key, value)`` in internal-key order (for the flush)."""
         table = self._table
+        pack = _pack_tail
         for key in self.sorted_keys():
-            prefix = key.replace(b"\x00", b"\x00\xff") + TERMINATOR
-            node: Chain | None = table[key]
-            while node is not None:
-                yield prefix + trailer(node[0], node[1]), node[2]
-                node = node[3]
+            escaped = key.replace(b"\x00", b"\x00\xff")
+            seqno, kind, value, older = table[key]
+            # TERMINATOR + trailer(seqno, kind) in one call: this loop runs once per flushed
+            # entry.
+            yield escaped + pack(_MASK64 ^ ((seqno << 8) | kind)), value
+            while older is not None:
+                seqno, kind, value, older = older
+                yield escaped + pack(_MASK64 ^ ((seqno << 8) | kind)), value
 
     def iterator(self) -> MemTableIterator:
         return MemTableIterator(self._table, self.sorted_keys())
