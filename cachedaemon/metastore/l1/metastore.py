@@ -96,6 +96,10 @@ def _validate_objects(objects: Sequence[NewObject]) -> dict[TopicIdPartition, li
             if e.base_offset > e.last_offset:
                 raise InvalidRequest(f"{w}.last_offset: {e.last_offset} is below base_offset "
                                      f"{e.base_offset}")
+            if e.len == 0:
+                # An object whose data is all zero-length would look dead (removed == total)
+                # while its extents still reference it, and the GC would delete it.
+                raise InvalidRequest(f"{w}.len: an extent holds at least one byte")
             if e.filepos + e.len > obj.footer_pos:
                 raise InvalidRequest(f"{w}.len: bytes [{e.filepos}, {e.filepos + e.len}) run "
                                      f"past footer_pos {obj.footer_pos}")

@@ -72,7 +72,8 @@ class Model:
             if not o.extents or o.footer_pos > o.object_size:
                 raise InvalidRequest("bad object")
             for e in o.extents:
-                if e.base_offset > e.last_offset or e.filepos + e.len > o.footer_pos:
+                if (e.base_offset > e.last_offset or e.len == 0
+                        or e.filepos + e.len > o.footer_pos):
                     raise InvalidRequest("bad extent")
                 out.setdefault(TopicIdPartition(e.topic_id, e.partition), []).append(
                     MExtent(e.base_offset, e.last_offset, e.len, o.oid, e.max_timestamp))

@@ -71,6 +71,7 @@ async def test_add_objects_new_partition_may_start_anywhere(l1: L1Metastore) -> 
 
 @pytest.mark.parametrize("case", [
     "dup_oid", "no_extents", "footer", "base_gt_last", "past_footer", "gap", "overlap",
+    "zero_length",
 ])
 async def test_add_objects_rejects_bad_objects(l1: L1Metastore, case: str) -> None:
     oid = uuid.uuid4()
@@ -85,6 +86,7 @@ async def test_add_objects_rejects_bad_objects(l1: L1Metastore, case: str) -> No
                                        extents=good.extents)],
         "gap": [good, obj(ext(P0, 11, 19))],
         "overlap": [obj(ext(P0, 0, 9), ext(P0, 5, 12))],
+        "zero_length": [obj(ext(P0, 0, 9, length=0))],
     }[case]
     with pytest.raises(InvalidRequest) as info:
         await l1.add_objects(bad)
