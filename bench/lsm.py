@@ -138,7 +138,22 @@ class Ours(Engine):
         await self.p.metadata.close()
 
 
-class Plyvel(Engine):
+class NativeEngine(Engine):
+    """A peer whose binding has blocking ``put(k, v)`` and ``get(k)`` on ``self.db``."""
+
+    db: Any
+
+    async def puts(self, keys: list[bytes], values: list[bytes]) -> None:
+        put = self.db.put
+        for k, v in zip(keys, values, strict=True):
+            put(k, v)
+
+    async def gets(self, keys: list[bytes], order: list[int]) -> int:
+        get = self.db.get
+        return sum(1 for i in order if get(keys[i]) is not None)
+
+
+class Plyvel(NativeEngine):
     name = "plyvel (LevelDB)"
 
     async def open(self, directory: Path) -> None:
@@ -146,20 +161,11 @@ class Plyvel(Engine):
 
         self.db = plyvel.DB(str(directory), create_if_missing=True)
 
-    async def puts(self, keys: list[bytes], values: list[bytes]) -> None:
-        put = self.db.put
-        for k, v in zip(keys, values, strict=True):
-            put(k, v)
-
     async def batches(self, keys: list[bytes], values: list[bytes], size: int) -> None:
         for i in range(0, len(keys), size):
             with self.db.write_batch() as b:
                 for k, v in zip(keys[i : i + size], values[i : i + size], strict=True):
                     b.put(k, v)
-
-    async def gets(self, keys: list[bytes], order: list[int]) -> int:
-        get = self.db.get
-        return sum(1 for i in order if get(keys[i]) is not None)
 
     async def scan(self) -> int:
         return sum(1 for _ in self.db.iterator())
@@ -173,7 +179,7 @@ class Plyvel(Engine):
         self.db.close()
 
 
-class RocksDict(Engine):
+class RocksDict(NativeEngine):
     name = "rocksdict (RocksDB)"
 
     async def open(self, directory: Path) -> None:
@@ -183,21 +189,12 @@ class RocksDict(Engine):
         self.mod = rocksdict
         self.db = rocksdict.Rdict(str(directory), options=opts)
 
-    async def puts(self, keys: list[bytes], values: list[bytes]) -> None:
-        put = self.db.put
-        for k, v in zip(keys, values, strict=True):
-            put(k, v)
-
     async def batches(self, keys: list[bytes], values: list[bytes], size: int) -> None:
         for i in range(0, len(keys), size):
             b = self.mod.WriteBatch(raw_mode=True)
             for k, v in zip(keys[i : i + size], values[i : i + size], strict=True):
                 b.put(k, v)
             self.db.write(b)
-
-    async def gets(self, keys: list[bytes], order: list[int]) -> int:
-        get = self.db.get
-        return sum(1 for i in order if get(keys[i]) is not None)
 
     async def scan(self) -> int:
         return sum(1 for _ in self.db.items())
