@@ -7,7 +7,7 @@ PKG = Path(__file__).resolve().parents[1] / "cachedaemon"
 
 # Lowest first. A module may import its own layer and anything below it.
 LAYERS = [
-    {"__init__", "errors", "clock", "units", "config"},
+    {"__init__", "errors", "clock", "units", "config", "namespace"},
     {"core"},
     {"remote"},
     {"cache"},

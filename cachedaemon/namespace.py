@@ -1,0 +1,38 @@
+"""The reserved namespace: where the daemon keeps its own objects, apart from every user key.
+
+API.md reserves every key whose first segment begins with ``.cachedaemon``: object routes
+refuse them (``400 invalid_key``), listings never show them, and everything the daemon writes
+for itself lives under :data:`BUCKET_ROOT` in the bucket and under :data:`CACHE_ROOT` in the
+cache. Because no user key can start there, no object route can read, overwrite or delete the
+metastore's SSTs, manifests, logs or registry, nor their cached copies.
+
+Layout (each owner documents its own part):
+
+* ``.cachedaemon/meta/registry/<domain>`` and ``.cachedaemon/meta/domain/<uuid>/…``: the
+  metastore (registry, epochs, manifests, SSTs, remote write-ahead log);
+* ``.cachedaemon/lsm/…`` (cache keys only): the cached copies of the metastore's SSTs;
+* ``.cachedaemon/bucket-id``: the bucket's identity, so a cache never outlives its bucket;
+* ``.cachedaemon/hotset/<node-id>``: published hot sets for warm starts.
+
+Pure constants and functions; any shard may use them.
+"""
+
+from __future__ import annotations
+
+#: The first-segment prefix that marks a reserved key.
+RESERVED_PREFIX = ".cachedaemon"
+#: Everything the daemon writes for itself in the bucket lives under this prefix.
+BUCKET_ROOT = ".cachedaemon/"
+#: The metastore's part of the bucket.
+META_ROOT = BUCKET_ROOT + "meta/"
+#: The cache keys of cached metastore SSTs.
+CACHE_ROOT = BUCKET_ROOT + "lsm/"
+#: The object that names the bucket (see :data:`BUCKET_ROOT`).
+BUCKET_ID_KEY = BUCKET_ROOT + "bucket-id"
+#: Published hot sets, one object per node.
+HOTSET_ROOT = BUCKET_ROOT + "hotset/"
+
+
+def is_reserved(key: str) -> bool:
+    """True when ``key``'s first ``/``-separated segment begins with ``.cachedaemon``."""
+    return key.startswith(RESERVED_PREFIX)
