@@ -92,6 +92,13 @@ class PreconditionFailed(CacheDaemonError):
     http_status = 412
 
 
+class RequestTimeout(CacheDaemonError):
+    """The request body stalled: no byte arrived for ``server.body_timeout``."""
+
+    code = "request_timeout"
+    http_status = 408
+
+
 class TooLarge(CacheDaemonError):
     code = "too_large"
     http_status = 413
