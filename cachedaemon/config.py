@@ -97,6 +97,18 @@ SCHEMA: tuple[Setting, ...] = (
             "Bearer token required on /v1/* when set.", optional=True, aliases=("--auth-token",)),
     Setting("server", "shutdown_timeout", "duration", 10.0,
             "How long in-flight requests may run after SIGTERM before they are aborted."),
+    Setting("server", "header_timeout", "duration", 10.0,
+            "A connection whose request headers are not complete by then is closed.",
+            minimum=0.001),
+    Setting("server", "body_timeout", "duration", 30.0,
+            "A request body, or a client reading a response, that moves no bytes for this long "
+            "is cut off (408 for a stalled body) and its partial work discarded.", minimum=0.001),
+    Setting("server", "idle_timeout", "duration", 60.0,
+            "Idle keep-alive connections are closed after this long.", minimum=0.001),
+    Setting("server", "max_connections", "int", None,
+            "Most client connections at once (all shards); past it new connections are closed "
+            "at once.", optional=True, minimum=1, maximum=10_000_000,
+            default_doc="what the descriptor limit allows after room for the daemon's own files"),
     Setting("server", "log_format", "choice", "text",
             "Log format: text, or json (one JSON line per log record and per request).",
             choices=("text", "json"), aliases=("--log-format",)),
@@ -175,6 +187,8 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("metastore", "l1_preregistration_ttl", "duration", 3600.0,
             "How long an L1 object id preregistered but never added is kept before the object "
             "GC deletes it (and any upload under its name)."),
+    Setting("metastore", "max_batch_bytes", "size", 64 * 1024**2,
+            "Largest body of a key-value batch; a larger one is refused with 413.", minimum=1024),
 )
 
 SECTIONS = tuple(dict.fromkeys(s.section for s in SCHEMA))
@@ -195,6 +209,10 @@ class ServerSettings:
     shards: int
     auth_token: str | None
     shutdown_timeout: float
+    header_timeout: float
+    body_timeout: float
+    idle_timeout: float
+    max_connections: int | None  # None: from the descriptor limit at start
     log_format: str
     log_level: str
     read_only: bool
@@ -251,6 +269,7 @@ class MetastoreSettings:
     gc_interval: float
     file_deletion_delay: float
     l1_preregistration_ttl: float
+    max_batch_bytes: int
 
 
 @dataclass(frozen=True)
