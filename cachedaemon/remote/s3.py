@@ -58,9 +58,12 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import ipaddress
+import logging
 import os
 import pathlib
 import threading
+import urllib.parse
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -97,6 +100,8 @@ from cachedaemon.remote.base import (
     check_key,
     check_list_args,
 )
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.client import S3Client
@@ -735,12 +740,34 @@ def _credentials_configured() -> bool:
     return os.path.exists(path)
 
 
+def is_loopback_endpoint(endpoint_url: str) -> bool:
+    """True if the endpoint's host is this machine (127.0.0.0/8, ::1, localhost)."""
+    host = (urllib.parse.urlsplit(endpoint_url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_warned_dummy: set[str] = set()
+
+
 def client_kwargs(endpoint_url: str | None, region: str, config: AioConfig) -> dict[str, Any]:
-    """``create_client`` arguments: endpoint, region, config, and dummy credentials for moto."""
+    """``create_client`` arguments: endpoint, region, config, and, only for a local test
+    server (moto, MinIO on loopback) with no credentials anywhere, dummy credentials.
+
+    Any other endpoint gets botocore's normal credential chain, so an instance role or a
+    container's credentials behind a custom endpoint are never overridden by a made-up key."""
     kwargs: dict[str, Any] = {"region_name": region, "config": config}
     if endpoint_url:
         kwargs["endpoint_url"] = endpoint_url
-        if not _credentials_configured():
+        if is_loopback_endpoint(endpoint_url) and not _credentials_configured():
+            if endpoint_url not in _warned_dummy:
+                _warned_dummy.add(endpoint_url)
+                log.warning("no S3 credentials configured: signing requests to the local "
+                            "endpoint %s with dummy credentials", endpoint_url)
             kwargs["aws_access_key_id"] = "testing"
             kwargs["aws_secret_access_key"] = "testing"
     return kwargs
