@@ -1,12 +1,14 @@
 """The per-shard HTTP front: dispatch through the route table plus the cross-cutting concerns.
 
-:func:`make_handler` builds the one request handler of a shard's low-level aiohttp server
-(``web.Server``; no aiohttp router: routing is :data:`~cachedaemon.server.routes.ROUTES`
-matched on the RAW path). Around every handler it does, in order: route match (unknown ->
-``404 not_found``), bearer-token auth on routes that need it (``401 unauthorized``), refusal of
-new ``/v1`` work while draining (``503 unavailable``), in-flight accounting for the drain,
-exception -> JSON error mapping, the request metrics (route label = template) and the JSON
-access log. :func:`start_shard_server` serves it on a listening socket.
+:func:`make_handler` builds the one application callable of a shard's
+:class:`~cachedaemon.server.http.HttpServer` (routing is
+:data:`~cachedaemon.server.routes.ROUTES` matched on the RAW path). Around every handler it
+does, in order: route match (unknown -> ``404 not_found``), bearer-token auth on routes that
+need it (``401 unauthorized``; the scheme name is case-insensitive), refusal of new ``/v1``
+work while draining (``503 unavailable``), in-flight accounting for the drain, exception ->
+JSON error mapping, the request metrics (route label = template; the labelled children are
+resolved once per route and status) and the JSON access log. :func:`start_shard_server` serves
+it on a listening socket.
 
 Runs on each shard's own loop; the handler only touches its shard's :class:`ShardContext`.
 """
@@ -19,14 +21,14 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
-
-from aiohttp import web
 
 from cachedaemon.errors import CacheDaemonError
 from cachedaemon.server import metrics
 from cachedaemon.server.context import Call, ShardContext
 from cachedaemon.server.errors import error_response, internal_error, json_error
+from cachedaemon.server.http import HttpServer, Limits, Request, StreamResponse
 from cachedaemon.server.routes import ROUTES, RouteTable
 
 log = logging.getLogger("cachedaemon.server")
@@ -35,14 +37,17 @@ access_log = logging.getLogger("cachedaemon.access")
 UNMATCHED = "unmatched"
 METRIC_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"})
 
+App = Callable[[Request], Awaitable[StreamResponse]]
 
-def make_handler(ctx: ShardContext, table: RouteTable = ROUTES):  # type: ignore[no-untyped-def]
+
+def make_handler(ctx: ShardContext, table: RouteTable = ROUTES) -> App:
     token = ctx.settings.server.auth_token
-    expected = f"Bearer {token}".encode() if token else None
+    expected = token.encode("latin-1", "replace") if token else None
     json_log = ctx.settings.server.log_format == "json"
     # Labelled children cached per label set: ``labels()`` takes a lock and builds a key.
     counters: dict[tuple[str, str, int], Any] = {}
     timers: dict[tuple[str, str], Any] = {}
+    perf = time.perf_counter
 
     def count(method: str, template: str, status: int, elapsed: float) -> None:
         if method not in METRIC_METHODS:
@@ -57,13 +62,13 @@ def make_handler(ctx: ShardContext, table: RouteTable = ROUTES):  # type: ignore
             t = timers[(method, template)] = metrics.HTTP_DURATION.labels(method, template)
         t.observe(elapsed)
 
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        start = time.perf_counter()
-        raw_path = request.raw_path.split("?", 1)[0]
+    async def handle(request: Request) -> StreamResponse:
+        start = perf()
+        raw_path = request.path
         method = request.method
         route, params, known = table.match(method, raw_path)
         template = route.template if route is not None else UNMATCHED
-        resp: web.StreamResponse
+        resp: StreamResponse
         try:
             if route is None:
                 if known:
@@ -86,30 +91,22 @@ def make_handler(ctx: ShardContext, table: RouteTable = ROUTES):  # type: ignore
             else:
                 ctx.enter()
                 try:
-                    if not route.handles_expect:
-                        await send_continue(request)
                     resp = await route.handler(Call(request, params, ctx, template))
                 finally:
                     ctx.leave()
         except CacheDaemonError as exc:
             resp = error_response(exc)
-        except web.HTTPException as exc:
-            resp = json_error(exc.status, "invalid_argument" if exc.status < 500 else "internal",
-                              exc.reason)
         except asyncio.CancelledError:
-            count(method, template, 499, time.perf_counter() - start)
+            count(method, template, 499, perf() - start)
             raise
         except ConnectionError:
-            # The client went away mid-response: nothing more can be sent. Close the
-            # connection and hand aiohttp a response it will fail to send, quietly.
-            count(method, template, 499, time.perf_counter() - start)
-            if request.transport is not None:
-                request.transport.close()
-            return web.Response(status=499)
+            # The client went away mid-request: nothing more can be sent.
+            count(method, template, 499, perf() - start)
+            raise
         except Exception as exc:  # a bug: answer 500, keep serving
             resp = internal_error(exc)
         status = resp.status
-        elapsed = time.perf_counter() - start
+        elapsed = perf() - start
         count(method, template, status, elapsed)
         if json_log:
             access_log.info(json.dumps({
@@ -123,27 +120,30 @@ def make_handler(ctx: ShardContext, table: RouteTable = ROUTES):  # type: ignore
     return handle
 
 
-async def send_continue(request: web.BaseRequest) -> None:
-    """Answer ``Expect: 100-continue`` so the client sends its body now (curl waits 1 s)."""
-    if request.version >= (1, 1) and \
-            request.headers.get("Expect", "").lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-
-def _authorized(request: web.BaseRequest, expected: bytes) -> bool:
-    got = request.headers.get("Authorization", "")
+def _authorized(request: Request, expected: bytes) -> bool:
+    """``Authorization: Bearer <token>``, the scheme in any case (RFC 9110 §11.1)."""
+    got = request.headers.get("authorization")
+    if got is None:
+        return False
+    scheme, _, credentials = got.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
     try:
-        got_b = got.encode("latin-1")
+        got_b = credentials.strip().encode("latin-1")
     except UnicodeEncodeError:
         return False
     return hmac.compare_digest(got_b, expected)
 
 
-async def start_shard_server(ctx: ShardContext, sock: socket.socket) -> web.ServerRunner:
-    """Serve ``ctx``'s shard on ``sock`` (already bound and listening). Returns the runner."""
-    server = web.Server(make_handler(ctx), access_log=None, handler_cancellation=False)
-    runner = web.ServerRunner(server, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.SockSite(runner, sock, backlog=1024)
-    await site.start()
-    return runner
+def server_limits(ctx: ShardContext, max_connections: int) -> Limits:
+    s = ctx.settings.server
+    return Limits(header_timeout=s.header_timeout, body_timeout=s.body_timeout,
+                  idle_timeout=s.idle_timeout, max_connections=max_connections)
+
+
+async def start_shard_server(ctx: ShardContext, sock: socket.socket,
+                             max_connections: int) -> HttpServer:
+    """Serve ``ctx``'s shard on ``sock`` (already bound and listening)."""
+    server = HttpServer(make_handler(ctx), server_limits(ctx, max_connections))
+    await server.start(sock)
+    return server

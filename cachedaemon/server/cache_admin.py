@@ -12,8 +12,7 @@ import json
 import time
 from typing import Any
 
-from aiohttp import web
-
+from cachedaemon.server import http as web
 from cachedaemon.server import metrics
 from cachedaemon.server.context import Call
 from cachedaemon.server.keys import decode_key

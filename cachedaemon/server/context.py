@@ -15,10 +15,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
 from cachedaemon.config import Settings
 from cachedaemon.errors import Unavailable
+from cachedaemon.server.http import Request
 from cachedaemon.server.singleflight import SingleFlight
 
 
@@ -71,9 +70,9 @@ class ShardContext:
 
 @dataclass(slots=True)
 class Call:
-    """One request being handled: the aiohttp request, the raw route params, the context."""
+    """One request being handled: the request, the raw route params, the context."""
 
-    request: web.BaseRequest
+    request: Request
     params: dict[str, str]
     ctx: ShardContext
     route_template: str

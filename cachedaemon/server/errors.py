@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import logging
 
-from aiohttp import web
-
 from cachedaemon.errors import CacheDaemonError, CacheFull, InvalidRange
+from cachedaemon.server import http as web
 
 log = logging.getLogger("cachedaemon.server")
 
@@ -21,10 +20,11 @@ log = logging.getLogger("cachedaemon.server")
 CONTRACT_CODES = frozenset({
     "invalid_key", "invalid_argument", "unauthorized", "not_found", "fenced", "read_only",
     "precondition_failed", "too_large", "invalid_range", "upstream_error", "cache_full",
-    "unavailable",
+    "unavailable", "request_timeout",
 })
 _CODE_FOR_STATUS = {400: "invalid_argument", 401: "unauthorized", 404: "not_found",
-                    409: "fenced", 412: "precondition_failed", 413: "too_large",
+                    408: "request_timeout", 409: "fenced", 412: "precondition_failed",
+                    413: "too_large",
                     416: "invalid_range", 502: "upstream_error", 503: "unavailable"}
 
 #: Seconds a client is told to wait after a 503.

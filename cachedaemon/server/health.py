@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from cachedaemon.server import http as web
 from cachedaemon.server import metrics
 from cachedaemon.server.context import Call
 from cachedaemon.server.routes import ROUTES

@@ -20,12 +20,11 @@ import json
 import re
 from typing import Any
 
-from aiohttp import web
-
 from cachedaemon.errors import InvalidArgument, InvalidKey, NotFound, TooLarge
 from cachedaemon.lsm.write_batch import WriteBatch
 from cachedaemon.metastore.domain import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from cachedaemon.metastore.service import DomainService, call_domain
+from cachedaemon.server import http as web
 from cachedaemon.server.context import Call, metastore_domains
 from cachedaemon.server.keys import domain_param, percent_decode
 from cachedaemon.server.routes import ROUTES, Param
@@ -63,18 +62,7 @@ def _json(payload: object) -> web.Response:
 
 
 async def _read_body(call: Call, limit: int) -> bytes:
-    request = call.request
-    length = request.content_length
-    if length is not None and length > limit:
-        raise TooLarge(f"body of {length} bytes is over the {limit}-byte limit")
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.content.iter_any():
-        total += len(chunk)
-        if total > limit:
-            raise TooLarge(f"body is over the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await call.request.content.read_all(limit)
 
 
 # --- single keys ---------------------------------------------------------------------------------

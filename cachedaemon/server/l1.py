@@ -20,13 +20,13 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from aiohttp import web
 
-from cachedaemon.errors import InvalidArgument, NotFound, TooLarge
+from cachedaemon.errors import InvalidArgument, NotFound
 from cachedaemon.metastore.l1 import TopicIdPartition
 from cachedaemon.metastore.l1 import types as t
 from cachedaemon.metastore.l1.service import L1Config, l1_call, l1_collect_garbage
 from cachedaemon.metastore.service import call_domain
+from cachedaemon.server import http as web
 from cachedaemon.server.context import Call, metastore_domains
 from cachedaemon.server.keys import decode_text, domain_param
 from cachedaemon.server.openapi import SPEC_EXTENSIONS
@@ -99,13 +99,7 @@ def _query_bool(call: Call, name: str) -> bool:
 
 
 async def _body(call: Call, kind: type[Any]) -> Any:
-    request = call.request
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise TooLarge(f"body of {request.content_length} bytes is over the "
-                       f"{MAX_BODY_BYTES}-byte limit")
-    data = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(data) > MAX_BODY_BYTES:
-        raise TooLarge(f"body is over the {MAX_BODY_BYTES}-byte limit")
+    data = await call.request.content.read_all(MAX_BODY_BYTES)
     try:
         return msgspec.json.decode(data, type=kind)
     except msgspec.ValidationError as exc:

@@ -3,7 +3,7 @@
 Start-up, bottom up: data directory (created, checked writable), the listening sockets (bound
 before anything slow, so "port in use" fails fast), the shards (:class:`Smp`; shard 0 is the
 main uvloop loop), one object store per shard (S3 clients are loop-bound) and a reachability
-probe of the bucket, one aiohttp server per shard on the same port (``SO_REUSEPORT``; until
+probe of the bucket, one HTTP server per shard on the same port (``SO_REUSEPORT``; until
 recovery ends ``/readyz`` is 503 and ``/v1`` requests 503 ``unavailable``), the cache service
 on every shard (shard 0 coordinates the accounting; start-up recovery: tracker load, walk,
 ``.part`` clean-up), the metastore domains. Then ``/readyz`` turns 200, the line
@@ -44,6 +44,8 @@ from cachedaemon.errors import CacheDaemonError, ConfigError
 from cachedaemon.server import sdnotify
 from cachedaemon.server.app import start_shard_server
 from cachedaemon.server.context import ServerState, ShardContext
+from cachedaemon.server.fdlimit import BudgetError, connection_budget, per_shard
+from cachedaemon.server.http import HttpServer
 from cachedaemon.server.services import (
     open_shard_store,
     probe_store,
@@ -166,12 +168,14 @@ def check_data_dir(path: Path) -> None:
 class _ShardServer:
     """One shard's HTTP server and context (lives on that shard)."""
 
-    def __init__(self, ctx: ShardContext, runner: Any) -> None:
+    def __init__(self, ctx: ShardContext, server: HttpServer) -> None:
         self.ctx = ctx
-        self.runner = runner
+        self.server = server
 
     async def drain(self, deadline: float) -> int:
-        """Wait until no request runs (or the deadline); return how many still run."""
+        """Stop accepting, close idle connections, and wait until no request runs (or the
+        deadline); return how many still run."""
+        self.server.begin_shutdown()
         remaining = deadline - time.monotonic()
         if self.ctx.inflight and remaining > 0:
             with contextlib.suppress(TimeoutError):
@@ -179,7 +183,11 @@ class _ShardServer:
         return self.ctx.inflight
 
     async def stop(self) -> None:
-        await self.runner.cleanup()
+        """Drop what is left: running handlers are cancelled and clean up after themselves."""
+        self.server.abort_all()
+        if self.ctx.inflight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ctx.idle.wait(), 5.0)
 
 
 class Daemon:
@@ -231,6 +239,10 @@ class Daemon:
     async def start(self) -> str:
         s = self.settings
         check_data_dir(s.storage.data_dir)
+        try:
+            max_connections = per_shard(connection_budget(s), s.server.shards)
+        except BudgetError as exc:
+            raise StartupError(str(exc)) from exc
         self.sockets = bind_sockets(s.server.host, s.server.port, s.server.shards)
         port = self.sockets[0].getsockname()[1]
         host = s.server.host
@@ -260,8 +272,8 @@ class Daemon:
                                store=stores.instance(shard), cache=None, max_object_bytes=0)
             ctx.idle.set()
             state.contexts[shard] = ctx
-            runner = await start_shard_server(ctx, sockets[shard])
-            return _ShardServer(ctx, runner)
+            server = await start_shard_server(ctx, sockets[shard], max_connections)
+            return _ShardServer(ctx, server)
 
         await self.servers.start(make)
         await failpoint("server.start.before_recovery")

@@ -31,24 +31,22 @@ import os
 import time
 from typing import Any
 
-from aiohttp import web
-
 from cachedaemon.core.failpoints import failpoint
 from cachedaemon.errors import (
     CacheDaemonError,
     CacheFull,
     InvalidArgument,
     NotFound,
+    RequestTimeout,
     TooLarge,
     Unavailable,
 )
+from cachedaemon.server import http as web
 from cachedaemon.server import metrics
-from cachedaemon.server.app import send_continue
 from cachedaemon.server.context import Call, ShardContext
 from cachedaemon.server.keys import decode_key, decode_text
 from cachedaemon.server.ranges import parse_range
 from cachedaemon.server.routes import ROUTES, Param
-from cachedaemon.server.sendfile import can_send_file, send_file
 
 ETAG_XATTR = "user.cachedaemon.etag"
 READ_INLINE_BYTES = 64 * 1024
@@ -133,7 +131,6 @@ async def put_object(call: Call) -> web.StreamResponse:
             raise InvalidArgument("If-Match needs an ETag")
     deadline = _deadline(call)
     cache = ctx.cache.local()
-    await send_continue(request)  # the checks that need no body passed
 
     t_wait = time.perf_counter()
     try:
@@ -151,7 +148,7 @@ async def put_object(call: Call) -> web.StreamResponse:
         while True:
             try:
                 chunk = await content.readany()
-            except (asyncio.CancelledError, TooLarge):
+            except (asyncio.CancelledError, TooLarge, RequestTimeout, InvalidArgument):
                 raise
             except Exception as exc:  # client went away / malformed chunking
                 raise InvalidArgument(f"request body incomplete: {exc}") from exc
@@ -311,19 +308,7 @@ async def _serve_cached(call: Call, key: str, entry: Any, range_header: str | No
     try:
         resp = web.StreamResponse(status=status, headers=headers)
         await resp.prepare(call.request)
-        if can_send_file(call.request):
-            await send_file(call.request, fd, first, count)
-        else:
-            offset = first
-            remaining = count
-            while remaining > 0:
-                n = min(remaining, READ_CHUNK_BYTES)
-                data = await asyncio.to_thread(os.pread, fd, n, offset)
-                if not data:
-                    raise ConnectionResetError("cached file shrank while it was being served")
-                await resp.write(data)
-                offset += len(data)
-                remaining -= len(data)
+        await resp.sendfile(fd, first, count)
         await resp.write_eof()
         return resp
     finally:

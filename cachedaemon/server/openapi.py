@@ -12,8 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
-
+from cachedaemon.server import http as web
 from cachedaemon.server.context import Call
 from cachedaemon.server.routes import ROUTES, RouteTable
 

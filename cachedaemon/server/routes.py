@@ -19,12 +19,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 if TYPE_CHECKING:
     from cachedaemon.server.context import Call
+    from cachedaemon.server.http import StreamResponse
 
-Handler = Callable[["Call"], Awaitable[web.StreamResponse]]
+Handler = Callable[["Call"], Awaitable["StreamResponse"]]
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class Route:
     params: tuple[Param, ...] = ()
     responses: dict[int, str] = field(default_factory=dict)
     request_body: str | None = None  # content type of the body, if any
-    handles_expect: bool = False  # answers ``Expect: 100-continue`` itself (after its checks)
+    handles_expect: bool = False  # no longer used: 100-continue is sent when the body is read
     segments: tuple[str, ...] = field(default=(), compare=False)
 
     @property

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -89,8 +89,10 @@ class DaemonProcess:
         s3_endpoint: str | None = None,
         listen: str = "127.0.0.1:0",
         cwd: str | Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self._preexec_fn = preexec_fn
         args = ["serve", "--listen", listen, "--data-dir", str(self.data_dir)]
         args += ["--shards", str(shards)]
         if remote is not None:
@@ -124,6 +126,7 @@ class DaemonProcess:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 cwd=self._cwd,
+                preexec_fn=self._preexec_fn,
             )
         self._reader = threading.Thread(target=self._read_stdout, daemon=True)
         self._reader.start()
@@ -214,11 +217,13 @@ def start_daemon(
     timeout: float = 20,
     listen: str = "127.0.0.1:0",
     cwd: str | Path | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[DaemonProcess]:
-    """Start ``cachedaemon serve`` and yield it once ready; always kill it afterwards."""
+    """Start ``cachedaemon serve`` and yield it once ready; always kill it afterwards.
+    ``preexec_fn`` runs in the child before it starts (e.g. to lower its descriptor limit)."""
     daemon = DaemonProcess(
         data_dir, *extra_args, env=env, shards=shards, remote=remote, s3_endpoint=s3_endpoint,
-        listen=listen, cwd=cwd,
+        listen=listen, cwd=cwd, preexec_fn=preexec_fn,
     )
     try:
         daemon.start(timeout)

@@ -24,7 +24,10 @@ that never contains request bytes.
 **After a response**: the connection is kept only when both sides allow it
 (``Connection``, HTTP/1.0), the response went out whole, and the request body was read or
 can be skipped cheaply (at most :data:`DISCARD_LIMIT` bytes left); a request that expected
-``100-continue`` and was never told to continue closes it.
+``100-continue`` and was never told to continue closes it. A connection closed while its
+request body is still arriving *lingers* as nginx's does: it stops writing and reads and drops
+the rest of the body for up to :data:`LINGER_S` (and :data:`LINGER_BYTES`), so the client reads
+the early answer (a ``413``, a ``408``) instead of a reset.
 
 **Sending files**: ``sendfile(2)`` runs on the loop with the socket non-blocking; when the
 socket is full the connection waits for it to be writable (through a ``dup`` of the socket's
@@ -47,12 +50,7 @@ import httptools
 
 from cachedaemon.errors import InvalidArgument, RequestTimeout
 from cachedaemon.server.http.request import BODY_HIGH_WATER, Body, Headers, Request
-from cachedaemon.server.http.response import (
-    NO_BODY_STATUSES,
-    Response,
-    StreamResponse,
-    encode_head,
-)
+from cachedaemon.server.http.response import NO_BODY_STATUSES, StreamResponse, encode_head
 
 if TYPE_CHECKING:
     from cachedaemon.server.http.server import HttpServer
@@ -65,11 +63,14 @@ MAX_TARGET_BYTES = 16 << 10
 MAX_HEAD_BYTES = 64 << 10
 #: Unread request-body bytes the connection skips to stay open after a response.
 DISCARD_LIMIT = 256 << 10
+#: How long, and how many bytes, a closing connection reads and drops of an unread body.
+LINGER_S = 5.0
+LINGER_BYTES = 64 << 20
 #: Write-buffer limits of the transport (pause above the high mark, resume below the low).
 WRITE_HIGH_WATER = 256 << 10
 WRITE_LOW_WATER = 64 << 10
 
-App = Callable[[Request], Awaitable[Response]]
+App = Callable[[Request], Awaitable[StreamResponse]]
 
 # What the one timer of a connection is waiting for.
 _NONE, _IDLE, _HEADERS, _BODY, _DISCARD, _WRITE = range(6)
@@ -97,8 +98,9 @@ class HttpConnection(asyncio.Protocol):
         # The request being answered.
         self._active: Request | None = None
         self._task: asyncio.Task[None] | None = None
-        self._response: Response | None = None
+        self._response: StreamResponse | None = None
         self._discarding: Body | None = None
+        self._linger_until = 0.0  # > 0: closing once the unread body is dropped
         # Flow control.
         self._reading = True
         self._pause_for_body = False
@@ -214,7 +216,7 @@ class HttpConnection(asyncio.Protocol):
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         headers = self._headers
-        if key in headers.keys():
+        if dict.__contains__(headers, key):
             text = f"{dict.__getitem__(headers, key)}, {text}"
         dict.__setitem__(headers, key, text)
 
@@ -252,6 +254,8 @@ class HttpConnection(asyncio.Protocol):
         body = req.content
         if body is self._discarding:
             body.received += len(data)
+            if self._linger_until and body.received > LINGER_BYTES:
+                self._close_now()
             return
         body.feed(data)
         if body.buffered > BODY_HIGH_WATER and not self._pause_for_body:
@@ -266,6 +270,9 @@ class HttpConnection(asyncio.Protocol):
         req.content.feed_eof()
         if req.content is self._discarding:
             self._discarding = None
+            if self._linger_until:
+                self._close_now()
+                return
             self._next()
         elif self._active is None and not self._queue:
             self._rearm()
@@ -283,7 +290,7 @@ class HttpConnection(asyncio.Protocol):
             self._response = resp
             if not resp.prepared:
                 self._send(req, resp)
-            elif isinstance(resp, StreamResponse) and not resp.finished:
+            elif not resp.finished:
                 await resp.write_eof()
         except (ConnectionError, asyncio.CancelledError):
             self._drop()
@@ -294,7 +301,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self._finish(req)
 
-    def _send(self, req: Request, resp: Response) -> None:
+    def _send(self, req: Request, resp: StreamResponse) -> None:
         keep = self._keep_alive(req)
         status = resp.status
         body = resp.body
@@ -343,13 +350,18 @@ class HttpConnection(asyncio.Protocol):
         self._response = None
         if self._closed:
             return
-        if isinstance(resp, StreamResponse) and not resp.complete:
+        if resp is not None and resp.prepared and not resp.complete:
             self._close_after = True
         body = req.content
-        if self._close_after or (not body.complete and not self._keep_alive(req)):
-            self._transport.close()
-            self._closed = True
-            return
+        if self._close_after or not self._keep_alive(req):
+            if body.complete or self._broken or self._parsing is not req:
+                self._close_now()
+                return
+            # Linger: stop writing, drop the rest of the body, then close.
+            self._linger_until = self._loop.time() + min(LINGER_S, self._server.body_timeout)
+            self._close_after = True
+            if self._transport.can_write_eof():
+                self._transport.write_eof()
         if not body.complete:
             body.drop_continue()
             self._discarding = body
@@ -358,6 +370,10 @@ class HttpConnection(asyncio.Protocol):
             self._rearm()
             return
         self._next()
+
+    def _close_now(self) -> None:
+        self._closed = True
+        self._transport.close()
 
     def _next(self) -> None:
         self._pause_for_body = False
@@ -517,7 +533,10 @@ class HttpConnection(asyncio.Protocol):
                 return _BODY, self._body_progress + server.body_timeout
             return _NONE, 0.0
         if self._discarding is not None:
-            return _DISCARD, self._body_progress + server.body_timeout
+            deadline = self._body_progress + server.body_timeout
+            if self._linger_until:
+                deadline = min(deadline, self._linger_until)
+            return _DISCARD, deadline
         if self._head_started is not None:
             return _HEADERS, self._head_started + server.header_timeout
         if self._queue:
@@ -557,9 +576,9 @@ class HttpConnection(asyncio.Protocol):
                      self._remote or "?", self._server.body_timeout)
             self._drop()  # the handler's pending write raises ConnectionResetError
         else:
-            # Idle keep-alive, headers not complete in time, or an unread body that stalls.
-            self._transport.close()
-            self._closed = True
+            # Idle keep-alive, headers not complete in time, an unread body that stalls, or
+            # the end of a linger.
+            self._close_now()
 
     # --- the server's side -----------------------------------------------------------------
 

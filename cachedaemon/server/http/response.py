@@ -89,34 +89,17 @@ def encode_head(status: int, headers: Mapping[str, str], length: int | None, *,
                      b"\r\n"))
 
 
-class Response:
-    """A complete response (see the module doc)."""
+class StreamResponse:
+    """A response sent by the handler as it goes (see the module doc); the base of
+    :class:`Response`, as in aiohttp, so a handler is typed ``-> StreamResponse`` either way."""
 
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, *, status: int = 200, body: bytes | None = None, text: str | None = None,
-                 content_type: str | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
-        self.status = status
-        self.headers: dict[str, str] = dict(headers) if headers else {}
-        if text is not None:
-            body = text.encode("utf-8")
-        self.body = body if body is not None else b""
-        if content_type is not None:
-            self.headers["Content-Type"] = content_type
-
-    @property
-    def prepared(self) -> bool:
-        return False
-
-
-class StreamResponse(Response):
-    """A response sent by the handler as it goes (see the module doc)."""
-
-    __slots__ = ("_chunked", "_conn", "_eof", "_head", "content_length", "sent")
+    __slots__ = ("_chunked", "_conn", "_eof", "_head", "body", "content_length", "headers",
+                 "sent", "status")
 
     def __init__(self, *, status: int = 200, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(status=status, headers=headers)
+        self.status = status
+        self.headers: dict[str, str] = dict(headers) if headers else {}
+        self.body = b""
         self.content_length: int | None = None
         self._conn: HttpConnection | None = None
         self._chunked = False
@@ -194,6 +177,24 @@ class StreamResponse(Response):
             return False
         return self._head or self._chunked or self.content_length is None \
             or self.sent == self.content_length
+
+
+class Response(StreamResponse):
+    """A complete response (see the module doc): the connection sends it after the handler
+    returns."""
+
+    __slots__ = ()
+
+    def __init__(self, *, status: int = 200, body: bytes | None = None, text: str | None = None,
+                 content_type: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(status=status, headers=headers)
+        if text is not None:
+            body = text.encode("utf-8")
+        if body is not None:
+            self.body = body
+        if content_type is not None:
+            self.headers["Content-Type"] = content_type
 
 
 __all__ = ["NO_BODY_STATUSES", "Response", "StreamResponse", "encode_head", "status_line"]

@@ -4,9 +4,10 @@ One :class:`HttpServer` per shard, on that shard's loop. It accepts on an alread
 listening socket (every shard has its own, on one port, with ``SO_REUSEPORT``), admits at most
 ``max_connections`` connections at once (past that a new connection is closed at once, so
 the process never runs out of descriptors for its own files), carries the ``server.*``
-timeouts its connections apply, and shuts down in two steps: :meth:`begin_shutdown` stops
-accepting, closes idle connections and makes busy ones close after their response;
-:meth:`abort_all` drops what is left (running handlers are cancelled).
+timeouts its connections apply, and shuts down in two steps: :meth:`begin_shutdown` closes
+idle connections and makes every connection close after its response (it still accepts, so
+``/readyz`` can answer 503 to load balancers while requests drain); :meth:`abort_all` stops
+accepting and drops what is left (running handlers are cancelled).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class HttpServer:
             lambda: HttpConnection(self), sock=sock, backlog=backlog)
 
     def admit(self, conn: HttpConnection) -> bool:
-        if self.closing or len(self.connections) >= self.max_connections:
+        if len(self.connections) >= self.max_connections:
             self.refused += 1
             return False
         self.connections.add(conn)
@@ -64,15 +65,13 @@ class HttpServer:
         return sum(1 for c in self.connections if c.busy)
 
     def begin_shutdown(self) -> None:
-        """Stop accepting; close idle connections; busy ones close after their response."""
+        """Close idle connections; every connection closes after its next response."""
         self.closing = True
-        if self._server is not None:
-            self._server.close()
         for conn in list(self.connections):
             conn.close_if_idle()
 
     def abort_all(self) -> None:
-        """Drop every connection now (running handlers are cancelled)."""
+        """Stop accepting and drop every connection now (running handlers are cancelled)."""
         self.closing = True
         if self._server is not None:
             self._server.close()

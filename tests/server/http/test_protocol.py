@@ -157,12 +157,12 @@ async def test_streamed_response_chunked_and_head_has_no_body(http: Harness) -> 
     http.app = app
     r, w = await http.connect()
     w.write(b"GET /chunked HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, headers, body = await read_response(r)
+    _, headers, body = await read_response(r)
     assert headers["transfer-encoding"] == "chunked" and body == b"abcdef"
     w.write(b"HEAD /sized HTTP/1.1\r\nHost: x\r\n\r\nGET /sized HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, headers, body = await read_response(r)  # HEAD: length announced, no body
+    _, headers, body = await read_response(r)  # HEAD: length announced, no body
     assert headers["content-length"] == "6"
-    status, headers, body = await read_response(r)  # the next response follows at once
+    _, _, body = await read_response(r)  # the next response follows at once
     assert body == b"abcdef"
     w.close()
 
@@ -170,7 +170,7 @@ async def test_streamed_response_chunked_and_head_has_no_body(http: Harness) -> 
 async def test_connection_close_and_http10_are_honoured(http: Harness) -> None:
     r, w = await http.connect()
     w.write(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    status, headers, _ = await read_response(r)
+    _, headers, _ = await read_response(r)
     assert headers["connection"] == "close"
     assert await closed_within(r, 1)
     r, w = await http.connect()
@@ -179,7 +179,7 @@ async def test_connection_close_and_http10_are_honoured(http: Harness) -> None:
     assert status == 200 and await closed_within(r, 1)
     r, w = await http.connect()
     w.write(b"GET /c HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-    status, headers, _ = await read_response(r)
+    _, headers, _ = await read_response(r)
     assert headers["connection"] == "keep-alive"
     w.write(b"GET /d HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
     assert (await read_response(r))[2] == b"GET /d 0"
@@ -324,7 +324,7 @@ async def test_max_connections_closes_new_connections_at_once() -> None:
         for r, w in held:  # each is admitted and served
             w.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             assert (await read_response(r))[0] == 200
-        r, w = await h.connect()
+        r, _ = await h.connect()
         assert await closed_within(r, 1)
         assert h.server.refused == 1
         held[0][1].close()
@@ -407,7 +407,7 @@ async def test_slow_reader_of_a_streamed_response_is_cut_off() -> None:
     await h.start(body_timeout=0.3)
     assert h.server is not None
     try:
-        r, w = await h.connect()
+        _, w = await h.connect()
         w.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await asyncio.sleep(1.5)
         assert outcome == ["cut"]
@@ -435,7 +435,13 @@ async def test_shutdown_closes_idle_connections_and_lets_busy_ones_finish(http: 
     assert await closed_within(idle_r, 1)
     assert http.server.busy == 1
     release.set()
-    status, headers, body = await read_response(busy_r)
+    _, headers, body = await read_response(busy_r)
     assert body == b"done" and headers["connection"] == "close"
+    # Still accepting while draining (readiness probes get their 503), one request each.
+    r, w = await http.connect()
+    w.write(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n")
+    _, headers, _ = await read_response(r)
+    assert headers["connection"] == "close" and await closed_within(r, 1)
+    http.server.abort_all()
     with pytest.raises(OSError):
         await asyncio.wait_for(http.connect(), 1)
