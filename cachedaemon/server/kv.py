@@ -14,12 +14,17 @@ without it the routes answer ``503 unavailable``. Served by every shard.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import re
+import time
 from typing import Any
 
+import msgspec
+
+from cachedaemon.core.semaphore import Semaphore
 from cachedaemon.errors import InvalidArgument, InvalidKey, NotFound, TooLarge
 from cachedaemon.lsm.write_batch import WriteBatch
 from cachedaemon.metastore.domain import MAX_KEY_BYTES, MAX_VALUE_BYTES
@@ -31,8 +36,6 @@ from cachedaemon.server.routes import ROUTES, Param
 
 SCAN_DEFAULT = 1000
 SCAN_MAX = 10000
-#: A batch body may hold several maximal values, base64-inflated.
-MAX_BATCH_BODY_BYTES = 64 * 1024 * 1024
 _B64 = re.compile(r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
 
 
@@ -111,41 +114,90 @@ for _method in ("PUT", "GET", "DELETE"):
 # --- domains -------------------------------------------------------------------------------------
 
 
-def parse_batch(body: bytes) -> WriteBatch:
+class _Op(msgspec.Struct):
+    op: str
+    key: bytes  # msgspec decodes strict standard padded base64 into bytes, in C
+    value: bytes | None = None
+
+
+class _Batch(msgspec.Struct):
+    ops: list[_Op]
+
+
+_BATCH = msgspec.json.Decoder(_Batch)
+#: Operations turned into the batch between two yields to the loop.
+BATCH_STEP = 4096
+
+
+def decode_batch(body: bytes) -> list[_Op]:
+    """The operations of a batch body; InvalidArgument for anything malformed (never a 500)."""
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return _BATCH.decode(body).ops
+    except msgspec.ValidationError as exc:
+        raise InvalidArgument(f"invalid batch body: {exc} (expected "
+                              '{"ops": [{"op": "put"|"delete", "key": b64, "value": b64}]})'
+                              ) from exc
+    except msgspec.DecodeError as exc:
         raise InvalidArgument(f"batch body is not JSON: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("ops"), list):
-        raise InvalidArgument('batch body must be {"ops": [...]}')
+    except RecursionError as exc:
+        raise InvalidArgument("batch body is nested too deeply") from exc
+
+
+async def build_batch(ops: list[_Op]) -> WriteBatch:
+    """The WriteBatch of decoded operations, checked op by op; yields to the loop every
+    :data:`BATCH_STEP` operations so a huge batch never stalls the shard."""
     batch = WriteBatch()
-    for i, op in enumerate(doc["ops"]):
-        if not isinstance(op, dict):
-            raise InvalidArgument(f"ops[{i}] must be an object")
-        kind = op.get("op")
-        key = b64decode(op.get("key"), f"ops[{i}].key")
+    for i, op in enumerate(ops):
+        if i and i % BATCH_STEP == 0:
+            await asyncio.sleep(0)
+        key = op.key
         if not 1 <= len(key) <= MAX_KEY_BYTES:
             raise InvalidArgument(f"ops[{i}].key must be 1-{MAX_KEY_BYTES} bytes")
-        if kind == "put":
-            value = b64decode(op.get("value"), f"ops[{i}].value")
-            if len(value) > MAX_VALUE_BYTES:
+        if op.op == "put":
+            if op.value is None:
+                raise InvalidArgument(f"ops[{i}].value is required for a put")
+            if len(op.value) > MAX_VALUE_BYTES:
                 raise TooLarge(f"ops[{i}].value is over {MAX_VALUE_BYTES} bytes")
-            batch.put(key, value)
-        elif kind == "delete":
+            batch.put(key, op.value)
+        elif op.op == "delete":
             batch.delete(key)
         else:
-            raise InvalidArgument(f'ops[{i}].op must be "put" or "delete", got {kind!r}')
+            raise InvalidArgument(f'ops[{i}].op must be "put" or "delete", got {op.op[:20]!r}')
     return batch
+
+
+def _batch_budget(call: Call) -> Semaphore:
+    """This shard's budget of batch-body bytes in flight (two maximal batches, at least
+    64 MiB): bounds the memory that concurrent large batches can take."""
+    budget: Semaphore | None = call.ctx.extensions.get("kv.batch_budget")
+    if budget is None:
+        limit = call.ctx.settings.metastore.max_batch_bytes
+        budget = Semaphore(max(2 * limit, 64 << 20), "kv batch bytes")
+        call.ctx.extensions["kv.batch_budget"] = budget
+    return budget
 
 
 @ROUTES.route("POST", "/v1/domains/{domain}/batch", "Apply puts and deletes atomically.",
               tag="kv", request_body="application/json",
-              responses={204: "durable", 400: "bad body"})
+              responses={204: "durable", 400: "bad body",
+                         413: "body over metastore.max_batch_bytes"})
 async def domain_batch(call: Call) -> web.StreamResponse:
     name = domain_param(call)
-    batch = parse_batch(await _read_body(call, MAX_BATCH_BODY_BYTES))
-    if batch.ops:
-        await call_domain(metastore_domains(call), name, DomainService.write, batch)
+    limit = call.ctx.settings.metastore.max_batch_bytes
+    length = call.request.content_length
+    if length is not None and length > limit:
+        raise TooLarge(f"batch body of {length} bytes is over metastore.max_batch_bytes "
+                       f"({limit} bytes)")
+    units = limit if length is None else max(length, 1)
+    deadline = time.monotonic() + call.ctx.settings.cache.reserve_deadline
+    async with await _batch_budget(call).get_units(units, deadline):
+        body = await call.request.content.read_all(limit, "batch body")
+        ops = decode_batch(body)
+        del body
+        batch = await build_batch(ops)
+        del ops
+        if batch.ops:
+            await call_domain(metastore_domains(call), name, DomainService.write, batch)
     return web.Response(status=204)
 
 
