@@ -1,5 +1,6 @@
 """HTTP ``Range`` header parsing for object GETs (RFC 9110 §14, single byte ranges).
 
+The range unit is matched case-insensitively (RFC 9110 §14.1: ``BYTES=0-1`` is a byte range).
 ``parse_range(header, size)`` returns the inclusive ``(first, last)`` to serve, ``None`` to
 serve the whole object (no header, or a header we ignore as RFC 9110 allows: another unit,
 several ranges), or raises :class:`InvalidRange` (-> ``416`` with ``Content-Range: bytes */SIZE``)
@@ -13,7 +14,7 @@ import re
 
 from cachedaemon.errors import InvalidRange
 
-_SPEC = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.ASCII)
+_SPEC = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.ASCII | re.IGNORECASE)
 MAX_DIGITS = 19
 
 

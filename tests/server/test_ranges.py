@@ -22,6 +22,8 @@ from cachedaemon.server.ranges import parse_range
         ("bytes=5-100", 10, (5, 9)),
         ("bytes = 1 - 2", 10, (1, 2)),
         ("bytes=9-9", 10, (9, 9)),
+        ("BYTES=0-1", 10, (0, 1)),  # the unit is case-insensitive
+        ("Bytes=-2", 10, (8, 9)),
         ("items=0-1", 10, None),  # other unit: ignored
         ("bytes=0-1,3-4", 10, None),  # several ranges: whole object
         ("bytes=4-2", 10, None),  # invalid: ignored
