@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis  # noqa: F401  (see below)
 import pytest
 
 from cachedaemon.remote.base import ObjectStore
@@ -44,6 +45,13 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 MOTO_START_TIMEOUT_S = 30.0
 OBJECT_STORE_KINDS = ["memory", "local", "s3"]
+
+
+# hypothesis is imported up front: its pytest plugin imports it at the end of a session that
+# ran no hypothesis test, and CPython 3.11.7's ast.parse (which pytest's assertion rewriting
+# calls on that import) can then fail with "SystemError: AST constructor recursion depth
+# mismatch" after uvloop-heavy tests (seen with tests/server/test_hostile.py followed by
+# tests/server/http), turning a green run red.
 
 
 def _free_port() -> int:

@@ -42,6 +42,8 @@ import contextlib
 import json
 import logging
 import os
+import socket
+import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -69,6 +71,8 @@ LINGER_BYTES = 64 << 20
 #: Write-buffer limits of the transport (pause above the high mark, resume below the low).
 WRITE_HIGH_WATER = 256 << 10
 WRITE_LOW_WATER = 64 << 10
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 App = Callable[[Request], Awaitable[StreamResponse]]
 
@@ -607,11 +611,19 @@ class HttpConnection(asyncio.Protocol):
 
     def _drop(self) -> None:
         """Drop the connection now; a running handler sees ConnectionResetError on its next
-        read or write, and cleans up as for a client that went away."""
+        read or write, and cleans up as for a client that went away.
+
+        The socket is reset (SO_LINGER 0), not closed gracefully: what the client did not read
+        is discarded instead of trickling out of the kernel's send queue to a stalled reader."""
         self._closed = True
-        if self._transport is not None:
+        transport = self._transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None and not transport.is_closing():
+                with contextlib.suppress(OSError, ValueError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             with contextlib.suppress(Exception):
-                self._transport.abort()
+                transport.abort()
 
 
 class _HeadTooLarge(Exception):
