@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, NoReturn
 from cachedaemon.cli.progress import ProgressBar
 from cachedaemon.client import DEFAULT_URL, Client, ObjectMeta
 from cachedaemon.client.wire import b64
-from cachedaemon.config import SCHEMA, load_settings
+from cachedaemon.config import SCHEMA, Setting, load_settings
 from cachedaemon.errors import (
     CacheDaemonError,
     ConfigError,
@@ -35,7 +35,7 @@ from cachedaemon.errors import (
     DeadlineExceeded,
     NotFound,
 )
-from cachedaemon.units import format_size
+from cachedaemon.units import format_duration, format_size
 
 PROG = "cachedaemon"
 EXIT_OK = 0
@@ -52,23 +52,58 @@ def _die(message: str, status: int) -> NoReturn:
 # --- serve -------------------------------------------------------------------------------------
 
 
+#: Settings whose value is a secret: a flag shows in ``ps`` and the shell's history, so the help
+#: steers them to the environment or the configuration file.
+SECRET_SETTINGS = frozenset({"server.auth_token"})
+
+
+def default_text(setting: Setting) -> str:
+    """A setting's default as a person writes it (``10s``, ``16MiB``, ``false``); a computed
+    default by its description. Used by ``serve --help`` and kept equal to ``docs/api.md``."""
+    value = setting.default
+    if value is None:
+        return setting.default_doc or "unset"
+    if setting.kind == "bool":
+        return "true" if value else "false"
+    if setting.kind == "duration":
+        return format_duration(value)
+    if setting.kind == "size":
+        for unit, mult in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+            if value and value % mult == 0:
+                return f"{value // mult}{unit}"
+        return str(value)
+    return str(value)
+
+
+def _setting_help(setting: Setting) -> str:
+    text = f"{setting.help} Default: {default_text(setting)}; env {setting.env}."
+    if setting.key in SECRET_SETTINGS:
+        text += (f" A secret: prefer {setting.env} or the config file, since a flag shows in"
+                 " ps.")
+    # argparse expands %-formats in help.
+    return text.replace("%", "%%")
+
+
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """One option per setting, its long flag and aliases sharing a dest. Flags not given are
     absent from the namespace (``SUPPRESS``), so only what the user typed overrides env/file."""
-    group = parser.add_argument_group("settings (also CACHEDAEMON_<SECTION>_<NAME> or the file)")
+    group = parser.add_argument_group(
+        "settings (each also CACHEDAEMON_<SECTION>_<NAME> in the environment, or <name> in the"
+        " [<section>] of the --config file; a flag wins over the environment, which wins over"
+        " the file)")
     for setting in SCHEMA:
         names = [setting.flag, *(a for a in setting.aliases if a != setting.flag)]
         dest = f"setting:{setting.key}"
         if setting.kind == "bool":
             group.add_argument(*names, dest=dest, action="store_const", const="true",
-                               default=argparse.SUPPRESS, help=setting.help)
+                               default=argparse.SUPPRESS, help=_setting_help(setting))
         else:
-            metavar = {"size": "SIZE", "duration": "DURATION", "int": "N"}.get(
+            metavar = {"size": "SIZE", "duration": "DURATION", "int": "N", "float": "NUMBER"}.get(
                 setting.kind, "VALUE")
             if setting.kind == "choice":
                 metavar = "|".join(setting.choices)
             group.add_argument(*names, dest=dest, metavar=metavar,
-                               default=argparse.SUPPRESS, help=setting.help)
+                               default=argparse.SUPPRESS, help=_setting_help(setting))
 
 
 def _setting_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -320,7 +355,17 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors and exit status 2."""
+    """argparse with one-line errors and exit status 2. A subcommand's parser refuses unknown
+    arguments itself, so ``serve --bogus`` prints ``serve``'s usage, not the top-level one
+    (plain argparse hands a subparser's leftovers up to the top-level parser)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and self.prog != PROG:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -342,25 +387,31 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+TOKEN_HELP = ("bearer token (default: env CACHEDAEMON_AUTH_TOKEN, else none); prefer the"
+              " environment: a flag shows in ps")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --url/--token go before the subcommand; also accepted after it (SUPPRESS keeps the
     # earlier value when the later parser does not see them).
     conn = _Parser(add_help=False)
     conn.add_argument("--url", default=argparse.SUPPRESS,
                       help=f"daemon URL (env CACHEDAEMON_URL, default {DEFAULT_URL})")
-    conn.add_argument("--token", default=argparse.SUPPRESS,
-                      help="bearer token (env CACHEDAEMON_AUTH_TOKEN)")
+    conn.add_argument("--token", default=argparse.SUPPRESS, help=TOKEN_HELP)
 
     parser = _Parser(prog=PROG, description="cachedaemon: a local-disk cache in front of a "
                      "bucket, and an LSM metastore. `serve` runs the daemon; the rest talk to it.")
     parser.add_argument("--url", default=None,
                         help=f"daemon URL (env CACHEDAEMON_URL, default {DEFAULT_URL})")
-    parser.add_argument("--token", default=None,
-                        help="bearer token (env CACHEDAEMON_AUTH_TOKEN)")
+    parser.add_argument("--token", default=None, help=TOKEN_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    serve = sub.add_parser("serve", help="run the daemon")
+    serve = sub.add_parser(
+        "serve", help="run the daemon",
+        usage=f"{PROG} serve [-h] [--config FILE] [--SECTION-NAME VALUE ...]",
+        description="Run the daemon until SIGTERM or SIGINT. Every setting below can also be"
+                    " given in the environment or the --config file; docs/api.md lists them.")
     serve.add_argument("--config", metavar="FILE", default=None,
                        help="TOML configuration file")
     _add_setting_flags(serve)
