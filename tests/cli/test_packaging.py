@@ -180,7 +180,10 @@ def _refused(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_scripts_dev_starts_moto_and_the_daemon_and_stops_both(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", ["ctrl-c", "kill-int"])
+def test_scripts_dev_starts_moto_and_the_daemon_and_stops_both(tmp_path: Path, stop: str) -> None:
+    """``ctrl-c``: SIGINT to the script's whole process group, as a terminal sends it;
+    ``kill-int``: SIGINT to the script alone."""
     moto_port = _free_port()
     env = daemon_env({
         "MOTO_PORT": str(moto_port),
@@ -195,6 +198,7 @@ def test_scripts_dev_starts_moto_and_the_daemon_and_stops_both(tmp_path: Path) -
         proc = subprocess.Popen(
             [str(ROOT / "scripts" / "dev"), "--listen", "127.0.0.1:0", "--shards", "1"],
             env=env, stdout=subprocess.PIPE, stderr=err, cwd=tmp_path,
+            start_new_session=True,  # its own process group, as a terminal's foreground job
         )
     lines: list[str] = []
     ready = threading.Event()
@@ -219,9 +223,16 @@ def test_scripts_dev_starts_moto_and_the_daemon_and_stops_both(tmp_path: Path) -
             b"through moto")
         daemon_port = int(url.rsplit(":", 1)[1])
     finally:
-        proc.send_signal(signal.SIGINT)  # as Ctrl-C does to the script
+        if stop == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
         status = proc.wait(60)
     assert status in (0, 130)
+    logs = log.read_text()
+    # The daemon was asked to stop once (by the script's SIGTERM), not by SIGINT and again.
+    assert "already stopping" not in logs, logs
+    assert "stopping: draining" in logs and "stopped" in logs, logs
     deadline = time.monotonic() + 10
     while not (_refused(moto_port) and _refused(daemon_port)) and time.monotonic() < deadline:
         time.sleep(0.1)
