@@ -114,6 +114,19 @@ def _setting_flags(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="TOML configuration file (default: none)")
+    _add_setting_flags(parser)
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    """``serve``'s arguments alone: how ``healthcheck --pid`` reads a running daemon's."""
+    parser = _Parser(prog=f"{PROG} serve", add_help=False)
+    _add_serve_arguments(parser)
+    return parser
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, os.environ, _setting_flags(args))
@@ -342,6 +355,16 @@ def cmd_kv_compact(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    from cachedaemon.cli.healthcheck import HealthcheckError, run
+
+    try:
+        run(_serve_parser(), pid=args.pid, config=args.config, timeout_s=args.timeout)
+    except HealthcheckError as exc:
+        _die(f"unhealthy: {exc}", EXIT_FAILED)
+    return EXIT_OK
+
+
 def cmd_fsck(args: argparse.Namespace) -> int:
     from cachedaemon.cli.fsck import check_data_dir
 
@@ -412,9 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
         usage=f"{PROG} serve [-h] [--config FILE] [--SECTION-NAME VALUE ...]",
         description="Run the daemon until SIGTERM or SIGINT. Every setting below can also be"
                     " given in the environment or the --config file; docs/api.md lists them.")
-    serve.add_argument("--config", metavar="FILE", default=None,
-                       help="TOML configuration file")
-    _add_setting_flags(serve)
+    _add_serve_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("put", parents=[conn], help="store an object from a file or stdin")
@@ -493,6 +514,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = kv_sub.add_parser("compact", parents=[conn], help="compact a domain fully")
     p.add_argument("domain")
     p.set_defaults(func=cmd_kv_compact)
+
+    p = sub.add_parser(
+        "healthcheck", help="exit 0 if the daemon answers /healthz where it is configured to listen",
+        description="Probe GET /healthz at the daemon's server.listen (a wildcard address on"
+                    " loopback). With --pid, the settings are those of that running `serve`"
+                    " process (its flags, environment and --config, read from /proc; a"
+                    " container's HEALTHCHECK uses --pid 1); without it, this process's"
+                    " environment and --config. Exit 0 if healthy, else 1 with the reason.")
+    p.add_argument("--pid", type=_positive_int, metavar="PID",
+                   help="take the settings of this cachedaemon serve process (default: none)")
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="TOML configuration file, without --pid (default: none)")
+    p.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
+                   help="how long to wait for the answer (default: 2)")
+    p.set_defaults(func=cmd_healthcheck)
 
     p = sub.add_parser("fsck", help="check a stopped daemon's data directory (offline)")
     p.add_argument("--data-dir", required=True, metavar="DIR")
