@@ -117,6 +117,10 @@ def _setting_flags(args: argparse.Namespace) -> dict[str, Any]:
 def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="TOML configuration file (default: none)")
+    parser.add_argument("--check-config", action="store_true", default=argparse.SUPPRESS,
+                        help="check the settings and the data directory, print them and exit"
+                             " (0 fine, 2 invalid settings, 1 unusable data directory); starts"
+                             " nothing. The systemd unit's ExecReload runs it.")
     _add_setting_flags(parser)
 
 
@@ -134,9 +138,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _die(str(exc), EXIT_USAGE)
     try:
         # Lazy: the client subcommands must not pay for importing the server.
-        from cachedaemon.server.main import run  # type: ignore[import-not-found,unused-ignore]
+        from cachedaemon.server.main import (  # type: ignore[import-not-found,unused-ignore]
+            StartupError,
+            check_data_dir,
+            run,
+        )
     except ImportError as exc:
         _die(f"the server is not available in this build: {exc}", EXIT_FAILED)
+    if getattr(args, "check_config", False):
+        try:
+            check_data_dir(settings.storage.data_dir)
+        except StartupError as exc:
+            _die(str(exc), EXIT_FAILED)
+        _print(f"configuration OK: listen {settings.server.listen}, data_dir "
+               f"{settings.storage.data_dir}, remote {settings.remote.url}; settings are read"
+               " at start, a restart applies them")
+        return EXIT_OK
     status: int = run(settings)
     return status
 
@@ -432,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser(
         "serve", help="run the daemon",
-        usage=f"{PROG} serve [-h] [--config FILE] [--SECTION-NAME VALUE ...]",
+        usage=f"{PROG} serve [-h] [--config FILE] [--check-config] [--SECTION-NAME VALUE ...]",
         description="Run the daemon until SIGTERM or SIGINT. Every setting below can also be"
                     " given in the environment or the --config file; docs/api.md lists them.")
     _add_serve_arguments(serve)
