@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, NoReturn
 from cachedaemon.cli.progress import ProgressBar
 from cachedaemon.client import DEFAULT_URL, Client, ObjectMeta
 from cachedaemon.client.wire import b64
-from cachedaemon.config import SCHEMA, load_settings
+from cachedaemon.config import SCHEMA, Setting, load_settings
 from cachedaemon.errors import (
     CacheDaemonError,
     ConfigError,
@@ -35,7 +35,7 @@ from cachedaemon.errors import (
     DeadlineExceeded,
     NotFound,
 )
-from cachedaemon.units import format_size
+from cachedaemon.units import format_duration, format_size
 
 PROG = "cachedaemon"
 EXIT_OK = 0
@@ -52,23 +52,58 @@ def _die(message: str, status: int) -> NoReturn:
 # --- serve -------------------------------------------------------------------------------------
 
 
+#: Settings whose value is a secret: a flag shows in ``ps`` and the shell's history, so the help
+#: steers them to the environment or the configuration file.
+SECRET_SETTINGS = frozenset({"server.auth_token"})
+
+
+def default_text(setting: Setting) -> str:
+    """A setting's default as a person writes it (``10s``, ``16MiB``, ``false``); a computed
+    default by its description. Used by ``serve --help`` and kept equal to ``docs/api.md``."""
+    value = setting.default
+    if value is None:
+        return setting.default_doc or "unset"
+    if setting.kind == "bool":
+        return "true" if value else "false"
+    if setting.kind == "duration":
+        return format_duration(value)
+    if setting.kind == "size":
+        for unit, mult in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+            if value and value % mult == 0:
+                return f"{value // mult}{unit}"
+        return str(value)
+    return str(value)
+
+
+def _setting_help(setting: Setting) -> str:
+    text = f"{setting.help} Default: {default_text(setting)}; env {setting.env}."
+    if setting.key in SECRET_SETTINGS:
+        text += (f" A secret: prefer {setting.env} or the config file, since a flag shows in"
+                 " ps.")
+    # argparse expands %-formats in help.
+    return text.replace("%", "%%")
+
+
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """One option per setting, its long flag and aliases sharing a dest. Flags not given are
     absent from the namespace (``SUPPRESS``), so only what the user typed overrides env/file."""
-    group = parser.add_argument_group("settings (also CACHEDAEMON_<SECTION>_<NAME> or the file)")
+    group = parser.add_argument_group(
+        "settings (each also CACHEDAEMON_<SECTION>_<NAME> in the environment, or <name> in the"
+        " [<section>] of the --config file; a flag wins over the environment, which wins over"
+        " the file)")
     for setting in SCHEMA:
         names = [setting.flag, *(a for a in setting.aliases if a != setting.flag)]
         dest = f"setting:{setting.key}"
         if setting.kind == "bool":
             group.add_argument(*names, dest=dest, action="store_const", const="true",
-                               default=argparse.SUPPRESS, help=setting.help)
+                               default=argparse.SUPPRESS, help=_setting_help(setting))
         else:
-            metavar = {"size": "SIZE", "duration": "DURATION", "int": "N"}.get(
+            metavar = {"size": "SIZE", "duration": "DURATION", "int": "N", "float": "NUMBER"}.get(
                 setting.kind, "VALUE")
             if setting.kind == "choice":
                 metavar = "|".join(setting.choices)
             group.add_argument(*names, dest=dest, metavar=metavar,
-                               default=argparse.SUPPRESS, help=setting.help)
+                               default=argparse.SUPPRESS, help=_setting_help(setting))
 
 
 def _setting_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -79,6 +114,23 @@ def _setting_flags(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="TOML configuration file (default: none)")
+    parser.add_argument("--check-config", action="store_true", default=argparse.SUPPRESS,
+                        help="check the settings and the data directory, print them and exit"
+                             " (0 fine, 2 invalid settings, 1 unusable data directory); starts"
+                             " nothing. The systemd unit's ExecReload runs it.")
+    _add_setting_flags(parser)
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    """``serve``'s arguments alone: how ``healthcheck --pid`` reads a running daemon's."""
+    parser = _Parser(prog=f"{PROG} serve", add_help=False)
+    _add_serve_arguments(parser)
+    return parser
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, os.environ, _setting_flags(args))
@@ -86,9 +138,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _die(str(exc), EXIT_USAGE)
     try:
         # Lazy: the client subcommands must not pay for importing the server.
-        from cachedaemon.server.main import run  # type: ignore[import-not-found,unused-ignore]
+        from cachedaemon.server.main import (  # type: ignore[import-not-found,unused-ignore]
+            StartupError,
+            check_data_dir,
+            run,
+        )
     except ImportError as exc:
         _die(f"the server is not available in this build: {exc}", EXIT_FAILED)
+    if getattr(args, "check_config", False):
+        try:
+            check_data_dir(settings.storage.data_dir)
+        except StartupError as exc:
+            _die(str(exc), EXIT_FAILED)
+        _print(f"configuration OK: listen {settings.server.listen}, data_dir "
+               f"{settings.storage.data_dir}, remote {settings.remote.url}; settings are read"
+               " at start, a restart applies them")
+        return EXIT_OK
     status: int = run(settings)
     return status
 
@@ -307,6 +372,16 @@ def cmd_kv_compact(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    from cachedaemon.cli.healthcheck import HealthcheckError, run
+
+    try:
+        run(_serve_parser(), pid=args.pid, config=args.config, timeout_s=args.timeout)
+    except HealthcheckError as exc:
+        _die(f"unhealthy: {exc}", EXIT_FAILED)
+    return EXIT_OK
+
+
 def cmd_fsck(args: argparse.Namespace) -> int:
     from cachedaemon.cli.fsck import check_data_dir
 
@@ -320,7 +395,17 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors and exit status 2."""
+    """argparse with one-line errors and exit status 2. A subcommand's parser refuses unknown
+    arguments itself, so ``serve --bogus`` prints ``serve``'s usage, not the top-level one
+    (plain argparse hands a subparser's leftovers up to the top-level parser)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and self.prog != PROG:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -342,28 +427,32 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+TOKEN_HELP = ("bearer token (default: env CACHEDAEMON_AUTH_TOKEN, else none); prefer the"
+              " environment: a flag shows in ps")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --url/--token go before the subcommand; also accepted after it (SUPPRESS keeps the
     # earlier value when the later parser does not see them).
     conn = _Parser(add_help=False)
     conn.add_argument("--url", default=argparse.SUPPRESS,
                       help=f"daemon URL (env CACHEDAEMON_URL, default {DEFAULT_URL})")
-    conn.add_argument("--token", default=argparse.SUPPRESS,
-                      help="bearer token (env CACHEDAEMON_AUTH_TOKEN)")
+    conn.add_argument("--token", default=argparse.SUPPRESS, help=TOKEN_HELP)
 
     parser = _Parser(prog=PROG, description="cachedaemon: a local-disk cache in front of a "
                      "bucket, and an LSM metastore. `serve` runs the daemon; the rest talk to it.")
     parser.add_argument("--url", default=None,
                         help=f"daemon URL (env CACHEDAEMON_URL, default {DEFAULT_URL})")
-    parser.add_argument("--token", default=None,
-                        help="bearer token (env CACHEDAEMON_AUTH_TOKEN)")
+    parser.add_argument("--token", default=None, help=TOKEN_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    serve = sub.add_parser("serve", help="run the daemon")
-    serve.add_argument("--config", metavar="FILE", default=None,
-                       help="TOML configuration file")
-    _add_setting_flags(serve)
+    serve = sub.add_parser(
+        "serve", help="run the daemon",
+        usage=f"{PROG} serve [-h] [--config FILE] [--check-config] [--SECTION-NAME VALUE ...]",
+        description="Run the daemon until SIGTERM or SIGINT. Every setting below can also be"
+                    " given in the environment or the --config file; docs/api.md lists them.")
+    _add_serve_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("put", parents=[conn], help="store an object from a file or stdin")
@@ -442,6 +531,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = kv_sub.add_parser("compact", parents=[conn], help="compact a domain fully")
     p.add_argument("domain")
     p.set_defaults(func=cmd_kv_compact)
+
+    p = sub.add_parser(
+        "healthcheck", help="exit 0 if the daemon answers /healthz where it is configured to listen",
+        description="Probe GET /healthz at the daemon's server.listen (a wildcard address on"
+                    " loopback). With --pid, the settings are those of that running `serve`"
+                    " process (its flags, environment and --config, read from /proc; a"
+                    " container's HEALTHCHECK uses --pid 1); without it, this process's"
+                    " environment and --config. Exit 0 if healthy, else 1 with the reason.")
+    p.add_argument("--pid", type=_positive_int, metavar="PID",
+                   help="take the settings of this cachedaemon serve process (default: none)")
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="TOML configuration file, without --pid (default: none)")
+    p.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
+                   help="how long to wait for the answer (default: 2)")
+    p.set_defaults(func=cmd_healthcheck)
 
     p = sub.add_parser("fsck", help="check a stopped daemon's data directory (offline)")
     p.add_argument("--data-dir", required=True, metavar="DIR")

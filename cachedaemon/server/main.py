@@ -47,6 +47,7 @@ from cachedaemon.server.context import ServerState, ShardContext
 from cachedaemon.server.fdlimit import BudgetError, connection_budget, per_shard
 from cachedaemon.server.http import HttpServer
 from cachedaemon.server.services import (
+    check_bucket_identity,
     open_shard_store,
     probe_store,
     start_cache,
@@ -278,6 +279,9 @@ class Daemon:
         await self.servers.start(make)
         await failpoint("server.start.before_recovery")
 
+        # A cache left by another bucket (or by this one before it was created again) is
+        # dropped, not served.
+        await check_bucket_identity(self.stores, s)
         self.cache = await start_cache(self.smp, s)
         # Metastore domains start after the cache (their SSTs go through it), stop before it.
         self.domains = await start_domains(self.smp, self.stores, self.cache, s)

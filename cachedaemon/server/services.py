@@ -46,6 +46,19 @@ async def probe_store(store: Any) -> None:
     await check_bucket(inner)
 
 
+async def check_bucket_identity(stores: Sharded[Any], settings: Settings) -> None:
+    """Drop a cache that belongs to another bucket (see :mod:`cachedaemon.server.bucket_identity`);
+    on shard 0, before the cache starts."""
+    from cachedaemon.server.bucket_identity import check_bucket_identity as _check
+
+    async def check(store: Any) -> None:
+        await _check(store, settings.storage.data_dir, settings.remote.url,
+                     create=not settings.server.read_only)
+
+    checker: Any = check
+    await stores.invoke_on(0, checker)
+
+
 async def start_cache(smp: Smp, settings: Settings) -> Sharded[CacheService]:
     """The cache service on every shard; shard 0 recovers first (tracker, walk, ``.part``)."""
     return await _start_cache(smp, settings.cache, settings.cache_dir)
