@@ -187,6 +187,15 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("metastore", "l1_preregistration_ttl", "duration", 3600.0,
             "How long an L1 object id preregistered but never added is kept before the object "
             "GC deletes it (and any upload under its name)."),
+    Setting("metastore", "domain_idle_timeout", "duration", 600.0,
+            "A domain not used for this long is flushed and closed (its files and descriptors "
+            "released); the next request opens it again. 0 keeps domains open."),
+    Setting("metastore", "max_open_domains", "int", 64,
+            "Most domains open at once on one shard; opening another first closes the least "
+            "recently used idle one.", minimum=1, maximum=100_000),
+    Setting("metastore", "max_open_files", "int", 64,
+            "Most SST files one open domain keeps open (LevelDB's max_open_files).",
+            minimum=4, maximum=100_000),
     Setting("metastore", "max_batch_bytes", "size", 64 * 1024**2,
             "Largest body of a key-value batch; a larger one is refused with 413.", minimum=1024),
 )
@@ -269,6 +278,9 @@ class MetastoreSettings:
     gc_interval: float
     file_deletion_delay: float
     l1_preregistration_ttl: float
+    domain_idle_timeout: float
+    max_open_domains: int
+    max_open_files: int
     max_batch_bytes: int
 
 

@@ -91,6 +91,11 @@ class DomainConfig:
     file_deletion_delay_s: float = 3600.0
     read_only: bool = False
     node: str = "cachedaemon"
+    #: Idle domains are flushed and closed after this long (0: never); at most
+    #: ``max_open_domains`` are open on a shard; each keeps at most ``max_open_files`` SSTs open.
+    idle_timeout_s: float = 600.0
+    max_open_domains: int = 64
+    max_open_files: int = 64
     clock: Clock = SYSTEM_CLOCK
     #: Extra LSM options (tests: small block/file sizes).
     lsm: dict[str, Any] = field(default_factory=dict)
@@ -177,14 +182,15 @@ class Domain:
 
     @staticmethod
     def _options(config: DomainConfig, *, epoch: int, readonly: bool) -> Options:
-        return Options(
-            epoch=epoch,
-            readonly=readonly,
-            memtable_bytes=config.memtable_bytes,
-            file_deletion_delay_s=config.file_deletion_delay_s,
-            clock=config.clock,
+        return Options(**{
+            "epoch": epoch,
+            "readonly": readonly,
+            "memtable_bytes": config.memtable_bytes,
+            "file_deletion_delay_s": config.file_deletion_delay_s,
+            "clock": config.clock,
+            "max_open_files": config.max_open_files,
             **config.lsm,
-        )
+        })
 
     @classmethod
     async def open_writer(cls, registry: DomainRegistry, record: DomainRecord, io: CloudIO,

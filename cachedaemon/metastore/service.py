@@ -16,6 +16,11 @@ of the name modulo the shard count); requests for it from any shard hop there wi
 * runs a **refresher** per read replica every ``refresh_interval``; a refresher whose domain
   has not been read for two intervals stops, and the next read restarts it (refreshing first
   if the replica is older than one interval);
+* keeps descriptors bounded however many domains exist: a domain unused for
+  ``idle_timeout_s`` is flushed and closed by the **idle closer**, and opening one more than
+  ``max_open_domains`` first closes the least recently used domain that no request is using;
+  the next request opens it again. Per-domain metric series go with it (they are read from
+  the open domains at scrape time);
 * stops (``stop``) by closing its gate, stopping the loops and closing every domain; nothing
   is flushed (the log holds every acknowledged write and is replayed on the next open).
 
@@ -30,7 +35,7 @@ import logging
 import os
 import socket
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from cachedaemon.config import Settings
@@ -65,6 +70,10 @@ class DomainService:
         self._opening: dict[str, asyncio.Lock] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._gc_task: asyncio.Task[None] | None = None
+        self._idle_task: asyncio.Task[None] | None = None
+        self._in_use: dict[str, int] = {}  # requests using each open domain now
+        self._closing: set[str] = set()  # being flushed and closed
+        self.closed_idle = 0  # domains closed for idleness or to make room
         self._gate = Gate(f"metastore-shard-{shard}")
         SERVICES.add(self)
 
@@ -80,13 +89,17 @@ class DomainService:
     async def start(self) -> None:
         if self._gc_task is None and not self.read_only:
             self._gc_task = asyncio.create_task(self._gc_loop(), name=f"metastore-gc-{self.shard}")
+        if self._idle_task is None and self.config.idle_timeout_s > 0:
+            self._idle_task = asyncio.create_task(self._idle_loop(),
+                                                  name=f"metastore-idle-{self.shard}")
 
     async def stop(self) -> None:
         # New requests are refused at once; running ones finish (a write waits for its
         # group commit, which completes or fails); bucket retries stop.
         self._abort.set()
         await self._gate.close()
-        tasks = [t for t in [*self._tasks.values(), self._gc_task] if t is not None]
+        tasks = [t for t in [*self._tasks.values(), self._gc_task, self._idle_task]
+                 if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -108,7 +121,8 @@ class DomainService:
         check_domain_name(name)
         with self._gate.hold():
             domain = self._domains.get(name)
-            if domain is not None and domain.broken is None and not _fenced_writer(domain):
+            if domain is not None and domain.broken is None and not _fenced_writer(domain) \
+                    and name not in self._closing:
                 return self._touch(domain)
             lock = self._opening.setdefault(name, asyncio.Lock())
             async with lock:
@@ -139,6 +153,7 @@ class DomainService:
             await domain.close()
 
     async def _open(self, name: str, *, create: bool) -> Domain:
+        await self._make_room()
         if create and not self.read_only:
             record = await self.registry.create(name)
         else:
@@ -155,6 +170,74 @@ class DomainService:
                                                     name=f"metastore-flush-{name}")
         self._domains[name] = domain
         return domain
+
+    @contextlib.asynccontextmanager
+    async def use(self, name: str, *, create: bool) -> AsyncIterator[Domain]:
+        """The open domain ``name``, counted as in use (never closed) while the block runs."""
+        domain = await self.domain(name, create=create)
+        self._in_use[name] = self._in_use.get(name, 0) + 1
+        try:
+            with self._gate.hold():
+                yield domain
+        finally:
+            left = self._in_use[name] - 1
+            if left:
+                self._in_use[name] = left
+            else:
+                del self._in_use[name]
+
+    def _closable(self, domain: Domain) -> bool:
+        name = domain.name
+        lock = self._opening.get(name)
+        return self._domains.get(name) is domain and name not in self._in_use \
+            and name not in self._closing and not (lock is not None and lock.locked())
+
+    async def _make_room(self) -> None:
+        """Close least recently used idle domains until one more fits under the cap."""
+        while len(self._domains) >= self.config.max_open_domains:
+            idle = sorted((d for d in self._domains.values() if self._closable(d)),
+                          key=lambda d: d.last_access)
+            if not idle:
+                log.warning("metastore shard %d: %d domains open and all in use (cap %d)",
+                            self.shard, len(self._domains), self.config.max_open_domains)
+                return
+            await self._close_domain(idle[0], "to make room")
+
+    async def _close_domain(self, domain: Domain, why: str) -> None:
+        """Flush (a writer) and close ``domain``; requests for it wait, then open it anew."""
+        name = domain.name
+        lock = self._opening.setdefault(name, asyncio.Lock())
+        async with lock:
+            if self._domains.get(name) is not domain or name in self._in_use:
+                return
+            self._closing.add(name)
+            try:
+                self._stop_task(name)
+                if domain.log is not None and domain.broken is None and domain.fenced is None:
+                    try:
+                        await domain.flush()
+                    except CacheDaemonError as exc:  # the log keeps every write: replayed
+                        log.warning("domain %s: flush before closing failed: %s", name, exc)
+                await self._forget(domain)
+                self.closed_idle += 1
+                log.info("domain %s closed %s", name, why)
+            finally:
+                self._closing.discard(name)
+
+    async def _idle_loop(self) -> None:
+        clock = self.config.clock
+        timeout = self.config.idle_timeout_s
+        while True:
+            await clock.sleep(min(timeout / 2, 30.0))
+            now = clock.monotonic()
+            for domain in self.domains():
+                if now - domain.last_access >= timeout and self._closable(domain):
+                    try:
+                        await self._close_domain(domain, f"after {timeout:g}s idle")
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.warning("domain %s: closing it failed: %s", domain.name, exc)
 
     def _touch(self, domain: Domain) -> Domain:
         domain.last_access = self.config.clock.monotonic()
@@ -223,8 +306,7 @@ class DomainService:
         for _kind, key, value in batch.ops:
             check_key(key)
             check_value(value)
-        domain = await self.domain(name, create=True)
-        with self._gate.hold():
+        async with self.use(name, create=True) as domain:
             return await domain.write(batch)
 
     async def put(self, name: str, key: bytes, value: bytes) -> int:
@@ -235,35 +317,30 @@ class DomainService:
 
     async def get(self, name: str, key: bytes) -> bytes | None:
         check_key(key)
-        domain = await self.domain(name, create=False)
-        with self._gate.hold():
+        async with self.use(name, create=False) as domain:
             await self._fresh_reader(domain)
             return await domain.get(key)
 
     async def scan(self, name: str, start: bytes | None, end: bytes | None,
                    prefix: bytes | None, limit: int, reverse: bool
                    ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
-        domain = await self.domain(name, create=False)
-        with self._gate.hold():
+        async with self.use(name, create=False) as domain:
             await self._fresh_reader(domain)
             return await domain.scan(start, end, prefix, limit, reverse)
 
     async def flush(self, name: str) -> None:
-        domain = await self.domain(name, create=False)
-        with self._gate.hold():
+        async with self.use(name, create=False) as domain:
             await domain.flush()
 
     async def compact(self, name: str) -> None:
         check_domain_name(name)
         if self.read_only:
             raise ReadOnly(f"domain {name}: this daemon is a read-only replica")
-        domain = await self.domain(name, create=False)
-        with self._gate.hold():
+        async with self.use(name, create=False) as domain:
             await domain.compact()
 
     async def info(self, name: str) -> dict[str, Any]:
-        domain = await self.domain(name, create=False)
-        with self._gate.hold():
+        async with self.use(name, create=False) as domain:
             await self._fresh_reader(domain)
             return domain.info()
 
@@ -296,6 +373,9 @@ def config_from_settings(settings: Settings, **overrides: Any) -> DomainConfig:
         "gc_interval_s": m.gc_interval,
         "file_deletion_delay_s": m.file_deletion_delay,
         "read_only": settings.server.read_only,
+        "idle_timeout_s": m.domain_idle_timeout,
+        "max_open_domains": m.max_open_domains,
+        "max_open_files": m.max_open_files,
         "node": f"{socket.gethostname()}:{os.getpid()}",
     }
     values.update(overrides)

@@ -44,7 +44,7 @@ from cachedaemon.errors import CacheDaemonError, ConfigError
 from cachedaemon.server import sdnotify
 from cachedaemon.server.app import start_shard_server
 from cachedaemon.server.context import ServerState, ShardContext
-from cachedaemon.server.fdlimit import BudgetError, connection_budget, per_shard
+from cachedaemon.server.fdlimit import BudgetError, per_shard, plan
 from cachedaemon.server.http import HttpServer
 from cachedaemon.server.services import (
     check_bucket_identity,
@@ -241,9 +241,10 @@ class Daemon:
         s = self.settings
         check_data_dir(s.storage.data_dir)
         try:
-            max_connections = per_shard(connection_budget(s), s.server.shards)
+            budget = plan(s)
         except BudgetError as exc:
             raise StartupError(str(exc)) from exc
+        max_connections = per_shard(budget.connections, s.server.shards)
         self.sockets = bind_sockets(s.server.host, s.server.port, s.server.shards)
         port = self.sockets[0].getsockname()[1]
         host = s.server.host
@@ -284,7 +285,9 @@ class Daemon:
         await check_bucket_identity(self.stores, s)
         self.cache = await start_cache(self.smp, s)
         # Metastore domains start after the cache (their SSTs go through it), stop before it.
-        self.domains = await start_domains(self.smp, self.stores, self.cache, s)
+        self.domains = await start_domains(self.smp, self.stores, self.cache, s,
+                                           max_open_domains=budget.max_open_domains,
+                                           max_open_files=budget.max_open_files)
         limit_fn: Any = _max_object_bytes
         max_object_bytes: int = await self.cache.invoke_on(0, limit_fn, s)
         cache = self.cache

@@ -70,14 +70,22 @@ async def stop_cache(cache: Sharded[CacheService]) -> None:
 
 
 async def start_domains(smp: Smp, stores: Sharded[Any], cache: Sharded[CacheService],
-                        settings: Settings) -> Sharded[Any]:
-    """The metastore's DomainService on every shard (after the cache; see metastore.service)."""
+                        settings: Settings, *, max_open_domains: int | None = None,
+                        max_open_files: int | None = None) -> Sharded[Any]:
+    """The metastore's DomainService on every shard (after the cache; see metastore.service).
+    ``max_open_domains``/``max_open_files``: the descriptor budget's figures, when it had to
+    lower the configured ones."""
     from cachedaemon.metastore import metrics as metastore_metrics
     from cachedaemon.metastore.service import config_from_settings
     from cachedaemon.metastore.service import start_domains as _start_domains
 
     metastore_metrics.register()
-    return await _start_domains(smp, stores, cache, config_from_settings(settings))
+    overrides: dict[str, Any] = {}
+    if max_open_domains is not None:
+        overrides["max_open_domains"] = max_open_domains
+    if max_open_files is not None:
+        overrides["max_open_files"] = max_open_files
+    return await _start_domains(smp, stores, cache, config_from_settings(settings, **overrides))
 
 
 async def stop_domains(domains: Sharded[Any]) -> None:
