@@ -473,6 +473,28 @@ def load_settings(
     return Settings(**sections, sources=sources)
 
 
+def settings_to_dict(settings: Settings) -> dict[str, Any]:
+    """``settings`` as plain data (JSON-able): how shard 0 hands them to a worker shard."""
+    out: dict[str, Any] = {"sources": dict(settings.sources)}
+    for section in _SECTION_CLASSES:
+        obj = getattr(settings, section)
+        out[section] = {f.name: (str(v) if isinstance(v := getattr(obj, f.name), Path) else v)
+                        for f in fields(obj)}
+    return out
+
+
+def settings_from_dict(data: Mapping[str, Any]) -> Settings:
+    """The inverse of :func:`settings_to_dict` (no defaults, no checks: the values were
+    resolved and checked by the process that loaded them)."""
+    sections: dict[str, Any] = {}
+    for section, cls in _SECTION_CLASSES.items():
+        values = dict(data[section])
+        if section == "storage":
+            values["data_dir"] = Path(values["data_dir"])
+        sections[section] = cls(**values)
+    return Settings(**sections, sources=dict(data.get("sources", {})))
+
+
 def render_example() -> str:
     """The documented example configuration (``config/cachedaemon.toml``), every setting at its
     default. A test keeps the checked-in file equal to this."""

@@ -158,3 +158,16 @@ def test_format_size() -> None:
     assert format_size(512) == "512 B"
     assert format_size(1536) == "1.5 KiB"
     assert format_size(3 * 1024**3) == "3.0 GiB"
+
+
+def test_settings_round_trip_through_plain_data(tmp_path: Path) -> None:
+    import json
+
+    from cachedaemon.config import settings_from_dict, settings_to_dict
+
+    settings = load_settings(None, {"CACHEDAEMON_CACHE_MAX_BYTES": "1GiB"},
+                             {"storage.data_dir": str(tmp_path), "server.shards": "3"})
+    data = json.loads(json.dumps(settings_to_dict(settings)))  # what a worker receives
+    again = settings_from_dict(data)
+    assert again == settings
+    assert again.sources["cache.max_bytes"] == "env CACHEDAEMON_CACHE_MAX_BYTES"
