@@ -46,6 +46,20 @@ class ShardContext:
     etags: dict[str, str] = field(default_factory=dict)  # entries without an etag xattr
     fills: dict[str, list[Any]] = field(default_factory=dict)  # cache fills in progress
     extensions: dict[str, Any] = field(default_factory=dict)
+    app: Any = None  # this shard's request handler (server.app.make_handler)
+
+    async def forward(self, shard: int, method: str, target: str, headers: dict[str, str],
+                      body: bytes, remote: str) -> tuple[int, dict[str, str], bytes]:
+        """Have ``shard`` answer a request this shard received (``server.app``)."""
+        from cachedaemon.server.app import serve_forwarded
+
+        smp = self.state.smp
+        target_ctx = self.state.contexts[shard]
+        if smp is None or target_ctx is None:
+            raise Unavailable(f"shard {shard} is not serving")
+        result: tuple[int, dict[str, str], bytes] = await smp.submit_to(
+            shard, serve_forwarded, target_ctx, method, target, headers, body, remote)
+        return result
 
     async def broadcast(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(ctx, *args)`` on every shard (each on its own loop), concurrently."""

@@ -37,6 +37,9 @@ RESERVATION_WAIT = Histogram("cachedaemon_cache_reservation_wait_seconds",
 RESERVATION_DEADLINE_FAILURES = Counter(
     "cachedaemon_cache_reservation_deadline_failures",
     "PUTs refused with 503 cache_full because space did not free up before the deadline.")
+FORWARDED = Counter("cachedaemon_http_forwarded_requests",
+                    "Domain requests handed to the domain's owner shard by the shard that "
+                    "accepted them.")
 STREAM_THROUGH = Counter("cachedaemon_cache_stream_through",
                          "Miss GETs streamed without caching (object could not fit).")
 
