@@ -1,14 +1,15 @@
 """CacheService: the cache's per-shard front end (Redpanda's ``cache``), and its start/stop.
 
-One instance per shard, in a ``Sharded[CacheService]`` (:func:`start_cache`), or a single
-instance for tests and embedded use (:meth:`CacheService.open_single`). Each instance owns its
-gate, its ``.part`` counter, its in-progress set and its hit/miss counters, and runs local file
-operations (open, stat, staging writes, commit, invalidate) on the calling shard, in worker
-threads where they may block. Shard 0's instance also owns the
-:class:`~cachedaemon.cache.coordinator.CacheCoordinator` (accounting, reservations, trims,
-tracker); other shards hop there with ``Sharded.invoke_on(0, ...)`` for the calls that wait
-(``reserve_space``, ``trim``, ``stats``) and post the ones that do not (releases, commits,
-forgets, and access-time touches, which are batched per loop iteration).
+One instance per shard, in a ``Sharded[CacheService]`` (:func:`start_cache`, run by every
+shard for itself), or a single instance for tests and embedded use
+(:meth:`CacheService.open_single`). Each instance owns its gate, its ``.part`` counter, its
+in-progress set and its hit/miss counters, and runs local file operations (open, stat, staging
+writes, commit, invalidate) on its own shard, in worker threads where they may block. Shard 0's
+instance also owns the :class:`~cachedaemon.cache.coordinator.CacheCoordinator` (accounting,
+reservations, trims, tracker); other shards reach it only by message (``docs/shards.md``): calls
+for what they wait on (``reserve_space``, ``trim``, ``stats``) and posts for what they do not
+(releases, merges and commits of reservations, forgets, and access-time touches, batched per
+loop iteration). The ``_coord_*`` methods are that message surface; they run on shard 0.
 
 Every public operation holds the shard's gate; a staging file holds it until it is committed or
 closed. ``stop()`` closes the gate (waiting for those), and on shard 0 stops the coordinator and
@@ -132,6 +133,8 @@ class CacheService:
         self._touches: dict[str, float] = {}
         self._touch_scheduled = False
         self._started = False
+        self._coordinator_ready = asyncio.Event()  # shard 0: the coordinator has recovered
+        self._max_bytes = 0  # the cache's byte limit, as shard 0 last said
         self.hits = 0
         self.misses = 0
 
@@ -153,13 +156,19 @@ class CacheService:
         return service
 
     async def start(self) -> None:
-        """Shard 0: start the coordinator (recovery). Other shards: nothing to do. Idempotent."""
+        """Shard 0: start the coordinator (recovery). Other shards: learn the limits from
+        shard 0 (waiting for its recovery). Idempotent."""
         if self._started:
             return
         if self.shard == 0:
             coordinator = CacheCoordinator(self.root, self.settings, self.clock)
             await coordinator.start()
             self._coordinator = coordinator
+            self._max_bytes = coordinator.max_bytes
+            self._coordinator_ready.set()
+        else:
+            assert self._sharded is not None
+            self._max_bytes = int(await self._sharded.invoke_on(0, CacheService._coord_limits))
         self._root_real = os.path.realpath(self.root)
         self._started = True
 
@@ -167,11 +176,8 @@ class CacheService:
         """Fail queued reservations (the whole cache is stopping), close the gate (waiting for
         operations and staging files); shard 0 then stops the coordinator and saves the
         tracker."""
-        if self._started:
-            try:
-                self.coordinator.post(self.coordinator.begin_stop)
-            except (RuntimeError, ShardStopped):
-                pass  # shard 0 is gone already
+        if self._started and self._coordinator is not None:
+            self._coordinator.begin_stop()
         await self._gate.close()
         self._flush_touches()
         if self._coordinator is not None:
@@ -179,15 +185,11 @@ class CacheService:
 
     @property
     def coordinator(self) -> CacheCoordinator:
-        """Shard 0's coordinator. Call its methods only on shard 0 (or through ``post``)."""
-        if self._coordinator is not None:
-            return self._coordinator
-        if self._sharded is None or self.shard == 0:
-            raise RuntimeError("the cache is not started")
-        coordinator = self._sharded.instance(0)._coordinator
-        if coordinator is None:
-            raise RuntimeError("the cache is not started on shard 0")
-        return coordinator
+        """The coordinator: shard 0 only (other shards send messages, see the module doc)."""
+        if self._coordinator is None:
+            raise RuntimeError("the cache coordinator runs on shard 0 only"
+                               if self.shard else "the cache is not started")
+        return self._coordinator
 
     @property
     def metrics(self) -> CacheMetrics:
@@ -200,7 +202,13 @@ class CacheService:
             return self.settings.max_object_bytes
         if self.settings.max_bytes is not None:
             return self.settings.max_bytes
-        return self.coordinator.max_bytes  # a plain int read; set on shard 0 at start
+        return self._max_bytes  # from shard 0 at start
+
+    async def object_limit(self) -> int:
+        """The largest object a PUT may store: ``max_object_bytes``, at most the byte limit."""
+        limit = self.settings.max_object_bytes
+        cache_max = self._max_bytes or (self.settings.max_bytes or 0)
+        return cache_max if limit is None else min(limit, cache_max)
 
     def default_deadline(self) -> Deadline:
         return deadline_after(self.settings.reserve_deadline, self.clock)
@@ -302,10 +310,18 @@ class CacheService:
         if not self._touches:
             return
         batch, self._touches = list(self._touches.items()), {}
+        self._post(CacheService._coord_touch, batch)
+
+    def _post(self, method: Any, *args: Any) -> None:
+        """Run a ``_coord_*`` method on shard 0: now if this is shard 0, else by message."""
+        if self._on_coordinator:
+            method(self, *args)
+            return
+        assert self._sharded is not None
         try:
-            self.coordinator.post(self.coordinator.touch_batch, batch)
-        except (RuntimeError, ShardStopped):
-            pass  # shard 0 is gone: access times no longer matter
+            self._sharded.post(0, method, *args)
+        except ShardStopped:
+            pass  # shard 0 is gone: the daemon is going down
 
     # --- reservations ----------------------------------------------------------------------
 
@@ -320,29 +336,28 @@ class CacheService:
             if self._on_coordinator:
                 return await self.coordinator.reserve(nbytes, nobjects, deadline)
             assert self._sharded is not None
-            guard: ReservationGuard = await self._sharded.invoke_on(
-                0, CacheService._reserve_on_coordinator, nbytes, nobjects, deadline, self.shard
-            )
-            return guard
+            rid = int(await self._sharded.invoke_on(
+                0, CacheService._coord_reserve, nbytes, nobjects, deadline, self.shard))
+            return ReservationGuard(rid, nbytes, nobjects, self)
 
-    async def _reserve_on_coordinator(
-        self, nbytes: int, nobjects: int, deadline: Deadline, from_shard: int
-    ) -> ReservationGuard:
-        with self._gate.hold():
-            return await self.coordinator.reserve(
-                nbytes, nobjects, deadline, f" from shard {from_shard}"
-            )
+    # ReservationSink: what this shard's guards send to the coordinator.
+    def release_reservation(self, rid: int, wrote_b: int, wrote_o: int) -> None:
+        self._post(CacheService._coord_release, rid, wrote_b, wrote_o)
+
+    def merge_reservations(self, into: int, frm: int) -> None:
+        self._post(CacheService._coord_merge, into, frm)
 
     def note_disk_full(self) -> None:
         """A write hit ENOSPC: have shard 0 re-read free space and trim in the background."""
-        try:
-            self.coordinator.post(self.coordinator.on_disk_full)
-        except (RuntimeError, ShardStopped):
-            pass
+        self._post(CacheService._coord_disk_full)
 
-    def account_commit(self, rel: str, size: int, held_b: int, held_o: int) -> None:
+    def account_commit(self, rel: str, size: int, rid: int) -> None:
         """A staging file landed at ``rel``: post the accounting to shard 0."""
-        self.coordinator.post(self.coordinator.commit_entry, rel, size, held_b, held_o)
+        self._post(CacheService._coord_commit, rel, size, rid)
+
+    def release_shard(self, shard: int) -> None:
+        """Shard 0: ``shard`` died; release what it held."""
+        self.coordinator.release_shard(shard)
 
     # --- writes ----------------------------------------------------------------------------
 
@@ -439,7 +454,7 @@ class CacheService:
             if "/" in rel and not self._contained(path):
                 raise InvalidKey(f"key path {rel!r} leads outside the cache directory")
             await asyncio.to_thread(delete_entries, self.root, [rel])
-            self.coordinator.post(self.coordinator.forget, rel)
+            self._post(CacheService._coord_forget, rel)
 
     # --- administration --------------------------------------------------------------------
 
@@ -449,12 +464,9 @@ class CacheService:
             if self._on_coordinator:
                 return await self.coordinator.trim()
             assert self._sharded is not None
-            result: TrimResult = await self._sharded.invoke_on(0, CacheService._trim_here)
+            result: TrimResult = await self._sharded.invoke_on(
+                0, CacheService._coord_trim, result_type=TrimResult)
             return result
-
-    async def _trim_here(self) -> TrimResult:
-        with self._gate.hold():
-            return await self.coordinator.trim()
 
     async def save_tracker(self) -> None:
         """Save the access-time tracker now if it changed (on shard 0)."""
@@ -462,26 +474,28 @@ class CacheService:
             await self.coordinator.save_tracker()
         else:
             assert self._sharded is not None
-            await self._sharded.invoke_on(0, lambda s: s.coordinator.save_tracker())
+            await self._sharded.invoke_on(0, CacheService._coord_save_tracker)
 
     async def stats(self) -> CacheStats:
-        """Usage and counters; hits and misses summed over all shards."""
+        """Usage and counters; hits and misses summed over all shards. Every shard first
+        sends a call to shard 0 behind its posts, so the figures include every release, commit
+        and touch any shard made before this call began."""
         with self._gate.hold():
             self._flush_touches()
-            if self._on_coordinator:
-                state, metrics = self._coordinator_state()
-            else:
-                assert self._sharded is not None
-                state, metrics = await self._sharded.invoke_on(
-                    0, CacheService._coordinator_state
-                )
             if self._sharded is None:
                 hits, misses, shards = self.hits, self.misses, 1
             else:
-                counts = await self._sharded.invoke_on_all(lambda s: (s.hits, s.misses))
+                counts = await self._sharded.invoke_on_all(CacheService._hit_counts)
                 hits = sum(h for h, _ in counts)
                 misses = sum(m for _, m in counts)
                 shards = self._sharded.count
+            if self._on_coordinator:
+                state, metrics = self._coord_state()
+            else:
+                assert self._sharded is not None
+                state, metrics = await self._sharded.invoke_on(
+                    0, CacheService._coord_state,
+                    result_type=tuple[dict[str, int], CacheMetrics])
             return CacheStats(
                 bytes_used=state["bytes_used"],
                 objects=state["objects"],
@@ -499,7 +513,56 @@ class CacheService:
                 metrics=metrics,
             )
 
-    def _coordinator_state(self) -> tuple[dict[str, int], CacheMetrics]:
+    async def _hit_counts(self) -> tuple[int, int]:
+        """This shard's hits and misses, once its posts to shard 0 have landed there."""
+        self._flush_touches()
+        if not self._on_coordinator:
+            assert self._sharded is not None
+            await self._sharded.invoke_on(0, CacheService._coord_sync)
+        return self.hits, self.misses
+
+    def _coord_sync(self) -> None:
+        """Nothing: a call that arrives after the caller's earlier posts (see ``stats``)."""
+
+    # --- the coordinator's message surface (shard 0; called or posted by other shards) -------
+
+    async def _coord_limits(self) -> int:
+        await self._coordinator_ready.wait()
+        return self.coordinator.max_bytes
+
+    async def _coord_reserve(self, nbytes: int, nobjects: int, deadline: Deadline,
+                             shard: int) -> int:
+        await self._coordinator_ready.wait()
+        with self._gate.hold():
+            return await self.coordinator.reserve_id(nbytes, nobjects, deadline,
+                                                      f" from shard {shard}", shard)
+
+    def _coord_release(self, rid: int, wrote_b: int, wrote_o: int) -> None:
+        self.coordinator.release_reservation(rid, wrote_b, wrote_o)
+
+    def _coord_merge(self, into: int, frm: int) -> None:
+        self.coordinator.merge_reservations(into, frm)
+
+    def _coord_commit(self, rel: str, size: int, rid: int) -> None:
+        self.coordinator.commit_entry(rel, size, rid)
+
+    def _coord_forget(self, rel: str) -> None:
+        self.coordinator.forget(rel)
+
+    def _coord_touch(self, items: list[tuple[str, float]]) -> None:
+        self.coordinator.touch_batch(items)
+
+    def _coord_disk_full(self) -> None:
+        self.coordinator.on_disk_full()
+
+    async def _coord_trim(self) -> TrimResult:
+        with self._gate.hold():
+            return await self.coordinator.trim()
+
+    async def _coord_save_tracker(self) -> None:
+        await self.coordinator.save_tracker()
+
+    def _coord_state(self) -> tuple[dict[str, int], CacheMetrics]:
         c = self.coordinator
         return c.state(), CacheMetrics(**c.metrics.as_dict())  # type: ignore[arg-type]
 
@@ -519,18 +582,17 @@ async def start_cache(
     clock: Clock = SYSTEM_CLOCK,
     **kwargs: Any,
 ) -> Sharded[CacheService]:
-    """Construct a :class:`CacheService` on every shard, start shard 0 (recovery), then the rest.
+    """This shard's started :class:`CacheService` (shard 0's recovers; the others wait for it).
     ``kwargs`` go to the constructor (``fsync_commits``)."""
     sharded: Sharded[CacheService] = Sharded(smp, "cache")
-    await sharded.start(
+    service = await sharded.start(
         lambda shard: CacheService(shard, settings, cache_dir, sharded=sharded, clock=clock,
                                    **kwargs)
     )
-    await sharded.invoke_on(0, lambda s: s.start())
-    await sharded.invoke_on_all(lambda s: s.start())
+    await service.start()
     return sharded
 
 
 async def stop_cache(cache: Sharded[CacheService]) -> None:
-    """Stop every shard's service, shard 0 (and the tracker save) last."""
+    """Stop this shard's service (shard 0's saves the tracker)."""
     await cache.stop()

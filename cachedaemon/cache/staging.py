@@ -278,8 +278,8 @@ class StagingFile:
                     raise IOFailure(f"cannot commit {self.key!r}: {exc}") from exc
                 raise exc
             if job.result():
-                held_b, held_o = self._guard.take()
-                self._service.account_commit(self.relpath, self._written, held_b, held_o)
+                rid, _, _ = self._guard.take()
+                self._service.account_commit(self.relpath, self._written, rid)
             else:
                 self._guard.close()  # another writer won: its entry stays accounted
             self._committed = True

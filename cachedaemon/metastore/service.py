@@ -3,7 +3,8 @@
 The daemon starts a ``Sharded[DomainService]`` after the cache and stops it before the cache.
 Each domain is owned by one shard, :func:`~cachedaemon.metastore.registry.owner_shard` (crc32
 of the name modulo the shard count); requests for it from any shard hop there with
-:func:`call_domain` (one ``invoke_on``). On its shard the service:
+:func:`call_domain` (the server forwards each domain request to its owner, see
+``server/app.py``). On its shard the service:
 
 * opens domains lazily, one opening at a time per name: as a **writer**
   (:meth:`Domain.open_writer`: claims an epoch, fences older writers, replays the log) or, when
@@ -355,10 +356,16 @@ def _fenced_writer(domain: Domain) -> bool:
 
 async def call_domain(domains: Sharded[DomainService], name: str,
                       fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """Run ``fn(service, name, *args)`` on the shard that owns domain ``name``."""
+    """Run ``fn(service, name, *args)`` on the shard that owns domain ``name``: a direct call
+    there (the server forwards a domain's requests to its owner first, so this is the usual
+    case); from another shard only a method of :class:`DomainService` with plain arguments can
+    travel."""
     check_domain_name(name)
     shard = owner_shard(name, domains.count)
-    return await domains.invoke_on(shard, fn, name, *args)
+    if shard == domains.shard:
+        return await fn(domains.local(), name, *args)
+    result: T = await domains.invoke_on(shard, fn, name, *args)
+    return result
 
 
 def config_from_settings(settings: Settings, **overrides: Any) -> DomainConfig:
@@ -382,15 +389,15 @@ def config_from_settings(settings: Settings, **overrides: Any) -> DomainConfig:
     return DomainConfig(**values)
 
 
-async def start_domains(smp: Any, stores: Sharded[Any], cache: Sharded[Any] | None,
+async def start_domains(smp: Any, store: ObjectStore, cache: Sharded[Any] | None,
                         config: DomainConfig) -> Sharded[DomainService]:
-    """A started :class:`DomainService` on every shard (each with its shard's store/cache)."""
+    """This shard's started :class:`DomainService` (with this shard's store and cache)."""
     sharded: Sharded[DomainService] = Sharded(smp, "metastore")
 
     def make(shard: int) -> DomainService:
-        local_cache = cache.instance(shard) if cache is not None else None
-        return DomainService(shard, sharded.count, stores.instance(shard), local_cache, config)
+        local_cache = cache.local() if cache is not None else None
+        return DomainService(shard, sharded.count, store, local_cache, config)
 
-    await sharded.start(make)
-    await sharded.invoke_on_all(lambda s: s.start())
+    service = await sharded.start(make)
+    await service.start()
     return sharded

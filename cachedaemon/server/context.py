@@ -3,15 +3,14 @@
 A :class:`ShardContext` is built on its shard's loop at start-up and used only there: it holds
 that shard's object store (S3 clients are loop-bound), the ``Sharded`` cache service (its
 ``local()`` instance is this shard's), the single-flight table for cache fills, and the
-in-flight request count the drain waits on. :class:`ServerState` is process-wide (ready and
-draining flags): shard 0's runtime writes it, every shard reads it; plain attribute reads and
-writes of bools are atomic under the GIL, which is all the synchronisation it needs.
+in-flight request count the drain waits on. :class:`ServerState` holds the shard's life-cycle
+flags (ready, draining), set by shard 0's orchestration (by message on the other shards), and
+its :class:`~cachedaemon.core.smp.Smp`, through which it reaches the other shards.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,14 +21,13 @@ from cachedaemon.server.singleflight import SingleFlight
 
 
 class ServerState:
-    """Process-wide life-cycle flags, and how to reach every shard's context."""
+    """One shard's life-cycle flags, and its way to the other shards."""
 
-    def __init__(self, shards: int) -> None:
+    def __init__(self, shards: int, smp: Any = None) -> None:
         self.shards = shards
         self.ready = False  # startup recovery done, serving
         self.draining = False  # SIGTERM received: refuse new work
-        self.smp: Any = None  # the Smp, for cross-shard calls
-        self.contexts: list[ShardContext | None] = [None] * shards
+        self.smp: Any = smp  # this shard's Smp (cachedaemon.core.smp)
 
 
 @dataclass
@@ -51,26 +49,18 @@ class ShardContext:
     async def forward(self, shard: int, method: str, target: str, headers: dict[str, str],
                       body: bytes, remote: str) -> tuple[int, dict[str, str], bytes]:
         """Have ``shard`` answer a request this shard received (``server.app``)."""
-        from cachedaemon.server.app import serve_forwarded
-
         smp = self.state.smp
-        target_ctx = self.state.contexts[shard]
-        if smp is None or target_ctx is None:
-            raise Unavailable(f"shard {shard} is not serving")
-        result: tuple[int, dict[str, str], bytes] = await smp.submit_to(
-            shard, serve_forwarded, target_ctx, method, target, headers, body, remote)
-        return result
-
-    async def broadcast(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        """Run ``fn(ctx, *args)`` on every shard (each on its own loop), concurrently."""
-        smp = self.state.smp
-        contexts = self.state.contexts
         if smp is None:
-            await fn(self, *args)
-            return
-        calls = [smp.submit_to(shard, fn, c, *args)
-                 for shard, c in enumerate(contexts) if c is not None]
-        await asyncio.gather(*calls)
+            raise Unavailable(f"shard {shard} is not serving")
+        status, out_headers, out_body = await smp.call(
+            shard, "shard", "forward", method, target, headers, body, remote)
+        return int(status), dict(out_headers), bytes(out_body)
+
+    async def broadcast(self, method: str, *args: Any) -> None:
+        """Run the shard service's ``method(*args)`` on every shard, concurrently."""
+        smp = self.state.smp
+        await asyncio.gather(*(smp.call(shard, "shard", method, *args)
+                               for shard in range(self.state.shards)))
 
     def enter(self) -> None:
         self.inflight += 1

@@ -453,7 +453,8 @@ class Fill:
         self.committing: asyncio.Future[None] | None = None
 
 
-async def _forget_here(ctx: ShardContext, key: str) -> None:
+async def forget_fills_here(ctx: ShardContext, key: str) -> None:
+    """This shard's part of :func:`forget_everywhere` (the ``shard`` service runs it)."""
     ctx.etags.pop(key, None)
     for fill in list(ctx.fills.get(key, ())):
         fill.stale = True
@@ -464,7 +465,7 @@ async def _forget_here(ctx: ShardContext, key: str) -> None:
 async def forget_everywhere(call: Call, key: str) -> None:
     """Make sure no fill that began before now commits ``key`` later, on any shard, then drop
     the cached copy. Used when the bucket's object goes away (DELETE) or the local copy must."""
-    await call.ctx.broadcast(_forget_here, key)
+    await call.ctx.broadcast("forget_fills", key)
     await call.ctx.cache.local().invalidate(key)
 
 

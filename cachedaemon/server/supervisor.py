@@ -63,18 +63,21 @@ class Supervisor:
                  sockets: Callable[[int], dict[str, socket.socket]], *,
                  on_death: Callable[[int], None] | None = None,
                  on_fatal: Callable[[str], None] | None = None,
+                 state: Callable[[], tuple[bool, bool]] | None = None,
                  env: dict[str, str] | None = None) -> None:
         self.count = count
         self._make_spec = make_spec
         self._sockets = sockets
         self._on_death = on_death
         self._on_fatal = on_fatal
+        self._state = state or (lambda: (False, False))
         self._env = env
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._watchers: dict[int, asyncio.Task[None]] = {}
         self._deaths: collections.deque[float] = collections.deque()
         self._stopping = False
         self._joined: dict[int, int] = {}  # shard -> pid that said hello
+        self._ready: set[int] = set()  # shards whose services are up
         self._joined_changed = asyncio.Event()
         self.restarts = 0
 
@@ -92,6 +95,23 @@ class Supervisor:
         """A worker is up and linked to shard 0."""
         self._joined[shard] = pid
         self._joined_changed.set()
+
+    def ready(self, shard: int) -> tuple[bool, bool]:
+        """A worker's services are up; answers the daemon's (ready, draining) for it to take."""
+        self._ready.add(shard)
+        self._joined_changed.set()
+        return self._state()
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Until every worker reported ready (TimeoutError after ``timeout``)."""
+        async with asyncio.timeout(timeout):
+            while len(self._ready & set(self._procs)) < self.count - 1:
+                self._joined_changed.clear()
+                await self._joined_changed.wait()
+
+    def stopping_soon(self) -> None:
+        """The daemon is stopping: exits from now on are not deaths."""
+        self._stopping = True
 
     async def wait_joined(self, timeout: float) -> None:
         """Until every worker said hello (TimeoutError after ``timeout``)."""
@@ -125,6 +145,8 @@ class Supervisor:
         status = await proc.wait()
         if self._stopping or self._procs.get(shard) is not proc:
             return
+        self._ready.discard(shard)
+        self._joined.pop(shard, None)
         how = f"signal {signal.Signals(-status).name}" if status < 0 else f"status {status}"
         log.error("shard %d (process %d) died with %s", shard, proc.pid, how)
         if self._on_death is not None:
