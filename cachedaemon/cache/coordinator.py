@@ -66,7 +66,13 @@ from typing import Any
 from cachedaemon.cache.keys import TRACKER_NAME, TRACKER_TMP_NAME
 from cachedaemon.cache.reservation import ReservationGuard
 from cachedaemon.cache.tracker import AccessTimeTracker, load_file, reconcile, save_file
-from cachedaemon.cache.walker import WalkResult, delete_entries, walk_and_diff, walk_cache
+from cachedaemon.cache.walker import (
+    WalkResult,
+    delete_entries,
+    remove_empty_parents,
+    walk_and_diff,
+    walk_cache,
+)
 from cachedaemon.clock import Clock, Deadline, expired, remaining
 from cachedaemon.config import CacheSettings
 from cachedaemon.core.semaphore import Semaphore
@@ -107,6 +113,15 @@ class CacheMetrics:
 class DiskStatus:
     total_bytes: int
     free_bytes: int
+
+
+def delete_parts(root: Path, parts: list[str]) -> None:
+    """Blocking: delete staging files (paths relative to ``root``) and their empty parents."""
+    for rel in parts:
+        path = root / rel
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        remove_empty_parents(root, path)
 
 
 def disk_status(path: Path) -> DiskStatus:
@@ -154,8 +169,10 @@ class CacheCoordinator:
         self._saving: asyncio.Future[int] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Live reservations: id -> [shard, bytes, objects].
+        # Live reservations: id -> [shard, bytes, objects]; and the staging file (``.part``,
+        # relative to the root) a reservation pays for, so a dead shard's can be deleted.
         self._held: dict[int, list[int]] = {}
+        self._parts: dict[int, str] = {}
         self._ids = itertools.count(1)
         self._running = False
         self._stopped = False
@@ -302,6 +319,7 @@ class CacheCoordinator:
         return rid
 
     def _drop(self, rid: int) -> None:
+        self._parts.pop(rid, None)
         held = self._held.pop(rid, None)
         if held is not None:
             self._unreserve(held[1], held[2])
@@ -314,8 +332,16 @@ class CacheCoordinator:
         self._extra_objects += wrote_o
         self._after_change()
 
+    def note_part(self, rid: int, part: str) -> None:
+        """Reservation ``rid`` pays for the staging file ``part`` (relative to the root)."""
+        if rid in self._held:
+            self._parts[rid] = part
+
     def merge_reservations(self, into: int, frm: int) -> None:
         """Reservation ``frm``'s units now belong to ``into`` (one guard holds both)."""
+        part = self._parts.pop(frm, None)
+        if part is not None and into in self._held:
+            self._parts.setdefault(into, part)
         held = self._held.pop(frm, None)
         if held is None:
             return
@@ -328,17 +354,24 @@ class CacheCoordinator:
         target[2] += held[2]
 
     def release_shard(self, shard: int) -> tuple[int, int]:
-        """Release every reservation held by ``shard`` (it died); return the units freed."""
+        """Release every reservation held by ``shard`` (it died) and delete its staging files
+        (in the background); return the units freed."""
         freed_b = freed_o = 0
+        parts: list[str] = []
         for rid in [rid for rid, h in self._held.items() if h[0] == shard]:
+            part = self._parts.pop(rid, None)
+            if part is not None:
+                parts.append(part)
             _, b, o = self._held.pop(rid)
             self._unreserve(b, o)
             freed_b += b
             freed_o += o
         if freed_b or freed_o:
-            log.warning("cache: released %d bytes and %d objects reserved by shard %d",
-                        freed_b, freed_o, shard)
+            log.warning("cache: released %d bytes and %d objects reserved by shard %d, and "
+                        "%d staging file(s)", freed_b, freed_o, shard, len(parts))
             self._after_change()
+        if parts:
+            self._spawn(asyncio.to_thread(delete_parts, self.root, parts))
         return freed_b, freed_o
 
     @property

@@ -384,6 +384,9 @@ class CacheService:
             else:
                 reservation = await self.reserve_space(initial, 1, deadline)
             path, fd = self._create_part(rel, dest)
+            if reservation.rid:
+                self._post(CacheService._coord_note_part, reservation.rid,
+                           str(path.relative_to(self.root)))
         except BaseException:
             if reservation is not None:
                 reservation.close()
@@ -539,6 +542,9 @@ class CacheService:
 
     def _coord_release(self, rid: int, wrote_b: int, wrote_o: int) -> None:
         self.coordinator.release_reservation(rid, wrote_b, wrote_o)
+
+    def _coord_note_part(self, rid: int, part: str) -> None:
+        self.coordinator.note_part(rid, part)
 
     def _coord_merge(self, into: int, frm: int) -> None:
         self.coordinator.merge_reservations(into, frm)

@@ -119,10 +119,18 @@ async def test_a_dead_shards_reservations_are_released(sharded_cache: Shards) ->
     staging = await sharded_cache.on(1).create_staging_file("dying/one", NO_DEADLINE, 5000)
     s = await sharded_cache.local().stats()
     assert (s.bytes_reserved, s.objects_reserved) == (8000, 4)
+    await staging.append(b"p" * 3000)
+    await staging.flush()
+    assert staging.path.exists()
     sharded_cache.local().release_shard(1)  # what shard 0 does when shard 1's process dies
     s = await sharded_cache.local().stats()
     assert (s.bytes_reserved, s.objects_reserved) == (0, 0)
     assert sharded_cache.local().coordinator.reservations == 0
+    for _ in range(100):  # its staging file goes too (deleted off the loop)
+        if not staging.path.exists():
+            break
+        await asyncio.sleep(0.01)
+    assert not staging.path.exists()
     del held, staging
 
 
