@@ -281,11 +281,16 @@ class Daemon:
                                self.budget.own_files]
         return WorkerSpec(shard, self.count, self.links_dir, self.secret.hex(), settings)
 
-    async def _tell_all(self, method: str, *args: Any) -> list[Any]:
-        """The ``shard`` service's ``method`` on every shard; a shard that is down is skipped."""
+    async def _tell_all(self, method: str, *args: Any, deadline: float | None = None
+                        ) -> list[Any]:
+        """The ``shard`` service's ``method`` on every shard, each bounded by ``deadline``
+        (default: 10 s from now); a shard that is down or starting is skipped."""
         assert self.smp is not None
+        if deadline is None:
+            deadline = time.monotonic() + 10.0
         results = await asyncio.gather(
-            *(self.smp.call(i, "shard", method, *args) for i in range(self.count)),
+            *(self.smp.call(i, "shard", method, *args, deadline=deadline)
+              for i in range(self.count)),
             return_exceptions=True)
         for i, r in enumerate(results):
             if isinstance(r, BaseException) and i and not isinstance(r, CacheDaemonError):
@@ -296,7 +301,7 @@ class Daemon:
         s = self.settings
         if self.shard is not None and self.smp is not None:
             deadline = time.monotonic() + s.server.shutdown_timeout
-            left = await self._tell_all("drain", deadline)
+            left = await self._tell_all("drain", deadline, deadline=deadline + 1.0)
             if sum(left):
                 log.warning("%d request(s) still running after %.1fs: aborting them",
                             sum(left), s.server.shutdown_timeout)
