@@ -90,7 +90,7 @@ SCHEMA: tuple[Setting, ...] = (
     # server
     Setting("server", "listen", "str", "127.0.0.1:8470", "Address the HTTP API listens on.",
             validate=_listen, aliases=("--listen",)),
-    Setting("server", "shards", "int", None, "Number of shards (event loops on their own threads).",
+    Setting("server", "shards", "int", None, "Number of shards: shard 0 is the main process, the others are worker processes.",
             optional=True, minimum=1, maximum=256, aliases=("--shards",),
             default_doc="number of cores"),
     Setting("server", "auth_token", "str", None,
