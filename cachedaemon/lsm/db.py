@@ -638,7 +638,8 @@ class Database:
         version = vs.current
         if not version.num_files_total:
             return None
-        self._gate.check()
+        # Held, not just checked: close() waits for in-flight reads before it closes readers.
+        holder = self._gate.hold()
         uprefix = user_prefix(key)
         seek = uprefix + trailer(snap, KIND_SEEK)
         vs.pin(version)
@@ -660,6 +661,7 @@ class Database:
                     return None if k[-1] == 0xFE else v
             return None
         finally:
+            holder.release()
             vs.unpin(version)
             # LevelDB's seek compaction: a file that keeps being consulted in vain before
             # the file that answers is worth compacting into the next level.
