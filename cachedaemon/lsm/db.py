@@ -143,7 +143,12 @@ class Database:
         self._pending_outputs: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._gc = FileGC(
-            self._data, self._versions, self._tables, options, lambda: self._pending_outputs
+            self._data,
+            self._versions,
+            self._tables,
+            options,
+            lambda: self._pending_outputs,
+            lambda: self._bg_error,
         )
         self._closed = False
         self.flushes = 0
