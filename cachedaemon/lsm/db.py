@@ -235,6 +235,14 @@ class Database:
         return self._versions.epoch
 
     @property
+    def background_error(self) -> BaseException | None:
+        """The sticky failure of background work, or ``None``. Once set, writes and flushes
+        raise it and the file GC deletes nothing (a failed manifest write may have landed);
+        only reopening, which re-reads the durable manifest, recovers (LevelDB's
+        ``bg_error_``)."""
+        return self._bg_error
+
+    @property
     def current_version(self) -> Version:
         return self._versions.current
 

@@ -28,6 +28,13 @@ info (``read_only`` turns true), and the service replaces it by a read replica t
 marks the domain :attr:`broken`; the service reopens it on the next request (the log has every
 acknowledged write).
 
+The LSM's own background work (a flush when the memtable fills, a compaction) can fail too, with
+nobody waiting on it: :meth:`check_background` (the service calls it on every lookup) adopts
+that failure. A lost manifest compare-and-swap is a fence (step down); anything else — a
+manifest write whose outcome is unknown among them — marks the domain broken, so the next
+request reopens it and re-reads the manifest in the bucket (until then the LSM's file GC deletes
+nothing; see ``docs/concurrency.md``).
+
 **Read replica** (:meth:`Domain.open_reader`): the LSM opened read-only at the newest manifest
 (SSTs through this node's own cache), refreshed by :meth:`refresh` on an interval (the service's
 refresher) and on demand. Writes get 409 ``read_only``.
@@ -311,6 +318,19 @@ class Domain:
             await db.apply(r.batch(), seqno=r.base_seqno)
         if db.max_persisted_seqno > self._released_seqno:
             self._flush_wake.set()  # the LSM flushed by itself: release the log soon
+
+    def check_background(self) -> None:
+        """Adopt a failure of the LSM's background work (see the module docstring)."""
+        if self.log is None or self._closed or self.fenced is not None:
+            return
+        if self.manifest.fenced is not None:
+            self._step_down(self.manifest.fenced)
+            return
+        err = self.db.background_error
+        if err is not None and self.broken is None:
+            log.error("domain %s (epoch %d): background work failed (%s); it will be reopened "
+                      "from the manifest in the bucket", self.name, self.epoch, err)
+            self.broken = err
 
     def _step_down(self, why: str) -> None:
         if self.fenced is None:

@@ -9,7 +9,9 @@ matched), or on a ``fraction`` of calls drawn from a seeded RNG (deterministic f
 and call order), at most ``times`` times. A failure is raised ``before`` the inner call (the
 request never reached the bucket) or ``after`` it (the bucket did the work and the answer was
 lost: the case that makes retried conditional puts interesting; :meth:`land_then_fail` names
-it). :meth:`fail_body` lets a ``get`` open and breaks its body after some bytes (a download cut
+it). Rules are tried in the order they were added and one failure decides a call, so
+``land_then_fail(op, nth=1)`` followed by ``fail(op)`` lands the first call and refuses every
+retry (a write that is durable although the retry chain gave up). :meth:`fail_body` lets a ``get`` open and breaks its body after some bytes (a download cut
 short). Delays sleep on the injected clock.
 
 Used from one loop (the test's, or one shard's); not thread-safe.
@@ -179,6 +181,8 @@ class FaultInjectingObjectStore(ObjectStoreBase):
         count = self.calls[op]
         fail_after: FaultRule | None = None
         for rule in self.rules:
+            if rule.kind == "fail" and fail_after is not None:
+                continue  # one failure per call: the first fail rule that fires decides
             if not rule.matches(op, count, self.rng, keys):
                 continue
             rule.fired += 1

@@ -200,3 +200,19 @@ async def test_land_then_fail_aimed_at_keys() -> None:
     with pytest.raises(TransientUpstreamError):
         await faulty.delete_many(["a", "wal/0002.log"])
     assert await inner.head("wal/0002.log") is None
+
+
+async def test_first_fail_rule_decides_a_call() -> None:
+    inner = MemoryObjectStore()
+    faulty = FaultInjectingObjectStore(inner)
+    faulty.land_then_fail("put", key="m", nth=1)
+    faulty.fail("put", key="m")
+    for _ in range(3):
+        with pytest.raises(TransientUpstreamError):
+            await faulty.put("m", b"x")
+    assert await inner.get_bytes("m") == b"x"  # the first landed; the others never reached it
+    assert faulty.injected["put"] == 3
+    await inner.delete("m")
+    with pytest.raises(TransientUpstreamError):
+        await faulty.put("m", b"y")
+    assert await inner.head("m") is None
