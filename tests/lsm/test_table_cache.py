@@ -21,7 +21,12 @@ from cachedaemon.lsm.block_cache import BlockCache
 from cachedaemon.lsm.dbformat import KIND_VALUE, make_internal_key, seek_key, user_prefix
 from cachedaemon.lsm.io.disk import open_disk_persistence
 from cachedaemon.lsm.io.memory import MemoryDataPersistence, memory_persistence
-from cachedaemon.lsm.io.persistence import FileHandle, RandomAccessReader, SequentialWriter
+from cachedaemon.lsm.io.persistence import (
+    FileHandle,
+    Persistence,
+    RandomAccessReader,
+    SequentialWriter,
+)
 from cachedaemon.lsm.table_builder import SstBuilder
 from cachedaemon.lsm.table_cache import TableCache
 from tests.lsm.lsm_helpers import tiny_options
@@ -248,3 +253,31 @@ async def test_database_concurrent_gets_over_disk_with_two_open_files(tmp_path: 
     assert got == [expected[k] for k in ks]
     await db.wait_for_background_work()
     await db.close()
+
+
+async def test_database_close_waits_for_a_get_whose_open_is_in_flight() -> None:
+    mem = memory_persistence()
+    db = await Database.open(tiny_options(), mem)
+    await db.put(b"k", b"v")
+    await db.flush()
+    await db.close()
+    paused = PausingData(mem.data)  # type: ignore[arg-type]
+    db = await Database.open(tiny_options(), Persistence(paused, mem.metadata))
+    (handle,) = [f.handle for f in db.current_version.files()]
+    release_open = paused.pause(handle)
+    get = asyncio.create_task(db.get(b"k"))
+    await paused.opening[handle].wait()
+    closing = asyncio.create_task(db.close())
+    try:
+        for _ in range(1000):  # the background tasks leave the gate...
+            if all(t.done() for t in db._tasks):
+                break
+            await asyncio.sleep(0)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not closing.done()  # ...but the in-flight read holds it
+    finally:
+        release_open.set()
+    assert await get == b"v"
+    await closing
+    assert mem.data.open_readers == 0  # type: ignore[attr-defined]
