@@ -319,18 +319,20 @@ class Domain:
         if db.max_persisted_seqno > self._released_seqno:
             self._flush_wake.set()  # the LSM flushed by itself: release the log soon
 
-    def check_background(self) -> None:
-        """Adopt a failure of the LSM's background work (see the module docstring)."""
+    def check_background(self) -> bool:
+        """Adopt a failure of the LSM's background work (see the module docstring). ``True``
+        while this is an open writer that may go on (neither fenced nor broken)."""
         if self.log is None or self._closed or self.fenced is not None:
-            return
+            return False
         if self.manifest.fenced is not None:
             self._step_down(self.manifest.fenced)
-            return
+            return False
         err = self.db.background_error
         if err is not None and self.broken is None:
             log.error("domain %s (epoch %d): background work failed (%s); it will be reopened "
                       "from the manifest in the bucket", self.name, self.epoch, err)
             self.broken = err
+        return self.broken is None
 
     def _step_down(self, why: str) -> None:
         if self.fenced is None:
@@ -441,8 +443,7 @@ class Domain:
                 return
             except Exception as exc:
                 log.warning("domain %s: background flush failed: %s", self.name, exc)
-                if self.manifest.fenced is not None:
-                    self._step_down(self.manifest.fenced)
+                if not self.check_background():  # fenced: step down; LSM failure: broken
                     return
                 if self.db.max_persisted_seqno < self._released_seqno:
                     return

@@ -7,6 +7,7 @@ re-reads the durable state (reopens) or steps down, and that nothing acknowledge
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from cachedaemon.cache.service import CacheService
+from cachedaemon.clock import ManualClock
 from cachedaemon.core import failpoints
 from cachedaemon.errors import CacheDaemonError, IOFailure
 from cachedaemon.lsm.io.cloud_base import CloudIO
@@ -241,3 +243,32 @@ async def test_epoch_claim_that_landed_while_every_answer_was_lost() -> None:
     # A claim whose answer was lost once: the retry finds the id taken and claims the next.
     store.land_then_fail("put", key=prefix, times=1)
     assert await registry.claim_epoch(record, "a") == 5
+
+
+async def test_flush_loop_that_meets_an_unknown_manifest_write_stops_and_breaks_the_domain(
+        make_service: Maker) -> None:
+    clock = ManualClock()
+    inner = MemoryObjectStore()
+    store = FaultInjectingObjectStore(inner)
+    svc = await make_service(store, clock=clock, flush_interval_s=10.0)
+    await svc.write("f", batch([b"f%03d" % i for i in range(50)]))
+    domain = await svc.domain("f", create=False)
+    prefix = domain.record.prefix
+    store.land_then_fail("put", key=f"{prefix}/MANIFEST", nth=1)
+    store.fail("put", key=f"{prefix}/MANIFEST")
+    for _ in range(500):  # the timed flush runs; its retries back off on the manual clock
+        if domain.broken is not None:
+            break
+        clock.advance(1.0)
+        for _ in range(20):
+            await asyncio.sleep(0)
+    assert domain.broken is not None and domain.fenced is None
+    flush_loop = svc._tasks["f"]
+    for _ in range(100):
+        if flush_loop.done():
+            break
+        await asyncio.sleep(0)
+    assert flush_loop.done()  # the loop stopped instead of retrying a refusing database
+    store.clear()
+    assert await svc.get("f", b"f007") == b"v-f007"  # served by the reopened domain
+    assert (await svc.domain("f", create=False)) is not domain
