@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 
 from cachedaemon.errors import Corruption, GateClosed
 from cachedaemon.lsm.block_cache import BlockCache
@@ -43,6 +44,15 @@ class _Opening:
     def __init__(self, future: asyncio.Future[SstReader]) -> None:
         self.future = future
         self.waiters = 0
+
+
+def _log_close_failure(table: SstReader) -> Callable[[asyncio.Future[None]], None]:
+    def done(fut: asyncio.Future[None]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("lsm: closing the reader of %s failed: %r", table.handle.name,
+                      fut.exception())
+
+    return done
 
 
 class TableCache:
@@ -129,7 +139,11 @@ class TableCache:
         table.refs += 1 + opening.waiters
         self._open[handle] = table
         fut.set_result(table)
-        await self._shrink()
+        try:
+            await self._shrink()
+        except BaseException:  # cancelled while closing evicted readers: ours goes back
+            self.release(table)
+            raise
         return table
 
     async def _open_table(self, handle: FileHandle) -> SstReader:
@@ -161,13 +175,17 @@ class TableCache:
             await self._close_reader(self._to_close.pop())
 
     async def _close_reader(self, table: SstReader) -> None:
-        # Closing is cleanup: a failure is logged, never raised into an unrelated lookup.
+        # Closing is cleanup: shielded (a cancelled caller does not leave the reader half
+        # closed: it finishes on its own), and a failure is logged, never raised into an
+        # unrelated lookup.
+        closing = asyncio.ensure_future(table.close())
+        closing.add_done_callback(_log_close_failure(table))
         try:
-            await table.close()
+            await asyncio.shield(closing)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            log.error("lsm: closing the reader of %s failed: %r", table.handle.name, exc)
+        except Exception:
+            pass  # logged by the callback
 
     async def evict(self, handle: FileHandle) -> None:
         """Forget ``handle``: close its reader (now or at its last release), drop its blocks."""

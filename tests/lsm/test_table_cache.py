@@ -281,3 +281,65 @@ async def test_database_close_waits_for_a_get_whose_open_is_in_flight() -> None:
     assert await get == b"v"
     await closing
     assert mem.data.open_readers == 0  # type: ignore[attr-defined]
+
+
+class SlowClose:
+    """A reader whose close waits for an event (a close that really suspends)."""
+
+    def __init__(self, inner: RandomAccessReader, gate: asyncio.Event) -> None:
+        self.inner = inner
+        self.gate = gate
+        self.closing = asyncio.Event()
+
+    async def read(self, offset: int, n: int) -> bytes:
+        return await self.inner.read(offset, n)
+
+    def size(self) -> int:
+        return self.inner.size()
+
+    async def close(self) -> None:
+        self.closing.set()
+        await self.gate.wait()
+        await self.inner.close()
+
+
+async def test_opener_cancelled_while_closing_an_evicted_reader_gives_its_reference_back() -> None:
+    data, (h1, h2) = await make_tables(2)
+    paused = PausingData(data)
+    gate = asyncio.Event()
+    slow: list[SlowClose] = []
+    inner_open = paused.open_random_access_reader
+
+    async def open_slow(handle: FileHandle) -> RandomAccessReader | None:
+        reader = await inner_open(handle)
+        assert reader is not None
+        slow.append(SlowClose(reader, gate))
+        return slow[-1]
+
+    paused.open_random_access_reader = open_slow  # type: ignore[method-assign]
+    tc = TableCache(paused, BlockCache(1 << 20), capacity=1)
+    tc.release(await tc.find(h1))
+    second = asyncio.create_task(tc.find(h2))  # publishes h2, then closes the evicted h1
+    await slow[0].closing.wait()
+    second.cancel()
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    table = tc.lookup(h2)
+    assert table is not None and table.refs == 1  # only the lookup's own reference
+    tc.release(table)
+    await tc.close()
+    assert data.open_readers == 0
+
+
+async def test_a_failing_close_is_logged_not_raised_into_another_lookup(
+        caplog: pytest.LogCaptureFixture) -> None:
+    data, (h1, h2) = await make_tables(2)
+    paused = PausingData(data)
+    tc = TableCache(paused, BlockCache(1 << 20), capacity=1)
+    t1 = await tc.find(h1)
+    await t1._reader.close()  # type: ignore[attr-defined]  # its next close will raise
+    tc.release(t1)
+    assert await read(tc, h2) == b"value of 3"  # evicts h1; the failing close stays there
+    assert "closing the reader of" in caplog.text and "closed twice" in caplog.text
+    await tc.close()
