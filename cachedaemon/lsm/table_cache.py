@@ -14,7 +14,9 @@ resuming (LevelDB's ``Cache::Lookup``/``Insert`` hand out a referenced handle un
 mutex for the same reason). A waiter cancelled after the open landed gives its reference back;
 one cancelled before simply unregisters. If the opener fails, every waiter gets its error; if
 the opener is cancelled, the waiters start over. An open that lands after :meth:`close` closes
-its reader and raises :class:`~cachedaemon.errors.GateClosed`.
+its reader and raises :class:`~cachedaemon.errors.GateClosed`. Closing a reader is cleanup: it
+runs to the end even if the task that started it is cancelled, and a failure is logged, never
+raised into the lookup that happened to evict the reader.
 """
 
 from __future__ import annotations
