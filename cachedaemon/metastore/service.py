@@ -10,9 +10,7 @@ of the name modulo the shard count); requests for it from any shard hop there wi
   the daemon is read-only, as a **read replica**. A writer that was fenced steps down to a
   read replica on the next request (its writes keep getting 409 ``fenced``). A write to a domain never written creates it
   (registry entry); a read of one never written is :class:`NotFound`. A domain whose log
-  failed, or whose LSM background work failed (not fenced: a manifest write whose outcome is
-  unknown, say), is reopened on the next request, which re-reads the manifest in the bucket.
-  Callers waiting for an opening re-check the table when they wake (``docs/concurrency.md``);
+  failed (not fenced) is reopened on the next request;
 * runs a **flush loop** per writer domain (``flush_interval``) and one **GC loop**
   (``gc_interval``: the LSM's file GC drops unreferenced SSTs after the deletion delay);
 * runs a **refresher** per read replica every ``refresh_interval``; a refresher whose domain
@@ -110,16 +108,11 @@ class DomainService:
         check_domain_name(name)
         with self._gate.hold():
             domain = self._domains.get(name)
-            if domain is not None:
-                domain.check_background()
-                if domain.broken is None and not _fenced_writer(domain):
-                    return self._touch(domain)
+            if domain is not None and domain.broken is None and not _fenced_writer(domain):
+                return self._touch(domain)
             lock = self._opening.setdefault(name, asyncio.Lock())
             async with lock:
-                # Re-check after waking: another caller may have opened or replaced it.
                 domain = self._domains.get(name)
-                if domain is not None:
-                    domain.check_background()
                 if domain is not None and _fenced_writer(domain):
                     # Step down to a read replica: reads follow the new writer's manifests,
                     # writes keep getting 409 fenced.
