@@ -31,7 +31,9 @@ and the commit raise :class:`IOFailure` (the commit aborts the file).
   version); the old entry's size and object leave the counters as the new one is added.
 
 Once the file is in place, its bytes are always accounted and the tracker updated, even if the
-``unlink`` fails (logged). A commit that fails before that aborts the file (no ``.part`` left,
+``unlink`` fails (logged) or anything else fails after the ``link``/``rename`` (the commit then
+still raises, saying the entry is in place: a write that landed is never treated as one that
+did not happen). A commit that fails before that aborts the file (no ``.part`` left,
 reservation released) and raises; a cancelled commit finishes its thread job and its
 accounting first. ``close()`` aborts: releases the reservation, deletes the ``.part``, leaves
 the gate. Idempotent, and a no-op after a commit.
@@ -127,6 +129,7 @@ class StagingFile:
         self._pending: asyncio.Future[None] | None = None  # a running sync() job
         self._closed = False
         self._committed = False
+        self._landed = False  # set by the commit job once the file is in place
 
     @property
     def written(self) -> int:
@@ -268,7 +271,7 @@ class StagingFile:
                 break
         exc = job.exception()
         try:
-            if exc is not None:
+            if exc is not None and not self._landed:
                 await self._abort(unlink=True)
                 if cancelled:
                     raise asyncio.CancelledError()
@@ -277,7 +280,11 @@ class StagingFile:
                         self._service.note_disk_full()
                     raise IOFailure(f"cannot commit {self.key!r}: {exc}") from exc
                 raise exc
-            if job.result():
+            if exc is not None and not replace:
+                # The file was in place when the job failed: the commit happened (and is
+                # accounted); only its answer failed. Finish the cleanup the job did not reach.
+                await asyncio.to_thread(self._unlink_part)
+            if exc is not None or job.result():
                 rid, _, _ = self._guard.take()
                 self._service.account_commit(self.relpath, self._written, rid)
             else:
@@ -286,6 +293,11 @@ class StagingFile:
             self._finish()
             if cancelled:
                 raise asyncio.CancelledError()
+            if exc is not None:
+                raise IOFailure(
+                    f"{self.key!r} was committed (the entry is in place and accounted), but the "
+                    f"commit failed after that: {exc}"
+                ) from exc
             return self._written
         finally:
             if not self._committed:
@@ -309,6 +321,7 @@ class StagingFile:
             os.close(fd)
         if replace:
             os.rename(self.path, self.dest)
+            self._landed = True
             failpoint_sync("cache.commit.after_link")
             return True
         try:
@@ -316,6 +329,7 @@ class StagingFile:
         except FileExistsError:
             self._unlink_part()
             return False
+        self._landed = True  # from here on the entry exists, whatever fails next
         failpoint_sync("cache.commit.after_link")
         self._unlink_part()
         return True

@@ -16,8 +16,9 @@ never overwrites the object), then commits the file into the cache. A failed app
 makes ``close()`` raise and leaves nothing behind: the staging file is closed (its reservation
 released), its ``.part`` deleted, and no object exists. (Redpanda's writer returned quietly
 from ``close()`` after a failed append; that silently lost an SST.) If only the commit fails,
-the SST *is* safe in the bucket: ``close()`` still cleans up locally and raises, saying so;
-the orphaned object is collected by the engine's file GC like any unreferenced SST.
+the SST *is* safe in the bucket, which is what the engine asked for: ``close()`` cleans up
+locally, logs a warning and succeeds; the next read downloads the SST into the cache. (Failing
+there would stop the database for a cache problem while its data was durable.)
 
 **Reader**: a cache hit is read with positional reads on its file (the open descriptor keeps
 it readable even if a trim evicts the entry meanwhile). On a miss the object is downloaded
@@ -149,13 +150,14 @@ class CloudCacheSequentialWriter:
         try:
             await failpoint("lsm.cloud_cache.commit")
             await self._staging.commit()
-        except BaseException as exc:
+        except Exception as exc:
+            await self._discard("closed")
+            log.warning("%s was uploaded to %s but committing it into the cache failed (%s); "
+                        "it will be read from the bucket", name,
+                        self._owner.object_key(self._handle), exc)
+            return
+        except BaseException:
             await self._discard("failed")
-            if isinstance(exc, Exception):
-                raise IOFailure(
-                    f"{name} was uploaded to {self._owner.object_key(self._handle)} (the data "
-                    f"is safe in the bucket) but committing it into the cache failed: {exc}"
-                ) from exc
             raise
         self._state = "closed"
         self._owner._release_writer(self._handle)
