@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -54,6 +55,28 @@ class WorkerSpec:
     #: ``module:function`` run by the worker (tests use their own).
     entry: str = "cachedaemon.server.main:run_worker"
     parent_pid: int = 0
+
+
+def worker_interpreter() -> tuple[str, dict[str, str]]:
+    """The interpreter to start workers with, and environment to add.
+
+    Our own interpreter, as a rule. When the service user may not run it by that path (an
+    interpreter under a directory the user cannot search, reached by a symlink from the venv),
+    the same Python version found on ``PATH``, told where our modules are (this process's
+    ``sys.path``), so the worker runs the very code shard 0 runs."""
+    if os.access(sys.executable, os.X_OK):
+        return sys.executable, {}
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (shutil.which(version), f"/usr/bin/{version}"):
+        if candidate and os.access(candidate, os.X_OK):
+            log.info("starting worker shards with %s (this user cannot run %s)", candidate,
+                     sys.executable)
+            import cachedaemon
+
+            ours = os.path.dirname(os.path.dirname(os.path.abspath(cachedaemon.__file__)))
+            path = [ours, *(p for p in sys.path if p and p != ours)]
+            return candidate, {"PYTHONPATH": os.pathsep.join(path)}
+    return sys.executable, {}
 
 
 class Supervisor:
@@ -130,10 +153,14 @@ class Supervisor:
         socks = self._sockets(shard)
         spec.fds = {role: s.fileno() for role, s in socks.items()}
         spec.parent_pid = os.getpid()
+        executable, extra_env = worker_interpreter()
+        env = self._env
+        if extra_env:
+            env = {**(env if env is not None else os.environ), **extra_env}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cachedaemon.server.worker",
+            executable, "-m", "cachedaemon.server.worker",
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=None,
-            pass_fds=tuple(spec.fds.values()), env=self._env)
+            pass_fds=tuple(spec.fds.values()), env=env)
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(asdict(spec)).encode())
         proc.stdin.close()
