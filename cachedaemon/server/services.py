@@ -58,13 +58,19 @@ async def stop_cache(cache: Sharded[CacheService]) -> None:
 
 async def start_domains(smp: Smp, stores: Sharded[Any], cache: Sharded[CacheService],
                         settings: Settings) -> Sharded[Any]:
-    """The metastore's DomainService on every shard (after the cache; see metastore.service)."""
+    """The metastore's DomainService on every shard (after the cache; see metastore.service),
+    then the L1 object GC loops of the L1 domains this node writes (from start-up, not from
+    each domain's first L1 request)."""
     from cachedaemon.metastore import metrics as metastore_metrics
+    from cachedaemon.metastore.l1.service import l1_config, start_l1
     from cachedaemon.metastore.service import config_from_settings
     from cachedaemon.metastore.service import start_domains as _start_domains
 
     metastore_metrics.register()
-    return await _start_domains(smp, stores, cache, config_from_settings(settings))
+    domains = await _start_domains(smp, stores, cache, config_from_settings(settings))
+    started: list[list[str]] = await domains.invoke_on_all(start_l1, l1_config(settings))
+    del started
+    return domains
 
 
 async def stop_domains(domains: Sharded[Any]) -> None:
