@@ -16,7 +16,13 @@ from typing import Any, TypeVar
 
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from cachedaemon.clock import ManualClock
 from cachedaemon.errors import CacheDaemonError
@@ -142,6 +148,14 @@ class L1Machine(RuleBasedStateMachine):
 
     # --- rules ---------------------------------------------------------------------------------
 
+    @initialize(sizes=st.lists(st.lists(st.integers(1, 6), min_size=0, max_size=5),
+                               min_size=len(PARTITIONS), max_size=len(PARTITIONS)))
+    def seed(self, sizes: list[list[int]]) -> None:
+        """Start with a few extents in most partitions, so that programs work on data."""
+        for tidp, counts in zip(PARTITIONS, sizes, strict=True):
+            for n in counts:
+                self.add([tidp], 0, [n], [20, 20, 20], "same", "prereg")
+
     @rule(n=st.integers(1, 2), mode=st.sampled_from(["count", "oids", "oids", "reuse"]))
     def preregister(self, n: int, mode: str) -> None:
         if mode == "count":
@@ -204,8 +218,8 @@ class L1Machine(RuleBasedStateMachine):
         if j + 2 < n and data.draw(st.booleans(), label="second run"):
             k = data.draw(st.integers(j + 2, n - 1), label="second run extent")
             runs.append((p.extents[k].base, p.extents[k].last))
-        shape = data.draw(st.sampled_from(["exact"] * 4 + ["misaligned", "below", "only_below"]),
-                          label="shape")
+        shape = data.draw(st.sampled_from(["exact"] * 4 + ["misaligned", "below", "only_below",
+                                                            "plus_below"]), label="shape")
         base, last = runs[-1]
         if shape == "misaligned":
             runs[-1] = (base, max(base, last + data.draw(st.sampled_from([-1, 1]))))
@@ -213,6 +227,10 @@ class L1Machine(RuleBasedStateMachine):
             runs[0] = (max(0, p.extents[0].base - 3), runs[0][1])
         elif shape == "only_below" and p.start >= 2:
             runs = [(0, data.draw(st.integers(0, p.start - 2)))]
+        elif shape == "plus_below" and min(p.start, runs[0][0]) >= 2:
+            # a stale run wholly below the start, beside a live one: dropped, not refused
+            runs.insert(0, (0, data.draw(st.integers(0, min(p.start, runs[0][0]) - 2))))
+            event("replacement with a run below the start")
         exts = []
         for base, last in runs:
             cut = data.draw(st.integers(0, last - base), label="cut")
@@ -252,18 +270,55 @@ class L1Machine(RuleBasedStateMachine):
             base = data.draw(st.sampled_from(sorted({max(lo, p.start), max(lo, first_dirty),
                                                      lo, min(hi, lo + 3)})), label="base")
             last = data.draw(st.integers(base, max(base, hi + 1)), label="last")
-            cleaned.append(CleanedRange(base=base, last=last,
-                                        has_tombstones=data.draw(st.booleans())))
+            cleaned.append(CleanedRange(base=base, last=last, has_tombstones=data.draw(
+                st.sampled_from([True, True, False]), label="tombstones")))
         removed = []
         if p.tombs and data.draw(st.booleans(), label="remove tombstones"):
-            t = data.draw(st.sampled_from(p.tombs), label="tombstone range")
-            b = data.draw(st.integers(t.base, t.last))
-            e = data.draw(st.integers(b, t.last + data.draw(st.sampled_from([0, 0, 0, 2]))))
-            removed.append(OffsetRange(base=b, last=e))
+            removed.append(self.draw_removal(tidp, data))
         return CompactionUpdate(topic_id=tidp.topic_id, partition=tidp.partition,
                                 expected_epoch=self.epoch_of(tidp, stale),
                                 cleaned_ranges=cleaned, cleaned_at=self.now() // 1000,
                                 removed_tombstone_ranges=removed)
+
+    def draw_removal(self, tidp: TopicIdPartition, data: st.DataObject) -> OffsetRange:
+        """A range of tracked tombstones; sometimes reaching one offset before it or past
+        its end (not tracked unless a neighbour covers it)."""
+        t = data.draw(st.sampled_from(self.model.parts[tidp].tombs), label="tombstone range")
+        b = data.draw(st.integers(t.base, t.last))
+        e = data.draw(st.integers(b, t.last))
+        b -= data.draw(st.sampled_from([0, 0, 0, 1]), label="earlier")
+        e += data.draw(st.sampled_from([0, 0, 0, 1, 3]), label="later")
+        return OffsetRange(base=max(0, b), last=e)
+
+    @rule(tidp=st.sampled_from(PARTITIONS), data=st.data())
+    def clean(self, tidp: TopicIdPartition, data: st.DataObject) -> None:
+        """A metadata-only commit of the next cleaned range, from the first dirty offset (so
+        it follows the rules unless the partition is empty), mostly with tombstones."""
+        p = self.model.parts.get(tidp)
+        if p is None:
+            return
+        dirty = [o for o in range(p.start, p.next) if o not in p.cleaned]
+        base = dirty[0] if dirty else p.start
+        last = data.draw(st.integers(base, max(base, p.next - 1)), label="clean to")
+        update = CompactionUpdate(
+            topic_id=tidp.topic_id, partition=tidp.partition, expected_epoch=p.epoch,
+            cleaned_at=self.now() // 1000,
+            cleaned_ranges=[CleanedRange(base=base, last=last, has_tombstones=data.draw(
+                st.sampled_from([True, True, False]), label="tombstones"))])
+        self.both(self.l1.commit_compaction_metadata([update]),
+                  self.model.commit_compaction_metadata, [update], self.now())
+
+    @precondition(lambda self: any(p.tombs for p in self.model.parts.values()))
+    @rule(data=st.data())
+    def remove_tombstones(self, data: st.DataObject) -> None:
+        """A metadata-only commit of tombstones removed (as a compaction job ends)."""
+        tidp = data.draw(st.sampled_from([t for t in PARTITIONS if t in self.model.parts
+                                          and self.model.parts[t].tombs]))
+        update = CompactionUpdate(topic_id=tidp.topic_id, partition=tidp.partition,
+                                  expected_epoch=self.model.parts[tidp].epoch,
+                                  removed_tombstone_ranges=[self.draw_removal(tidp, data)])
+        self.both(self.l1.commit_compaction_metadata([update]),
+                  self.model.commit_compaction_metadata, [update], self.now())
 
     @rule(tidp=st.sampled_from(PARTITIONS), data=st.data(), stale=st.booleans(),
           update_elsewhere=st.booleans())
@@ -294,10 +349,12 @@ class L1Machine(RuleBasedStateMachine):
         self.both(self.l1.commit_compaction_metadata([update]),
                   self.model.commit_compaction_metadata, [update], self.now())
 
-    @rule(tidp=st.sampled_from(PARTITIONS), delta=st.integers(-5, 30))
-    def truncate(self, tidp: TopicIdPartition, delta: int) -> None:
+    @rule(tidp=st.sampled_from(PARTITIONS), at=st.floats(-0.2, 1.2))
+    def truncate(self, tidp: TopicIdPartition, at: float) -> None:
+        """Prefix truncation, mostly to an offset inside the partition."""
         p = self.model.parts.get(tidp)
-        offset = max(0, (p.start if p else 0) + delta)
+        start, nxt = (p.start, p.next) if p else (0, 0)
+        offset = max(0, start + round(at * (nxt - start)) + (1 if at > 1 else 0))
         result = self.both(self.l1.set_start_offset(tidp, offset),
                            self.model.set_start_offset, tidp, offset, self.now())
         if result is not None:
