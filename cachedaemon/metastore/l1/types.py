@@ -140,11 +140,14 @@ class RemoveTopicsRequest(_Struct):
 MAX_OBJECT_IDS = 10000
 
 
+ObjectIdList = Annotated[list[uuid.UUID], msgspec.Meta(min_length=1, max_length=MAX_OBJECT_IDS)]
+
+
 class PreregisterRequest(_Struct):
     """Exactly one of: ``count`` fresh ids chosen by the daemon, or the caller's ``oids``."""
 
     count: Annotated[int, msgspec.Meta(ge=1, le=MAX_OBJECT_IDS)] | None = None
-    oids: Annotated[list[uuid.UUID], msgspec.Meta(min_length=1, max_length=MAX_OBJECT_IDS)] | None = None
+    oids: ObjectIdList | None = None
 
 
 class ObjectIds(_Struct):

@@ -116,7 +116,8 @@ async def test_one_domains_gc_never_deletes_another_domains_object(tmp_path: Pat
 async def test_the_gc_loop_runs_from_start_up(tmp_path: Path) -> None:
     """After a restart, a domain's GC ran only once the domain got its first L1 request."""
     data, bucket = tmp_path / "d", f"file://{tmp_path / 'bucket'}"
-    args = ("--metastore-file-deletion-delay", "1s", "--metastore-gc-interval", "500ms")
+    # The delay outlasts the first run (so its own GC loop cannot have deleted the object).
+    args = ("--metastore-file-deletion-delay", "2s", "--metastore-gc-interval", "500ms")
     with start_daemon(data, *args, remote=bucket) as d:
         async with AsyncClient(d.url) as client:
             l1 = L1Client(client, "boot")
