@@ -68,10 +68,12 @@ async def stop_cache(cache: Sharded[CacheService]) -> None:
 async def start_domains(smp: Smp, cache: Sharded[CacheService], store: ObjectStore,
                         settings: Settings, *, max_open_domains: int | None = None,
                         max_open_files: int | None = None) -> Sharded[Any]:
-    """This shard's metastore DomainService (after the cache; see metastore.service).
-    ``max_open_domains``/``max_open_files``: the descriptor budget's figures, when it had to
-    lower the configured ones."""
+    """This shard's metastore DomainService (after the cache; see metastore.service), then
+    the L1 object GC loops of the L1 domains this shard writes (from start-up, not from each
+    domain's first L1 request). ``max_open_domains``/``max_open_files``: the descriptor
+    budget's figures, when it had to lower the configured ones."""
     from cachedaemon.metastore import metrics as metastore_metrics
+    from cachedaemon.metastore.l1.service import l1_config, start_l1
     from cachedaemon.metastore.service import config_from_settings
     from cachedaemon.metastore.service import start_domains as _start_domains
 
@@ -81,7 +83,9 @@ async def start_domains(smp: Smp, cache: Sharded[CacheService], store: ObjectSto
         overrides["max_open_domains"] = max_open_domains
     if max_open_files is not None:
         overrides["max_open_files"] = max_open_files
-    return await _start_domains(smp, store, cache, config_from_settings(settings, **overrides))
+    domains = await _start_domains(smp, store, cache, config_from_settings(settings, **overrides))
+    await start_l1(domains.local(), l1_config(settings))
+    return domains
 
 
 async def stop_domains(domains: Sharded[Any]) -> None:

@@ -22,12 +22,12 @@ from cachedaemon.clock import ManualClock
 from cachedaemon.errors import CacheDaemonError
 from cachedaemon.lsm import Database
 from cachedaemon.metastore.domain import DomainConfig
-from cachedaemon.metastore.l1 import L1Metastore, ObjectGC, default_object_name
+from cachedaemon.metastore.l1 import L1Metastore, ObjectGC, object_bucket_key
 from cachedaemon.metastore.l1.service import DomainRowStore
 from cachedaemon.metastore.service import DomainService
 from cachedaemon.remote.faulty import FaultInjectingObjectStore
 from cachedaemon.remote.memory import MemoryObjectStore
-from tests.metastore.l1.helpers import P0, ext, obj
+from tests.metastore.l1.helpers import P0, add, ext, obj, terms_for
 
 DELAY_S = 600.0
 TTL_S = 300.0
@@ -40,8 +40,8 @@ async def test_bucket_delete_that_landed_but_failed_keeps_the_row_until_redone(
     gc = ObjectGC(l1, bucket, deletion_delay_s=DELAY_S, domain=f"gc-{uuid.uuid4().hex[:8]}")
     objects = [obj(ext(P0, i * 10, i * 10 + 9)) for i in range(3)]
     for o in objects:
-        await inner.put(default_object_name(o.oid), b"x" * o.object_size)
-    await l1.add_objects(objects)
+        await inner.put(object_bucket_key("l1", o.oid), b"x" * o.object_size)
+    await add(l1, objects)
     await l1.set_start_offset(P0, 30)
     await db.flush()
     clock.advance(DELAY_S)
@@ -79,18 +79,19 @@ async def test_add_whose_log_append_landed_is_not_expired_by_the_gc(
     l1 = L1Metastore(DomainRowStore(svc, "l1"), clock=clock)
     gc = ObjectGC(l1, store, deletion_delay_s=DELAY_S, preregistration_ttl_s=TTL_S, clock=clock)
     (oid,) = await l1.preregister_objects(1)
-    await store.put(default_object_name(oid), b"x" * 116)
+    await store.put(object_bucket_key("l1", oid), b"x" * 116)
     await svc.flush("l1")
     clock.advance(TTL_S + 1)  # the preregistration is due for expiry...
     prefix = (await svc.domain("l1", create=False)).record.prefix
     store.land_then_fail("put", key=f"{prefix}/wal/", nth=1)  # ...when the add lands, unheard
     store.fail("put", key=f"{prefix}/wal/")
     with pytest.raises(CacheDaemonError):
-        await l1.add_objects([obj(ext(P0, 0, 9), oid=oid)])
+        o = obj(ext(P0, 0, 9), oid=oid)
+        await l1.add_objects([o], terms_for([o]))
     store.clear()
     got = await gc.collect()
     assert got.preregistrations_expired == 0 and got.objects_deleted == 0
-    assert await store.head(default_object_name(oid)) is not None
+    assert await store.head(object_bucket_key("l1", oid)) is not None
     info = await l1.get_object(oid)
     assert info is not None and not info.is_preregistration
     assert (await l1.get_offsets(P0)).next_offset == 10
