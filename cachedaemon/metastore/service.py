@@ -40,6 +40,7 @@ from cachedaemon.errors import CacheDaemonError, NotFound, ReadOnly
 from cachedaemon.lsm.io.cloud_base import CloudIO
 from cachedaemon.lsm.write_batch import WriteBatch
 from cachedaemon.metastore.domain import Domain, DomainConfig, check_key, check_value
+from cachedaemon.metastore.layout import ensure_layout
 from cachedaemon.metastore.registry import DomainRegistry, check_domain_name, owner_shard
 from cachedaemon.remote.base import ObjectStore
 
@@ -76,6 +77,11 @@ class DomainService:
         return iter(list(self._domains.values()))
 
     # --- life cycle ----------------------------------------------------------------------------
+
+    async def check_layout(self) -> int:
+        """Migrate the bucket from the previous layout, or refuse (shard 0, once, at start;
+        :mod:`~cachedaemon.metastore.layout`). Returns the domains migrated."""
+        return await ensure_layout(self.io, read_only=self.read_only)
 
     async def start(self) -> None:
         if self._gc_task is None and not self.read_only:
@@ -312,5 +318,8 @@ async def start_domains(smp: Any, stores: Sharded[Any], cache: Sharded[Any] | No
         return DomainService(shard, sharded.count, stores.instance(shard), local_cache, config)
 
     await sharded.start(make)
+    # The bucket's layout first (shard 0, once): migrate a previous one, or refuse.
+    migrated: int = await sharded.invoke_on(0, DomainService.check_layout)
+    del migrated
     await sharded.invoke_on_all(lambda s: s.start())
     return sharded

@@ -1,5 +1,10 @@
 """Object routes: ``PUT/GET/HEAD/DELETE /v1/objects/{key}`` and the listing ``GET /v1/objects``.
 
+Keys whose first segment begins with ``.cachedaemon`` are the daemon's own
+(:mod:`cachedaemon.namespace`): every route refuses them (``400 invalid_key``,
+:func:`~cachedaemon.server.keys.decode_key`), a listing prefix that begins with it is refused
+too, and listings skip the daemon's objects whatever the page.
+
 PUT streams the body into a cache :class:`StagingFile` (its reservation grows as bytes arrive,
 bounded by the request's deadline), uploads it to the bucket (from memory up to 8 MiB, else
 from the staged file: the store goes multipart when large; the staged file is synced to disk
@@ -42,10 +47,12 @@ from cachedaemon.errors import (
     TooLarge,
     Unavailable,
 )
+from cachedaemon.namespace import RESERVED_PREFIX, is_reserved
+from cachedaemon.remote.base import ListPage, ObjectInfo
 from cachedaemon.server import metrics
 from cachedaemon.server.app import send_continue
 from cachedaemon.server.context import Call, ShardContext
-from cachedaemon.server.keys import decode_key, decode_text
+from cachedaemon.server.keys import check_not_reserved, decode_key, decode_text
 from cachedaemon.server.ranges import parse_range
 from cachedaemon.server.routes import ROUTES, Param
 from cachedaemon.server.sendfile import can_send_file, send_file
@@ -523,12 +530,47 @@ async def list_objects(call: Call) -> web.StreamResponse:
             raise InvalidArgument(f"limit must be from 1 to {LIST_MAX}, got {limit}")
     if "\x00" in prefix or (start_after and "\x00" in start_after):
         raise InvalidArgument("prefix and start_after may not contain NUL")
-    page = await call.ctx.store.list(prefix, start_after, limit)
+    check_not_reserved(prefix, "listing prefix")  # only the daemon's objects could match
+    page = await visible_page(call.ctx.store, prefix, start_after, limit)
     return _json({
         "objects": [{"key": o.key, "size": o.size, "etag": quote_etag(o.etag)}
                     for o in page.objects],
         "next": page.next,
     })
+
+
+#: A listing that meets a reserved key skips to here: every key that begins with the reserved
+#: prefix and is shorter than this (so every key the daemon writes) sorts before it.
+RESERVED_SKIP = RESERVED_PREFIX + "\U0010ffff" * 8
+
+
+async def visible_page(store: Any, prefix: str, start_after: str | None, limit: int
+                       ) -> ListPage:
+    """One page of at most ``limit`` objects that are not the daemon's own, in key order.
+
+    The reserved keys are one contiguous run in key order (all begin with
+    :data:`~cachedaemon.namespace.RESERVED_PREFIX`): a page that meets one continues the
+    listing from :data:`RESERVED_SKIP` (or past the last reserved key seen, should a key sort
+    beyond that), so a bucket full of metastore files costs one extra request, not one per
+    thousand files. ``next`` is the last key returned when more may follow."""
+    out: list[ObjectInfo] = []
+    cursor = start_after
+    while True:
+        page = await store.list(prefix, cursor, limit)
+        objects = page.objects
+        for i, obj in enumerate(objects):
+            if is_reserved(obj.key):
+                continue
+            out.append(obj)
+            if len(out) == limit:
+                rest = any(not is_reserved(o.key) for o in objects[i + 1:])
+                more = rest or page.next is not None
+                return ListPage(out, obj.key if more else None)
+        if page.next is None:
+            return ListPage(out, None)
+        cursor = page.next
+        if is_reserved(cursor) and cursor < RESERVED_SKIP:
+            cursor = RESERVED_SKIP
 
 
 def _query(call: Call) -> dict[str, str]:
