@@ -36,7 +36,13 @@ import aiohttp
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 import cachedaemon.server.handlers  # noqa: F401  (registers the routes)
 from cachedaemon.cache.keys import key_relpath
@@ -442,13 +448,22 @@ class CoherenceMachine(RuleBasedStateMachine):
         await self.smp.stop()
 
 
-CoherenceMachine.TestCase.settings = settings(
-    max_examples=40, stateful_step_count=30, deadline=None,
-    # (no "explain" phase: it re-parses source and trips over CPython 3.11's AST recursion
-    # check on this machine's deep async stacks)
-    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-test_coherence_state_machine = CoherenceMachine.TestCase
+def machine_settings(examples: int) -> settings:
+    return settings(
+        max_examples=examples, stateful_step_count=30, deadline=None,
+        # (no "explain" phase: it re-parses source and trips over CPython 3.11's AST
+        # recursion check on this machine's deep async stacks)
+        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+def test_coherence_state_machine() -> None:
+    run_state_machine_as_test(CoherenceMachine, settings=machine_settings(25))
+
+
+@pytest.mark.slow
+def test_coherence_state_machine_long() -> None:
+    run_state_machine_as_test(CoherenceMachine, settings=machine_settings(500))
 
 
 # --- the known dangerous interleavings, scheduled explicitly -----------------------------------
