@@ -65,10 +65,19 @@ from typing import Any
 
 from cachedaemon.cache.keys import TRACKER_NAME, TRACKER_TMP_NAME
 from cachedaemon.cache.reservation import ReservationGuard
-from cachedaemon.cache.tracker import AccessTimeTracker, load_file, reconcile, save_file
+from cachedaemon.cache.tracker import VERSION as TRACKER_VERSION
+from cachedaemon.cache.tracker import (
+    AccessTimeTracker,
+    load_file,
+    reconcile,
+    save_file,
+    stored_version,
+)
 from cachedaemon.cache.walker import (
+    LEGACY_SST_DIR,
     WalkResult,
     delete_entries,
+    drop_legacy_layout,
     remove_empty_parents,
     walk_and_diff,
     walk_cache,
@@ -208,6 +217,16 @@ class CacheCoordinator:
         dirs) in two concurrent thread jobs, then reconcile in a third: every walked file is an
         entry, with its saved access time if the tracker knew it."""
         started = time.monotonic()
+        version = await asyncio.to_thread(stored_version, self.root / TRACKER_NAME)
+        dropped = 0
+        if version != TRACKER_VERSION:
+            # Not (known to be) a cache of this layout: drop layout 1's SST copies, which sit
+            # where user keys live now (see tracker.py).
+            dropped = await asyncio.to_thread(drop_legacy_layout, self.root)
+            if dropped:
+                log.warning("cache: dropped %d metastore SST copies of the previous cache "
+                            "layout (%s/; they are fetched again under .cachedaemon/lsm/)",
+                            dropped, LEGACY_SST_DIR)
         loading = asyncio.ensure_future(asyncio.to_thread(load_file, self.root / TRACKER_NAME))
         walk = await asyncio.to_thread(walk_cache, self.root, delete_parts=True)
         saved: list[tuple[str, float, int]] | None
@@ -219,7 +238,8 @@ class CacheCoordinator:
             saved = None
         entries, total = await asyncio.to_thread(reconcile, saved or [], walk.files)
         self.tracker.install(entries, total)
-        self.tracker.dirty = saved is None or len(saved) != len(entries)
+        self.tracker.dirty = (saved is None or len(saved) != len(entries)
+                              or version != TRACKER_VERSION)
         self._extra_bytes = self._extra_objects = 0
         log.info(
             "cache: recovered %d entries, %d bytes in %.2fs (%d .part leftovers and %d empty "

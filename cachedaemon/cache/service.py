@@ -11,6 +11,12 @@ for what they wait on (``reserve_space``, ``trim``, ``stats``) and posts for wha
 (releases, merges and commits of reservations, forgets, and access-time touches, batched per
 loop iteration). The ``_coord_*`` methods are that message surface; they run on shard 0.
 
+Shard 0's instance also owns the :class:`~cachedaemon.cache.coherence.KeyTable` that orders
+object writes, fills and cache drops per key (``docs/cache.md``, "Per key, reads follow
+writes"): :meth:`CacheService.register` and :meth:`CacheService.finish` reach it from any shard
+with one ``invoke_on(0, ...)`` each, carrying plain data (key, ticket, staging path); a hit never
+does.
+
 Every public operation holds the shard's gate; a staging file holds it until it is committed or
 closed. ``stop()`` closes the gate (waiting for those), and on shard 0 stops the coordinator and
 saves the tracker. Operations after ``stop()`` raise :class:`~cachedaemon.errors.GateClosed`.
@@ -24,16 +30,18 @@ the cache root.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import logging
 import os
 import stat
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from cachedaemon.cache.coherence import KeyTable
 from cachedaemon.cache.coordinator import CacheCoordinator, CacheMetrics, TrimResult
 from cachedaemon.cache.keys import checked_relpath, staging_name
 from cachedaemon.cache.reservation import ReservationGuard
@@ -47,6 +55,8 @@ from cachedaemon.core.smp import Smp
 from cachedaemon.errors import InvalidArgument, InvalidKey, InvalidRange, IOFailure, ShardStopped
 
 log = logging.getLogger("cachedaemon.cache")
+
+T = TypeVar("T")
 
 #: Ranges up to this size are read on the loop; larger ones in a worker thread.
 INLINE_READ_BYTES = 64 * 1024
@@ -130,10 +140,12 @@ class CacheService:
         self._in_progress: dict[str, int] = {}
         self._root_real = ""
         self._coordinator: CacheCoordinator | None = None
+        self._key_table: KeyTable | None = None
         self._touches: dict[str, float] = {}
         self._touch_scheduled = False
         self._started = False
         self._coordinator_ready = asyncio.Event()  # shard 0: the coordinator has recovered
+        self._background: set[asyncio.Future[Any]] = set()
         self._max_bytes = 0  # the cache's byte limit, as shard 0 last said
         self.hits = 0
         self.misses = 0
@@ -164,6 +176,7 @@ class CacheService:
             coordinator = CacheCoordinator(self.root, self.settings, self.clock)
             await coordinator.start()
             self._coordinator = coordinator
+            self._key_table = KeyTable(self.root, coordinator.forget)
             self._max_bytes = coordinator.max_bytes
             self._coordinator_ready.set()
         else:
@@ -194,6 +207,17 @@ class CacheService:
     @property
     def metrics(self) -> CacheMetrics:
         return self.coordinator.metrics
+
+    @property
+    def key_table(self) -> KeyTable:
+        """Shard 0's per-key table. Touch it only on shard 0."""
+        if self._key_table is None:
+            raise RuntimeError("the key table lives on shard 0's cache service")
+        return self._key_table
+
+    def key_table_size(self) -> int:
+        """Keys with operations registered (shard 0; tests and metrics)."""
+        return len(self.key_table)
 
     @property
     def max_object_bytes(self) -> int:
@@ -356,8 +380,14 @@ class CacheService:
         self._post(CacheService._coord_commit, rel, size, rid)
 
     def release_shard(self, shard: int) -> None:
-        """Shard 0: ``shard`` died; release what it held."""
+        """Shard 0: ``shard`` died; release what it held: its reservations and staging files,
+        and its tickets in the key table (their keys' copies go: those writes' outcomes are
+        unknown)."""
         self.coordinator.release_shard(shard)
+        if self._key_table is not None:
+            task = asyncio.ensure_future(self._key_table.abandon_shard(shard))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     # --- writes ----------------------------------------------------------------------------
 
@@ -458,6 +488,68 @@ class CacheService:
                 raise InvalidKey(f"key path {rel!r} leads outside the cache directory")
             await asyncio.to_thread(delete_entries, self.root, [rel])
             self._post(CacheService._coord_forget, rel)
+
+    # --- per-key ordering of object writes and fills (docs/cache.md) ------------------------
+
+    async def register(self, key: str, *, write: bool) -> tuple[int, bool]:
+        """Register a write (object PUT/DELETE) or a fill of ``key`` with shard 0 before it
+        touches the bucket. Returns ``(ticket, overlapped)``: ``overlapped`` means a write of
+        the key is in flight, so a fill could never publish. Every ticket must be finished
+        (:meth:`finish`, or :meth:`StagingFile.publish`), also on failure."""
+        checked_relpath(key)
+        with self._gate.hold():
+            if self._on_coordinator:
+                return self.key_table.register(key, self.shard, write)
+            assert self._sharded is not None
+            call: Awaitable[tuple[int, bool]] = self._sharded.invoke_on(
+                0, CacheService._register_here, key, self.shard, write)
+            task = asyncio.ensure_future(call)
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                # A ticket granted as we were cancelled must not be left registered.
+                with contextlib.suppress(BaseException):
+                    ticket, _ = await task
+                    await self.finish(ticket, remove=write)
+                raise
+
+    def _register_here(self, key: str, shard: int, write: bool) -> tuple[int, bool]:
+        return self.key_table.register(key, shard, write)
+
+    async def finish(self, ticket: int, *, part: Path | None = None, replace: bool = False,
+                     remove: bool = False) -> bool:
+        """Finish ``ticket`` on shard 0 (see :meth:`KeyTable.finish`): publish ``part`` if the
+        operation was not overlapped, else remove the key's copy when ``remove``. True if
+        ``part`` is now the entry. Runs to its end even if the caller is cancelled (the
+        cancellation is raised afterwards)."""
+        path = None if part is None else str(part)
+        if self._on_coordinator:
+            call = self.key_table.finish(ticket, path, replace, remove)
+        else:
+            assert self._sharded is not None
+            call = self._sharded.invoke_on(0, CacheService._finish_here, ticket, path, replace,
+                                           remove)
+        return await complete(call)
+
+    async def _finish_here(self, ticket: int, part: str | None, replace: bool, remove: bool
+                           ) -> bool:
+        return await self.key_table.finish(ticket, part, replace, remove)
+
+    async def drop(self, key: str) -> None:
+        """Drop ``key``'s local copy as a write of the key: no fill or PUT in flight may put
+        a copy back afterwards (``DELETE /v1/cache/objects/{key}``)."""
+        checked_relpath(key)
+        with self._gate.hold():
+            if self._on_coordinator:
+                await complete(self.key_table.drop(key, self.shard))
+                return
+            assert self._sharded is not None
+            call: Awaitable[None] = self._sharded.invoke_on(0, CacheService._drop_here, key,
+                                                            self.shard)
+            await complete(call)
+
+    async def _drop_here(self, key: str, shard: int) -> None:
+        await self.key_table.drop(key, shard)
 
     # --- administration --------------------------------------------------------------------
 
@@ -571,6 +663,25 @@ class CacheService:
     def _coord_state(self) -> tuple[dict[str, int], CacheMetrics]:
         c = self.coordinator
         return c.state(), CacheMetrics(**c.metrics.as_dict())  # type: ignore[arg-type]
+
+
+async def complete(call: Awaitable[T]) -> T:
+    """Await ``call`` to its end even if the caller is cancelled meanwhile; then re-raise the
+    cancellation. For steps that must not be abandoned halfway (a finish on shard 0)."""
+    task = asyncio.ensure_future(call)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = cancelled or not task.done()
+        except BaseException:
+            break
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation wins
+        raise asyncio.CancelledError()
+    return task.result()
 
 
 def _read_range(path: Path, first: int, n: int) -> bytes:

@@ -46,6 +46,7 @@ from cachedaemon.errors import CacheDaemonError, NotFound, ReadOnly
 from cachedaemon.lsm.io.cloud_base import CloudIO
 from cachedaemon.lsm.write_batch import WriteBatch
 from cachedaemon.metastore.domain import Domain, DomainConfig, check_key, check_value
+from cachedaemon.metastore.layout import ensure_layout
 from cachedaemon.metastore.registry import DomainRegistry, check_domain_name, owner_shard
 from cachedaemon.remote.base import ObjectStore
 
@@ -72,6 +73,7 @@ class DomainService:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._gc_task: asyncio.Task[None] | None = None
         self._idle_task: asyncio.Task[None] | None = None
+        self._layout_checked = asyncio.Event()
         self._in_use: dict[str, int] = {}  # requests using each open domain now
         self._closing: set[str] = set()  # being flushed and closed
         self.closed_idle = 0  # domains closed for idleness or to make room
@@ -86,6 +88,17 @@ class DomainService:
         return iter(list(self._domains.values()))
 
     # --- life cycle ----------------------------------------------------------------------------
+
+    async def check_layout(self) -> int:
+        """Migrate the bucket from the previous layout, or refuse (shard 0, once, at start;
+        :mod:`~cachedaemon.metastore.layout`). Returns the domains migrated."""
+        migrated = await ensure_layout(self.io, read_only=self.read_only)
+        self._layout_checked.set()
+        return migrated
+
+    async def layout_checked(self) -> None:
+        """Shard 0: until :meth:`check_layout` has passed (other shards wait for it)."""
+        await self._layout_checked.wait()
 
     async def start(self) -> None:
         if self._gc_task is None and not self.read_only:
@@ -399,5 +412,11 @@ async def start_domains(smp: Any, store: ObjectStore, cache: Sharded[Any] | None
         return DomainService(shard, sharded.count, store, local_cache, config)
 
     service = await sharded.start(make)
+    # The bucket's layout first (shard 0, once, before any domain opens): migrate a previous
+    # one, or refuse. Other shards wait for shard 0's answer.
+    if service.shard == 0:
+        await service.check_layout()
+    else:
+        await sharded.invoke_on(0, DomainService.layout_checked)
     await service.start()
     return sharded

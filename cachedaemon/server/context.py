@@ -2,10 +2,11 @@
 
 A :class:`ShardContext` is built on its shard's loop at start-up and used only there: it holds
 that shard's object store (S3 clients are loop-bound), the ``Sharded`` cache service (its
-``local()`` instance is this shard's), the single-flight table for cache fills, and the
-in-flight request count the drain waits on. :class:`ServerState` holds the shard's life-cycle
-flags (ready, draining), set by shard 0's orchestration (by message on the other shards), and
-its :class:`~cachedaemon.core.smp.Smp`, through which it reaches the other shards.
+``local()`` instance is this shard's), the single-flight table for cache fills, the ETags this
+shard learnt for entries without one, and the in-flight request count the drain waits on.
+:class:`ServerState` holds the shard's life-cycle flags (ready, draining), set by shard 0's
+orchestration (by message on the other shards), and its :class:`~cachedaemon.core.smp.Smp`,
+through which it reaches the other shards.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ class ShardContext:
     flights: SingleFlight[Any] = field(default_factory=SingleFlight)
     inflight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
-    etags: dict[str, str] = field(default_factory=dict)  # entries without an etag xattr
-    fills: dict[str, list[Any]] = field(default_factory=dict)  # cache fills in progress
+    #: ETags of entries without an etag xattr: key -> (inode, size, mtime_ns, etag), trusted
+    #: only for that very file.
+    etags: dict[str, tuple[int, int, int, str]] = field(default_factory=dict)
     extensions: dict[str, Any] = field(default_factory=dict)
     app: Any = None  # this shard's request handler (server.app.make_handler)
 

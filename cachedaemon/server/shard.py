@@ -12,7 +12,7 @@ from the same settings and runs the same steps (``docs/shards.md``):
 
 A :class:`Shard` is also the ``shard`` service the other shards call: ``set_state`` (ready,
 draining), ``drain``, ``stop``, ``forward`` (a domain request for a domain this shard owns),
-``forget_fills`` and ``metrics_text``. Lives on its shard's loop.
+and ``metrics_text``. Lives on its shard's loop.
 """
 
 from __future__ import annotations
@@ -147,12 +147,6 @@ class Shard:
                       remote: str) -> tuple[int, dict[str, str], bytes]:
         assert self.ctx is not None
         return await serve_forwarded(self.ctx, method, target, headers, body, remote)
-
-    async def forget_fills(self, key: str) -> None:
-        from cachedaemon.server.objects import forget_fills_here
-
-        assert self.ctx is not None
-        await forget_fills_here(self.ctx, key)
 
     def metrics_text(self) -> str:
         return metrics.render_local()

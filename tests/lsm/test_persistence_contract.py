@@ -646,9 +646,9 @@ async def test_cloud_cache_written_sst_is_a_cache_hit(
     h = FileHandle(2, 7)
     data = os.urandom(300_000)
     await write_file(p, h, data[:1000], data[1000:])
-    assert _cc_data(p).cache_key(h) == f"lsm/meta/domain/u1/{h.name}"
+    assert _cc_data(p).cache_key(h) == f".cachedaemon/lsm/meta/domain/u1/{h.name}"
     assert await cc_store.get_bytes(f"meta/domain/u1/{h.name}") == data
-    entry = await cc_cache.get(f"lsm/meta/domain/u1/{h.name}")
+    entry = await cc_cache.get(f".cachedaemon/lsm/meta/domain/u1/{h.name}")
     assert entry is not None and entry.size == len(data)
     assert await read_all(p, h) == data
     assert _cc_data(p).downloads == 0  # served by the cache, not the bucket

@@ -5,7 +5,8 @@ directory but through the cloud cache, so a freshly written SST is a local cache
 read of an older one fills the cache, under the cache's byte/object limits and trimming.
 
 Names: an SST ``h`` of a database with bucket prefix ``P`` is the object ``P/<h.name>`` and
-the cache entry ``lsm/P/<h.name>``. Manifests are bucket objects, exactly as in the cloud
+the cache entry ``.cachedaemon/lsm/P/<h.name>`` (:data:`cachedaemon.namespace.CACHE_ROOT`, a part
+of the cache no user key maps to). Manifests are bucket objects, exactly as in the cloud
 backend (:class:`~cachedaemon.lsm.io.cloud_base.CloudMetadataPersistence`).
 
 **Writer** (:class:`CloudCacheSequentialWriter`): a cache :class:`StagingFile` for the SST's
@@ -68,6 +69,7 @@ from cachedaemon.lsm.io.persistence import (
     RandomAccessReader,
     SequentialWriter,
 )
+from cachedaemon.namespace import CACHE_ROOT
 from cachedaemon.remote.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -78,8 +80,8 @@ WRITE_DEADLINE_S = 30.0
 READ_RESERVE_DEADLINE_S = 30.0
 #: How many times a reader tries to get the object into the cache before reading the bucket.
 READ_ATTEMPTS = 3
-#: Cache keys of LSM files start with this segment.
-CACHE_KEY_ROOT = "lsm"
+#: Cache keys of LSM files start with this (reserved: no object route reaches them).
+CACHE_KEY_ROOT = CACHE_ROOT.rstrip("/")
 
 
 def _cache_error(what: str, exc: BaseException) -> BaseException:
