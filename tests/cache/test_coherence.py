@@ -16,7 +16,7 @@ from cachedaemon.cache import CacheService, coherence, start_cache, stop_cache
 from cachedaemon.cache.keys import key_relpath
 from cachedaemon.clock import deadline_after
 from cachedaemon.core.sharded import Sharded
-from cachedaemon.core.smp import Smp, this_shard_id
+from cachedaemon.core.smp import start_local_shards
 from tests.cache.conftest import KiB, disk_entries, make_settings, part_files
 
 
@@ -182,34 +182,37 @@ async def test_memory_is_bounded_by_the_operations_in_flight(cache: CacheService
 
 @pytest.fixture
 async def two_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                     ) -> AsyncIterator[tuple[Sharded[CacheService], list[tuple[Any, ...]]]]:
-    smp = Smp(2)
-    await smp.start()
-    cache = await start_cache(smp, make_settings(max_bytes=256 * KiB, max_objects=50),
-                              tmp_path / "cache", fsync_commits=False)
+                     ) -> AsyncIterator[tuple[list[Sharded[CacheService]], list[tuple[Any, ...]]]]:
+    smps = await start_local_shards(2)
+    settings = make_settings(max_bytes=256 * KiB, max_objects=50)
+    caches = [await start_cache(smp, settings, tmp_path / "cache", fsync_commits=False)
+              for smp in smps]
     calls: list[tuple[Any, ...]] = []
     real = Sharded.invoke_on
 
-    async def spy(self: Sharded[Any], shard: int, fn: Any, *args: Any) -> Any:
+    async def spy(self: Sharded[Any], shard: int, fn: Any, *args: Any, **kw: Any) -> Any:
         calls.append((getattr(fn, "__name__", repr(fn)), *args))
-        return await real(self, shard, fn, *args)
+        return await real(self, shard, fn, *args, **kw)
 
     monkeypatch.setattr(Sharded, "invoke_on", spy)
     try:
-        yield cache, calls
+        yield caches, calls
     finally:
         monkeypatch.undo()
-        await stop_cache(cache)
-        await smp.stop()
+        for cache in reversed(caches):
+            await stop_cache(cache)
+        for smp in smps:
+            await smp.stop()
 
 
 async def test_shard1_goes_through_shard0s_table_with_plain_data(
-    two_shards: tuple[Sharded[CacheService], list[tuple[Any, ...]]],
+    two_shards: tuple[list[Sharded[CacheService]], list[tuple[Any, ...]]],
 ) -> None:
-    cache, calls = two_shards
+    caches, calls = two_shards
+    cache = caches[0]
 
     async def on_shard1(svc: CacheService) -> tuple[bool, bool, bool]:
-        assert this_shard_id() == 1
+        assert svc.shard == 1
         t1, _ = await svc.register("x/k", write=True)
         s1 = await staged(svc, "x/k", b"from shard 1")
         first = await s1.publish(t1, replace=True, remove=True)
@@ -221,7 +224,7 @@ async def test_shard1_goes_through_shard0s_table_with_plain_data(
         await svc.drop("x/k")
         return first, overlapped, kept
 
-    first, overlapped, kept = await cache.invoke_on(1, on_shard1)
+    first, overlapped, kept = await on_shard1(caches[1].local())
     assert (first, overlapped, kept) == (True, False, False)
     svc0 = cache.local()
     assert cached(svc0, "x/k") is None

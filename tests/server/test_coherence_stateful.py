@@ -201,25 +201,22 @@ class CoherenceMachine(RuleBasedStateMachine):
         s = load_settings(env={}, flags={"storage.data_dir": str(self.dir / "data")})
         s = dataclasses.replace(s, cache=dataclasses.replace(
             s.cache, max_bytes=64 * 1024 * 1024, reserve_deadline=5.0))
-        self.smp = Smp(1)
-        await self.smp.start()
+        self.smp = Smp.single()
         self.bucket = LocalObjectStore(self.dir / "bucket")
         self.store = HeldStore(self.bucket)
         self.cache = await start_cache(self.smp, s.cache, s.cache_dir, fsync_commits=False)
         self.cache_root = s.cache_dir
-        state = ServerState(1)
-        state.smp = self.smp
+        state = ServerState(1, self.smp)
         ctx = ShardContext(shard=0, settings=s, state=state, store=self.store, cache=self.cache,
                            max_object_bytes=16 * 1024 * 1024)
         ctx.idle.set()
-        state.contexts[0] = ctx
         state.ready = True
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         sock.listen(64)
         sock.setblocking(False)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.runner = await start_shard_server(ctx, sock)
+        self.runner = await start_shard_server(ctx, sock, 1024)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(force_close=True),
             timeout=aiohttp.ClientTimeout(total=60))
@@ -429,7 +426,7 @@ class CoherenceMachine(RuleBasedStateMachine):
                 self.run(self._settle())
                 assert not self.ops
                 self.cache_agrees_with_bucket()
-                table = self.run(self.cache.invoke_on(0, lambda s: s.key_table_size()))
+                table = self.cache.local().key_table_size()
                 assert table == 0, f"{table} keys left in the shard-0 table"
         finally:
             self.store.release_all()
@@ -442,7 +439,7 @@ class CoherenceMachine(RuleBasedStateMachine):
         if tasks:
             await asyncio.wait(tasks, timeout=SETTLE_TIMEOUT_S)
         await self.session.close()
-        await self.runner.cleanup()
+        self.runner.abort_all()
         await self.cache.stop()
         await self.store.close()
         await self.smp.stop()
