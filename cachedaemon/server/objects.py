@@ -61,6 +61,15 @@ from cachedaemon.namespace import RESERVED_PREFIX, is_reserved
 from cachedaemon.remote.base import ListPage, ObjectInfo
 from cachedaemon.server import http as web
 from cachedaemon.server import metrics
+from cachedaemon.server.conditionals import (
+    ANY,
+    Outcome,
+    evaluate,
+    parse_etag_list,
+    range_applies,
+    strong_match,
+    weak_match,
+)
 from cachedaemon.server.context import Call, ShardContext
 from cachedaemon.server.keys import check_not_reserved, decode_key, decode_text
 from cachedaemon.server.ranges import parse_range
@@ -80,15 +89,6 @@ _KEY = "/v1/objects/{key+}"
 
 def quote_etag(etag: str) -> str:
     return etag if etag.startswith('"') or etag.startswith('W/"') else f'"{etag}"'
-
-
-def unquote_etag(value: str) -> str:
-    value = value.strip()
-    if value.startswith("W/"):
-        value = value[2:]
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        value = value[1:-1]
-    return value
 
 
 def _json(payload: object, status: int = 200, headers: dict[str, str] | None = None
@@ -114,11 +114,42 @@ def _deadline(call: Call) -> float:
 # --- PUT ------------------------------------------------------------------------------------
 
 
+async def _put_preconditions(call: Call, key: str) -> tuple[bool, str | None]:
+    """RFC 9110 preconditions of a PUT, checked before the body is read, as what the store's
+    conditional put enforces atomically: ``(if_none_match, if_match)`` (``if_match`` the ETag
+    that must still be current when the upload lands). ``If-None-Match: *`` creates only; an
+    ``If-Match`` list (or ``*``) replaces only a matching current version; an
+    ``If-None-Match`` list refuses a matching one."""
+    headers = call.request.headers
+    im = parse_etag_list(headers.get("If-Match"))
+    inm = parse_etag_list(headers.get("If-None-Match"))
+    if im is None and inm is None:
+        return False, None
+    if im is not None and inm is not None:
+        raise InvalidArgument("If-Match and If-None-Match cannot be combined on PUT")
+    if inm == ANY:
+        return True, None
+    current = await call.ctx.store.head(key)
+    etag = None if current is None else current.etag
+    if im is not None:
+        if not strong_match(im, etag):
+            raise PreconditionFailed(
+                "If-Match: the object does not exist" if etag is None else
+                f'If-Match: the object\'s ETag is "{etag}"')
+        return False, etag
+    assert inm is not None
+    if weak_match(inm, etag):
+        raise PreconditionFailed(f'If-None-Match: the object\'s ETag is "{etag}"')
+    return etag is None, etag
+
+
 @ROUTES.route(
     "PUT", _KEY, "Store an object: staged into the cache, uploaded, committed.", tag="objects",
     params=(
-        Param("If-None-Match", "header", "`*`: create only (412 if the object exists)."),
-        Param("If-Match", "header", "Replace only this version (412 if it differs or is missing)."),
+        Param("If-None-Match", "header", "`*`: create only (412 if the object exists); a list "
+              "of ETags: 412 if the current version is one of them."),
+        Param("If-Match", "header", "ETags (a list, compared strongly) or `*`: replace only a "
+              "matching current version (412 if none matches or the object is missing)."),
         Param("X-Deadline-Ms", "header", "How long to wait for cache space (default from config).",
               {"type": "integer", "minimum": 0}),
     ),
@@ -133,27 +164,17 @@ async def put_object(call: Call) -> web.StreamResponse:
     clen = request.content_length
     if clen is not None and clen > limit:
         raise TooLarge(f"object of {clen} bytes is over the limit of {limit} bytes")
-    if_none_match = False
-    inm = request.headers.get("If-None-Match")
-    if inm is not None:
-        if inm.strip() != "*":
-            raise InvalidArgument("on PUT, If-None-Match supports only '*'")
-        if_none_match = True
-    if_match: str | None = None
-    im = request.headers.get("If-Match")
-    if im is not None:
-        if if_none_match:
-            raise InvalidArgument("If-Match and If-None-Match cannot be combined")
-        if_match = unquote_etag(im)
-        if not if_match:
-            raise InvalidArgument("If-Match needs an ETag")
+    if_none_match, if_match = await _put_preconditions(call, key)
     deadline = _deadline(call)
     cache = ctx.cache.local()
 
     t_wait = time.perf_counter()
     try:
-        staging = await cache.create_staging_file(
-            key, deadline, None if clen is None else max(clen, 1))
+        # Paced by the body: the first chunk of space now, more as bytes arrive (a client
+        # announcing a huge Content-Length and sending nothing holds little).
+        initial = None if clen is None else min(max(clen, 1),
+                                                cache.settings.staging_initial_bytes)
+        staging = await cache.create_staging_file(key, deadline, initial)
     except CacheFull:
         metrics.RESERVATION_DEADLINE_FAILURES.inc()
         raise
@@ -232,7 +253,13 @@ async def put_object(call: Call) -> web.StreamResponse:
 # --- GET / HEAD -----------------------------------------------------------------------------
 
 
-_GET_PARAMS = (Param("Range", "header", "bytes=a-b, a- or -n: 206 with Content-Range."),)
+_GET_PARAMS = (
+    Param("Range", "header", "bytes=a-b, a- or -n: 206 with Content-Range (the unit in any "
+          "case; several ranges: the whole object)."),
+    Param("If-Match", "header", "ETags (compared strongly) or `*`: 412 unless one matches."),
+    Param("If-None-Match", "header", "ETags (compared weakly) or `*`: 304 if one matches."),
+    Param("If-Range", "header", "An ETag: the Range applies only to that version (else 200)."),
+)
 
 
 @ROUTES.route("GET", _KEY, "Read an object (from the cache, or the bucket filling the cache).",
@@ -249,23 +276,58 @@ async def head_object(call: Call) -> web.StreamResponse:
     return await _get(call, head=True)
 
 
+class _Conditions:
+    """A GET's or HEAD's ``If-Match``, ``If-None-Match`` and ``If-Range`` (RFC 9110 §13),
+    evaluated against the ETag of the version about to be served."""
+
+    __slots__ = ("if_match", "if_none_match", "if_range", "method")
+
+    def __init__(self, call: Call) -> None:
+        headers = call.request.headers
+        self.method = call.request.method
+        self.if_match = headers.get("If-Match")
+        self.if_none_match = headers.get("If-None-Match")
+        self.if_range = headers.get("If-Range")
+
+    @property
+    def any(self) -> bool:
+        return not (self.if_match is None and self.if_none_match is None
+                    and self.if_range is None)
+
+    def check(self, etag: str | None, xcache: str) -> web.StreamResponse | None:
+        """None to serve; a ``304`` to send instead; raises ``412``."""
+        if evaluate(self.method, self.if_match, self.if_none_match, etag) \
+                is Outcome.NOT_MODIFIED:
+            assert etag is not None
+            return web.Response(status=304, headers={"ETag": quote_etag(etag),
+                                                     "X-Cache": xcache})
+        return None
+
+    def range_header(self, range_header: str | None, etag: str) -> str | None:
+        return range_header if range_applies(self.if_range, etag) else None
+
+
 async def _get(call: Call, *, head: bool) -> web.StreamResponse:
     request, ctx = call.request, call.ctx
     key = decode_key(call.params["key"])
     range_header = request.headers.get("Range")
+    cond = _Conditions(call)
     cache = ctx.cache.local()
     entry = cache.peek(key) if head else await cache.get(key)
     if entry is not None:
-        resp = await _serve_cached(call, key, entry, range_header, head=head)
+        resp = await _serve_cached(call, key, entry, range_header, head=head, cond=cond)
         if resp is not None:
             return resp
     if head:
         info = await ctx.store.head(key)
+        early = cond.check(None if info is None else info.etag, "miss") if cond.any else None
+        if early is not None:
+            return early
         if info is None:
             raise NotFound(f"no object {key!r}")
-        byte_range = parse_range(range_header, info.size)
+        byte_range = parse_range(cond.range_header(range_header, info.etag), info.size)
         return _headers_only(info.size, info.etag, byte_range, "miss")
-    return await _serve_miss(call, key, range_header)
+    return await _serve_miss(call, key, range_header, cond)
 
 
 def _headers_only(size: int, etag: str, byte_range: tuple[int, int] | None, xcache: str
@@ -324,7 +386,8 @@ def _entry_etag(ctx: ShardContext, key: str, fd: int, st: os.stat_result) -> str
 
 
 async def _serve_cached(call: Call, key: str, entry: Any, range_header: str | None, *,
-                        head: bool) -> web.StreamResponse | None:
+                        head: bool, cond: _Conditions | None = None
+                        ) -> web.StreamResponse | None:
     """Serve a cache hit from one descriptor (bytes, size and ETag of the same file, whatever
     replaces the entry meanwhile); None if the file vanished (treated as a miss)."""
     opened = _open_entry(str(entry.path))
@@ -340,6 +403,11 @@ async def _serve_cached(call: Call, key: str, entry: Any, range_header: str | No
                 return None  # the cached copy does not match the bucket: serve as a miss
             etag = info.etag
             call.ctx.etags[key] = (st.st_ino, st.st_size, st.st_mtime_ns, etag)
+        if cond is not None and cond.any:
+            early = cond.check(etag, "hit")
+            if early is not None:
+                return early
+            range_header = cond.range_header(range_header, etag)
         byte_range = parse_range(range_header, size)
         if head:
             return _headers_only(size, etag, byte_range, "hit")
@@ -359,16 +427,20 @@ async def _serve_cached(call: Call, key: str, entry: Any, range_header: str | No
         os.close(fd)
 
 
-async def _serve_miss(call: Call, key: str, range_header: str | None) -> web.StreamResponse:
+async def _serve_miss(call: Call, key: str, range_header: str | None, cond: _Conditions
+                      ) -> web.StreamResponse:
     ctx = call.ctx
     store = ctx.store
     if range_header is not None and range_header.strip():
         info = await store.head(key)
+        early = cond.check(None if info is None else info.etag, "miss") if cond.any else None
+        if early is not None:
+            return early
         if info is None:
             raise NotFound(f"no object {key!r}")
-        byte_range = parse_range(range_header, info.size)
+        byte_range = parse_range(cond.range_header(range_header, info.etag), info.size)
         if byte_range is not None:
-            return await _stream_from_bucket(call, key, byte_range, info.size)
+            return await _stream_from_bucket(call, key, byte_range, info.size, cond)
     # Whole object: single flight per shard; the leader streams and fills, followers wait
     # for the fill and then serve the cached file.
     if ctx.flights.joinable(key):
@@ -376,25 +448,32 @@ async def _serve_miss(call: Call, key: str, range_header: str | None) -> web.Str
             await ctx.flights.wait(key)
         entry = await ctx.cache.local().get(key)
         if entry is not None:
-            resp = await _serve_cached(call, key, entry, range_header, head=False)
+            resp = await _serve_cached(call, key, entry, range_header, head=False, cond=cond)
             if resp is not None:
                 return resp
-        return await _stream_from_bucket(call, key, None, None)
+        return await _stream_from_bucket(call, key, None, None, cond)
     flight = ctx.flights.begin(key)
     try:
-        return await _fill_and_stream(call, key)
+        return await _fill_and_stream(call, key, cond)
     finally:
         ctx.flights.end(key, flight)
 
 
 async def _stream_from_bucket(call: Call, key: str, byte_range: tuple[int, int] | None,
-                              size: int | None) -> web.StreamResponse:
+                              size: int | None, cond: _Conditions | None = None
+                              ) -> web.StreamResponse:
     t0 = time.perf_counter()
     result = await call.ctx.store.get(key, byte_range=byte_range)
     if result is None:
+        if cond is not None and cond.any:
+            cond.check(None, "miss")  # If-Match on a missing object: 412
         raise NotFound(f"no object {key!r}")
     async with result:
         info = result.info
+        if cond is not None and cond.any:
+            early = cond.check(info.etag, "miss")
+            if early is not None:
+                return early
         headers = _object_headers(info.size, info.etag, result.range, "miss")
         resp = web.StreamResponse(status=206 if result.range else 200, headers=headers)
         await resp.prepare(call.request)
@@ -408,7 +487,7 @@ async def _stream_from_bucket(call: Call, key: str, byte_range: tuple[int, int] 
     return resp
 
 
-async def _fill_and_stream(call: Call, key: str) -> web.StreamResponse:
+async def _fill_and_stream(call: Call, key: str, cond: _Conditions) -> web.StreamResponse:
     ctx = call.ctx
     cache = ctx.cache.local()
     t0 = time.perf_counter()
@@ -421,12 +500,18 @@ async def _fill_and_stream(call: Call, key: str) -> web.StreamResponse:
             mine, ticket = ticket, None
             await cache.finish(mine)
             metrics.STREAM_THROUGH.inc()
-            return await _stream_from_bucket(call, key, None, None)
+            return await _stream_from_bucket(call, key, None, None, cond)
         result = await ctx.store.get(key)
         if result is None:
+            if cond.any:
+                cond.check(None, "miss")  # If-Match on a missing object: 412
             raise NotFound(f"no object {key!r}")
         async with result:
             info = result.info
+            if cond.any:
+                early = cond.check(info.etag, "miss")
+                if early is not None:
+                    return early  # nothing streamed: the ticket is finished below
             staging = None
             if info.size <= ctx.max_object_bytes:
                 try:
