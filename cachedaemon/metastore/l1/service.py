@@ -107,7 +107,9 @@ class DomainRowStore:
 
 
 class _CachedObjectDeleter:
-    """Deletes an object from the bucket, then drops this node's cached copy of it."""
+    """Deletes an object from the bucket as an object DELETE does: registered with the cache's
+    per-key ordering first (``docs/cache.md``), so no cached copy of it, and no fill racing the
+    delete, outlives it on any shard."""
 
     def __init__(self, service: DomainService) -> None:
         self.store = service.io.store
@@ -116,9 +118,14 @@ class _CachedObjectDeleter:
         self.cache = getattr(service, "_cache", None)
 
     async def delete(self, key: str) -> None:
-        await self.store.delete(key)
-        if self.cache is not None:
-            await self.cache.invalidate(key)
+        if self.cache is None:
+            await self.store.delete(key)
+            return
+        ticket, _ = await self.cache.register(key, write=True)
+        try:
+            await self.store.delete(key)
+        finally:
+            await self.cache.finish(ticket, remove=True)
 
 
 @dataclass

@@ -202,3 +202,53 @@ async def test_the_requests_the_rules_need(tmp_path: Path) -> None:
         assert "terms" in schemas["AddObjectsRequest"]["required"]
         assert {"footer_pos", "object_size"} <= set(schemas["ExtentLocation"]["properties"])
 
+
+
+async def test_a_collected_object_is_not_served_from_the_cache(tmp_path: Path) -> None:
+    """Issue 10 follow-up: the GC deleted objects straight from the bucket, so a copy cached
+    by an earlier GET kept being served. Its deletes now go through the per-key rule."""
+    delay_s = 1.0
+    with start_daemon(tmp_path / "d", "--metastore-file-deletion-delay", f"{delay_s:g}s",
+                      "--metastore-gc-interval", "1h", shards=2,
+                      remote=f"file://{tmp_path / 'bucket'}") as d:
+        async with AsyncClient(d.url) as client:
+            l1 = L1Client(client, "cached")
+            o = obj(ext(P0, 0, 9))
+            await l1.preregister_objects(oids=[o.oid])
+            await upload(client, l1, o)
+            await l1.add_objects([o], terms_for([o]))
+            for _ in range(4):  # cached, and read on both shards
+                assert await client.get(l1.object_key(o.oid)) == b"d" * o.object_size
+            assert await l1.remove_topics([T1]) == 1
+            await client.flush("cached")
+            await asyncio.sleep(delay_s + 0.3)
+            assert (await l1.collect_garbage()).objects_deleted == 1
+            for _ in range(4):
+                assert not await exists(client, l1.object_key(o.oid))
+                with pytest.raises(NotFound):
+                    await client.get(l1.object_key(o.oid))
+
+
+async def test_a_fill_racing_the_collection_leaves_no_ghost(tmp_path: Path) -> None:
+    """A GET filling the cache while the GC deletes its object: the fill must not put a copy
+    of the deleted object in the cache (the GC's delete is a write of the key)."""
+    env = {"CACHEDAEMON_FAILPOINTS": "server.get.before_fill_commit=delay:1.5"}
+    with start_daemon(tmp_path / "d", "--metastore-file-deletion-delay", "0s",
+                      "--metastore-gc-interval", "1h", env=env,
+                      remote=f"file://{tmp_path / 'bucket'}") as d:
+        async with AsyncClient(d.url) as client:
+            l1 = L1Client(client, "racing")
+            o = obj(ext(P0, 0, 9))
+            await l1.preregister_objects(oids=[o.oid])
+            await upload(client, l1, o)
+            await l1.add_objects([o], terms_for([o]))
+            key = l1.object_key(o.oid)
+            await client.drop_cached(key)
+            fill = asyncio.ensure_future(client.get(key))  # held before its publish
+            await asyncio.sleep(0.5)
+            assert await l1.remove_topics([T1]) == 1
+            await client.flush("racing")
+            assert (await l1.collect_garbage()).objects_deleted == 1
+            assert await fill == b"d" * o.object_size  # it had started before the delete
+            with pytest.raises(NotFound):
+                await client.get(key)
