@@ -50,12 +50,15 @@ class _Ticket:
 
 
 class _Key:
-    __slots__ = ("lock", "tickets", "writers")
+    __slots__ = ("fill_done", "fill_leader", "lock", "tickets", "writers")
 
     def __init__(self) -> None:
         self.tickets: set[int] = set()
         self.writers = 0
         self.lock = asyncio.Lock()
+        # The fill that downloads the key for every shard (single flight), and its end.
+        self.fill_leader: int | None = None
+        self.fill_done: asyncio.Event | None = None
 
 
 @dataclass
@@ -64,6 +67,7 @@ class KeyTableMetrics:
     published: int = 0
     removed: int = 0
     discarded: int = 0  # overlapped publishes refused
+    followed: int = 0  # fills that waited for another shard's download of the key
 
 
 class KeyTable:
@@ -104,6 +108,30 @@ class KeyTable:
         self._tickets[ticket] = info
         self.metrics.registered += 1
         return ticket, info.overlapped
+
+    async def register_fill(self, key: str, shard: int) -> tuple[int, bool, bool]:
+        """Register a fill of ``key`` (as :meth:`register`), one download for all shards:
+        if another fill of the key is in flight, wait until it finishes first. Returns
+        ``(ticket, overlapped, followed)``; a caller that ``followed`` should find the leader's
+        copy in the cache (if it could be kept) and fill only if not."""
+        ticket, overlapped = self.register(key, shard, write=False)
+        state = self._keys[key]
+        leader = state.fill_leader
+        if overlapped or leader is None:
+            if not overlapped:
+                state.fill_leader = ticket
+                state.fill_done = asyncio.Event()
+            return ticket, overlapped, False
+        done = state.fill_done
+        assert done is not None
+        self.metrics.followed += 1
+        try:
+            await done.wait()
+        except BaseException:
+            await self.finish(ticket)
+            raise
+        info = self._tickets.get(ticket)
+        return ticket, info is None or info.overlapped, True
 
     async def finish(self, ticket: int, part: str | None = None, replace: bool = False,
                      remove: bool = False) -> bool:
@@ -162,6 +190,11 @@ class KeyTable:
     def _release(self, ticket: int, info: _Ticket, state: _Key) -> None:
         self._tickets.pop(ticket, None)
         state.tickets.discard(ticket)
+        if state.fill_leader == ticket:
+            state.fill_leader = None
+            if state.fill_done is not None:
+                state.fill_done.set()
+                state.fill_done = None
         if info.writing:
             info.writing = False
             state.writers -= 1

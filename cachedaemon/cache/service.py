@@ -516,6 +516,32 @@ class CacheService:
     def _register_here(self, key: str, shard: int, write: bool) -> tuple[int, bool]:
         return self.key_table.register(key, shard, write)
 
+    async def register_fill(self, key: str) -> tuple[int, bool, bool]:
+        """Register a cache fill of ``key`` with shard 0 (see :meth:`register`), one download
+        for the whole daemon: when another shard (or task) is filling the key already, this
+        returns only after that fill has finished, with ``followed`` True: look in the cache
+        before downloading again. Returns ``(ticket, overlapped, followed)``."""
+        checked_relpath(key)
+        with self._gate.hold():
+            if self._on_coordinator:
+                call: Awaitable[Any] = self.key_table.register_fill(key, self.shard)
+            else:
+                assert self._sharded is not None
+                call = self._sharded.invoke_on(0, CacheService._register_fill_here, key,
+                                               self.shard)
+            task = asyncio.ensure_future(call)
+            try:
+                ticket, overlapped, followed = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                with contextlib.suppress(BaseException):
+                    ticket, _, _ = await task
+                    await self.finish(ticket)
+                raise
+            return int(ticket), bool(overlapped), bool(followed)
+
+    async def _register_fill_here(self, key: str, shard: int) -> tuple[int, bool, bool]:
+        return await self.key_table.register_fill(key, shard)
+
     async def finish(self, ticket: int, *, part: Path | None = None, replace: bool = False,
                      remove: bool = False) -> bool:
         """Finish ``ticket`` on shard 0 (see :meth:`KeyTable.finish`): publish ``part`` if the

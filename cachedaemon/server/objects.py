@@ -494,8 +494,16 @@ async def _fill_and_stream(call: Call, key: str, cond: _Conditions) -> web.Strea
     # Registered before the download (docs/cache.md): a write of the key from now until the
     # publish overlaps this fill, and its copy is then not kept.
     ticket: int | None
-    ticket, overlapped = await cache.register(key, write=False)
+    # One download for the whole daemon: a fill of this key on another shard runs first.
+    ticket, overlapped, followed = await cache.register_fill(key)
     try:
+        if followed and not overlapped:
+            entry = await cache.get(key)
+            if entry is not None:  # the other fill kept its copy: a hit (the ticket is
+                # finished below, with nothing to publish)
+                resp = await _serve_cached(call, key, entry, None, head=False, cond=cond)
+                if resp is not None:
+                    return resp
         if overlapped:  # a write is in flight: this copy could never be kept
             mine, ticket = ticket, None
             await cache.finish(mine)
