@@ -58,6 +58,7 @@ from cachedaemon.errors import (
     Fenced,
     InvalidArgument,
     IOFailure,
+    OutcomeUnknown,
     ReadOnly,
     ShuttingDown,
     TooLarge,
@@ -313,7 +314,12 @@ class Domain:
             self._check_fenced(exc)
             if self.log.failed is not None and self.broken is None:
                 self.broken = exc
-            raise
+            if isinstance(exc, Fenced | OutcomeUnknown):
+                raise
+            # The record may be in the log anyway (written, then the sync or the answer
+            # failed): replayed at the next opening. Say so rather than "not applied".
+            raise OutcomeUnknown(f"domain {self.name}: the write may or may not be applied "
+                                 f"(its log append failed: {exc.message})") from exc
         self.metrics.writes += 1
         self.metrics.write_bytes += batch.approximate_bytes
         return record.last_seqno
