@@ -42,10 +42,10 @@ itself may be a link: it is the operator's configuration.)
 Synchronisation
 ---------------
 All mutations of one root (the final move of a put, deletes, directory conversion and pruning)
-run under one ``threading.Lock`` per root path, shared by every store instance, task, thread and
-shard of the process. Create-only puts additionally use ``os.link`` (which fails with EEXIST), so
-put-if-absent is race-free even against another process; put-if-match is atomic within the
-process only. Reads and listings take no lock: every state they can observe is consistent.
+run under one lock per root path: a ``threading.Lock`` shared by every store instance, task and
+thread of the process, and an exclusive ``flock`` on ``.cachedaemon-tmp/lock`` that excludes the
+other processes (the daemon's shards). So put-if-absent, put-if-match and the directory work are
+atomic across processes too (create-only puts also use ``os.link``, which fails with EEXIST). Reads and listings take no lock: every state they can observe is consistent.
 
 Blocking work runs in a thread, one hop per operation: a put of bytes or a file, a head, a delete
 and a list are one hop each; a get opens, stats and reads its first window (4 MiB) in one hop,
@@ -58,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -97,15 +98,48 @@ STALE_TMP_S = 3600.0
 
 T = TypeVar("T")
 
-_ROOT_LOCKS: dict[str, threading.Lock] = {}
+class _RootLock:
+    """The lock of a bucket root: a ``threading.Lock`` for the threads of this process, and an
+    exclusive ``flock`` on ``<root>/.cachedaemon-tmp/lock`` for the other processes (the
+    daemon's shards are processes; tests run several stores in one). Not re-entrant."""
+
+    def __init__(self, lock_path: str) -> None:
+        self._thread_lock = threading.Lock()
+        self._path = lock_path
+        self._pid = os.getpid()
+        self._fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def __enter__(self) -> _RootLock:
+        self._thread_lock.acquire()
+        try:
+            if self._pid != os.getpid():
+                # A forked child shares the parent's open file description, and flock locks
+                # belong to that: open our own.
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self._pid = os.getpid()
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+
+_ROOT_LOCKS: dict[str, _RootLock] = {}
 _ROOT_LOCKS_GUARD = threading.Lock()
 
 
-def _root_lock(root: str) -> threading.Lock:
+def _root_lock(root: str, tmp_dir: str) -> _RootLock:
+    """The lock of a bucket root (every store instance of this process on it shares it)."""
     with _ROOT_LOCKS_GUARD:
         lock = _ROOT_LOCKS.get(root)
         if lock is None:
-            lock = _ROOT_LOCKS[root] = threading.Lock()
+            lock = _ROOT_LOCKS[root] = _RootLock(os.path.join(tmp_dir, "lock"))
         return lock
 
 
@@ -273,7 +307,7 @@ class LocalObjectStore(ObjectStoreBase):
             os.makedirs(self._meta_dir, exist_ok=True)
         except OSError as exc:
             raise UpstreamError(f"cannot create bucket directory {self.root}: {exc}") from exc
-        self._lock = _root_lock(os.path.realpath(self.root))
+        self._lock = _root_lock(os.path.realpath(self.root), self._tmp_dir)
         self._remove_stale_temps()
 
     # --- paths (thread-side) -----------------------------------------------------------------
@@ -580,10 +614,15 @@ class LocalObjectStore(ObjectStoreBase):
                 parent = fds[-1]
                 st = _lstat(parent, segment)
                 if st is None:
-                    os.mkdir(segment, dir_fd=parent)
-                elif stat.S_ISLNK(st.st_mode):
+                    try:
+                        os.mkdir(segment, dir_fd=parent)
+                    except FileExistsError:
+                        # Made meanwhile by another process (a shard) writing beside us: the
+                        # lock is per process. Judge what is there now.
+                        st = _lstat(parent, segment)
+                if st is not None and stat.S_ISLNK(st.st_mode):
                     raise _Link(segment)
-                elif not _is_dir(st.st_mode):
+                if st is not None and not _is_dir(st.st_mode):
                     self._convert_to_dir(parent, segment)
                 fd = _open_dir(parent, segment)
                 if fd is None:
