@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import itertools
 import logging
 import os
@@ -139,6 +140,7 @@ class CacheService:
         self._counter = itertools.count(1)
         self._in_progress: dict[str, int] = {}
         self._root_real = ""
+        self._root_prefix = str(self.root) + os.sep
         self._coordinator: CacheCoordinator | None = None
         self._key_table: KeyTable | None = None
         self._touches: dict[str, float] = {}
@@ -183,6 +185,7 @@ class CacheService:
             assert self._sharded is not None
             self._max_bytes = int(await self._sharded.invoke_on(0, CacheService._coord_limits))
         self._root_real = os.path.realpath(self.root)
+        self._root_prefix = str(self.root) + os.sep
         self._started = True
 
     async def stop(self) -> None:
@@ -265,6 +268,49 @@ class CacheService:
             self.hits += 1
             self._touch(rel)
             return CacheEntry(path, st.st_size)
+
+    def open_entry(self, key: str, *, count: bool = True) -> int | None:
+        """A read-only descriptor of ``key``'s entry (a hit: counted and touched unless
+        ``count`` is false), or ``None`` (a miss). The caller closes it.
+
+        The hit path's one system call: ``open`` with ``O_NOFOLLOW`` (the entry is never a
+        link) and ``O_NONBLOCK`` (a planted FIFO cannot block the loop); a nested key's
+        descriptor is checked to be inside the cache root through ``/proc/self/fd`` (one
+        ``readlink``, not a walk). The descriptor may be of something other than a regular
+        file if the cache directory was tampered with: reading it then fails, and callers
+        treat that as a miss."""
+        rel = checked_relpath(key)
+        with self._gate.hold():
+            try:
+                fd = os.open(self._root_prefix + rel, _OPEN_ENTRY)
+            except (FileNotFoundError, NotADirectoryError):
+                if count:
+                    self.misses += 1
+                return None
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise IOFailure(f"cannot open cache entry {rel}: {exc}") from exc
+                log.warning("cache: ignoring symbolic link %s in the cache directory", rel)
+                if count:
+                    self.misses += 1
+                return None
+            if "/" in rel and not self._fd_contained(fd, rel):
+                os.close(fd)
+                log.warning("cache: %s resolves outside the cache directory; ignored", rel)
+                if count:
+                    self.misses += 1
+                return None
+            if count:
+                self.hits += 1
+                self._touch(rel)
+            return fd
+
+    def _fd_contained(self, fd: int, rel: str) -> bool:
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # no /proc: the portable (slower) check of the parent's real path
+            return self._contained(self.root / rel)
+        return real.startswith(self._root_real + os.sep)
 
     def peek(self, key: str) -> CacheEntry | None:
         """Like :meth:`get`, but neither counted as a hit or miss nor touched (for HEAD)."""
@@ -708,6 +754,9 @@ async def complete(call: Awaitable[T]) -> T:
             task.exception()  # retrieved: the cancellation wins
         raise asyncio.CancelledError()
     return task.result()
+
+
+_OPEN_ENTRY = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def _read_range(path: Path, first: int, n: int) -> bytes:

@@ -27,7 +27,6 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from cachedaemon.errors import CacheDaemonError, InvalidArgument
 from cachedaemon.metastore.registry import owner_shard
@@ -56,23 +55,13 @@ def make_handler(ctx: ShardContext, table: RouteTable = ROUTES) -> App:
     token = ctx.settings.server.auth_token
     expected = token.encode("latin-1", "replace") if token else None
     json_log = ctx.settings.server.log_format == "json"
-    # Labelled children cached per label set: ``labels()`` takes a lock and builds a key.
-    counters: dict[tuple[str, str, int], Any] = {}
-    timers: dict[tuple[str, str], Any] = {}
+    record = metrics.REQUEST_STATS.record
     perf = time.perf_counter
 
     def count(method: str, template: str, status: int, elapsed: float) -> None:
         if method not in METRIC_METHODS:
             method = "OTHER"  # clients choose methods: keep the label set bounded
-        c = counters.get((method, template, status))
-        if c is None:
-            c = counters[(method, template, status)] = metrics.HTTP_REQUESTS.labels(
-                method, template, str(status))
-        c.inc()
-        t = timers.get((method, template))
-        if t is None:
-            t = timers[(method, template)] = metrics.HTTP_DURATION.labels(method, template)
-        t.observe(elapsed)
+        record(method, template, status, elapsed)
 
     async def handle(request: Request, *, forwarded: bool = False) -> StreamResponse:
         start = perf()
@@ -103,7 +92,8 @@ def make_handler(ctx: ShardContext, table: RouteTable = ROUTES) -> App:
             else:
                 ctx.enter()
                 try:
-                    owner = None if forwarded else _domain_owner(ctx, route, params)
+                    owner = None if forwarded or not route.domain_routed else \
+                        _domain_owner(ctx, route, params)
                     if owner is not None and owner != ctx.shard:
                         resp = await _forward(ctx, owner, request)
                     else:

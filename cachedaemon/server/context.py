@@ -66,7 +66,8 @@ class ShardContext:
 
     def enter(self) -> None:
         self.inflight += 1
-        self.idle.clear()
+        if self.inflight == 1:
+            self.idle.clear()
 
     def leave(self) -> None:
         self.inflight -= 1

@@ -13,6 +13,7 @@ Pure; used on every shard.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from cachedaemon.cache.keys import validate_key as cache_validate_key
@@ -53,8 +54,10 @@ def check_not_reserved(text: str, what: str) -> None:
             f"{RESERVED_PREFIX!r} hold the daemon's own objects")
 
 
+@functools.lru_cache(maxsize=16384)
 def decode_key(raw: str) -> str:
-    """The object key of a raw (still percent-encoded) path tail."""
+    """The object key of a raw (still percent-encoded) path tail. Memoized (pure; hot keys
+    are decoded and checked once; refused ones raise every time)."""
     data = percent_decode(raw)
     try:
         key = data.decode("utf-8")

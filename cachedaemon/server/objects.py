@@ -282,12 +282,19 @@ class _Conditions:
 
     __slots__ = ("if_match", "if_none_match", "if_range", "method")
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, method: str, if_match: str | None, if_none_match: str | None,
+                 if_range: str | None) -> None:
+        self.method = method
+        self.if_match = if_match
+        self.if_none_match = if_none_match
+        self.if_range = if_range
+
+    @classmethod
+    def of(cls, call: Call) -> _Conditions:
+        get = dict.get  # the headers' keys are lower case: skip the case folding
         headers = call.request.headers
-        self.method = call.request.method
-        self.if_match = headers.get("If-Match")
-        self.if_none_match = headers.get("If-None-Match")
-        self.if_range = headers.get("If-Range")
+        return cls(call.request.method, get(headers, "if-match"), get(headers, "if-none-match"),
+                   get(headers, "if-range"))
 
     @property
     def any(self) -> bool:
@@ -308,14 +315,14 @@ class _Conditions:
 
 
 async def _get(call: Call, *, head: bool) -> web.StreamResponse:
-    request, ctx = call.request, call.ctx
+    ctx = call.ctx
     key = decode_key(call.params["key"])
-    range_header = request.headers.get("Range")
-    cond = _Conditions(call)
+    range_header = dict.get(call.request.headers, "range")
+    cond = _Conditions.of(call)
     cache = ctx.cache.local()
-    entry = cache.peek(key) if head else await cache.get(key)
-    if entry is not None:
-        resp = await _serve_cached(call, key, entry, range_header, head=head, cond=cond)
+    fd = cache.open_entry(key, count=not head)
+    if fd is not None:
+        resp = await _serve_cached(call, key, fd, range_header, head=head, cond=cond)
         if resp is not None:
             return resp
     if head:
@@ -385,16 +392,33 @@ def _entry_etag(ctx: ShardContext, key: str, fd: int, st: os.stat_result) -> str
     return None
 
 
-async def _serve_cached(call: Call, key: str, entry: Any, range_header: str | None, *,
+async def _serve_cached(call: Call, key: str, fd: int, range_header: str | None, *,
                         head: bool, cond: _Conditions | None = None
                         ) -> web.StreamResponse | None:
     """Serve a cache hit from one descriptor (bytes, size and ETag of the same file, whatever
-    replaces the entry meanwhile); None if the file vanished (treated as a miss)."""
-    opened = _open_entry(str(entry.path))
-    if opened is None:
-        return None
-    fd, st = opened
+    replaces the entry meanwhile), which this closes; None if it is not a usable entry
+    (treated as a miss).
+
+    The common case — a whole small entry, no conditions — is one ``pread`` of up to
+    :data:`READ_INLINE_BYTES` + 1 bytes (a shorter answer is the whole file, so no ``fstat``)
+    and one ``fgetxattr`` for the ETag."""
     try:
+        plain = not head and range_header is None and (cond is None or not cond.any)
+        if plain:
+            try:
+                data = os.pread(fd, READ_INLINE_BYTES + 1, 0)
+            except OSError:
+                return None  # not a regular file (a tampered cache directory): a miss
+            if len(data) <= READ_INLINE_BYTES:
+                try:
+                    etag = os.getxattr(fd, ETAG_XATTR).decode()
+                except OSError:
+                    etag = None
+                if etag is not None:
+                    return web.Response(body=data, raw=_hit_headers(etag))
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
         size = st.st_size
         etag = _entry_etag(call.ctx, key, fd, st)
         if etag is None:
@@ -427,6 +451,21 @@ async def _serve_cached(call: Call, key: str, entry: Any, range_header: str | No
         os.close(fd)
 
 
+def _hit_headers(etag: str) -> bytes:
+    """The header lines of a whole-entry hit but its length (encoded once per ETag)."""
+    raw = _HIT_HEADERS.get(etag)
+    if raw is None:
+        if len(_HIT_HEADERS) >= 4096:
+            _HIT_HEADERS.clear()
+        raw = _HIT_HEADERS[etag] = (
+            f"ETag: {quote_etag(etag)}\r\nX-Cache: hit\r\nAccept-Ranges: bytes\r\n"
+            "Content-Type: application/octet-stream\r\n").encode("latin-1", "replace")
+    return raw
+
+
+_HIT_HEADERS: dict[str, bytes] = {}
+
+
 async def _serve_miss(call: Call, key: str, range_header: str | None, cond: _Conditions
                       ) -> web.StreamResponse:
     ctx = call.ctx
@@ -446,9 +485,9 @@ async def _serve_miss(call: Call, key: str, range_header: str | None, cond: _Con
     if ctx.flights.joinable(key):
         with contextlib.suppress(Exception):
             await ctx.flights.wait(key)
-        entry = await ctx.cache.local().get(key)
-        if entry is not None:
-            resp = await _serve_cached(call, key, entry, range_header, head=False, cond=cond)
+        fd = ctx.cache.local().open_entry(key)
+        if fd is not None:
+            resp = await _serve_cached(call, key, fd, range_header, head=False, cond=cond)
             if resp is not None:
                 return resp
         return await _stream_from_bucket(call, key, None, None, cond)
@@ -498,10 +537,10 @@ async def _fill_and_stream(call: Call, key: str, cond: _Conditions) -> web.Strea
     ticket, overlapped, followed = await cache.register_fill(key)
     try:
         if followed and not overlapped:
-            entry = await cache.get(key)
-            if entry is not None:  # the other fill kept its copy: a hit (the ticket is
+            fd = cache.open_entry(key)
+            if fd is not None:  # the other fill kept its copy: a hit (the ticket is
                 # finished below, with nothing to publish)
-                resp = await _serve_cached(call, key, entry, None, head=False, cond=cond)
+                resp = await _serve_cached(call, key, fd, None, head=False, cond=cond)
                 if resp is not None:
                     return resp
         if overlapped:  # a write is in flight: this copy could never be kept
