@@ -4,7 +4,10 @@ Start-up, bottom up: data directory (created, checked writable), the listening s
 before anything slow, so "port in use" fails fast), the shards (:class:`Smp`; shard 0 is the
 main uvloop loop), one object store per shard (S3 clients are loop-bound) and a reachability
 probe of the bucket, one HTTP server per shard on the same port (``SO_REUSEPORT``; until
-recovery ends ``/readyz`` is 503 and ``/v1`` requests 503 ``unavailable``), the cache service
+recovery ends ``/readyz`` is 503 and ``/v1`` requests 503 ``unavailable``) and, with
+``server.s3_listen``, one S3 endpoint server per shard on its own sockets
+(:mod:`cachedaemon.server.s3`; the descriptor budget's connections are then split between the
+two listeners), the cache service
 on every shard (shard 0 coordinates the accounting; start-up recovery: tracker load, walk,
 ``.part`` clean-up), the metastore domains. Then ``/readyz`` turns 200, the line
 ``cachedaemon listening on http://HOST:PORT`` is printed on stdout and systemd is told
@@ -167,16 +170,20 @@ def check_data_dir(path: Path) -> None:
 
 
 class _ShardServer:
-    """One shard's HTTP server and context (lives on that shard)."""
+    """One shard's HTTP server(s) and context (lives on that shard)."""
 
-    def __init__(self, ctx: ShardContext, server: HttpServer) -> None:
+    def __init__(self, ctx: ShardContext, server: HttpServer, s3: Any = None) -> None:
         self.ctx = ctx
         self.server = server
+        self.s3_server: HttpServer | None = s3[0] if s3 is not None else None
+        self.s3 = s3[1] if s3 is not None else None
 
     async def drain(self, deadline: float) -> int:
         """Stop accepting, close idle connections, and wait until no request runs (or the
         deadline); return how many still run."""
         self.server.begin_shutdown()
+        if self.s3_server is not None:
+            self.s3_server.begin_shutdown()
         remaining = deadline - time.monotonic()
         if self.ctx.inflight and remaining > 0:
             with contextlib.suppress(TimeoutError):
@@ -186,9 +193,13 @@ class _ShardServer:
     async def stop(self) -> None:
         """Drop what is left: running handlers are cancelled and clean up after themselves."""
         self.server.abort_all()
+        if self.s3_server is not None:
+            self.s3_server.abort_all()
         if self.ctx.inflight:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ctx.idle.wait(), 5.0)
+        if self.s3 is not None:
+            await self.s3.close()  # the parts it holds leave the cache's gate
 
 
 class Daemon:
@@ -201,6 +212,8 @@ class Daemon:
         self.domains: Sharded[Any] | None = None
         self.servers: Sharded[_ShardServer] | None = None
         self.sockets: list[socket.socket] = []
+        self.s3_sockets: list[socket.socket] = []
+        self.s3_url = ""
         self.stop_requested = asyncio.Event()
 
     async def main(self) -> int:
@@ -219,6 +232,8 @@ class Daemon:
             return EXIT_FAILED
         if not self.stop_requested.is_set():  # a signal during start-up: just stop
             print(f"cachedaemon listening on {url}", flush=True)
+            if self.s3_url:
+                print(f"cachedaemon S3 endpoint on {self.s3_url}", flush=True)
             log.info("ready: %s, %d shard(s), bucket %s, cache %s", url, self.state.shards,
                      self.settings.remote.url, self.settings.cache_dir)
             sdnotify.notify("READY=1")
@@ -246,6 +261,9 @@ class Daemon:
             raise StartupError(str(exc)) from exc
         max_connections = per_shard(budget.connections, s.server.shards)
         self.sockets = bind_sockets(s.server.host, s.server.port, s.server.shards)
+        if s.server.s3_listen is not None:
+            self.s3_sockets = bind_sockets(s.server.s3_host, s.server.s3_port, s.server.shards)
+            max_connections = max(1, max_connections // 2)
         port = self.sockets[0].getsockname()[1]
         host = s.server.host
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
@@ -266,6 +284,7 @@ class Daemon:
         self.state.smp = self.smp
         self.servers = Sharded(self.smp, "http")
         sockets = self.sockets
+        s3_sockets = self.s3_sockets
         stores = self.stores
         state = self.state
 
@@ -275,7 +294,12 @@ class Daemon:
             ctx.idle.set()
             state.contexts[shard] = ctx
             server = await start_shard_server(ctx, sockets[shard], max_connections)
-            return _ShardServer(ctx, server)
+            s3 = None
+            if s3_sockets:
+                from cachedaemon.server.s3.app import start_s3_server
+
+                s3 = await start_s3_server(ctx, s3_sockets[shard], max_connections)
+            return _ShardServer(ctx, server, s3)
 
         await self.servers.start(make)
         await failpoint("server.start.before_recovery")
@@ -284,6 +308,10 @@ class Daemon:
         # dropped, not served.
         await check_bucket_identity(self.stores, s)
         self.cache = await start_cache(self.smp, s)
+        if self.s3_sockets:
+            from cachedaemon.server.s3.app import prepare_uploads
+
+            await prepare_uploads(s.storage.data_dir)
         # Metastore domains start after the cache (their SSTs go through it), stop before it.
         self.domains = await start_domains(self.smp, self.stores, self.cache, s,
                                            max_open_domains=budget.max_open_domains,
@@ -300,6 +328,9 @@ class Daemon:
 
         await self.servers.invoke_on_all(attach)
         self.state.ready = True
+        if self.s3_sockets:
+            s3_host, s3_port = s.server.s3_host, self.s3_sockets[0].getsockname()[1]
+            self.s3_url = f"http://{'[' + s3_host + ']' if ':' in s3_host else s3_host}:{s3_port}"
         return url
 
     async def stop(self) -> None:
@@ -313,7 +344,7 @@ class Daemon:
                             sum(left), self.settings.server.shutdown_timeout)
             await self.servers.stop()
             self.servers = None
-        for sock in self.sockets:
+        for sock in (*self.sockets, *self.s3_sockets):
             with contextlib.suppress(OSError):
                 sock.close()
         if self.domains is not None:
