@@ -191,7 +191,7 @@ DOC_HEADERS = {
 
 def doc_body(signatures: list[str] | None = None) -> bytes:
     out = b""
-    for (size, sig), use in zip(DOC_CHUNKS, signatures or [s for _, s in DOC_CHUNKS],
+    for (size, _sig), use in zip(DOC_CHUNKS, signatures or [s for _, s in DOC_CHUNKS],
                                 strict=True):
         out += f"{size:x};chunk-signature={use}\r\n".encode() + b"a" * size + b"\r\n"
     return out
@@ -236,3 +236,50 @@ async def test_chunks_replayed_out_of_order_are_refused() -> None:
     with pytest.raises(S3Error) as info:
         await decode(body, sig, 4096)
     assert info.value.code == "SignatureDoesNotMatch"
+
+
+# --- signature version 2 (boto3's default for presigned URLs) -------------------------------
+
+
+def signed_v2(method: str, path: str, *, headers: dict[str, str] | None = None,
+              secret: str = SK, presign: int | None = None) -> tuple[str, str, dict[str, str]]:
+    from botocore.auth import HmacV1Auth, HmacV1QueryAuth
+
+    req = AWSRequest(method=method, url=f"http://127.0.0.1:9000{path}", headers=headers or {})
+    creds = BotoCredentials(AK, secret)
+    if presign is None:
+        HmacV1Auth(creds).add_auth(req)
+    else:
+        HmacV1QueryAuth(creds, expires=presign).add_auth(req)
+    prepared = req.prepare()
+    url = urllib.parse.urlsplit(prepared.url)
+    hdrs = {k.lower(): v for k, v in prepared.headers.items()}
+    hdrs["host"] = url.netloc
+    return url.path, url.query, hdrs
+
+
+def test_v2_header_and_query_signatures_of_botocore_verify() -> None:
+    for args in ({}, {"presign": 60}):
+        raw_path, query, headers = signed_v2(
+            "PUT", "/bucket/dir/a%20b?uploadId=abc&partNumber=2",
+            headers={"Content-Type": "text/plain", "x-amz-meta-a": "1"}, **args)
+        sig = verifier().verify("PUT", raw_path, query, headers)
+        assert sig.payload == UNSIGNED_PAYLOAD
+
+
+def test_v2_wrong_secret_tampering_skew_and_expiry() -> None:
+    raw_path, query, headers = signed_v2("GET", "/bucket/k", secret="wrong")
+    with pytest.raises(S3Error) as info:
+        verifier().verify("GET", raw_path, query, headers)
+    assert info.value.code == "SignatureDoesNotMatch"
+    raw_path, query, headers = signed_v2("GET", "/bucket/k", headers={"x-amz-meta-a": "1"})
+    with pytest.raises(S3Error) as info:
+        verifier().verify("GET", raw_path, query, {**headers, "x-amz-meta-a": "2"})
+    assert info.value.code == "SignatureDoesNotMatch"
+    with pytest.raises(S3Error) as info:
+        verifier(16 * 60).verify("GET", raw_path, query, headers)
+    assert info.value.code == "RequestTimeTooSkewed"
+    raw_path, query, headers = signed_v2("GET", "/bucket/k", presign=30)
+    with pytest.raises(S3Error) as info:
+        verifier(31).verify("GET", raw_path, query, headers)
+    assert (info.value.code, info.value.message) == ("AccessDenied", "Request has expired")

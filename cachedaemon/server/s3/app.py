@@ -162,7 +162,8 @@ def make_s3_handler(s3: S3Context) -> Any:
                 raise S3Error("ServiceUnavailable", "The daemon is starting.")
             target = address(request.headers.get("host"), request.path, s3.domains)
             signature = s3.verifier.verify(method, request.path, request.query_string,
-                                           request.headers)
+                                           request.headers,
+                                           target.bucket if target.virtual else None)
             op = operation(method, target, request.query, request.headers)
             ctx.enter()
             try:

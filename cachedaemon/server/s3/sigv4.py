@@ -24,6 +24,10 @@ path exactly as sent (clients differ in which characters they escape). Query par
 decoded, re-encoded (RFC 3986 unreserved characters kept) and sorted; header values are
 trimmed with inner runs of spaces folded.
 
+The legacy Signature Version 2 (``Authorization: AWS ...``, and the ``AWSAccessKeyId``/
+``Signature``/``Expires`` presigned URLs boto3 makes by default) is verified too
+(:mod:`cachedaemon.server.s3.sigv2`).
+
 The streaming payload forms (``STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER]``) sign each chunk
 and the trailer, chained from the request's seed signature: :class:`ChunkSigner` computes those
 signatures for :mod:`cachedaemon.server.s3.chunked`.
@@ -45,6 +49,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_tz
 
+from cachedaemon.server.s3 import sigv2
 from cachedaemon.server.s3.errors import S3Error
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -230,7 +235,8 @@ class Verifier:
         return self.credentials is None
 
     def verify(self, method: str, raw_path: str, raw_query: str,
-               headers: Mapping[str, str]) -> Signature:
+               headers: Mapping[str, str], virtual_bucket: str | None = None) -> Signature:
+        """Verify a request; ``virtual_bucket`` is the bucket of a virtual-hosted one."""
         auth = headers.get("authorization")
         presigned = "X-Amz-Signature=" in raw_query or "X-Amz-Credential=" in raw_query
         payload = headers.get("x-amz-content-sha256")
@@ -241,6 +247,9 @@ class Verifier:
                           extra={"ArgumentName": "x-amz-content-sha256"})
         if self.credentials is None:
             return Signature(payload or UNSIGNED_PAYLOAD)
+        if sigv2.is_v2(headers, raw_query):
+            return self._verify_v2(method, raw_path, raw_query, headers, virtual_bucket,
+                                   payload)
         if auth is not None and not presigned:
             return self._verify_header(method, raw_path, raw_query, headers, auth, payload)
         if presigned and auth is None:
@@ -257,9 +266,6 @@ class Verifier:
                        headers: Mapping[str, str], auth: str, payload: str | None) -> Signature:
         scheme, _, rest = auth.strip().partition(" ")
         if scheme != ALGORITHM:
-            if scheme == "AWS":
-                raise S3Error("InvalidRequest", "The authorization mechanism you have provided "
-                              "is not supported. Please use AWS4-HMAC-SHA256.")
             raise _malformed(f"Unsupported authorization type {scheme[:40]!r}")
         fields: dict[str, str] = {}
         for item in rest.split(","):
@@ -352,6 +358,59 @@ class Verifier:
             raise S3Error("InvalidRequest", "a presigned request cannot carry a signed "
                           "streaming payload")
         assert self.credentials is not None
+        return Signature(payload or UNSIGNED_PAYLOAD, self.credentials.access_key_id, True)
+
+    # --- signature version 2 ---------------------------------------------------------------
+
+    def _verify_v2(self, method: str, raw_path: str, raw_query: str,
+                   headers: Mapping[str, str], virtual_bucket: str | None,
+                   payload: str | None) -> Signature:
+        assert self.credentials is not None
+        if payload in STREAMING_FORMS:
+            raise S3Error("InvalidRequest", "a streaming payload needs AWS4-HMAC-SHA256")
+        auth = headers.get("authorization")
+        now = self.clock()
+        if auth is not None:
+            given, sep, provided = auth[4:].strip().rpartition(":")
+            if not sep:
+                raise S3Error("InvalidArgument", "AWS authorization header is invalid.  "
+                              "Expected AwsAccessKeyId:signature")
+            date = headers.get("date") or ""
+            amz_date = headers.get("x-amz-date")
+            when = parse_http_date(amz_date or date)
+            if when is None:
+                raise S3Error("AccessDenied", "AWS authentication requires a valid Date or "
+                              "x-amz-date header")
+            if abs(now - when) > MAX_SKEW_S:
+                raise S3Error("RequestTimeTooSkewed", "The difference between the request time "
+                              "and the current time is too large.",
+                              extra={"ServerTime": _iso(now),
+                                     "MaxAllowedSkewMilliseconds": str(MAX_SKEW_S * 1000)})
+            text = sigv2.string_to_sign(method, raw_path, raw_query, headers, date,
+                                        virtual_bucket)
+            sigv2.check(self.credentials.access_key_id, self.credentials.secret_access_key,
+                        given, provided, text)
+            return Signature(payload or UNSIGNED_PAYLOAD, self.credentials.access_key_id)
+        params: dict[str, str] = {}
+        query_amz: dict[str, str] = {}
+        for part in raw_query.split("&"):
+            name, _, value = part.partition("=")
+            value = urllib.parse.unquote(value)
+            if name in ("AWSAccessKeyId", "Signature", "Expires"):
+                params[name] = value
+            elif name.lower().startswith("x-amz-"):
+                query_amz[name.lower()] = value
+        expires = params.get("Expires", "")
+        if not expires.isdigit():
+            raise S3Error("AccessDenied", "Query-string authentication requires the Signature, "
+                          "Expires and AWSAccessKeyId parameters")
+        if now > int(expires):
+            raise S3Error("AccessDenied", "Request has expired",
+                          extra={"Expires": _iso(int(expires)), "ServerTime": _iso(now)})
+        text = sigv2.string_to_sign(method, raw_path, raw_query, headers, expires,
+                                    virtual_bucket, query_amz)
+        sigv2.check(self.credentials.access_key_id, self.credentials.secret_access_key,
+                    params.get("AWSAccessKeyId", ""), params.get("Signature", ""), text)
         return Signature(payload or UNSIGNED_PAYLOAD, self.credentials.access_key_id, True)
 
     # --- shared steps -----------------------------------------------------------------------
