@@ -26,8 +26,13 @@ READ_HEADERS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified
 COPY_HEADERS = tuple(f"x-amz-copy-source-{h}" for h in READ_HEADERS)
 
 
+_READ_SET = frozenset(READ_HEADERS)
+
+
 def has_conditions(headers: Mapping[str, str], names: tuple[str, ...] = READ_HEADERS) -> bool:
-    return any(n in headers for n in names)
+    """Whether any of ``names`` is present (``headers`` keys are lower case)."""
+    wanted = _READ_SET if names is READ_HEADERS else frozenset(names)
+    return not wanted.isdisjoint(headers)
 
 
 def _failed(condition: str) -> S3Error:

@@ -379,21 +379,22 @@ def _overrides(call: S3Call) -> dict[str, str]:
 
 
 async def get_object(call: S3Call) -> StreamResponse:
-    if "partNumber" in call.query:
-        raise S3Error("NotImplemented", "GetObject with partNumber is not implemented")
-    key = readable_key(call)
-    if key is None:
-        raise await _missing(call)
+    key = _daemon_key(call, call.bucket, call.key)
+    if is_reserved(key):
+        raise await _missing(call)  # (the object path checks the key's other rules)
     headers = call.headers
     overrides = _overrides(call)
     objects = call.s3.objects
     conditional = conditions.has_conditions(headers)
-    if conditional and objects.cached(key) is None:
-        # Decide before downloading anything: a 304 needs no bytes.
-        record = await objects.stat(key)
-        if record is None:
-            raise await _missing(call)
-        conditions.check(headers, record)
+    try:
+        if conditional and objects.cached(key) is None:
+            # Decide before downloading anything: a 304 needs no bytes.
+            record = await objects.stat(key)
+            if record is None:
+                raise NotFound(key)
+            conditions.check(headers, record)
+    except (NotFound, InvalidKey):
+        raise await _missing(call) from None
 
     def headers_for(record: ObjectRecord) -> dict[str, str]:
         if conditional:
@@ -405,7 +406,7 @@ async def get_object(call: S3Call) -> StreamResponse:
     try:
         resp: StreamResponse = await objects.get(call.request, key, headers.get("range"),
                                                  headers_for)
-    except NotFound:
+    except (NotFound, InvalidKey):
         raise await _missing(call) from None
     return resp
 

@@ -17,6 +17,7 @@ single syscalls on a page-cached inode).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -91,7 +92,10 @@ class ObjectRecord:
                            "meta": self.meta.to_json()}, separators=(",", ":")).encode()
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)
     def decode(raw: bytes) -> ObjectRecord | None:
+        """The record of an attribute's bytes (memoised: hits read the same bytes again and
+        again)."""
         try:
             d = json.loads(raw)
             return ObjectRecord(int(d["size"]), str(d["etag"]), float(d["mtime"]),
@@ -152,6 +156,17 @@ def iso_date(t: float) -> str:
 def object_headers(record: ObjectRecord, overrides: Mapping[str, str] | None = None
                    ) -> dict[str, str]:
     """The headers of a GET or HEAD answer about ``record`` (without Content-Length/Range)."""
+    headers = dict(_base_headers(record))
+    if overrides:
+        for param, name in RESPONSE_OVERRIDES.items():
+            value = overrides.get(param)
+            if value is not None:
+                headers[name] = value
+    return headers
+
+
+@functools.lru_cache(maxsize=4096)
+def _base_headers(record: ObjectRecord) -> tuple[tuple[str, str], ...]:
     meta = record.meta
     headers = {
         "ETag": f'"{record.etag}"',
@@ -165,9 +180,4 @@ def object_headers(record: ObjectRecord, overrides: Mapping[str, str] | None = N
             headers[name] = value
     for name, value in meta.user:
         headers[META_PREFIX + name] = value
-    if overrides:
-        for param, name in RESPONSE_OVERRIDES.items():
-            value = overrides.get(param)
-            if value is not None:
-                headers[name] = value
-    return headers
+    return tuple(headers.items())

@@ -31,19 +31,25 @@ Per shard: an instance holds its shard's :class:`~cachedaemon.server.context.Sha
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import functools
 import os
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from cachedaemon.cache.keys import key_relpath
 from cachedaemon.errors import InvalidArgument, InvalidRange, NotFound
 from cachedaemon.remote.base import ByteRange, ListPage, ObjectInfo, ObjectMeta
 from cachedaemon.server import objects
 from cachedaemon.server.context import Call, ShardContext
 from cachedaemon.server.http import Headers, Request, StreamResponse
 from cachedaemon.server.s3.errors import S3Error
-from cachedaemon.server.s3.metadata import ObjectRecord, read_record, write_record
+from cachedaemon.server.s3.metadata import (
+    RECORD_XATTR,
+    ObjectRecord,
+    read_record,
+    write_record,
+)
 
 #: How many times a read is tried when the version changes under it.
 READ_ATTEMPTS = 4
@@ -141,8 +147,15 @@ class _CallRequest:
         self.content_length = content_length
 
 
+@functools.lru_cache(maxsize=4096)
 def _quote(key: str) -> str:
     return urllib.parse.quote(key, safe="/")
+
+
+@functools.lru_cache(maxsize=4096)
+def _relpath(key: str) -> str:
+    """The cache's path of a (valid) key, memoised: hot keys are read again and again."""
+    return key_relpath(key)
 
 
 def _unquote_etag(value: str) -> str:
@@ -154,10 +167,26 @@ class ObjectPath:
 
     def __init__(self, ctx: ShardContext) -> None:
         self.ctx = ctx
+        self._root = ""
 
     def _call(self, request: _CallRequest, key: str, store: _StoreView) -> Call:
-        ctx = dataclasses.replace(self.ctx, store=store)
+        # The same shard state with another store (a shallow copy, made by hand: cheaper than
+        # copy.copy or dataclasses.replace on the hot path of hits).
+        ctx = object.__new__(ShardContext)
+        ctx.__dict__.update(self.ctx.__dict__)
+        ctx.store = store
         return Call(request, {"key": _quote(key)}, ctx, "s3")  # type: ignore[arg-type]
+
+    def _served_record(self, key: str) -> ObjectRecord | None:
+        """The record of the entry the object path just served (its file's attribute; the
+        caller checks the ETag the object path read from the same file)."""
+        if not self._root:
+            self._root = str(self.ctx.cache.local().root) + "/"
+        try:
+            raw = os.getxattr(self._root + _relpath(key), RECORD_XATTR, follow_symlinks=False)
+        except OSError:
+            return None
+        return ObjectRecord.decode(raw)
 
     # --- records -----------------------------------------------------------------------------
 
@@ -199,32 +228,56 @@ class ObjectPath:
                 if store.seen is not None:
                     record = ObjectRecord.from_info(store.seen)
                 else:
-                    cached = self.cached(key)
+                    cached = self._served_record(key)
                     if cached is None:
                         raise _NeedRecord()
                     record = cached
                 if record.etag != served:
-                    raise _Changed()
-                keep = {k: v for k, v in resp.headers.items()
-                        if k in ("Content-Length", "Content-Range", "X-Cache")}
-                resp.headers = {**headers_for(record), **keep}
+                    raise _Changed()  # (or the attribute is an older version's: refetched)
+                old = resp.headers
+                new = headers_for(record)
+                for name in ("Content-Length", "Content-Range", "X-Cache"):
+                    value = old.get(name)
+                    if value is not None:
+                        new[name] = value
+                resp.headers = new
 
             call_request = _CallRequest("GET", headers, _ConnView(request.conn, hook))
             try:
-                resp = await objects.get_object(self._call(call_request, key, store))
+                resp = await self._get(call_request, key, range_header, store)
                 if not resp.prepared:
                     hook(resp)  # an answer held in memory: its head is not sent yet
+            except _Changed:
+                # A hit whose record is not its version's: fetch the right one.
+                if store.seen is None and self.cached(key) is None and \
+                        await self._from_bucket(key) is None:
+                    raise NotFound(f"no object {key!r}") from None
+                continue
             except _NeedRecord:
                 if await self._from_bucket(key) is None:
                     raise NotFound(f"no object {key!r}") from None
-                continue
-            except _Changed:
                 continue
             seen = store.seen
             if seen is not None and range_header is None and resp.status == 200:
                 self._remember(key, ObjectRecord.from_info(seen))  # a fill: keep its record
             return resp
         raise S3Error("SlowDown", f"the object {key[:200]!r} kept changing while it was read")
+
+    async def _get(self, call_request: _CallRequest, key: str, range_header: str | None,
+                   store: _StoreView) -> StreamResponse:
+        """The object path's GET of a valid key: ``objects._get`` without its key decoding
+        (the key is already a daemon key). A hit is served with the shard's own context; a
+        miss with the per-call store view, whose answers become the record."""
+        entry = await self.ctx.cache.local().get(key)
+        if entry is not None:
+            hit: StreamResponse | None = await objects._serve_cached(
+                Call(call_request, {}, self.ctx, "s3"),  # type: ignore[arg-type]
+                key, entry, range_header, head=False)
+            if hit is not None:
+                return hit
+        miss: StreamResponse = await objects._serve_miss(
+            self._call(call_request, key, store), key, range_header)
+        return miss
 
     async def open(self, key: str, byte_range: ByteRange | None
                    ) -> tuple[ObjectRecord, int, AsyncIterator[bytes]] | None:

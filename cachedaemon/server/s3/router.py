@@ -59,6 +59,8 @@ def valid_bucket_name(name: str) -> bool:
 
 def decode_path(raw: str) -> str:
     """Strict percent-decoding of a raw path piece to UTF-8 text (``InvalidURI`` else)."""
+    if "%" not in raw and raw.isascii():
+        return raw
     data = raw.encode("utf-8", "surrogateescape")
     if b"%" in data:
         if b"%" in _ESCAPE.sub(b"", data):
@@ -75,6 +77,8 @@ def address(host: str | None, raw_path: str, domains: tuple[str, ...]) -> Target
     if not raw_path.startswith("/"):
         raise S3Error("InvalidURI", "Couldn't parse the specified URI.")
     name = (host or "").strip().lower()
+    if "." not in name:
+        return _path_style(raw_path)  # a bare host name (or none): path-style
     # An IPv6 literal is never a bucket; else drop the port.
     name = name[: name.find("]") + 1] if name.startswith("[") else name.rsplit(":", 1)[0]
     for domain in domains:
@@ -83,6 +87,10 @@ def address(host: str | None, raw_path: str, domains: tuple[str, ...]) -> Target
             if valid_bucket_name(bucket):
                 rest = raw_path[1:]
                 return Target(bucket, decode_path(rest) if rest else None, True)
+    return _path_style(raw_path)
+
+
+def _path_style(raw_path: str) -> Target:
     rest = raw_path[1:]
     if not rest:
         return Target(None, None, False)
@@ -94,6 +102,8 @@ def address(host: str | None, raw_path: str, domains: tuple[str, ...]) -> Target
 def operation(method: str, target: Target, query: Mapping[str, str],
               headers: Mapping[str, str]) -> str:
     """The S3 operation of a request (raises NotImplemented / MethodNotAllowed)."""
+    if not query and target.key is not None and method == "GET":
+        return "GetObject"  # the hot path
     subs = {name for name in query if name in SUBRESOURCES}
     if query.get("versionId") == "null":
         subs.discard("versionId")  # the only version of an object in an unversioned bucket
