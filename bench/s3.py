@@ -8,7 +8,8 @@ every ratio measured in the same run:
    ``>= 0.9x``.
 2. The same, with the S3 endpoint verifying SigV4 on every request: ``wrk`` replays a presigned
    GET URL (valid for the run), against ``/v1`` of a daemon with no token.
-3. The hit through the S3 endpoint vs the same GET straight from moto (the bucket behind).
+3. The hit through the S3 endpoint vs the same GET straight from moto (the bucket behind; a
+   presigned URL, as moto refuses anonymous reads).
 4. PUT of 1 MiB objects at concurrency 8 through the S3 endpoint (SigV4, payload hash checked:
    aiobotocore signs the body over plain HTTP) vs the same aiobotocore PUT straight to moto.
 
@@ -33,6 +34,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -56,10 +58,14 @@ CONCURRENCY = 32
 AK, SK = "bench-key", "bench-secret"
 
 
-def s3_url(d: DaemonProcess) -> str:
-    for line in d.stdout_lines:
-        if line.startswith("cachedaemon S3 endpoint on "):
-            return line.split()[-1]
+def s3_url(d: DaemonProcess, timeout: float = 10.0) -> str:
+    """The S3 endpoint's URL, from the line the daemon prints after its listening line."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for line in d.stdout_lines:
+            if line.startswith("cachedaemon S3 endpoint on "):
+                return line.split()[-1]
+        time.sleep(0.02)
     raise RuntimeError("no S3 endpoint line")
 
 
@@ -143,7 +149,9 @@ def main() -> int:
                     "s3": ([], f"{open_s3}/{bucket}/hit-{name}"),
                     "v1": ([], f"{open_d.url}/v1/objects/hit-{name}"),
                     "signed": ([], presigned),
-                    "moto": ([], f"{moto}/{bucket}/hit-{name}"),
+                    "moto": ([], direct.generate_presigned_url(
+                        "get_object", Params={"Bucket": bucket, "Key": f"hit-{name}"},
+                        ExpiresIn=3600)),
                 }
                 for rnd in range(args.rounds):
                     order = list(sides.values())

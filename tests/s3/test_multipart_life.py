@@ -137,3 +137,25 @@ def test_s3_requests_are_in_the_metrics(tmp_path: Path) -> None:
             text = resp.read().decode()
         assert 'route="s3:PutObject",status="200"' in text
         assert 'route="s3:GetObject",status="200"' in text
+
+
+def test_a_long_complete_answers_200_then_the_result_or_an_error(tmp_path: Path) -> None:
+    # The bucket upload of the assembled object takes 2.5 s (a fail point): Complete sends its
+    # 200 at 2 s and spaces until the result; the first attempt then fails after the 200.
+    env = {"CACHEDAEMON_FAILPOINTS": "server.put.before_upload=delay:2.5;"
+                                     "server.put.after_upload=raise@1"}
+    with s3_daemon(tmp_path, "file", "single", env=env) as d:
+        s3 = client(d)
+        upload = s3.create_multipart_upload(Bucket=d.bucket, Key="slow")["UploadId"]
+        etag = s3.upload_part(Bucket=d.bucket, Key="slow", UploadId=upload, PartNumber=1,
+                              Body=b"part")["ETag"]
+        parts = {"Parts": [{"PartNumber": 1, "ETag": etag}]}
+        with pytest.raises(ClientError) as info:
+            s3.complete_multipart_upload(Bucket=d.bucket, Key="slow", UploadId=upload,
+                                         MultipartUpload=parts)
+        assert info.value.response["Error"]["Code"] == "InternalError"
+        # The upload is still there: completing again works (the fail point fired once).
+        out = s3.complete_multipart_upload(Bucket=d.bucket, Key="slow", UploadId=upload,
+                                           MultipartUpload=parts)
+        assert out["ETag"].endswith('-1"')
+        assert s3.get_object(Bucket=d.bucket, Key="slow")["Body"].read() == b"part"
