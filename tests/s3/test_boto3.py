@@ -497,3 +497,16 @@ def test_virtual_hosted_style(s3d: S3Daemon, monkeypatch: pytest.MonkeyPatch) ->
     assert vs3.get_object(Bucket=s3d.bucket, Key=key)["Body"].read() == b"virtual"
     assert [o["Key"] for o in vs3.list_objects_v2(Bucket=s3d.bucket, Prefix=key)["Contents"]] \
         == [key]
+
+
+def test_a_large_single_put_keeps_the_md5_etag(s3d: S3Daemon, s3: Any) -> None:
+    # Above the daemon's in-memory upload size and the S3 backend's multipart threshold: still
+    # one part in the bucket, so the ETag is the body's MD5, as S3 gives for a PutObject.
+    key = unique("large")
+    body = bytes(range(256)) * (17 * MiB // 256)
+    put = s3.put_object(Bucket=s3d.bucket, Key=key, Body=body)
+    assert put["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+    listed = s3.list_objects_v2(Bucket=s3d.bucket, Prefix=key)["Contents"]
+    assert listed[0]["ETag"] == put["ETag"]
+    assert s3.get_object(Bucket=s3d.bucket, Key=key, Range="bytes=-3")["Body"].read() == \
+        body[-3:]

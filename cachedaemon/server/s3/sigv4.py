@@ -64,10 +64,16 @@ MAX_SKEW_S = 15 * 60
 MAX_PRESIGN_EXPIRES_S = 7 * 24 * 3600
 SERVICE = "s3"
 
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_ENCODE_PATH = {b: (chr(b) if b in _UNRESERVED or b == 0x2F else f"%{b:02X}") for b in range(256)}
-_ENCODE_QUERY = {b: (chr(b) if b in _UNRESERVED else f"%{b:02X}") for b in range(256)}
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
+#: Bytes that stay as they are: RFC 3986's unreserved characters (and ``/`` in a path).
+_RESERVED_PATH = re.compile(rb"[^A-Za-z0-9\-._~/]")
+_RESERVED_QUERY = re.compile(rb"[^A-Za-z0-9\-._~]")
+#: Text already in canonical form (nothing to decode or encode).
+_PLAIN = re.compile(r"[A-Za-z0-9\-._~]*")
+
+
+def _pct(m: re.Match[bytes]) -> bytes:
+    return b"%%%02X" % m.group()[0]
 _SPACES = re.compile(r"\s+")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _AMZ_DATE = re.compile(r"(\d{8})T\d{6}Z")
@@ -103,11 +109,11 @@ def _pct_decode(raw: str) -> bytes:
 def uri_encode_path(raw_path: str) -> str:
     """S3's canonical URI of a raw request path: decoded, then every byte but the unreserved
     ones and ``/`` percent-encoded (upper-case hex)."""
-    return "".join([_ENCODE_PATH[b] for b in _pct_decode(raw_path)]) or "/"
+    return _RESERVED_PATH.sub(_pct, _pct_decode(raw_path)).decode("ascii") or "/"
 
 
 def _encode_query(value: bytes) -> str:
-    return "".join([_ENCODE_QUERY[b] for b in value])
+    return _RESERVED_QUERY.sub(_pct, value).decode("ascii")
 
 
 def canonical_query(raw_query: str, *, drop_signature: bool = False) -> str:
@@ -119,10 +125,11 @@ def canonical_query(raw_query: str, *, drop_signature: bool = False) -> str:
         if not part:
             continue
         name, _, value = part.partition("=")
-        n = _encode_query(_pct_decode(name))
+        n = name if _PLAIN.fullmatch(name) else _encode_query(_pct_decode(name))
         if drop_signature and n == "X-Amz-Signature":
             continue
-        pairs.append((n, _encode_query(_pct_decode(value))))
+        pairs.append((n, value if _PLAIN.fullmatch(value) else
+                      _encode_query(_pct_decode(value))))
     pairs.sort()
     return "&".join(f"{n}={v}" for n, v in pairs)
 
@@ -205,7 +212,12 @@ def parse_amz_date(value: str) -> float:
     """Seconds since the epoch of an ``x-amz-date`` (``20130524T000000Z``)."""
     if not _AMZ_DATE.fullmatch(value):
         raise ValueError(value)
-    return float(calendar.timegm(time.strptime(value, "%Y%m%dT%H%M%SZ")))
+    fields = (int(value[0:4]), int(value[4:6]), int(value[6:8]), int(value[9:11]),
+              int(value[11:13]), int(value[13:15]))
+    if not (1 <= fields[1] <= 12 and 1 <= fields[2] <= 31 and fields[3] <= 23
+            and fields[4] <= 59 and fields[5] <= 60):
+        raise ValueError(value)
+    return float(calendar.timegm((*fields, 0, 0, 0)))
 
 
 def parse_http_date(value: str) -> float | None:
