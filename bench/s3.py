@@ -11,7 +11,9 @@ every ratio measured in the same run:
 3. The hit through the S3 endpoint vs the same GET straight from moto (the bucket behind; a
    presigned URL, as moto refuses anonymous reads).
 4. PUT of 1 MiB objects at concurrency 8 through the S3 endpoint (SigV4, payload hash checked:
-   aiobotocore signs the body over plain HTTP) vs the same aiobotocore PUT straight to moto.
+   aiobotocore signs the body over plain HTTP) vs the same aiobotocore PUT straight to moto
+   (the endpoint's PUT contains such a PUT: staged, uploaded to moto, committed), and vs a PUT
+   through ``/v1`` of the same daemon setup (aiohttp).
 
 Daemons, moto and ``wrk`` are started here on 127.0.0.1 (``wrk`` from Debian, installed with
 apt-get when missing, as ``bench/http.py`` does). Prints requests/s, MB/s, p50/p99 and the
@@ -106,6 +108,19 @@ async def puts(endpoint: str, bucket: str, count: int, key: str, secret: str) ->
         return await bench_http.timed_requests(count, 8, MiB, one)
 
 
+async def v1_puts(url: str, count: int) -> Any:
+    import aiohttp
+
+    payloads = [os.urandom(MiB) for _ in range(8)]
+    tag = uuid.uuid4().hex[:8]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as http:
+        async def one(i: int) -> None:
+            async with http.put(f"{url}/v1/objects/v1put-{tag}/{i}", data=payloads[i % 8]) as r:
+                assert r.status == 201, await r.text()
+
+        return await bench_http.timed_requests(count, 8, MiB, one)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run")
@@ -169,14 +184,20 @@ def main() -> int:
                                            s3_r, moto_r, "moto"))
             ours: list[Any] = []
             ref: list[Any] = []
+            v1: list[Any] = []
             for rnd in range(args.rounds):
-                order = [(ours, signed_s3, AK, SK), (ref, moto, "testing", "testing")]
+                order = [(ours, signed_s3, AK, SK), (ref, moto, "testing", "testing"),
+                         (v1, open_d.url, "", "")]
                 if rnd % 2:
                     order.reverse()
                 for acc, endpoint, key, secret in order:
-                    acc.append(asyncio.run(puts(endpoint, bucket, count, key, secret)))
+                    run = v1_puts(endpoint, count) if acc is v1 else \
+                        puts(endpoint, bucket, count, key, secret)
+                    acc.append(asyncio.run(run))
             rows.append(bench_http.row("PUT 1MiB c8: S3 endpoint (SigV4)", best(ours),
                                        best(ref), "moto"))
+            rows.append(bench_http.row("PUT 1MiB c8: S3 endpoint (SigV4)", best(ours),
+                                       best(v1), "/v1"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()[0]
