@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -64,6 +65,24 @@ class S3Context:
     region: str
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    # --- the calls one shard makes on every shard (the "s3" service of each shard) ----------
+
+    async def everywhere(self, method: str, *args: Any) -> None:
+        """Run this S3 service's ``method(*args)`` on every shard (this one included)."""
+        await self.ctx.broadcast(_on_shard, method, *args)
+
+    async def release_upload(self, upload_id: str) -> None:
+        """The upload is gone: close the parts this shard holds (releasing their space)."""
+        await self.uploads.release_local(upload_id)
+
+    async def drop_older_part(self, upload_id: str, number: int, token: str) -> None:
+        """Part ``number`` was uploaded again: close this shard's older copies."""
+        await self.uploads.drop_older(upload_id, number, token)
+
+    async def forget_bucket(self, bucket: str) -> None:
+        """The bucket was deleted: stop remembering that it exists."""
+        self.buckets.forget(bucket)
+
     async def close(self) -> None:
         for task in self.tasks:
             task.cancel()
@@ -71,6 +90,12 @@ class S3Context:
             with contextlib.suppress(BaseException):
                 await task
         await self.uploads.close()
+
+
+async def _on_shard(ctx: ShardContext, method: str, *args: Any) -> None:
+    s3 = ctx.extensions.get("s3")
+    if s3 is not None:
+        await getattr(s3, method)(*args)
 
 
 def make_s3_context(ctx: ShardContext) -> S3Context:
@@ -99,11 +124,7 @@ async def _sweep_loop(s3: S3Context) -> None:
     expiry = s3.ctx.settings.s3.upload_expiry
     interval = min(SWEEP_INTERVAL_S, max(expiry / 4, 0.05))
 
-    async def broadcast(upload_id: str) -> None:
-        from cachedaemon.server.s3.handlers import _release_upload
-
-        await s3.ctx.broadcast(_release_upload, upload_id)
-
+    broadcast = functools.partial(s3.everywhere, "release_upload")
     while True:
         await asyncio.sleep(interval)
         if s3.ctx.cache is None or not s3.ctx.state.ready:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import time
 import urllib.parse
@@ -275,19 +276,9 @@ async def _read_xml_optional(call: S3Call, root: str) -> Any:
 
 
 async def delete_bucket(call: S3Call) -> StreamResponse:
-    ctx = call.s3.ctx
-
-    async def broadcast(bucket: str) -> None:
-        await ctx.broadcast(_forget_bucket, bucket)
-
-    await call.s3.buckets.delete(call.bucket, broadcast)
+    await call.s3.buckets.delete(call.bucket,
+                                 functools.partial(call.s3.everywhere, "forget_bucket"))
     return Response(status=204)
-
-
-async def _forget_bucket(ctx: Any, bucket: str) -> None:
-    s3 = ctx.extensions.get("s3")
-    if s3 is not None:
-        s3.buckets.forget(bucket)
 
 
 # --- listing ----------------------------------------------------------------------------------
@@ -626,27 +617,13 @@ async def _stage_part(call: S3Call, number: int, body: AsyncIterator[bytes],
                           "by the Content-Length HTTP header")
         etag = md5.hexdigest() if md5 is not None else checks.md5_hex()  # type: ignore[union-attr]
 
-        async def broadcast(upload_id: str, n: int, token: str) -> None:
-            await ctx.broadcast(_drop_older_part, upload_id, n, token)
-
-        await uploads.add_part(upload, number, staging, etag, broadcast)
+        await uploads.add_part(upload, number, staging, etag,
+                               functools.partial(call.s3.everywhere, "drop_older_part"))
         kept = True
         return etag
     finally:
         if not kept:
             await staging.close()
-
-
-async def _drop_older_part(ctx: Any, upload_id: str, number: int, token: str) -> None:
-    s3 = ctx.extensions.get("s3")
-    if s3 is not None:
-        await s3.uploads.drop_older(upload_id, number, token)
-
-
-async def _release_upload(ctx: Any, upload_id: str) -> None:
-    s3 = ctx.extensions.get("s3")
-    if s3 is not None:
-        await s3.uploads.release_local(upload_id)
 
 
 async def upload_part(call: S3Call) -> StreamResponse:
@@ -696,11 +673,9 @@ async def complete_multipart_upload(call: S3Call) -> StreamResponse:
         record = await _put(call, key, read_parts(parts), sum(p.size for p in parts),
                             upload.meta, [p.size for p in parts])
 
-        async def broadcast(uid: str) -> None:
-            await ctx.broadcast(_release_upload, uid)
-
         with contextlib.suppress(S3Error):  # completed twice at once: one of them removes it
-            await uploads.remove(upload.upload_id, broadcast)
+            await uploads.remove(upload.upload_id,
+                                 functools.partial(call.s3.everywhere, "release_upload"))
         return record
 
     def result(record: ObjectRecord) -> list[E]:
@@ -743,12 +718,8 @@ async def complete_multipart_upload(call: S3Call) -> StreamResponse:
 async def abort_multipart_upload(call: S3Call) -> StreamResponse:
     uploads = _uploads(call)
     upload = await uploads.get(call.query.get("uploadId", ""), call.bucket, call.key)
-    ctx = call.s3.ctx
-
-    async def broadcast(uid: str) -> None:
-        await ctx.broadcast(_release_upload, uid)
-
-    await uploads.remove(upload.upload_id, broadcast)
+    await uploads.remove(upload.upload_id,
+                         functools.partial(call.s3.everywhere, "release_upload"))
     return Response(status=204)
 
 
