@@ -110,17 +110,28 @@ def signing_key(secret: str, date: str) -> bytes:
 
 def sign_streaming(method: str, host: str, path: str, payload: bytes, chunk: int, *,
                    secret: str, akid: str, amz_date: str,
-                   extra: dict[str, str] | None = None) -> tuple[dict[str, str], bytes]:
+                   extra: dict[str, str] | None = None,
+                   trailer: tuple[str, str] | None = None) -> tuple[dict[str, str], bytes]:
     """Headers and aws-chunked body of a signed streaming upload (S3 API reference,
-    "Transferring Payload in Multiple Chunks")."""
+    "Transferring Payload in Multiple Chunks"; with ``trailer`` (name, value), the
+    ``-TRAILER`` form: the trailing header and its signature follow the final chunk)."""
     empty = hashlib.sha256(b"").hexdigest()
     sizes = [len(payload[i:i + chunk]) for i in range(0, len(payload), chunk)]
     encoded = sum(len(f"{n:x};chunk-signature=".encode()) + 64 + 4 + n for n in sizes) + \
         len(b"0;chunk-signature=") + 64 + 4
+    form = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+    trailer_lines = b""
+    if trailer is not None:
+        form += "-TRAILER"
+        trailer_lines = f"{trailer[0]}:{trailer[1]}\r\n".encode()
+        # The final CRLF moves after the trailer and its signature line.
+        encoded += len(trailer_lines) + len(b"x-amz-trailer-signature:") + 64 + 2
     headers = {"host": host, "x-amz-date": amz_date, "content-encoding": "aws-chunked",
                "x-amz-decoded-content-length": str(len(payload)),
                "content-length": str(encoded),
-               "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD", **(extra or {})}
+               "x-amz-content-sha256": form, **(extra or {})}
+    if trailer is not None:
+        headers["x-amz-trailer"] = trailer[0]
     signed = sorted(headers)
     canonical = "\n".join([method, urllib.parse.quote(path, safe="/~"), "",
                            "".join(f"{h}:{headers[h].strip()}\n" for h in signed),
@@ -138,7 +149,14 @@ def sign_streaming(method: str, host: str, path: str, payload: bytes, chunk: int
         text = "\n".join(["AWS4-HMAC-SHA256-PAYLOAD", amz_date, scope, previous, empty,
                           hashlib.sha256(data).hexdigest()])
         previous = hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
-        body += f"{len(data):x};chunk-signature={previous}\r\n".encode() + data + b"\r\n"
+        body += f"{len(data):x};chunk-signature={previous}\r\n".encode() + data
+        body += b"\r\n" if data or trailer is None else b""
+    if trailer is not None:
+        signed_trailer = f"{trailer[0]}:{trailer[1]}\n".encode()
+        text = "\n".join(["AWS4-HMAC-SHA256-TRAILER", amz_date, scope, previous,
+                          hashlib.sha256(signed_trailer).hexdigest()])
+        trailer_sig = hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+        body += trailer_lines + f"x-amz-trailer-signature:{trailer_sig}\r\n\r\n".encode()
     return headers, body
 
 
@@ -157,12 +175,13 @@ def test_the_signer_here_reproduces_the_documented_example() -> None:
 
 
 def put_streaming(d: S3Daemon, key: str, payload: bytes, chunk: int, *,
-                  corrupt: bool = False, secret: str = SECRET_KEY) -> tuple[int, bytes]:
+                  corrupt: bool = False, secret: str = SECRET_KEY,
+                  trailer: tuple[str, str] | None = None) -> tuple[int, bytes]:
     host = urllib.parse.urlsplit(d.url).netloc
     amz_date = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = f"/{d.bucket}/{key}"
     headers, body = sign_streaming("PUT", host, path, payload, chunk, secret=secret,
-                                   akid=ACCESS_KEY, amz_date=amz_date)
+                                   akid=ACCESS_KEY, amz_date=amz_date, trailer=trailer)
     if corrupt:
         i = body.index(b"\r\n") + 2 + 10
         body = body[:i] + bytes([body[i] ^ 1]) + body[i + 1:]
@@ -192,3 +211,44 @@ def test_a_tampered_signed_chunk_stores_nothing(d: S3Daemon) -> None:
     for key in ("tampered-stream", "wrong-key-stream"):
         with pytest.raises(ClientError):
             client(d).head_object(Bucket=d.bucket, Key=key)
+
+
+def crc32_b64(data: bytes) -> str:
+    import base64
+    import zlib
+
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+
+def test_signed_streaming_upload_with_a_signed_trailer(d: S3Daemon) -> None:
+    payload = bytes(range(256)) * 1000
+    good = ("x-amz-checksum-crc32", crc32_b64(payload))
+    status, body = put_streaming(d, "signed-trailer", payload, 32 * 1024, trailer=good)
+    assert status == 200, body
+    assert client(d).get_object(Bucket=d.bucket, Key="signed-trailer")["Body"].read() == payload
+    # A checksum that does not match the body (correctly signed) is BadDigest.
+    wrong = ("x-amz-checksum-crc32", crc32_b64(payload + b"!"))
+    status, body = put_streaming(d, "signed-trailer-bad", payload, 32 * 1024, trailer=wrong)
+    assert status == 400 and b"BadDigest" in body
+    with pytest.raises(ClientError):
+        client(d).head_object(Bucket=d.bucket, Key="signed-trailer-bad")
+
+
+def test_a_trailer_changed_after_signing_is_refused(d: S3Daemon) -> None:
+    payload = b"t" * 5000
+    host = urllib.parse.urlsplit(d.url).netloc
+    amz_date = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = f"/{d.bucket}/trailer-tampered"
+    headers, body = sign_streaming("PUT", host, path, payload, 1024, secret=SECRET_KEY,
+                                   akid=ACCESS_KEY, amz_date=amz_date,
+                                   trailer=("x-amz-checksum-crc32", crc32_b64(payload)))
+    forged = crc32_b64(b"other")
+    body = body.replace(crc32_b64(payload).encode(), forged.encode())
+    conn = http.client.HTTPConnection(host, timeout=30)
+    try:
+        conn.request("PUT", path, body=body, headers=headers)
+        resp = conn.getresponse()
+        status, text = resp.status, resp.read()
+    finally:
+        conn.close()
+    assert status == 403 and b"SignatureDoesNotMatch" in text
