@@ -104,7 +104,7 @@ SCHEMA: tuple[Setting, ...] = (
     # server
     Setting("server", "listen", "str", "127.0.0.1:8470", "Address the HTTP API listens on.",
             validate=_listen, aliases=("--listen",)),
-    Setting("server", "shards", "int", None, "Number of shards (event loops on their own threads).",
+    Setting("server", "shards", "int", None, "Number of shards: shard 0 is the main process, the others are worker processes.",
             optional=True, minimum=1, maximum=256, aliases=("--shards",),
             default_doc="number of cores"),
     Setting("server", "auth_token", "str", None,
@@ -546,6 +546,28 @@ def load_settings(
         kwargs = {f.name: values[f"{section}.{f.name}"] for f in fields(cls)}
         sections[section] = cls(**kwargs)
     return Settings(**sections, sources=sources)
+
+
+def settings_to_dict(settings: Settings) -> dict[str, Any]:
+    """``settings`` as plain data (JSON-able): how shard 0 hands them to a worker shard."""
+    out: dict[str, Any] = {"sources": dict(settings.sources)}
+    for section in _SECTION_CLASSES:
+        obj = getattr(settings, section)
+        out[section] = {f.name: (str(v) if isinstance(v := getattr(obj, f.name), Path) else v)
+                        for f in fields(obj)}
+    return out
+
+
+def settings_from_dict(data: Mapping[str, Any]) -> Settings:
+    """The inverse of :func:`settings_to_dict` (no defaults, no checks: the values were
+    resolved and checked by the process that loaded them)."""
+    sections: dict[str, Any] = {}
+    for section, cls in _SECTION_CLASSES.items():
+        values = dict(data[section])
+        if section == "storage":
+            values["data_dir"] = Path(values["data_dir"])
+        sections[section] = cls(**values)
+    return Settings(**sections, sources=dict(data.get("sources", {})))
 
 
 def render_example() -> str:

@@ -1,14 +1,21 @@
 """CacheService: the cache's per-shard front end (Redpanda's ``cache``), and its start/stop.
 
-One instance per shard, in a ``Sharded[CacheService]`` (:func:`start_cache`), or a single
-instance for tests and embedded use (:meth:`CacheService.open_single`). Each instance owns its
-gate, its ``.part`` counter, its in-progress set and its hit/miss counters, and runs local file
-operations (open, stat, staging writes, commit, invalidate) on the calling shard, in worker
-threads where they may block. Shard 0's instance also owns the
-:class:`~cachedaemon.cache.coordinator.CacheCoordinator` (accounting, reservations, trims,
-tracker); other shards hop there with ``Sharded.invoke_on(0, ...)`` for the calls that wait
-(``reserve_space``, ``trim``, ``stats``) and post the ones that do not (releases, commits,
-forgets, and access-time touches, which are batched per loop iteration).
+One instance per shard, in a ``Sharded[CacheService]`` (:func:`start_cache`, run by every
+shard for itself), or a single instance for tests and embedded use
+(:meth:`CacheService.open_single`). Each instance owns its gate, its ``.part`` counter, its
+in-progress set and its hit/miss counters, and runs local file operations (open, stat, staging
+writes, commit, invalidate) on its own shard, in worker threads where they may block. Shard 0's
+instance also owns the :class:`~cachedaemon.cache.coordinator.CacheCoordinator` (accounting,
+reservations, trims, tracker); other shards reach it only by message (``docs/shards.md``): calls
+for what they wait on (``reserve_space``, ``trim``, ``stats``) and posts for what they do not
+(releases, merges and commits of reservations, forgets, and access-time touches, batched per
+loop iteration). The ``_coord_*`` methods are that message surface; they run on shard 0.
+
+Shard 0's instance also owns the :class:`~cachedaemon.cache.coherence.KeyTable` that orders
+object writes, fills and cache drops per key (``docs/cache.md``, "Per key, reads follow
+writes"): :meth:`CacheService.register` and :meth:`CacheService.finish` reach it from any shard
+with one ``invoke_on(0, ...)`` each, carrying plain data (key, ticket, staging path); a hit never
+does.
 
 Every public operation holds the shard's gate; a staging file holds it until it is committed or
 closed. ``stop()`` closes the gate (waiting for those), and on shard 0 stops the coordinator and
@@ -23,16 +30,18 @@ the cache root.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import logging
 import os
 import stat
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from cachedaemon.cache.coherence import KeyTable
 from cachedaemon.cache.coordinator import CacheCoordinator, CacheMetrics, TrimResult
 from cachedaemon.cache.keys import checked_relpath, staging_name
 from cachedaemon.cache.reservation import ReservationGuard
@@ -46,6 +55,8 @@ from cachedaemon.core.smp import Smp
 from cachedaemon.errors import InvalidArgument, InvalidKey, InvalidRange, IOFailure, ShardStopped
 
 log = logging.getLogger("cachedaemon.cache")
+
+T = TypeVar("T")
 
 #: Ranges up to this size are read on the loop; larger ones in a worker thread.
 INLINE_READ_BYTES = 64 * 1024
@@ -129,9 +140,13 @@ class CacheService:
         self._in_progress: dict[str, int] = {}
         self._root_real = ""
         self._coordinator: CacheCoordinator | None = None
+        self._key_table: KeyTable | None = None
         self._touches: dict[str, float] = {}
         self._touch_scheduled = False
         self._started = False
+        self._coordinator_ready = asyncio.Event()  # shard 0: the coordinator has recovered
+        self._background: set[asyncio.Future[Any]] = set()
+        self._max_bytes = 0  # the cache's byte limit, as shard 0 last said
         self.hits = 0
         self.misses = 0
 
@@ -153,13 +168,20 @@ class CacheService:
         return service
 
     async def start(self) -> None:
-        """Shard 0: start the coordinator (recovery). Other shards: nothing to do. Idempotent."""
+        """Shard 0: start the coordinator (recovery). Other shards: learn the limits from
+        shard 0 (waiting for its recovery). Idempotent."""
         if self._started:
             return
         if self.shard == 0:
             coordinator = CacheCoordinator(self.root, self.settings, self.clock)
             await coordinator.start()
             self._coordinator = coordinator
+            self._key_table = KeyTable(self.root, coordinator.forget)
+            self._max_bytes = coordinator.max_bytes
+            self._coordinator_ready.set()
+        else:
+            assert self._sharded is not None
+            self._max_bytes = int(await self._sharded.invoke_on(0, CacheService._coord_limits))
         self._root_real = os.path.realpath(self.root)
         self._started = True
 
@@ -167,11 +189,8 @@ class CacheService:
         """Fail queued reservations (the whole cache is stopping), close the gate (waiting for
         operations and staging files); shard 0 then stops the coordinator and saves the
         tracker."""
-        if self._started:
-            try:
-                self.coordinator.post(self.coordinator.begin_stop)
-            except (RuntimeError, ShardStopped):
-                pass  # shard 0 is gone already
+        if self._started and self._coordinator is not None:
+            self._coordinator.begin_stop()
         await self._gate.close()
         self._flush_touches()
         if self._coordinator is not None:
@@ -179,19 +198,26 @@ class CacheService:
 
     @property
     def coordinator(self) -> CacheCoordinator:
-        """Shard 0's coordinator. Call its methods only on shard 0 (or through ``post``)."""
-        if self._coordinator is not None:
-            return self._coordinator
-        if self._sharded is None or self.shard == 0:
-            raise RuntimeError("the cache is not started")
-        coordinator = self._sharded.instance(0)._coordinator
-        if coordinator is None:
-            raise RuntimeError("the cache is not started on shard 0")
-        return coordinator
+        """The coordinator: shard 0 only (other shards send messages, see the module doc)."""
+        if self._coordinator is None:
+            raise RuntimeError("the cache coordinator runs on shard 0 only"
+                               if self.shard else "the cache is not started")
+        return self._coordinator
 
     @property
     def metrics(self) -> CacheMetrics:
         return self.coordinator.metrics
+
+    @property
+    def key_table(self) -> KeyTable:
+        """Shard 0's per-key table. Touch it only on shard 0."""
+        if self._key_table is None:
+            raise RuntimeError("the key table lives on shard 0's cache service")
+        return self._key_table
+
+    def key_table_size(self) -> int:
+        """Keys with operations registered (shard 0; tests and metrics)."""
+        return len(self.key_table)
 
     @property
     def max_object_bytes(self) -> int:
@@ -200,7 +226,13 @@ class CacheService:
             return self.settings.max_object_bytes
         if self.settings.max_bytes is not None:
             return self.settings.max_bytes
-        return self.coordinator.max_bytes  # a plain int read; set on shard 0 at start
+        return self._max_bytes  # from shard 0 at start
+
+    async def object_limit(self) -> int:
+        """The largest object a PUT may store: ``max_object_bytes``, at most the byte limit."""
+        limit = self.settings.max_object_bytes
+        cache_max = self._max_bytes or (self.settings.max_bytes or 0)
+        return cache_max if limit is None else min(limit, cache_max)
 
     def default_deadline(self) -> Deadline:
         return deadline_after(self.settings.reserve_deadline, self.clock)
@@ -302,10 +334,18 @@ class CacheService:
         if not self._touches:
             return
         batch, self._touches = list(self._touches.items()), {}
+        self._post(CacheService._coord_touch, batch)
+
+    def _post(self, method: Any, *args: Any) -> None:
+        """Run a ``_coord_*`` method on shard 0: now if this is shard 0, else by message."""
+        if self._on_coordinator:
+            method(self, *args)
+            return
+        assert self._sharded is not None
         try:
-            self.coordinator.post(self.coordinator.touch_batch, batch)
-        except (RuntimeError, ShardStopped):
-            pass  # shard 0 is gone: access times no longer matter
+            self._sharded.post(0, method, *args)
+        except ShardStopped:
+            pass  # shard 0 is gone: the daemon is going down
 
     # --- reservations ----------------------------------------------------------------------
 
@@ -320,29 +360,34 @@ class CacheService:
             if self._on_coordinator:
                 return await self.coordinator.reserve(nbytes, nobjects, deadline)
             assert self._sharded is not None
-            guard: ReservationGuard = await self._sharded.invoke_on(
-                0, CacheService._reserve_on_coordinator, nbytes, nobjects, deadline, self.shard
-            )
-            return guard
+            rid = int(await self._sharded.invoke_on(
+                0, CacheService._coord_reserve, nbytes, nobjects, deadline, self.shard))
+            return ReservationGuard(rid, nbytes, nobjects, self)
 
-    async def _reserve_on_coordinator(
-        self, nbytes: int, nobjects: int, deadline: Deadline, from_shard: int
-    ) -> ReservationGuard:
-        with self._gate.hold():
-            return await self.coordinator.reserve(
-                nbytes, nobjects, deadline, f" from shard {from_shard}"
-            )
+    # ReservationSink: what this shard's guards send to the coordinator.
+    def release_reservation(self, rid: int, wrote_b: int, wrote_o: int) -> None:
+        self._post(CacheService._coord_release, rid, wrote_b, wrote_o)
+
+    def merge_reservations(self, into: int, frm: int) -> None:
+        self._post(CacheService._coord_merge, into, frm)
 
     def note_disk_full(self) -> None:
         """A write hit ENOSPC: have shard 0 re-read free space and trim in the background."""
-        try:
-            self.coordinator.post(self.coordinator.on_disk_full)
-        except (RuntimeError, ShardStopped):
-            pass
+        self._post(CacheService._coord_disk_full)
 
-    def account_commit(self, rel: str, size: int, held_b: int, held_o: int) -> None:
+    def account_commit(self, rel: str, size: int, rid: int) -> None:
         """A staging file landed at ``rel``: post the accounting to shard 0."""
-        self.coordinator.post(self.coordinator.commit_entry, rel, size, held_b, held_o)
+        self._post(CacheService._coord_commit, rel, size, rid)
+
+    def release_shard(self, shard: int) -> None:
+        """Shard 0: ``shard`` died; release what it held: its reservations and staging files,
+        and its tickets in the key table (their keys' copies go: those writes' outcomes are
+        unknown)."""
+        self.coordinator.release_shard(shard)
+        if self._key_table is not None:
+            task = asyncio.ensure_future(self._key_table.abandon_shard(shard))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     # --- writes ----------------------------------------------------------------------------
 
@@ -369,6 +414,9 @@ class CacheService:
             else:
                 reservation = await self.reserve_space(initial, 1, deadline)
             path, fd = self._create_part(rel, dest)
+            if reservation.rid:
+                self._post(CacheService._coord_note_part, reservation.rid,
+                           str(path.relative_to(self.root)))
         except BaseException:
             if reservation is not None:
                 reservation.close()
@@ -439,7 +487,69 @@ class CacheService:
             if "/" in rel and not self._contained(path):
                 raise InvalidKey(f"key path {rel!r} leads outside the cache directory")
             await asyncio.to_thread(delete_entries, self.root, [rel])
-            self.coordinator.post(self.coordinator.forget, rel)
+            self._post(CacheService._coord_forget, rel)
+
+    # --- per-key ordering of object writes and fills (docs/cache.md) ------------------------
+
+    async def register(self, key: str, *, write: bool) -> tuple[int, bool]:
+        """Register a write (object PUT/DELETE) or a fill of ``key`` with shard 0 before it
+        touches the bucket. Returns ``(ticket, overlapped)``: ``overlapped`` means a write of
+        the key is in flight, so a fill could never publish. Every ticket must be finished
+        (:meth:`finish`, or :meth:`StagingFile.publish`), also on failure."""
+        checked_relpath(key)
+        with self._gate.hold():
+            if self._on_coordinator:
+                return self.key_table.register(key, self.shard, write)
+            assert self._sharded is not None
+            call: Awaitable[tuple[int, bool]] = self._sharded.invoke_on(
+                0, CacheService._register_here, key, self.shard, write)
+            task = asyncio.ensure_future(call)
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                # A ticket granted as we were cancelled must not be left registered.
+                with contextlib.suppress(BaseException):
+                    ticket, _ = await task
+                    await self.finish(ticket, remove=write)
+                raise
+
+    def _register_here(self, key: str, shard: int, write: bool) -> tuple[int, bool]:
+        return self.key_table.register(key, shard, write)
+
+    async def finish(self, ticket: int, *, part: Path | None = None, replace: bool = False,
+                     remove: bool = False) -> bool:
+        """Finish ``ticket`` on shard 0 (see :meth:`KeyTable.finish`): publish ``part`` if the
+        operation was not overlapped, else remove the key's copy when ``remove``. True if
+        ``part`` is now the entry. Runs to its end even if the caller is cancelled (the
+        cancellation is raised afterwards)."""
+        path = None if part is None else str(part)
+        if self._on_coordinator:
+            call = self.key_table.finish(ticket, path, replace, remove)
+        else:
+            assert self._sharded is not None
+            call = self._sharded.invoke_on(0, CacheService._finish_here, ticket, path, replace,
+                                           remove)
+        return await complete(call)
+
+    async def _finish_here(self, ticket: int, part: str | None, replace: bool, remove: bool
+                           ) -> bool:
+        return await self.key_table.finish(ticket, part, replace, remove)
+
+    async def drop(self, key: str) -> None:
+        """Drop ``key``'s local copy as a write of the key: no fill or PUT in flight may put
+        a copy back afterwards (``DELETE /v1/cache/objects/{key}``)."""
+        checked_relpath(key)
+        with self._gate.hold():
+            if self._on_coordinator:
+                await complete(self.key_table.drop(key, self.shard))
+                return
+            assert self._sharded is not None
+            call: Awaitable[None] = self._sharded.invoke_on(0, CacheService._drop_here, key,
+                                                            self.shard)
+            await complete(call)
+
+    async def _drop_here(self, key: str, shard: int) -> None:
+        await self.key_table.drop(key, shard)
 
     # --- administration --------------------------------------------------------------------
 
@@ -449,12 +559,9 @@ class CacheService:
             if self._on_coordinator:
                 return await self.coordinator.trim()
             assert self._sharded is not None
-            result: TrimResult = await self._sharded.invoke_on(0, CacheService._trim_here)
+            result: TrimResult = await self._sharded.invoke_on(
+                0, CacheService._coord_trim, result_type=TrimResult)
             return result
-
-    async def _trim_here(self) -> TrimResult:
-        with self._gate.hold():
-            return await self.coordinator.trim()
 
     async def save_tracker(self) -> None:
         """Save the access-time tracker now if it changed (on shard 0)."""
@@ -462,26 +569,28 @@ class CacheService:
             await self.coordinator.save_tracker()
         else:
             assert self._sharded is not None
-            await self._sharded.invoke_on(0, lambda s: s.coordinator.save_tracker())
+            await self._sharded.invoke_on(0, CacheService._coord_save_tracker)
 
     async def stats(self) -> CacheStats:
-        """Usage and counters; hits and misses summed over all shards."""
+        """Usage and counters; hits and misses summed over all shards. Every shard first
+        sends a call to shard 0 behind its posts, so the figures include every release, commit
+        and touch any shard made before this call began."""
         with self._gate.hold():
             self._flush_touches()
-            if self._on_coordinator:
-                state, metrics = self._coordinator_state()
-            else:
-                assert self._sharded is not None
-                state, metrics = await self._sharded.invoke_on(
-                    0, CacheService._coordinator_state
-                )
             if self._sharded is None:
                 hits, misses, shards = self.hits, self.misses, 1
             else:
-                counts = await self._sharded.invoke_on_all(lambda s: (s.hits, s.misses))
+                counts = await self._sharded.invoke_on_all(CacheService._hit_counts)
                 hits = sum(h for h, _ in counts)
                 misses = sum(m for _, m in counts)
                 shards = self._sharded.count
+            if self._on_coordinator:
+                state, metrics = self._coord_state()
+            else:
+                assert self._sharded is not None
+                state, metrics = await self._sharded.invoke_on(
+                    0, CacheService._coord_state,
+                    result_type=tuple[dict[str, int], CacheMetrics])
             return CacheStats(
                 bytes_used=state["bytes_used"],
                 objects=state["objects"],
@@ -499,9 +608,80 @@ class CacheService:
                 metrics=metrics,
             )
 
-    def _coordinator_state(self) -> tuple[dict[str, int], CacheMetrics]:
+    async def _hit_counts(self) -> tuple[int, int]:
+        """This shard's hits and misses, once its posts to shard 0 have landed there."""
+        self._flush_touches()
+        if not self._on_coordinator:
+            assert self._sharded is not None
+            await self._sharded.invoke_on(0, CacheService._coord_sync)
+        return self.hits, self.misses
+
+    def _coord_sync(self) -> None:
+        """Nothing: a call that arrives after the caller's earlier posts (see ``stats``)."""
+
+    # --- the coordinator's message surface (shard 0; called or posted by other shards) -------
+
+    async def _coord_limits(self) -> int:
+        await self._coordinator_ready.wait()
+        return self.coordinator.max_bytes
+
+    async def _coord_reserve(self, nbytes: int, nobjects: int, deadline: Deadline,
+                             shard: int) -> int:
+        await self._coordinator_ready.wait()
+        with self._gate.hold():
+            return await self.coordinator.reserve_id(nbytes, nobjects, deadline,
+                                                      f" from shard {shard}", shard)
+
+    def _coord_release(self, rid: int, wrote_b: int, wrote_o: int) -> None:
+        self.coordinator.release_reservation(rid, wrote_b, wrote_o)
+
+    def _coord_note_part(self, rid: int, part: str) -> None:
+        self.coordinator.note_part(rid, part)
+
+    def _coord_merge(self, into: int, frm: int) -> None:
+        self.coordinator.merge_reservations(into, frm)
+
+    def _coord_commit(self, rel: str, size: int, rid: int) -> None:
+        self.coordinator.commit_entry(rel, size, rid)
+
+    def _coord_forget(self, rel: str) -> None:
+        self.coordinator.forget(rel)
+
+    def _coord_touch(self, items: list[tuple[str, float]]) -> None:
+        self.coordinator.touch_batch(items)
+
+    def _coord_disk_full(self) -> None:
+        self.coordinator.on_disk_full()
+
+    async def _coord_trim(self) -> TrimResult:
+        with self._gate.hold():
+            return await self.coordinator.trim()
+
+    async def _coord_save_tracker(self) -> None:
+        await self.coordinator.save_tracker()
+
+    def _coord_state(self) -> tuple[dict[str, int], CacheMetrics]:
         c = self.coordinator
         return c.state(), CacheMetrics(**c.metrics.as_dict())  # type: ignore[arg-type]
+
+
+async def complete(call: Awaitable[T]) -> T:
+    """Await ``call`` to its end even if the caller is cancelled meanwhile; then re-raise the
+    cancellation. For steps that must not be abandoned halfway (a finish on shard 0)."""
+    task = asyncio.ensure_future(call)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = cancelled or not task.done()
+        except BaseException:
+            break
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation wins
+        raise asyncio.CancelledError()
+    return task.result()
 
 
 def _read_range(path: Path, first: int, n: int) -> bytes:
@@ -519,18 +699,17 @@ async def start_cache(
     clock: Clock = SYSTEM_CLOCK,
     **kwargs: Any,
 ) -> Sharded[CacheService]:
-    """Construct a :class:`CacheService` on every shard, start shard 0 (recovery), then the rest.
+    """This shard's started :class:`CacheService` (shard 0's recovers; the others wait for it).
     ``kwargs`` go to the constructor (``fsync_commits``)."""
     sharded: Sharded[CacheService] = Sharded(smp, "cache")
-    await sharded.start(
+    service = await sharded.start(
         lambda shard: CacheService(shard, settings, cache_dir, sharded=sharded, clock=clock,
                                    **kwargs)
     )
-    await sharded.invoke_on(0, lambda s: s.start())
-    await sharded.invoke_on_all(lambda s: s.start())
+    await service.start()
     return sharded
 
 
 async def stop_cache(cache: Sharded[CacheService]) -> None:
-    """Stop every shard's service, shard 0 (and the tracker save) last."""
+    """Stop this shard's service (shard 0's saves the tracker)."""
     await cache.stop()

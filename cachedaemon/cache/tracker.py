@@ -11,7 +11,7 @@ Paths are the entries' paths relative to the cache root (see :mod:`cachedaemon.c
 **File format** (``<cache>/%tracker``), written by :func:`encode` and read by :func:`decode`::
 
     magic     8 bytes   b"CDTRACK\\n"
-    version   u32 LE    1
+    version   u32 LE    2 (1 is read too: the same body, from a cache of layout 1)
     crc32c    u32 LE    CRC32C (Castagnoli) of the body
     length    u64 LE    byte length of the body
     body      msgpack   array of [path: str, atime: float (unix seconds), size: int], LRU first
@@ -20,6 +20,12 @@ Saves are atomic: write ``%tracker.tmp``, fsync, rename over ``%tracker``, fsync
 (:func:`save_file`, run in a thread on a copy of the entries taken on the loop). A file with a bad magic,
 version, length or checksum raises :class:`~cachedaemon.errors.Corruption`; the coordinator then
 rebuilds the tracker from a directory walk and logs a warning.
+
+The version also names the cache directory's **layout**: version 2 trackers are written by
+caches that keep the metastore's cached SSTs under the reserved ``.cachedaemon/lsm/`` keys.
+A cache whose tracker is not version 2 (version 1, missing or damaged) may hold layout-1 copies
+at ``lsm/meta/domain/…``, where user keys now live: the coordinator drops that subtree at start
+(:func:`cachedaemon.cache.walker.drop_legacy_layout`) before its walk.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from cachedaemon.core.fsync import fsync_dir
 from cachedaemon.errors import Corruption
 
 MAGIC = b"CDTRACK\n"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = frozenset({1, 2})
 _HEADER = struct.Struct("<8sIIQ")
 
 #: (access time in unix seconds, size in bytes)
@@ -145,7 +152,7 @@ def decode(data: bytes) -> list[tuple[str, float, int]]:
     magic, version, crc, length = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise Corruption("tracker file has a bad magic number")
-    if version != VERSION:
+    if version not in READABLE_VERSIONS:
         raise Corruption(f"tracker file has unknown version {version}")
     body = data[_HEADER.size :]
     if len(body) != length:
@@ -180,6 +187,19 @@ def save_file(
     os.rename(tmp_path, path)
     fsync_dir(path.parent)
     return len(data)
+
+
+def stored_version(path: Path) -> int | None:
+    """The version in the header of the tracker file at ``path``; None if there is no
+    readable header. Blocking."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(_HEADER.size)
+    except OSError:
+        return None
+    if len(head) < _HEADER.size or head[:8] != MAGIC:
+        return None
+    return int(_HEADER.unpack_from(head)[1])
 
 
 def load_file(path: Path) -> list[tuple[str, float, int]] | None:

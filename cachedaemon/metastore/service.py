@@ -3,7 +3,8 @@
 The daemon starts a ``Sharded[DomainService]`` after the cache and stops it before the cache.
 Each domain is owned by one shard, :func:`~cachedaemon.metastore.registry.owner_shard` (crc32
 of the name modulo the shard count); requests for it from any shard hop there with
-:func:`call_domain` (one ``invoke_on``). On its shard the service:
+:func:`call_domain` (the server forwards each domain request to its owner, see
+``server/app.py``). On its shard the service:
 
 * opens domains lazily, one opening at a time per name: as a **writer**
   (:meth:`Domain.open_writer`: claims an epoch, fences older writers, replays the log) or, when
@@ -45,6 +46,7 @@ from cachedaemon.errors import CacheDaemonError, NotFound, ReadOnly
 from cachedaemon.lsm.io.cloud_base import CloudIO
 from cachedaemon.lsm.write_batch import WriteBatch
 from cachedaemon.metastore.domain import Domain, DomainConfig, check_key, check_value
+from cachedaemon.metastore.layout import ensure_layout
 from cachedaemon.metastore.registry import DomainRegistry, check_domain_name, owner_shard
 from cachedaemon.remote.base import ObjectStore
 
@@ -71,6 +73,7 @@ class DomainService:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._gc_task: asyncio.Task[None] | None = None
         self._idle_task: asyncio.Task[None] | None = None
+        self._layout_checked = asyncio.Event()
         self._in_use: dict[str, int] = {}  # requests using each open domain now
         self._closing: set[str] = set()  # being flushed and closed
         self.closed_idle = 0  # domains closed for idleness or to make room
@@ -85,6 +88,17 @@ class DomainService:
         return iter(list(self._domains.values()))
 
     # --- life cycle ----------------------------------------------------------------------------
+
+    async def check_layout(self) -> int:
+        """Migrate the bucket from the previous layout, or refuse (shard 0, once, at start;
+        :mod:`~cachedaemon.metastore.layout`). Returns the domains migrated."""
+        migrated = await ensure_layout(self.io, read_only=self.read_only)
+        self._layout_checked.set()
+        return migrated
+
+    async def layout_checked(self) -> None:
+        """Shard 0: until :meth:`check_layout` has passed (other shards wait for it)."""
+        await self._layout_checked.wait()
 
     async def start(self) -> None:
         if self._gc_task is None and not self.read_only:
@@ -355,10 +369,16 @@ def _fenced_writer(domain: Domain) -> bool:
 
 async def call_domain(domains: Sharded[DomainService], name: str,
                       fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """Run ``fn(service, name, *args)`` on the shard that owns domain ``name``."""
+    """Run ``fn(service, name, *args)`` on the shard that owns domain ``name``: a direct call
+    there (the server forwards a domain's requests to its owner first, so this is the usual
+    case); from another shard only a method of :class:`DomainService` with plain arguments can
+    travel."""
     check_domain_name(name)
     shard = owner_shard(name, domains.count)
-    return await domains.invoke_on(shard, fn, name, *args)
+    if shard == domains.shard:
+        return await fn(domains.local(), name, *args)
+    result: T = await domains.invoke_on(shard, fn, name, *args)
+    return result
 
 
 def config_from_settings(settings: Settings, **overrides: Any) -> DomainConfig:
@@ -382,15 +402,21 @@ def config_from_settings(settings: Settings, **overrides: Any) -> DomainConfig:
     return DomainConfig(**values)
 
 
-async def start_domains(smp: Any, stores: Sharded[Any], cache: Sharded[Any] | None,
+async def start_domains(smp: Any, store: ObjectStore, cache: Sharded[Any] | None,
                         config: DomainConfig) -> Sharded[DomainService]:
-    """A started :class:`DomainService` on every shard (each with its shard's store/cache)."""
+    """This shard's started :class:`DomainService` (with this shard's store and cache)."""
     sharded: Sharded[DomainService] = Sharded(smp, "metastore")
 
     def make(shard: int) -> DomainService:
-        local_cache = cache.instance(shard) if cache is not None else None
-        return DomainService(shard, sharded.count, stores.instance(shard), local_cache, config)
+        local_cache = cache.local() if cache is not None else None
+        return DomainService(shard, sharded.count, store, local_cache, config)
 
-    await sharded.start(make)
-    await sharded.invoke_on_all(lambda s: s.start())
+    service = await sharded.start(make)
+    # The bucket's layout first (shard 0, once, before any domain opens): migrate a previous
+    # one, or refuse. Other shards wait for shard 0's answer.
+    if service.shard == 0:
+        await service.check_layout()
+    else:
+        await sharded.invoke_on(0, DomainService.layout_checked)
+    await service.start()
     return sharded

@@ -30,6 +30,18 @@ On-disk layout
   metadata (the file is all that is left to trust). Etags are md5 hex, as S3 gives for
   single-part puts, or S3's multipart etag for a put with ``part_sizes``.
 
+Symbolic links
+--------------
+The bucket never follows a symbolic link inside its directory (API.md). Every path is walked
+one component at a time from a descriptor of the root: each directory is opened with
+``O_DIRECTORY | O_NOFOLLOW`` relative to its parent's descriptor (``dir_fd``), the object file
+with ``O_NOFOLLOW``, and writes, links, renames and unlinks name their last component relative to
+the parent's descriptor. So no component can be swapped for a link between a check and its use.
+A key whose path meets a link is **absent** for reads (``get``, ``head``, and listings skip it)
+and **refused** for writes and deletes (:class:`InvalidKey` naming the link): nothing outside
+the bucket, nor elsewhere inside it, is read, written or deleted through a link. (The root
+itself may be a link: it is the operator's configuration.)
+
 Synchronisation
 ---------------
 All mutations of one root (the final move of a put, deletes, directory conversion and pruning)
@@ -115,11 +127,12 @@ except OSError:  # pragma: no cover - no libc (not Linux)
     _renameat2 = None
 
 
-def _exchange(a: str, b: str) -> bool:
-    """Atomically swap two paths. False if the platform cannot; OSError on real failures."""
+def _exchange(a: str, b: str, *, dst_dir_fd: int = _AT_FDCWD) -> bool:
+    """Atomically swap path ``a`` and ``b`` (relative to ``dst_dir_fd``). False if the
+    platform cannot; OSError on real failures."""
     if _renameat2 is None:
         return False
-    rc = _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    rc = _renameat2(_AT_FDCWD, os.fsencode(a), dst_dir_fd, os.fsencode(b), _RENAME_EXCHANGE)
     if rc == 0:
         return True
     err = ctypes.get_errno()
@@ -152,6 +165,63 @@ def _unlink_quiet(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Link(Exception):
+    """A path component is a symbolic link (internal: reads treat the key as absent, writes
+    and deletes refuse it)."""
+
+
+def _open_dir(dir_fd: int, name: str) -> int | None:
+    """A descriptor of the real directory ``name`` in ``dir_fd``; None if there is none (or a
+    non-directory is there). Raises :class:`_Link` if ``name`` is a symbolic link."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+    if _is_link(dir_fd, name):
+        raise _Link(name)
+    return None
+
+
+def _open_file(dir_fd: int, name: str) -> int | None:
+    """A descriptor of ``name`` in ``dir_fd`` (file or directory), never through a link: None
+    if missing; :class:`_Link` if it is a link."""
+    try:
+        return os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _Link(name) from None
+        raise
+
+
+def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _is_link(dir_fd: int, name: str) -> bool:
+    st = _lstat(dir_fd, name)
+    return st is not None and stat.S_ISLNK(st.st_mode)
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +287,19 @@ class LocalObjectStore(ObjectStoreBase):
 
     # --- paths (thread-side) -----------------------------------------------------------------
 
-    def _data_path(self, key: str) -> str:
-        return os.path.join(self.root, *(escape_segment(s) for s in key.split("/")))
+    @staticmethod
+    def _segments(key: str) -> list[str]:
+        return [escape_segment(s) for s in key.split("/")]
+
+    def _open_root(self) -> int:
+        return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    @staticmethod
+    def _link_refused(key: str, segments: list[str], depth: int) -> InvalidKey:
+        where = "/".join(segments[: depth + 1])
+        return InvalidKey(
+            f"invalid key {key!r} for the file:// bucket: its path meets a symbolic link "
+            f"({where}); the bucket never reads, writes or deletes through links")
 
     def _meta_path(self, key: str) -> str:
         h = hashlib.sha256(key.encode("utf-8")).hexdigest()
@@ -243,31 +324,44 @@ class LocalObjectStore(ObjectStoreBase):
             return
 
     def _open_object(self, key: str) -> int | None:
-        """An fd for the object's bytes, or None if it does not exist."""
-        path = self._data_path(key)
-        flags = os.O_RDONLY | os.O_CLOEXEC
+        """An fd for the object's bytes, or None if it does not exist (or its path meets a
+        symbolic link). Walks from the root without following links."""
+        segments = self._segments(key)
+        fds = [self._open_root()]
         try:
-            fd = os.open(path, flags | os.O_NOFOLLOW)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+            try:
+                for segment in segments[:-1]:
+                    fd = _open_dir(fds[-1], segment)
+                    if fd is None:
+                        return None
+                    fds.append(fd)
+                leaf = _open_file(fds[-1], segments[-1])
+                if leaf is None:
+                    return None
+                st = os.fstat(leaf)
+                if stat.S_ISDIR(st.st_mode):
+                    fds.append(leaf)
+                    leaf = _open_file(leaf, OBJECT_IN_DIR)
+                    if leaf is None:
+                        return None
+                    st = os.fstat(leaf)
+                if not stat.S_ISREG(st.st_mode):
+                    os.close(leaf)
+                    return None
+                return leaf
+            except _Link:
+                return None
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
                 raise InvalidKey(f"invalid key {key!r}: a segment is too long") from exc
-            if exc.errno != errno.ELOOP:
-                raise
-            return None
-        st = os.fstat(fd)
-        if not _is_dir(st.st_mode):
-            return fd
-        os.close(fd)
-        try:
-            return os.open(os.path.join(path, OBJECT_IN_DIR), flags | os.O_NOFOLLOW)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+            raise
+        finally:
+            _close_all(fds)
 
     def _read_meta(self, key: str, st: os.stat_result) -> _Meta | None:
         try:
-            with open(self._meta_path(key), "rb") as f:
+            fd = os.open(self._meta_path(key), _FILE_FLAGS)
+            with os.fdopen(fd, "rb") as f:
                 raw = json.loads(f.read())
             meta = _Meta(str(raw["etag"]), int(raw["size"]), int(raw["ino"]), int(raw["mtime_ns"]),
                          ObjectMeta.from_json(raw.get("meta")))
@@ -455,70 +549,97 @@ class LocalObjectStore(ObjectStoreBase):
         if_none_match, if_match, meta = cond
         st = tmp.finish()
         with self._lock:
-            target = self._prepare_target(key)
-            if if_match is not None:
-                fd = self._open_object(key)
-                if fd is None:
-                    raise PreconditionFailed(f"put-if-match of {key!r}: no such object")
-                try:
-                    current = self._info_from_fd(key, fd)
-                finally:
-                    os.close(fd)
-                if current.etag != if_match:
-                    raise PreconditionFailed(f"put-if-match of {key!r}: etag differs")
-            if if_none_match:
-                if os.path.lexists(target):
-                    raise PreconditionFailed(f"put-if-absent of {key!r}: the object exists")
-                self._write_meta(key, etag, st, meta)
-                try:
-                    # link, not rename: EEXIST makes create-only atomic even across processes.
-                    os.link(tmp.path, target)
-                except FileExistsError as exc:
-                    _unlink_quiet(self._meta_path(key))  # the winner's etag is recomputed
-                    raise PreconditionFailed(
-                        f"put-if-absent of {key!r}: the object exists"
-                    ) from exc
-            else:
-                self._write_meta(key, etag, st, meta)
-                os.replace(tmp.path, target)
-            fsync_dir(os.path.dirname(target))
+            fds: list[int] = []
+            try:
+                parent, name = self._prepare_target(key, fds)
+                if if_match is not None:
+                    fd = self._open_object(key)
+                    if fd is None:
+                        raise PreconditionFailed(f"put-if-match of {key!r}: no such object")
+                    try:
+                        current = self._info_from_fd(key, fd)
+                    finally:
+                        os.close(fd)
+                    if current.etag != if_match:
+                        raise PreconditionFailed(f"put-if-match of {key!r}: etag differs")
+                if if_none_match:
+                    if _lstat(parent, name) is not None:
+                        raise PreconditionFailed(f"put-if-absent of {key!r}: the object exists")
+                    self._write_meta(key, etag, st, meta)
+                    try:
+                        # link, not rename: EEXIST makes create-only atomic even across
+                        # processes.
+                        os.link(tmp.path, name, dst_dir_fd=parent, follow_symlinks=False)
+                    except FileExistsError as exc:
+                        _unlink_quiet(self._meta_path(key))  # the winner's etag is recomputed
+                        raise PreconditionFailed(
+                            f"put-if-absent of {key!r}: the object exists"
+                        ) from exc
+                else:
+                    self._write_meta(key, etag, st, meta)
+                    os.replace(tmp.path, name, dst_dir_fd=parent)
+                os.fsync(parent)
+            finally:
+                _close_all(fds)
         return ObjectInfo(key, st.st_size, etag, st.st_mtime, meta)
 
-    def _prepare_target(self, key: str) -> str:
-        """The path the object's file must take, creating/converting parent dirs. Under lock."""
-        segments = [escape_segment(s) for s in key.split("/")]
-        path = self.root
-        for segment in segments[:-1]:
-            path = os.path.join(path, segment)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                os.mkdir(path)
-                continue
-            if not _is_dir(st.st_mode):
-                self._convert_to_dir(path)
-        leaf = os.path.join(path, segments[-1])
+    def _prepare_target(self, key: str, fds: list[int]) -> tuple[int, str]:
+        """(directory fd, name) where the object's file must go, creating and converting
+        parent directories; every fd opened is appended to ``fds`` (the caller closes them).
+        InvalidKey if the path meets a symbolic link. Under the lock."""
+        segments = self._segments(key)
+        fds.append(self._open_root())
+        depth = 0
         try:
-            st = os.lstat(leaf)
-        except FileNotFoundError:
-            return leaf
-        if _is_dir(st.st_mode):
-            return os.path.join(leaf, OBJECT_IN_DIR)
-        return leaf
+            for depth, segment in enumerate(segments[:-1]):  # noqa: B007 (read by the except)
+                parent = fds[-1]
+                st = _lstat(parent, segment)
+                if st is None:
+                    os.mkdir(segment, dir_fd=parent)
+                elif stat.S_ISLNK(st.st_mode):
+                    raise _Link(segment)
+                elif not _is_dir(st.st_mode):
+                    self._convert_to_dir(parent, segment)
+                fd = _open_dir(parent, segment)
+                if fd is None:
+                    raise UpstreamError(f"local bucket put {key!r}: {segment} vanished")
+                fds.append(fd)
+            depth = len(segments) - 1
+            parent, leaf = fds[-1], segments[-1]
+            st = _lstat(parent, leaf)
+            if st is None or stat.S_ISREG(st.st_mode):
+                return parent, leaf
+            if stat.S_ISLNK(st.st_mode):
+                raise _Link(leaf)
+            if _is_dir(st.st_mode):
+                fd = _open_dir(parent, leaf)
+                if fd is None:
+                    raise UpstreamError(f"local bucket put {key!r}: {leaf} vanished")
+                fds.append(fd)
+                own = _lstat(fd, OBJECT_IN_DIR)
+                if own is not None and stat.S_ISLNK(own.st_mode):
+                    segments, depth = [*segments, OBJECT_IN_DIR], len(segments)
+                    raise _Link(OBJECT_IN_DIR)
+                return fd, OBJECT_IN_DIR
+            raise UpstreamError(f"local bucket put {key!r}: {leaf} is not a regular file")
+        except _Link:
+            raise self._link_refused(key, segments, depth) from None
 
-    def _convert_to_dir(self, path: str) -> None:
-        """Turn the object file at ``path`` into a directory holding it. Under lock."""
+    def _convert_to_dir(self, parent: int, name: str) -> None:
+        """Turn the object file ``name`` in ``parent`` into a directory holding it. Under
+        lock."""
         staging = os.path.join(self._tmp_dir, f"{uuid.uuid4().hex}.dir")
         os.mkdir(staging)
-        os.link(path, os.path.join(staging, OBJECT_IN_DIR))
+        os.link(name, os.path.join(staging, OBJECT_IN_DIR), src_dir_fd=parent,
+                follow_symlinks=False)
         fsync_dir(staging)
-        if _exchange(staging, path):
+        if _exchange(staging, name, dst_dir_fd=parent):
             # ``staging`` is now the old file (a second link to the object): drop it.
             os.unlink(staging)
         else:
-            os.unlink(path)
-            os.rename(staging, path)
-        fsync_dir(os.path.dirname(path))
+            os.unlink(name, dir_fd=parent)
+            os.rename(staging, name, dst_dir_fd=parent)
+        os.fsync(parent)
 
     # --- delete ----------------------------------------------------------------------------
 
@@ -544,32 +665,53 @@ class LocalObjectStore(ObjectStoreBase):
                 self._delete_one(key)
 
     def _delete_one(self, key: str) -> None:
-        path = self._data_path(key)
+        segments = self._segments(key)
+        fds = [self._open_root()]
         try:
-            st = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return
+            for depth, segment in enumerate(segments[:-1]):
+                try:
+                    fd = _open_dir(fds[-1], segment)
+                except _Link:
+                    raise self._link_refused(key, segments, depth) from None
+                if fd is None:
+                    return
+                fds.append(fd)
+            parent, leaf = fds[-1], segments[-1]
+            st = _lstat(parent, leaf)
+            if st is None:
+                return
+            if stat.S_ISLNK(st.st_mode):
+                raise self._link_refused(key, segments, len(segments) - 1)
+            if _is_dir(st.st_mode):
+                fd = _open_dir(parent, leaf)
+                if fd is None:
+                    return
+                fds.append(fd)
+                own = _lstat(fd, OBJECT_IN_DIR)
+                if own is None:
+                    return
+                if stat.S_ISLNK(own.st_mode):
+                    raise self._link_refused(key + "/" + OBJECT_IN_DIR,
+                                             [*segments, OBJECT_IN_DIR], len(segments))
+                os.unlink(OBJECT_IN_DIR, dir_fd=fd)
+                names = segments  # the key's own directory may be empty now
+            else:
+                os.unlink(leaf, dir_fd=parent)
+                names = segments[:-1]
+            _unlink_quiet(self._meta_path(key))
+            # Remove directories left empty, deepest first, up to (not including) the root:
+            # the directory names[i] sits in fds[i].
+            for i in reversed(range(len(names))):
+                try:
+                    os.rmdir(names[i], dir_fd=fds[i])
+                except OSError:
+                    break
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
                 return
             raise
-        if _is_dir(st.st_mode):
-            try:
-                os.unlink(os.path.join(path, OBJECT_IN_DIR))
-            except FileNotFoundError:
-                return
-            prune_from = path
-        else:
-            os.unlink(path)
-            prune_from = os.path.dirname(path)
-        _unlink_quiet(self._meta_path(key))
-        # Remove directories left empty, up to (not including) the root.
-        while prune_from != self.root and prune_from.startswith(self.root + os.sep):
-            try:
-                os.rmdir(prune_from)
-            except OSError:
-                break
-            prune_from = os.path.dirname(prune_from)
+        finally:
+            _close_all(fds)
 
     # --- list --------------------------------------------------------------------------------
 
@@ -584,39 +726,47 @@ class LocalObjectStore(ObjectStoreBase):
 
     def _list(self, prefix: str, start_after: str | None, limit: int) -> ListPage:
         objects: list[ObjectInfo] = []
-        for key, path in self._walk(self.root, "", prefix, start_after or ""):
-            info = self._info_at(key, path)
-            if info is None:
-                continue  # deleted while we walked
-            objects.append(replace(info, meta=None))
-            if len(objects) > limit:
-                return ListPage(objects[:limit], objects[limit - 1].key)
+        root = self._open_root()
+        try:
+            for key, dir_fd, name in self._walk(root, "", prefix, start_after or ""):
+                info = self._info_at(key, dir_fd, name)
+                if info is None:
+                    continue  # deleted while we walked, or not a plain file
+                objects.append(replace(info, meta=None))
+                if len(objects) > limit:
+                    return ListPage(objects[:limit], objects[limit - 1].key)
+        finally:
+            os.close(root)
         return ListPage(objects, None)
 
-    def _info_at(self, key: str, path: str) -> ObjectInfo | None:
+    def _info_at(self, key: str, dir_fd: int, name: str) -> ObjectInfo | None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            fd = _open_file(dir_fd, name)
+        except _Link:
+            return None
+        if fd is None:
             return None
         try:
-            if _is_dir(os.fstat(fd).st_mode):
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return None
             return self._info_from_fd(key, fd)
         finally:
             os.close(fd)
 
     def _walk(
-        self, dir_path: str, key_prefix: str, prefix: str, start_after: str
-    ) -> Iterator[tuple[str, str]]:
-        """(key, file path) of the objects under ``dir_path`` in key order, pruned to the range.
+        self, dir_fd: int, key_prefix: str, prefix: str, start_after: str
+    ) -> Iterator[tuple[str, int, str]]:
+        """(key, directory fd, file name) of the objects under ``dir_fd`` in key order, pruned
+        to the range. Symbolic links are skipped, and directories are entered by descriptor
+        without following links.
 
         A directory ``d`` contributes its own object (``d/.cachedaemon-obj``, key ``d``) and a
         subtree of keys starting with ``d/``; the two sort apart (``d`` < ``d-x`` < ``d/y``),
         so they are separate items of the parent's listing.
         """
-        items: list[tuple[str, bool, str]] = []  # (sort key, is subtree, path)
+        items: list[tuple[str, int, str]] = []  # (sort key, 0 file / 1 own / 2 subtree, name)
         try:
-            entries = list(os.scandir(dir_path))
+            entries = list(os.scandir(dir_fd))
         except (FileNotFoundError, NotADirectoryError):
             return
         for entry in entries:
@@ -625,7 +775,10 @@ class LocalObjectStore(ObjectStoreBase):
                 continue
             key = key_prefix + segment
             try:
+                if entry.is_symlink():
+                    continue
                 is_dir = entry.is_dir(follow_symlinks=False)
+                is_file = not is_dir and entry.is_file(follow_symlinks=False)
             except OSError:
                 continue
             if is_dir:
@@ -633,23 +786,29 @@ class LocalObjectStore(ObjectStoreBase):
                 if (sub.startswith(prefix) or prefix.startswith(sub)) and not (
                     sub < start_after and not start_after.startswith(sub)
                 ):
-                    items.append((sub, True, entry.path))
+                    items.append((sub, 2, entry.name))
                 if key.startswith(prefix) and key > start_after:
-                    own = os.path.join(entry.path, OBJECT_IN_DIR)
-                    if os.path.lexists(own):
-                        items.append((key, False, own))
-            elif (
-                entry.is_file(follow_symlinks=False)
-                and key.startswith(prefix)
-                and key > start_after
-            ):
-                items.append((key, False, entry.path))
+                    items.append((key, 1, entry.name))
+            elif is_file and key.startswith(prefix) and key > start_after:
+                items.append((key, 0, entry.name))
         items.sort()
-        for sort_key, is_subtree, path in items:
-            if is_subtree:
-                yield from self._walk(path, sort_key, prefix, start_after)
-            else:
-                yield sort_key, path
+        for sort_key, kind, name in items:
+            if kind == 0:
+                yield sort_key, dir_fd, name
+                continue
+            try:
+                sub_fd = _open_dir(dir_fd, name)
+            except _Link:
+                continue
+            if sub_fd is None:
+                continue
+            try:
+                if kind == 1:
+                    yield sort_key, sub_fd, OBJECT_IN_DIR
+                else:
+                    yield from self._walk(sub_fd, sort_key, prefix, start_after)
+            finally:
+                os.close(sub_fd)
 
 
 class _Condition(NamedTuple):

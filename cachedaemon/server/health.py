@@ -8,13 +8,15 @@ Served by every shard.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from cachedaemon.server import http as web
 from cachedaemon.server import metrics
 from cachedaemon.server.context import Call
+from cachedaemon.server.metrics_merge import merge
 from cachedaemon.server.routes import ROUTES
 
 
@@ -51,8 +53,15 @@ async def metrics_route(call: Call) -> web.StreamResponse:
             metrics.set_cache_snapshot(_as_dict(stats))
         except Exception:
             pass
-    body = generate_latest(metrics.registry())
-    resp = web.Response(body=body)
+    state = call.ctx.state
+    texts: list[tuple[int, str]] = [(0, metrics.render_cache())]
+    if state.shards == 1 or state.smp is None:
+        texts.append((0, metrics.render_local()))
+    else:
+        parts = await asyncio.gather(*(state.smp.call(i, "shard", "metrics_text")
+                                       for i in range(state.shards)), return_exceptions=True)
+        texts += [(i, str(p)) for i, p in enumerate(parts) if not isinstance(p, BaseException)]
+    resp = web.Response(body=merge(texts).encode())
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp
 

@@ -1,10 +1,12 @@
-"""Prometheus metrics of the daemon (prometheus_client's process-global default registry).
+"""Prometheus metrics of the daemon: one registry per shard process, added up at scrape time.
 
-Counters and histograms are incremented on whichever shard's thread handles the request;
-prometheus_client's metrics are thread-safe, so the exposition covers the whole process. The
-cache gauges (bytes, objects, reserved, limits) and the hit/miss/trim counters come from a snapshot of shard 0's cache stats
-taken by the ``/metrics`` handler just before rendering (:func:`set_cache_snapshot`), read by
-a custom collector. Route labels are route templates, never keys.
+Counters and histograms live in prometheus_client's default registry of each shard process
+(:func:`render_local`). ``/metrics`` on any shard asks every shard for its text and adds them up
+(:mod:`cachedaemon.server.metrics_merge`), so a scrape covers the whole daemon. The cache gauges
+(bytes, objects, reserved, limits) and the hit/miss/trim counters are the daemon's, not a
+shard's: they come from a snapshot of shard 0's cache stats taken by the scraping shard just
+before rendering (:func:`set_cache_snapshot`), kept in a registry of their own
+(:func:`render_cache`) so they are counted once. Route labels are route templates, never keys.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -37,6 +39,9 @@ RESERVATION_WAIT = Histogram("cachedaemon_cache_reservation_wait_seconds",
 RESERVATION_DEADLINE_FAILURES = Counter(
     "cachedaemon_cache_reservation_deadline_failures",
     "PUTs refused with 503 cache_full because space did not free up before the deadline.")
+FORWARDED = Counter("cachedaemon_http_forwarded_requests",
+                    "Domain requests handed to the domain's owner shard by the shard that "
+                    "accepted them.")
 STREAM_THROUGH = Counter("cachedaemon_cache_stream_through",
                          "Miss GETs streamed without caching (object could not fit).")
 
@@ -80,7 +85,8 @@ class _CacheCollector(Collector):
 
 
 CACHE_COLLECTOR = _CacheCollector()
-REGISTRY.register(CACHE_COLLECTOR)
+CACHE_REGISTRY = CollectorRegistry(auto_describe=True)
+CACHE_REGISTRY.register(CACHE_COLLECTOR)
 
 
 def set_cache_snapshot(snapshot: dict[str, Any]) -> None:
@@ -89,3 +95,13 @@ def set_cache_snapshot(snapshot: dict[str, Any]) -> None:
 
 def registry() -> CollectorRegistry:
     return REGISTRY
+
+
+def render_local() -> str:
+    """This shard process's own metrics."""
+    return generate_latest(REGISTRY).decode()
+
+
+def render_cache() -> str:
+    """The cache's figures from the latest snapshot (the scraping shard's)."""
+    return generate_latest(CACHE_REGISTRY).decode()

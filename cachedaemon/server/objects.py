@@ -1,33 +1,48 @@
 """Object routes: ``PUT/GET/HEAD/DELETE /v1/objects/{key}`` and the listing ``GET /v1/objects``.
 
-PUT streams the body into a cache :class:`StagingFile` (its reservation grows as bytes arrive,
-bounded by the request's deadline), uploads it to the bucket (from memory up to 8 MiB, else
-from the staged file: the store goes multipart when large; the staged file is synced to disk
-meanwhile), then commits the staged file as the cache entry, replacing any older
-copy. ``201`` only after the bucket holds the object. Any failure (body too large, client gone,
-upload error, reservation deadline, shut-down cancelling the handler) closes the staging file:
-no entry, no ``.part``, no reservation, no object (the store aborts a failed multipart upload).
+Keys whose first segment begins with ``.cachedaemon`` are the daemon's own
+(:mod:`cachedaemon.namespace`): every route refuses them (``400 invalid_key``,
+:func:`~cachedaemon.server.keys.decode_key`), a listing prefix that begins with it is refused
+too, and listings skip the daemon's objects whatever the page.
 
-GET serves a hit straight from the cached file (small files read inline, larger ones in big
-reads off the loop); a miss downloads the object once per shard (single flight), streaming it
-to the client while it fills the cache, or streams it through uncached when it cannot fit.
-Ranges are served from the cache when the object is cached; a ranged miss is answered from
-the bucket's range (and does not fill the cache). The ETag of a cached entry is kept in an
-extended attribute of its file (``user.cachedaemon.etag``, set before the commit's link, so
-it is atomic with the entry); if it is missing the bucket is asked once.
+Per key, reads follow writes (``docs/cache.md``): every PUT and DELETE registers with shard 0's
+key table before it touches the bucket and finishes there after; a cache-filling GET registers
+before its download and publishes its staged copy through the table, which keeps it only if no
+write of the key overlapped it. A hit never leaves its shard.
+
+PUT streams the body into a cache :class:`StagingFile` (its reservation grows as bytes arrive,
+bounded by the request's deadline), registers the write, uploads (from memory up to 8 MiB, else
+from the staged file: the store goes multipart when large; the staged file is synced to disk
+meanwhile), then publishes the staged file: shard 0 renames it over the entry if no other write
+of the key overlapped this one, else removes the key's copy. ``201`` only after the bucket holds
+the object and the finish is done. Any failure (body too large, client gone, upload error,
+reservation deadline, shut-down cancelling the handler) closes the staging file: no entry, no
+``.part``, no reservation, no object (the store aborts a failed multipart upload); a write whose
+upload may have landed removes the key's copy.
+
+GET serves a hit from one open descriptor of the cached file (its size from ``fstat``, its ETag
+from the file's extended attribute ``user.cachedaemon.etag``, set before the publish; the bytes
+inline when small, else by ``sendfile``), so a concurrent replace never mixes two versions. A
+miss registers a fill, downloads the object once per shard (single flight), streams it to the
+client while staging it, and publishes it before the last chunk leaves; when a write of the key
+is in flight, or the object cannot fit, it streams through uncached. A ranged miss is answered
+from the bucket's range (and does not fill the cache).
 
 HEAD answers from the cache or the bucket without filling the cache or counting hit/miss.
-DELETE removes from the bucket, then drops the cached copy.
+DELETE registers, deletes from the bucket, then removes the cached copy as it finishes.
 
-Runs on every shard; uses only that shard's store and cache service.
+Runs on every shard; uses only that shard's store and cache service (and shard 0's key table,
+through the cache service, with plain data).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
+import stat
 import time
 from typing import Any
 
@@ -37,14 +52,17 @@ from cachedaemon.errors import (
     CacheFull,
     InvalidArgument,
     NotFound,
+    PreconditionFailed,
     RequestTimeout,
     TooLarge,
     Unavailable,
 )
+from cachedaemon.namespace import RESERVED_PREFIX, is_reserved
+from cachedaemon.remote.base import ListPage, ObjectInfo
 from cachedaemon.server import http as web
 from cachedaemon.server import metrics
 from cachedaemon.server.context import Call, ShardContext
-from cachedaemon.server.keys import decode_key, decode_text
+from cachedaemon.server.keys import check_not_reserved, decode_key, decode_text
 from cachedaemon.server.ranges import parse_range
 from cachedaemon.server.routes import ROUTES, Param
 
@@ -140,7 +158,9 @@ async def put_object(call: Call) -> web.StreamResponse:
         metrics.RESERVATION_DEADLINE_FAILURES.inc()
         raise
     metrics.RESERVATION_WAIT.observe(time.perf_counter() - t_wait)
-    committed = False
+    done = False  # the staging file was published or discarded
+    ticket: int | None = None  # registered with shard 0, not finished yet
+    remove = True  # on failure, remove the key's copy (the upload may have landed)
     try:
         total = 0
         kept: list[bytes] | None = []  # the body, while it is small enough to upload from memory
@@ -173,6 +193,8 @@ async def put_object(call: Call) -> web.StreamResponse:
         else:
             await staging.flush()  # the upload reads the staged file
             body = staging.path
+        # The write is registered before it touches the bucket (docs/cache.md).
+        ticket, _ = await cache.register(key, write=True)
         await failpoint("server.put.before_upload")
         t0 = time.perf_counter()
         # The staged bytes are written and synced (one thread job) while the upload runs, so
@@ -181,6 +203,9 @@ async def put_object(call: Call) -> web.StreamResponse:
         try:
             info = await ctx.store.put(key, body, if_none_match=if_none_match,
                                        if_match=if_match)
+        except PreconditionFailed:
+            remove = False  # nothing was written
+            raise
         finally:
             await asyncio.wait([sync])
             if not sync.cancelled():
@@ -188,31 +213,20 @@ async def put_object(call: Call) -> web.StreamResponse:
         metrics.UPLOAD_DURATION.observe(time.perf_counter() - t0)
         metrics.UPLOAD_BYTES.inc(total)
         await failpoint("server.put.after_upload")
-        try:
-            sync.result()
-            await staging.commit(replace=True, xattrs={ETAG_XATTR: info.etag.encode()})
-            committed = True
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await forget_everywhere(call, key)
-            raise
-        except Exception:
-            # The bucket has the new object; no older cached copy (nor a fill of one still
-            # running on another shard) may survive.
-            await forget_everywhere(call, key)
-        ctx.etags.pop(key, None)
+        sync.result()
+        mine, ticket = ticket, None
+        done = True
+        # Sealed here, then shard 0 renames it over the entry unless another write of the
+        # key overlapped this one (then the key's copy is removed instead).
+        await staging.publish(mine, replace=True, remove=True,
+                              xattrs={ETAG_XATTR: info.etag.encode()})
     finally:
-        if not committed:
+        if ticket is not None:
+            await cache.finish(ticket, remove=remove)
+        if not done:
             await staging.close()
     return _json({"key": key, "size": info.size, "etag": quote_etag(info.etag)}, 201,
                  {"ETag": quote_etag(info.etag)})
-
-
-def _get_etag(path: Any) -> str | None:
-    try:
-        return os.getxattr(path, ETAG_XATTR).decode()
-    except OSError:
-        return None
 
 
 # --- GET / HEAD -----------------------------------------------------------------------------
@@ -274,53 +288,73 @@ def _object_headers(size: int, etag: str, byte_range: tuple[int, int] | None, xc
     return headers
 
 
+def _open_entry(path: str) -> tuple[int, os.stat_result] | None:
+    """One descriptor of a cache entry and its ``fstat``; None if it vanished or is not a
+    regular file (a trim or a replace got there first: a miss)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    return fd, st
+
+
+def _entry_etag(ctx: ShardContext, key: str, fd: int, st: os.stat_result) -> str | None:
+    """The ETag of the open entry: its extended attribute, else what this shard remembered
+    for exactly that file (same inode, size and mtime)."""
+    try:
+        return os.getxattr(fd, ETAG_XATTR).decode()
+    except OSError:
+        pass
+    known = ctx.etags.get(key)
+    if known is not None and known[:3] == (st.st_ino, st.st_size, st.st_mtime_ns):
+        return known[3]
+    return None
+
+
 async def _serve_cached(call: Call, key: str, entry: Any, range_header: str | None, *,
                         head: bool) -> web.StreamResponse | None:
-    """Serve a cache hit; None if the file vanished meanwhile (treated as a miss)."""
-    path = str(entry.path)
-    size = int(entry.size)
-    etag = _get_etag(path) or call.ctx.etags.get(key)
-    if etag is None:
-        info = await call.ctx.store.head(key)
-        if info is None or info.size != size:
-            return None  # the cached copy does not match the bucket: serve as a miss
-        etag = info.etag
-        call.ctx.etags[key] = etag
-    byte_range = parse_range(range_header, size)
-    if head:
-        return _headers_only(size, etag, byte_range, "hit")
-    first, last = byte_range if byte_range is not None else (0, size - 1)
-    count = last - first + 1 if size else 0
-    headers = _object_headers(size, etag, byte_range, "hit")
-    status = 206 if byte_range else 200
-    if count <= READ_INLINE_BYTES:
-        try:
-            data = _read_inline(path, first, count)
-        except FileNotFoundError:
-            return None
-        return web.Response(status=status, body=data, headers=headers)
-    try:
-        # Opening a page-cached entry is a cheap syscall: done here, so a vanished file is
-        # still a miss (nothing has been sent yet).
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
+    """Serve a cache hit from one descriptor (bytes, size and ETag of the same file, whatever
+    replaces the entry meanwhile); None if the file vanished (treated as a miss)."""
+    opened = _open_entry(str(entry.path))
+    if opened is None:
         return None
+    fd, st = opened
     try:
+        size = st.st_size
+        etag = _entry_etag(call.ctx, key, fd, st)
+        if etag is None:
+            info = await call.ctx.store.head(key)
+            if info is None or info.size != size:
+                return None  # the cached copy does not match the bucket: serve as a miss
+            etag = info.etag
+            call.ctx.etags[key] = (st.st_ino, st.st_size, st.st_mtime_ns, etag)
+        byte_range = parse_range(range_header, size)
+        if head:
+            return _headers_only(size, etag, byte_range, "hit")
+        first, last = byte_range if byte_range is not None else (0, size - 1)
+        count = last - first + 1 if size else 0
+        headers = _object_headers(size, etag, byte_range, "hit")
+        status = 206 if byte_range else 200
+        if count <= READ_INLINE_BYTES:
+            data = os.pread(fd, count, first) if count else b""
+            return web.Response(status=status, body=data, headers=headers)
         resp = web.StreamResponse(status=status, headers=headers)
         await resp.prepare(call.request)
         await resp.sendfile(fd, first, count)
         await resp.write_eof()
         return resp
-    finally:
-        os.close(fd)
-
-
-def _read_inline(path: str, first: int, count: int) -> bytes:
-    if count == 0:
-        return b""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.pread(fd, count, first)
     finally:
         os.close(fd)
 
@@ -378,94 +412,71 @@ async def _fill_and_stream(call: Call, key: str) -> web.StreamResponse:
     ctx = call.ctx
     cache = ctx.cache.local()
     t0 = time.perf_counter()
-    result = await ctx.store.get(key)
-    if result is None:
-        raise NotFound(f"no object {key!r}")
-    fill = Fill()
-    async with result:
-        info = result.info
-        staging = None
-        if info.size <= ctx.max_object_bytes:
-            try:
-                # Never wait long for space on a read: fill only if it fits now (or after
-                # the in-memory trim the coordinator does at once).
-                staging = await cache.create_staging_file(
-                    key, time.monotonic() + FILL_RESERVE_WAIT_S, max(info.size, 1))
-            except (CacheFull, Unavailable):
-                staging = None
-        if staging is None:
+    # Registered before the download (docs/cache.md): a write of the key from now until the
+    # publish overlaps this fill, and its copy is then not kept.
+    ticket: int | None
+    ticket, overlapped = await cache.register(key, write=False)
+    try:
+        if overlapped:  # a write is in flight: this copy could never be kept
+            mine, ticket = ticket, None
+            await cache.finish(mine)
             metrics.STREAM_THROUGH.inc()
-        else:
-            ctx.fills.setdefault(key, []).append(fill)
-        headers = _object_headers(info.size, info.etag, None, "miss")
-        resp = web.StreamResponse(status=200, headers=headers)
-        committed = False
-        n = 0
-        try:
-            await resp.prepare(call.request)
-            # The last chunk is held back until the fill is committed, so a client that has
-            # the whole body can count on the next GET being a hit, on any shard.
-            held: bytes | None = None
-            async for chunk in result.iter_chunks():
-                n += len(chunk)
-                if staging is not None:
-                    try:
-                        await staging.append(chunk, time.monotonic() + FILL_APPEND_WAIT_S)
-                    except (CacheFull, Unavailable, OSError):
-                        await staging.close()
-                        staging = None
+            return await _stream_from_bucket(call, key, None, None)
+        result = await ctx.store.get(key)
+        if result is None:
+            raise NotFound(f"no object {key!r}")
+        async with result:
+            info = result.info
+            staging = None
+            if info.size <= ctx.max_object_bytes:
+                try:
+                    # Never wait long for space on a read: fill only if it fits now (or after
+                    # the in-memory trim the coordinator does at once).
+                    staging = await cache.create_staging_file(
+                        key, time.monotonic() + FILL_RESERVE_WAIT_S, max(info.size, 1))
+                except (CacheFull, Unavailable):
+                    staging = None
+            if staging is None:
+                metrics.STREAM_THROUGH.inc()
+            headers = _object_headers(info.size, info.etag, None, "miss")
+            resp = web.StreamResponse(status=200, headers=headers)
+            n = 0
+            try:
+                await resp.prepare(call.request)
+                # The last chunk is held back until the fill is published, so a client that
+                # has the whole body can count on the next GET being a hit, on any shard.
+                held: bytes | None = None
+                async for chunk in result.iter_chunks():
+                    n += len(chunk)
+                    if staging is not None:
+                        try:
+                            await staging.append(chunk, time.monotonic() + FILL_APPEND_WAIT_S)
+                        except (CacheFull, Unavailable, OSError):
+                            await staging.close()
+                            staging = None
+                    if held is not None:
+                        await resp.write(held)
+                    held = chunk
+                if staging is not None and n == info.size:
+                    await failpoint("server.get.before_fill_commit")
+                    mine, ticket = ticket, None
+                    fill, staging = staging, None
+                    with contextlib.suppress(CacheDaemonError):
+                        # One thread job here (write, ETag, sync), then shard 0 links it
+                        # in unless a write of the key overlapped this fill.
+                        await fill.publish(mine, xattrs={ETAG_XATTR: info.etag.encode()})
                 if held is not None:
                     await resp.write(held)
-                held = chunk
-            if staging is not None and n == info.size and not fill.stale:
-                fill.committing = asyncio.get_running_loop().create_future()
-                try:
-                    # One thread job: write, set the ETag, sync, link.
-                    await staging.commit(replace=False, xattrs={ETAG_XATTR: info.etag.encode()})
-                    committed = True
-                except CacheDaemonError:
-                    pass
-                finally:
-                    fill.committing.set_result(None)
-            if held is not None:
-                await resp.write(held)
-            await resp.write_eof()
-        finally:
-            if staging is not None and not committed:
-                await staging.close()
-            fills = ctx.fills.get(key)
-            if fills is not None and fill in fills:
-                fills.remove(fill)
-                if not fills:
-                    del ctx.fills[key]
+                await resp.write_eof()
+            finally:
+                if staging is not None:
+                    await staging.close()
+    finally:
+        if ticket is not None:
+            await cache.finish(ticket)
     metrics.DOWNLOAD_BYTES.inc(n)
     metrics.DOWNLOAD_DURATION.observe(time.perf_counter() - t0)
     return resp
-
-
-class Fill:
-    """A cache fill in progress on this shard (see :func:`forget_everywhere`)."""
-
-    __slots__ = ("committing", "stale")
-
-    def __init__(self) -> None:
-        self.stale = False
-        self.committing: asyncio.Future[None] | None = None
-
-
-async def _forget_here(ctx: ShardContext, key: str) -> None:
-    ctx.etags.pop(key, None)
-    for fill in list(ctx.fills.get(key, ())):
-        fill.stale = True
-        if fill.committing is not None:
-            await asyncio.shield(fill.committing)
-
-
-async def forget_everywhere(call: Call, key: str) -> None:
-    """Make sure no fill that began before now commits ``key`` later, on any shard, then drop
-    the cached copy. Used when the bucket's object goes away (DELETE) or the local copy must."""
-    await call.ctx.broadcast(_forget_here, key)
-    await call.ctx.cache.local().invalidate(key)
 
 
 # --- DELETE ---------------------------------------------------------------------------------
@@ -475,8 +486,16 @@ async def forget_everywhere(call: Call, key: str) -> None:
               "absent).", tag="objects", responses={204: "deleted"})
 async def delete_object(call: Call) -> web.StreamResponse:
     key = decode_key(call.params["key"])
-    await call.ctx.store.delete(key)
-    await forget_everywhere(call, key)
+    cache = call.ctx.cache.local()
+    ticket, _ = await cache.register(key, write=True)
+    try:
+        await call.ctx.store.delete(key)
+        await failpoint("server.delete.after_bucket")
+    finally:
+        # Whatever happened (the delete may have landed), the copy goes, after the bucket
+        # call and in the key's order on shard 0.
+        await cache.finish(ticket, remove=True)
+    call.ctx.etags.pop(key, None)
     return web.Response(status=204)
 
 
@@ -508,12 +527,47 @@ async def list_objects(call: Call) -> web.StreamResponse:
             raise InvalidArgument(f"limit must be from 1 to {LIST_MAX}, got {limit}")
     if "\x00" in prefix or (start_after and "\x00" in start_after):
         raise InvalidArgument("prefix and start_after may not contain NUL")
-    page = await call.ctx.store.list(prefix, start_after, limit)
+    check_not_reserved(prefix, "listing prefix")  # only the daemon's objects could match
+    page = await visible_page(call.ctx.store, prefix, start_after, limit)
     return _json({
         "objects": [{"key": o.key, "size": o.size, "etag": quote_etag(o.etag)}
                     for o in page.objects],
         "next": page.next,
     })
+
+
+#: A listing that meets a reserved key skips to here: every key that begins with the reserved
+#: prefix and is shorter than this (so every key the daemon writes) sorts before it.
+RESERVED_SKIP = RESERVED_PREFIX + "\U0010ffff" * 8
+
+
+async def visible_page(store: Any, prefix: str, start_after: str | None, limit: int
+                       ) -> ListPage:
+    """One page of at most ``limit`` objects that are not the daemon's own, in key order.
+
+    The reserved keys are one contiguous run in key order (all begin with
+    :data:`~cachedaemon.namespace.RESERVED_PREFIX`): a page that meets one continues the
+    listing from :data:`RESERVED_SKIP` (or past the last reserved key seen, should a key sort
+    beyond that), so a bucket full of metastore files costs one extra request, not one per
+    thousand files. ``next`` is the last key returned when more may follow."""
+    out: list[ObjectInfo] = []
+    cursor = start_after
+    while True:
+        page = await store.list(prefix, cursor, limit)
+        objects = page.objects
+        for i, obj in enumerate(objects):
+            if is_reserved(obj.key):
+                continue
+            out.append(obj)
+            if len(out) == limit:
+                rest = any(not is_reserved(o.key) for o in objects[i + 1:])
+                more = rest or page.next is not None
+                return ListPage(out, obj.key if more else None)
+        if page.next is None:
+            return ListPage(out, None)
+        cursor = page.next
+        if is_reserved(cursor) and cursor < RESERVED_SKIP:
+            cursor = RESERVED_SKIP
 
 
 def _query(call: Call) -> dict[str, str]:

@@ -52,6 +52,12 @@ class Route:
     segments: tuple[str, ...] = field(default=(), compare=False)
 
     @property
+    def domain_routed(self) -> bool:
+        """True for the routes of one metastore domain (``{domain}`` in the path): they run
+        on the domain's owner shard."""
+        return "{domain}" in self.segments
+
+    @property
     def greedy(self) -> bool:
         return bool(self.segments) and self.segments[-1].endswith("+}")
 

@@ -31,7 +31,7 @@ def test_format_round_trip_and_corruption(tmp_path: Path) -> None:
         b"XXXXXXXX" + data[8:],
         data[:-1],
         data[:-1] + bytes([data[-1] ^ 1]),
-        data[:8] + b"\x02" + data[9:],
+        data[:8] + b"\x03" + data[9:],  # an unknown version (1 and 2 are read)
     ):
         with pytest.raises(Corruption):
             decode(bad)

@@ -181,3 +181,16 @@ def test_s3_endpoint_settings() -> None:
                 {"CACHEDAEMON_S3_BUCKET_MODE": "many"}):
         with pytest.raises(ConfigError):
             load_settings(env=bad)
+
+
+def test_settings_round_trip_through_plain_data(tmp_path: Path) -> None:
+    import json
+
+    from cachedaemon.config import settings_from_dict, settings_to_dict
+
+    settings = load_settings(None, {"CACHEDAEMON_CACHE_MAX_BYTES": "1GiB"},
+                             {"storage.data_dir": str(tmp_path), "server.shards": "3"})
+    data = json.loads(json.dumps(settings_to_dict(settings)))  # what a worker receives
+    again = settings_from_dict(data)
+    assert again == settings
+    assert again.sources["cache.max_bytes"] == "env CACHEDAEMON_CACHE_MAX_BYTES"

@@ -266,7 +266,7 @@ async def test_cache_admin(daemon: DaemonProcess) -> None:
     assert set(st) == {"bytes_used", "objects", "bytes_reserved", "objects_reserved",
                        "max_bytes", "max_objects", "hits", "misses", "trims", "shards"}
     assert all(isinstance(v, int) for v in st.values())
-    assert st["max_bytes"] == 256 * 1024 * 1024 and st["shards"] == 1
+    assert st["max_bytes"] == 256 * 1024 * 1024 and st["shards"] == daemon.shards
     files = cache_files(daemon.data_dir)
     assert st["objects"] == len(files)
     assert st["bytes_used"] == sum(p.stat().st_size for p in files)

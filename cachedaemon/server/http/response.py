@@ -120,6 +120,8 @@ class StreamResponse:
         if self._conn is not None:
             return
         conn = request.conn
+        if conn is None:
+            raise RuntimeError("a forwarded request is answered with a complete Response")
         self._head = request.method == "HEAD"
         length = self.content_length
         declared = self.headers.get("Content-Length")  # canonical spelling, as encode_head

@@ -1,10 +1,12 @@
 """The S3 endpoint's per-shard front: one :class:`~cachedaemon.server.http.HttpServer` per
-shard on the ``server.s3_listen`` sockets, and the handler callable it runs.
+shard (per shard process) on the ``server.s3_listen`` sockets, and the handler callable it runs.
 
 :class:`S3Context` is one shard's S3 state, built on that shard's loop beside (and from) its
-:class:`~cachedaemon.server.context.ShardContext`, and reachable from the other shards' messages
-as ``ctx.extensions["s3"]``: the SigV4 verifier, the bucket mode, the object-path adapter and
-the multipart uploads this shard holds parts of. Nothing in it is shared with another shard.
+:class:`~cachedaemon.server.context.ShardContext` when the shard opens
+(:class:`~cachedaemon.server.shard.Shard`): the SigV4 verifier, the bucket mode, the
+object-path adapter and the multipart uploads this shard holds parts of. Nothing in it is
+shared with another shard; the other shards reach it as this shard's ``s3`` service
+(messages naming a method: :meth:`S3Context.everywhere`).
 
 Around every operation the handler does, in order: ``503 ServiceUnavailable`` until start-up
 recovery ends and while draining; addressing (:mod:`.router`); SigV4 (:mod:`.sigv4`); the
@@ -68,8 +70,16 @@ class S3Context:
     # --- the calls one shard makes on every shard (the "s3" service of each shard) ----------
 
     async def everywhere(self, method: str, *args: Any) -> None:
-        """Run this S3 service's ``method(*args)`` on every shard (this one included)."""
-        await self.ctx.broadcast(_on_shard, method, *args)
+        """Run this S3 service's ``method(*args)`` on every shard (this one included), as a
+        message to each shard's ``s3`` service. A shard that is down is skipped: its parts
+        went with it (the cache releases a dead shard's staging files)."""
+        state = self.ctx.state
+        results = await asyncio.gather(
+            *(state.smp.call(shard, "s3", method, *args) for shard in range(state.shards)),
+            return_exceptions=True)
+        for shard, result in enumerate(results):
+            if isinstance(result, BaseException):
+                log.warning("s3: %s on shard %d failed: %r", method, shard, result)
 
     async def release_upload(self, upload_id: str) -> None:
         """The upload is gone: close the parts this shard holds (releasing their space)."""
@@ -90,12 +100,6 @@ class S3Context:
             with contextlib.suppress(BaseException):
                 await task
         await self.uploads.close()
-
-
-async def _on_shard(ctx: ShardContext, method: str, *args: Any) -> None:
-    s3 = ctx.extensions.get("s3")
-    if s3 is not None:
-        await getattr(s3, method)(*args)
 
 
 def make_s3_context(ctx: ShardContext) -> S3Context:
