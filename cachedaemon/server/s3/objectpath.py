@@ -34,7 +34,7 @@ from cachedaemon.remote.base import ByteRange, ListPage, ObjectMeta
 from cachedaemon.server import objectops
 from cachedaemon.server.context import ShardContext
 from cachedaemon.server.http import Request, StreamResponse
-from cachedaemon.server.objectops import Served, plain_headers
+from cachedaemon.server.objectops import Served
 from cachedaemon.server.s3.errors import S3Error
 from cachedaemon.server.s3.metadata import (
     ObjectRecord,
@@ -45,8 +45,6 @@ from cachedaemon.server.s3.metadata import (
 #: How many times a read is tried when the record of a hit must be fetched first.
 READ_ATTEMPTS = 4
 READ_CHUNK = 1 << 20
-#: The headers of an answer that the object path decides (the bytes that follow).
-_TRANSFER_HEADERS = ("Content-Length", "Content-Range", "X-Cache")
 
 #: Builds the S3 headers of an answer about a record (may raise to refuse it, e.g. a 304).
 HeadersFor = Callable[[ObjectRecord], dict[str, str]]
@@ -106,11 +104,13 @@ class ObjectPath:
                         raise _NeedRecord()
                     record = record_or_none
                 headers = headers_for(record)
-                transfer = plain_headers(served)
-                for name in _TRANSFER_HEADERS:
-                    value = transfer.get(name)
-                    if value is not None:
-                        headers[name] = value
+                headers["X-Cache"] = served.xcache
+                if served.byte_range is not None:
+                    first, last = served.byte_range
+                    headers["Content-Range"] = f"bytes {first}-{last}/{served.size}"
+                    headers["Content-Length"] = str(last - first + 1)
+                else:
+                    headers["Content-Length"] = str(served.size)
                 return headers
 
             try:
