@@ -10,8 +10,9 @@ Every S3 tool (boto3, the AWS CLI, rclone, s3fs, the MinIO client, ...) pointed 
 * :mod:`.errors`, :mod:`.xmlio` — S3's XML errors and bodies.
 * :mod:`.buckets` — the bucket modes (``single``, ``prefix``); :mod:`.listing` — ListObjects;
   :mod:`.multipart` — multipart uploads; :mod:`.metadata` — headers and the object record.
-* :mod:`.objectpath` — the one adapter through which S3 reads and writes objects, so the S3
-  endpoint and ``/v1`` share the object path (coherence rule, reservations, reserved keys).
+* :mod:`.objectpath` — S3's side of the object path: every read and write of an object runs
+  :mod:`cachedaemon.server.objectops`, the code ``/v1`` runs (one coherence rule, the same
+  reservations and reserved keys), with S3's metadata and headers around it.
 
 Documented for users in ``docs/s3-endpoint.md``.
 """
