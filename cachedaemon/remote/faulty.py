@@ -33,8 +33,10 @@ from cachedaemon.remote.base import (
     GetResult,
     ListPage,
     ObjectInfo,
+    ObjectMeta,
     ObjectStore,
     ObjectStoreBase,
+    put_options,
 )
 
 T = TypeVar("T")
@@ -240,10 +242,14 @@ class FaultInjectingObjectStore(ObjectStoreBase):
         *,
         if_none_match: bool = False,
         if_match: str | None = None,
+        meta: ObjectMeta | None = None,
+        part_sizes: Sequence[int] | None = None,
+        single_part: bool = False,
     ) -> ObjectInfo:
         return await self._call(
             "put",
-            lambda: self.inner.put(key, body, if_none_match=if_none_match, if_match=if_match),
+            lambda: self.inner.put(key, body, if_none_match=if_none_match, if_match=if_match,
+                                   **put_options(meta, part_sizes, single_part)),
             keys=(key,),
         )
 

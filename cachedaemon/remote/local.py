@@ -22,10 +22,13 @@ On-disk layout
   the md5 as the bytes pass), fsyncs it and moves it into place. Leftovers older than an hour
   are deleted when a store opens the root.
 - ``<root>/.cachedaemon-meta/<h[:2]>/<h>`` with ``h = sha256(key)``: a sidecar JSON
-  ``{"etag", "size", "ino", "mtime_ns"}``. Sidecar names are hashes, so they can never collide
-  with keys. The sidecar is trusted only while its ``ino``/``size``/``mtime_ns`` match the data
-  file; otherwise (crash between the two renames, a file edited by hand) the etag is recomputed
-  from the bytes and the sidecar rewritten. Etags are md5 hex, as S3 gives for single-part puts.
+  ``{"etag", "size", "ino", "mtime_ns", "meta"}`` (``meta``: the object's metadata, see
+  :class:`~cachedaemon.remote.base.ObjectMeta`, left out when empty). Sidecar names are hashes,
+  so they can never collide with keys. The sidecar is trusted only while its
+  ``ino``/``size``/``mtime_ns`` match the data file; otherwise (crash between the two renames, a
+  file edited by hand) the etag is recomputed from the bytes and the sidecar rewritten, without
+  metadata (the file is all that is left to trust). Etags are md5 hex, as S3 gives for
+  single-part puts, or S3's multipart etag for a put with ``part_sizes``.
 
 Symbolic links
 --------------
@@ -67,9 +70,9 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple, TypeVar
 
 from cachedaemon.core.fsync import fsync_dir
 from cachedaemon.errors import InvalidKey, PreconditionFailed, UpstreamError
@@ -79,9 +82,13 @@ from cachedaemon.remote.base import (
     GetResult,
     ListPage,
     ObjectInfo,
+    ObjectMeta,
     ObjectStoreBase,
+    PartHasher,
     check_key,
     check_list_args,
+    check_part_sizes,
+    check_total,
     resolve_range,
 )
 
@@ -257,20 +264,22 @@ class _Meta:
     size: int
     ino: int
     mtime_ns: int
+    meta: ObjectMeta
 
 
 class _TempFile:
-    """A temp file in ``<root>/.cachedaemon-tmp`` with a running md5. Thread-side only."""
+    """A temp file in ``<root>/.cachedaemon-tmp`` with a running etag. Thread-side only."""
 
-    def __init__(self, tmp_dir: str) -> None:
+    def __init__(self, tmp_dir: str, part_sizes: tuple[int, ...] | None = None) -> None:
         self.path = os.path.join(tmp_dir, f"{uuid.uuid4().hex}.tmp")
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        self.md5 = hashlib.md5()
+        self.hasher = PartHasher(part_sizes)
+        self.part_sizes = part_sizes
         self.size = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
-        self.md5.update(view)
+        self.hasher.update(view)
         self.size += view.nbytes
         while view.nbytes:
             written = os.write(self.fd, view)
@@ -388,18 +397,23 @@ class LocalObjectStore(ObjectStoreBase):
             fd = os.open(self._meta_path(key), _FILE_FLAGS)
             with os.fdopen(fd, "rb") as f:
                 raw = json.loads(f.read())
-            meta = _Meta(str(raw["etag"]), int(raw["size"]), int(raw["ino"]), int(raw["mtime_ns"]))
+            meta = _Meta(str(raw["etag"]), int(raw["size"]), int(raw["ino"]), int(raw["mtime_ns"]),
+                         ObjectMeta.from_json(raw.get("meta")))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         if (meta.ino, meta.size, meta.mtime_ns) != (st.st_ino, st.st_size, st.st_mtime_ns):
             return None
         return meta
 
-    def _write_meta(self, key: str, etag: str, st: os.stat_result) -> None:
+    def _write_meta(self, key: str, etag: str, st: os.stat_result,
+                    meta: ObjectMeta | None = None) -> None:
         path = self._meta_path(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = os.path.join(self._tmp_dir, f"{uuid.uuid4().hex}.meta")
-        body = {"etag": etag, "size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns}
+        body: dict[str, object] = {"etag": etag, "size": st.st_size, "ino": st.st_ino,
+                                   "mtime_ns": st.st_mtime_ns}
+        if meta is not None and meta != ObjectMeta():
+            body["meta"] = meta.to_json()
         with open(tmp, "w") as f:
             f.write(json.dumps(body))
         os.replace(tmp, path)
@@ -407,8 +421,10 @@ class LocalObjectStore(ObjectStoreBase):
     def _info_from_fd(self, key: str, fd: int) -> ObjectInfo:
         st = os.fstat(fd)
         meta = self._read_meta(key, st)
+        obj_meta = ObjectMeta()
         if meta is not None:
             etag = meta.etag
+            obj_meta = meta.meta
         else:
             md5 = hashlib.md5()
             offset = 0
@@ -420,7 +436,7 @@ class LocalObjectStore(ObjectStoreBase):
                 self._write_meta(key, etag, st)
             except OSError:
                 pass  # the sidecar is a cache of the etag; recomputed next time
-        return ObjectInfo(key, st.st_size, etag, st.st_mtime)
+        return ObjectInfo(key, st.st_size, etag, st.st_mtime, obj_meta)
 
     # --- get -----------------------------------------------------------------------------------
 
@@ -499,13 +515,18 @@ class LocalObjectStore(ObjectStoreBase):
         *,
         if_none_match: bool = False,
         if_match: str | None = None,
+        meta: ObjectMeta | None = None,
+        part_sizes: Sequence[int] | None = None,
+        single_part: bool = False,
     ) -> ObjectInfo:
         check_key(key)
+        sizes = check_part_sizes(part_sizes, single_part)
         if_match = None if if_match is None else if_match.strip('"')
+        cond = _Condition(if_none_match, if_match, meta or ObjectMeta())
         try:
             if isinstance(body, bytes | bytearray | memoryview | pathlib.Path):
-                return await _in_thread(self._put_whole, key, body, if_none_match, if_match)
-            return await self._put_stream(key, body, if_none_match, if_match)
+                return await _in_thread(self._put_whole, key, body, cond, sizes)
+            return await self._put_stream(key, body, cond, sizes)
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
                 raise InvalidKey(f"invalid key {key!r}: a segment is too long") from exc
@@ -515,10 +536,10 @@ class LocalObjectStore(ObjectStoreBase):
         self,
         key: str,
         body: bytes | bytearray | memoryview | pathlib.Path,
-        if_none_match: bool,
-        if_match: str | None,
+        cond: _Condition,
+        sizes: tuple[int, ...] | None,
     ) -> ObjectInfo:
-        tmp = _TempFile(self._tmp_dir)
+        tmp = _TempFile(self._tmp_dir, sizes)
         try:
             if isinstance(body, pathlib.Path):
                 with open(body, "rb") as src:
@@ -526,14 +547,15 @@ class LocalObjectStore(ObjectStoreBase):
                         tmp.write(chunk)
             else:
                 tmp.write(body)
-            return self._commit(key, tmp, if_none_match, if_match)
+            return self._commit(key, tmp, cond)
         finally:
             tmp.discard()
 
     async def _put_stream(
-        self, key: str, body: AsyncIterable[bytes], if_none_match: bool, if_match: str | None
+        self, key: str, body: AsyncIterable[bytes], cond: _Condition,
+        sizes: tuple[int, ...] | None,
     ) -> ObjectInfo:
-        tmp = await _in_thread(_TempFile, self._tmp_dir, drop=_TempFile.discard)
+        tmp = await _in_thread(_TempFile, self._tmp_dir, sizes, drop=_TempFile.discard)
         try:
             batch: list[bytes] = []
             batched = 0
@@ -543,29 +565,22 @@ class LocalObjectStore(ObjectStoreBase):
                 if batched >= WRITE_BATCH:
                     await _in_thread(_write_all, tmp, batch)
                     batch, batched = [], 0
-            return await _in_thread(
-                self._write_and_commit, key, tmp, batch, if_none_match, if_match
-            )
+            return await _in_thread(self._write_and_commit, key, tmp, batch, cond)
         finally:
             # Synchronous on purpose: it must run even when the task is being cancelled.
             tmp.discard()
 
     def _write_and_commit(
-        self,
-        key: str,
-        tmp: _TempFile,
-        batch: list[bytes],
-        if_none_match: bool,
-        if_match: str | None,
+        self, key: str, tmp: _TempFile, batch: list[bytes], cond: _Condition
     ) -> ObjectInfo:
         _write_all(tmp, batch)
-        return self._commit(key, tmp, if_none_match, if_match)
+        return self._commit(key, tmp, cond)
 
-    def _commit(
-        self, key: str, tmp: _TempFile, if_none_match: bool, if_match: str | None
-    ) -> ObjectInfo:
+    def _commit(self, key: str, tmp: _TempFile, cond: _Condition) -> ObjectInfo:
         """Move a finished temp file into place, honouring the condition. Thread-side."""
-        etag = tmp.md5.hexdigest()
+        check_total(tmp.part_sizes, tmp.size)
+        etag = tmp.hasher.etag()
+        if_none_match, if_match, meta = cond
         st = tmp.finish()
         with self._lock:
             fds: list[int] = []
@@ -584,7 +599,7 @@ class LocalObjectStore(ObjectStoreBase):
                 if if_none_match:
                     if _lstat(parent, name) is not None:
                         raise PreconditionFailed(f"put-if-absent of {key!r}: the object exists")
-                    self._write_meta(key, etag, st)
+                    self._write_meta(key, etag, st, meta)
                     try:
                         # link, not rename: EEXIST makes create-only atomic even across
                         # processes.
@@ -595,12 +610,12 @@ class LocalObjectStore(ObjectStoreBase):
                             f"put-if-absent of {key!r}: the object exists"
                         ) from exc
                 else:
-                    self._write_meta(key, etag, st)
+                    self._write_meta(key, etag, st, meta)
                     os.replace(tmp.path, name, dst_dir_fd=parent)
                 os.fsync(parent)
             finally:
                 _close_all(fds)
-        return ObjectInfo(key, st.st_size, etag, st.st_mtime)
+        return ObjectInfo(key, st.st_size, etag, st.st_mtime, meta)
 
     def _prepare_target(self, key: str, fds: list[int]) -> tuple[int, str]:
         """(directory fd, name) where the object's file must go, creating and converting
@@ -756,7 +771,7 @@ class LocalObjectStore(ObjectStoreBase):
                 info = self._info_at(key, dir_fd, name)
                 if info is None:
                     continue  # deleted while we walked, or not a plain file
-                objects.append(info)
+                objects.append(replace(info, meta=None))
                 if len(objects) > limit:
                     return ListPage(objects[:limit], objects[limit - 1].key)
         finally:
@@ -833,6 +848,14 @@ class LocalObjectStore(ObjectStoreBase):
                     yield from self._walk(sub_fd, sort_key, prefix, start_after)
             finally:
                 os.close(sub_fd)
+
+
+class _Condition(NamedTuple):
+    """What a put commits with."""
+
+    if_none_match: bool
+    if_match: str | None
+    meta: ObjectMeta
 
 
 def _is_dir(mode: int) -> bool:

@@ -5,7 +5,8 @@ the one systemd, Docker and signals see — and the worker's entry (:func:`run_w
 
 Start-up (shard 0), bottom up: data directory (created, checked writable), the descriptor
 budget (``server/fdlimit``), the listening sockets of every shard (bound before anything slow,
-so "port in use" fails fast), the shard links and the worker processes (they start in
+so "port in use" fails fast; with ``server.s3_listen`` a second set for the S3 endpoint, and
+each shard's connection budget split between its two listeners), the shard links and the worker processes (they start in
 parallel and wait for shard 0's services by message), shard 0's own store and a reachability
 probe of the bucket, its HTTP server (``/readyz`` 503 and ``/v1`` 503 ``unavailable`` until
 ready), the bucket identity check, its cache (the coordinator: start-up recovery) and
@@ -174,6 +175,8 @@ class Daemon:
         self.settings = settings
         self.count = settings.server.shards
         self.sockets: list[socket.socket] = []
+        self.s3_sockets: list[socket.socket] = []
+        self.s3_url = ""
         self.smp: Smp | None = None
         self.links_dir: str | None = None
         self.secret = b""
@@ -201,6 +204,8 @@ class Daemon:
             return EXIT_FAILED
         if not self.stop_requested.is_set():  # a signal during start-up: just stop
             print(f"cachedaemon listening on {url}", flush=True)
+            if self.s3_url:
+                print(f"cachedaemon S3 endpoint on {self.s3_url}", flush=True)
             log.info("ready: %s, %d shard(s), bucket %s, cache %s", url, self.count,
                      self.settings.remote.url, self.settings.cache_dir)
             sdnotify.notify("READY=1")
@@ -242,6 +247,11 @@ class Daemon:
         port = self.sockets[0].getsockname()[1]
         host = s.server.host
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        if s.server.s3_listen is not None:
+            self.s3_sockets = bind_sockets(s.server.s3_host, s.server.s3_port, self.count)
+            max_connections = max(1, max_connections // 2)
+            s3_host, s3_port = s.server.s3_host, self.s3_sockets[0].getsockname()[1]
+            self.s3_url = f"http://{'[' + s3_host + ']' if ':' in s3_host else s3_host}:{s3_port}"
 
         if self.count > 1:
             self.links_dir, self.secret = new_link_dir()
@@ -249,7 +259,7 @@ class Daemon:
             await links.listen()
             self.smp = Smp(0, self.count, links)
             self.supervisor = Supervisor(
-                self.count, self._worker_spec, lambda shard: {"http": self.sockets[shard]},
+                self.count, self._worker_spec, self._worker_sockets,
                 on_death=self._on_worker_death, on_fatal=self._on_fatal,
                 state=lambda: (self.ready and not self.stop_requested.is_set(),
                                self.stop_requested.is_set()))
@@ -257,7 +267,8 @@ class Daemon:
             await self.supervisor.start()  # they load and link while shard 0 starts
         else:
             self.smp = Smp.single()
-        self.shard = shard = Shard(s, self.smp, self.sockets[0], max_connections, budget)
+        self.shard = shard = Shard(s, self.smp, self.sockets[0], max_connections, budget,
+                                   self.s3_sockets[0] if self.s3_sockets else None)
         await shard.open()
         try:
             await asyncio.wait_for(probe_store(shard.store), PROBE_TIMEOUT_S)
@@ -266,12 +277,22 @@ class Daemon:
                 from exc
         await failpoint("server.start.before_recovery")
         await check_bucket_identity(shard.store, s)
+        if self.s3_sockets:
+            from cachedaemon.server.s3.app import prepare_uploads
+
+            await prepare_uploads(s.storage.data_dir)  # no shard serves S3 before ready
         await shard.start_services()
         if self.supervisor is not None:
             await self.supervisor.wait_ready(WORKER_START_TIMEOUT_S)
         self.ready = True
         await self._tell_all("set_state", True, False)
         return url
+
+    def _worker_sockets(self, shard: int) -> dict[str, socket.socket]:
+        socks = {"http": self.sockets[shard]}
+        if self.s3_sockets:
+            socks["s3"] = self.s3_sockets[shard]
+        return socks
 
     def _worker_spec(self, shard: int) -> WorkerSpec:
         assert self.links_dir is not None and self.budget is not None
@@ -314,7 +335,7 @@ class Daemon:
         if self.shard is not None:
             await self.shard.close()
             self.shard = None
-        for sock in self.sockets:
+        for sock in (*self.sockets, *self.s3_sockets):
             with contextlib.suppress(OSError):
                 sock.close()
         if self.smp is not None:
@@ -339,10 +360,17 @@ async def run_worker(spec: dict[str, Any]) -> int:
 
     sock = socket.socket(fileno=spec["fds"]["http"])
     sock.setblocking(False)
+    s3_sock = None
+    if "s3" in spec["fds"]:
+        s3_sock = socket.socket(fileno=spec["fds"]["s3"])
+        s3_sock.setblocking(False)
     links = await link_to_shard0(spec)
     smp = Smp(shard_id, count, links)
     budget = Budget(limit, connections, domains, files, own)
-    shard = Shard(settings, smp, sock, per_shard(connections, count), budget)
+    max_connections = per_shard(connections, count)
+    if s3_sock is not None:
+        max_connections = max(1, max_connections // 2)  # as shard 0 splits it
+    shard = Shard(settings, smp, sock, max_connections, budget, s3_sock)
     try:
         await shard.open()
         await shard.start_services()

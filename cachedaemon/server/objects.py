@@ -5,6 +5,9 @@ Keys whose first segment begins with ``.cachedaemon`` are the daemon's own
 :func:`~cachedaemon.server.keys.decode_key`), a listing prefix that begins with it is refused
 too, and listings skip the daemon's objects whatever the page.
 
+The operations themselves are the object path, :mod:`cachedaemon.server.objectops`, which the
+S3 endpoint runs too; these routes parse ``/v1``'s requests and format its answers.
+
 Per key, reads follow writes (``docs/cache.md``): every PUT and DELETE registers with shard 0's
 key table before it touches the bucket and finishes there after; a cache-filling GET registers
 before its download and publishes its staged copy through the table, which keeps it only if no
@@ -37,58 +40,27 @@ through the cache service, with plain data).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import errno
 import json
-import os
-import stat
 import time
 from typing import Any
 
-from cachedaemon.core.failpoints import failpoint
-from cachedaemon.errors import (
-    CacheDaemonError,
-    CacheFull,
-    InvalidArgument,
-    NotFound,
-    PreconditionFailed,
-    RequestTimeout,
-    TooLarge,
-    Unavailable,
-)
+from cachedaemon.errors import InvalidArgument, PreconditionFailed, TooLarge
 from cachedaemon.namespace import RESERVED_PREFIX, is_reserved
 from cachedaemon.remote.base import ListPage, ObjectInfo
 from cachedaemon.server import http as web
-from cachedaemon.server import metrics
-from cachedaemon.server.conditionals import (
-    ANY,
-    Outcome,
-    evaluate,
-    parse_etag_list,
-    range_applies,
-    strong_match,
-    weak_match,
-)
-from cachedaemon.server.context import Call, ShardContext
+from cachedaemon.server import objectops
+from cachedaemon.server.conditionals import ANY, parse_etag_list, strong_match, weak_match
+from cachedaemon.server.context import Call
 from cachedaemon.server.keys import check_not_reserved, decode_key, decode_text
-from cachedaemon.server.ranges import parse_range
+from cachedaemon.server.objectops import ETAG_XATTR, quote_etag
 from cachedaemon.server.routes import ROUTES, Param
 
-ETAG_XATTR = "user.cachedaemon.etag"
-READ_INLINE_BYTES = 64 * 1024
-READ_CHUNK_BYTES = 4 * 1024 * 1024
-UPLOAD_FROM_MEMORY_BYTES = 8 * 1024 * 1024
+__all__ = ["ETAG_XATTR", "quote_etag", "visible_page"]
+
 LIST_DEFAULT = 1000
-FILL_APPEND_WAIT_S = 5.0
-FILL_RESERVE_WAIT_S = 0.05
 LIST_MAX = 10000
 
 _KEY = "/v1/objects/{key+}"
-
-
-def quote_etag(etag: str) -> str:
-    return etag if etag.startswith('"') or etag.startswith('W/"') else f'"{etag}"'
 
 
 def _json(payload: object, status: int = 200, headers: dict[str, str] | None = None
@@ -166,86 +138,8 @@ async def put_object(call: Call) -> web.StreamResponse:
         raise TooLarge(f"object of {clen} bytes is over the limit of {limit} bytes")
     if_none_match, if_match = await _put_preconditions(call, key)
     deadline = _deadline(call)
-    cache = ctx.cache.local()
-
-    t_wait = time.perf_counter()
-    try:
-        # Paced by the body: the first chunk of space now, more as bytes arrive (a client
-        # announcing a huge Content-Length and sending nothing holds little).
-        initial = None if clen is None else min(max(clen, 1),
-                                                cache.settings.staging_initial_bytes)
-        staging = await cache.create_staging_file(key, deadline, initial)
-    except CacheFull:
-        metrics.RESERVATION_DEADLINE_FAILURES.inc()
-        raise
-    metrics.RESERVATION_WAIT.observe(time.perf_counter() - t_wait)
-    done = False  # the staging file was published or discarded
-    ticket: int | None = None  # registered with shard 0, not finished yet
-    remove = True  # on failure, remove the key's copy (the upload may have landed)
-    try:
-        total = 0
-        kept: list[bytes] | None = []  # the body, while it is small enough to upload from memory
-        content = request.content
-        while True:
-            try:
-                chunk = await content.readany()
-            except (asyncio.CancelledError, TooLarge, RequestTimeout, InvalidArgument):
-                raise
-            except Exception as exc:  # client went away / malformed chunking
-                raise InvalidArgument(f"request body incomplete: {exc}") from exc
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > limit:
-                raise TooLarge(f"object is over the limit of {limit} bytes")
-            # The staging file buffers references (no copy) and writes them out in big
-            # thread jobs; its reservation grows as bytes arrive.
-            await staging.append(chunk, deadline)
-            if kept is not None:
-                if total <= UPLOAD_FROM_MEMORY_BYTES:
-                    kept.append(chunk)
-                else:
-                    kept = None
-        if clen is not None and total != clen:
-            raise InvalidArgument(f"request body has {total} bytes, Content-Length said {clen}")
-        body: Any
-        if kept is not None:
-            body = kept[0] if len(kept) == 1 else b"".join(kept)
-        else:
-            await staging.flush()  # the upload reads the staged file
-            body = staging.path
-        # The write is registered before it touches the bucket (docs/cache.md).
-        ticket, _ = await cache.register(key, write=True)
-        await failpoint("server.put.before_upload")
-        t0 = time.perf_counter()
-        # The staged bytes are written and synced (one thread job) while the upload runs, so
-        # the commit has no disk wait of its own.
-        sync = asyncio.ensure_future(staging.sync())
-        try:
-            info = await ctx.store.put(key, body, if_none_match=if_none_match,
-                                       if_match=if_match)
-        except PreconditionFailed:
-            remove = False  # nothing was written
-            raise
-        finally:
-            await asyncio.wait([sync])
-            if not sync.cancelled():
-                sync.exception()  # retrieved here; raised below only if the upload worked
-        metrics.UPLOAD_DURATION.observe(time.perf_counter() - t0)
-        metrics.UPLOAD_BYTES.inc(total)
-        await failpoint("server.put.after_upload")
-        sync.result()
-        mine, ticket = ticket, None
-        done = True
-        # Sealed here, then shard 0 renames it over the entry unless another write of the
-        # key overlapped this one (then the key's copy is removed instead).
-        await staging.publish(mine, replace=True, remove=True,
-                              xattrs={ETAG_XATTR: info.etag.encode()})
-    finally:
-        if ticket is not None:
-            await cache.finish(ticket, remove=remove)
-        if not done:
-            await staging.close()
+    info = await objectops.put(ctx, key, request.content.readany, clen, deadline=deadline,
+                               if_none_match=if_none_match, if_match=if_match)
     return _json({"key": key, "size": info.size, "etag": quote_etag(info.etag)}, 201,
                  {"ETag": quote_etag(info.etag)})
 
@@ -276,339 +170,16 @@ async def head_object(call: Call) -> web.StreamResponse:
     return await _get(call, head=True)
 
 
-class _Conditions:
-    """A GET's or HEAD's ``If-Match``, ``If-None-Match`` and ``If-Range`` (RFC 9110 §13),
-    evaluated against the ETag of the version about to be served."""
-
-    __slots__ = ("if_match", "if_none_match", "if_range", "method")
-
-    def __init__(self, method: str, if_match: str | None, if_none_match: str | None,
-                 if_range: str | None) -> None:
-        self.method = method
-        self.if_match = if_match
-        self.if_none_match = if_none_match
-        self.if_range = if_range
-
-    @classmethod
-    def of(cls, call: Call) -> _Conditions:
-        get = dict.get  # the headers' keys are lower case: skip the case folding
-        headers = call.request.headers
-        return cls(call.request.method, get(headers, "if-match"), get(headers, "if-none-match"),
-                   get(headers, "if-range"))
-
-    @property
-    def any(self) -> bool:
-        return not (self.if_match is None and self.if_none_match is None
-                    and self.if_range is None)
-
-    def check(self, etag: str | None, xcache: str) -> web.StreamResponse | None:
-        """None to serve; a ``304`` to send instead; raises ``412``."""
-        if evaluate(self.method, self.if_match, self.if_none_match, etag) \
-                is Outcome.NOT_MODIFIED:
-            assert etag is not None
-            return web.Response(status=304, headers={"ETag": quote_etag(etag),
-                                                     "X-Cache": xcache})
-        return None
-
-    def range_header(self, range_header: str | None, etag: str) -> str | None:
-        return range_header if range_applies(self.if_range, etag) else None
-
-
 async def _get(call: Call, *, head: bool) -> web.StreamResponse:
-    ctx = call.ctx
     key = decode_key(call.params["key"])
-    range_header = dict.get(call.request.headers, "range")
-    cond = _Conditions.of(call)
-    cache = ctx.cache.local()
-    fd = cache.open_entry(key, count=not head)
-    if fd is not None:
-        resp = await _serve_cached(call, key, fd, range_header, head=head, cond=cond)
-        if resp is not None:
-            return resp
+    get = dict.get  # the headers' keys are lower case: skip the case folding
+    headers = call.request.headers
+    range_header = get(headers, "range")
+    cond = objectops.Conditions(call.request.method, get(headers, "if-match"),
+                                get(headers, "if-none-match"), get(headers, "if-range"))
     if head:
-        info = await ctx.store.head(key)
-        early = cond.check(None if info is None else info.etag, "miss") if cond.any else None
-        if early is not None:
-            return early
-        if info is None:
-            raise NotFound(f"no object {key!r}")
-        byte_range = parse_range(cond.range_header(range_header, info.etag), info.size)
-        return _headers_only(info.size, info.etag, byte_range, "miss")
-    return await _serve_miss(call, key, range_header, cond)
-
-
-def _headers_only(size: int, etag: str, byte_range: tuple[int, int] | None, xcache: str
-                  ) -> web.StreamResponse:
-    headers = _object_headers(size, etag, byte_range, xcache)
-    resp = web.Response(status=206 if byte_range else 200, headers=headers)
-    return resp
-
-
-def _object_headers(size: int, etag: str, byte_range: tuple[int, int] | None, xcache: str
-                    ) -> dict[str, str]:
-    headers = {"ETag": quote_etag(etag), "X-Cache": xcache, "Accept-Ranges": "bytes",
-               "Content-Type": "application/octet-stream"}
-    if byte_range is not None:
-        first, last = byte_range
-        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-        headers["Content-Length"] = str(last - first + 1)
-    else:
-        headers["Content-Length"] = str(size)
-    return headers
-
-
-def _open_entry(path: str) -> tuple[int, os.stat_result] | None:
-    """One descriptor of a cache entry and its ``fstat``; None if it vanished or is not a
-    regular file (a trim or a replace got there first: a miss)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return None
-        raise
-    try:
-        st = os.fstat(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        return None
-    return fd, st
-
-
-def _entry_etag(ctx: ShardContext, key: str, fd: int, st: os.stat_result) -> str | None:
-    """The ETag of the open entry: its extended attribute, else what this shard remembered
-    for exactly that file (same inode, size and mtime)."""
-    try:
-        return os.getxattr(fd, ETAG_XATTR).decode()
-    except OSError:
-        pass
-    known = ctx.etags.get(key)
-    if known is not None and known[:3] == (st.st_ino, st.st_size, st.st_mtime_ns):
-        return known[3]
-    return None
-
-
-async def _serve_cached(call: Call, key: str, fd: int, range_header: str | None, *,
-                        head: bool, cond: _Conditions | None = None
-                        ) -> web.StreamResponse | None:
-    """Serve a cache hit from one descriptor (bytes, size and ETag of the same file, whatever
-    replaces the entry meanwhile), which this closes; None if it is not a usable entry
-    (treated as a miss).
-
-    The common case — a whole small entry, no conditions — is one ``pread`` of up to
-    :data:`READ_INLINE_BYTES` + 1 bytes (a shorter answer is the whole file, so no ``fstat``)
-    and one ``fgetxattr`` for the ETag."""
-    try:
-        plain = not head and range_header is None and (cond is None or not cond.any)
-        if plain:
-            try:
-                data = os.pread(fd, READ_INLINE_BYTES + 1, 0)
-            except OSError:
-                return None  # not a regular file (a tampered cache directory): a miss
-            if len(data) <= READ_INLINE_BYTES:
-                try:
-                    etag = os.getxattr(fd, ETAG_XATTR).decode()
-                except OSError:
-                    etag = None
-                if etag is not None:
-                    return web.Response(body=data, raw=_hit_headers(etag))
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        size = st.st_size
-        etag = _entry_etag(call.ctx, key, fd, st)
-        if etag is None:
-            info = await call.ctx.store.head(key)
-            if info is None or info.size != size:
-                return None  # the cached copy does not match the bucket: serve as a miss
-            etag = info.etag
-            call.ctx.etags[key] = (st.st_ino, st.st_size, st.st_mtime_ns, etag)
-        if cond is not None and cond.any:
-            early = cond.check(etag, "hit")
-            if early is not None:
-                return early
-            range_header = cond.range_header(range_header, etag)
-        byte_range = parse_range(range_header, size)
-        if head:
-            return _headers_only(size, etag, byte_range, "hit")
-        first, last = byte_range if byte_range is not None else (0, size - 1)
-        count = last - first + 1 if size else 0
-        headers = _object_headers(size, etag, byte_range, "hit")
-        status = 206 if byte_range else 200
-        if count <= READ_INLINE_BYTES:
-            data = os.pread(fd, count, first) if count else b""
-            return web.Response(status=status, body=data, headers=headers)
-        resp = web.StreamResponse(status=status, headers=headers)
-        await resp.prepare(call.request)
-        await resp.sendfile(fd, first, count)
-        await resp.write_eof()
-        return resp
-    finally:
-        os.close(fd)
-
-
-def _hit_headers(etag: str) -> bytes:
-    """The header lines of a whole-entry hit but its length (encoded once per ETag)."""
-    raw = _HIT_HEADERS.get(etag)
-    if raw is None:
-        if len(_HIT_HEADERS) >= 4096:
-            _HIT_HEADERS.clear()
-        raw = _HIT_HEADERS[etag] = (
-            f"ETag: {quote_etag(etag)}\r\nX-Cache: hit\r\nAccept-Ranges: bytes\r\n"
-            "Content-Type: application/octet-stream\r\n").encode("latin-1", "replace")
-    return raw
-
-
-_HIT_HEADERS: dict[str, bytes] = {}
-
-
-async def _serve_miss(call: Call, key: str, range_header: str | None, cond: _Conditions
-                      ) -> web.StreamResponse:
-    ctx = call.ctx
-    store = ctx.store
-    if range_header is not None and range_header.strip():
-        info = await store.head(key)
-        early = cond.check(None if info is None else info.etag, "miss") if cond.any else None
-        if early is not None:
-            return early
-        if info is None:
-            raise NotFound(f"no object {key!r}")
-        byte_range = parse_range(cond.range_header(range_header, info.etag), info.size)
-        if byte_range is not None:
-            return await _stream_from_bucket(call, key, byte_range, info.size, cond)
-    # Whole object: single flight per shard; the leader streams and fills, followers wait
-    # for the fill and then serve the cached file.
-    if ctx.flights.joinable(key):
-        with contextlib.suppress(Exception):
-            await ctx.flights.wait(key)
-        fd = ctx.cache.local().open_entry(key)
-        if fd is not None:
-            resp = await _serve_cached(call, key, fd, range_header, head=False, cond=cond)
-            if resp is not None:
-                return resp
-        return await _stream_from_bucket(call, key, None, None, cond)
-    flight = ctx.flights.begin(key)
-    try:
-        return await _fill_and_stream(call, key, cond)
-    finally:
-        ctx.flights.end(key, flight)
-
-
-async def _stream_from_bucket(call: Call, key: str, byte_range: tuple[int, int] | None,
-                              size: int | None, cond: _Conditions | None = None
-                              ) -> web.StreamResponse:
-    t0 = time.perf_counter()
-    result = await call.ctx.store.get(key, byte_range=byte_range)
-    if result is None:
-        if cond is not None and cond.any:
-            cond.check(None, "miss")  # If-Match on a missing object: 412
-        raise NotFound(f"no object {key!r}")
-    async with result:
-        info = result.info
-        if cond is not None and cond.any:
-            early = cond.check(info.etag, "miss")
-            if early is not None:
-                return early
-        headers = _object_headers(info.size, info.etag, result.range, "miss")
-        resp = web.StreamResponse(status=206 if result.range else 200, headers=headers)
-        await resp.prepare(call.request)
-        n = 0
-        async for chunk in result.iter_chunks():
-            n += len(chunk)
-            await resp.write(chunk)
-        await resp.write_eof()
-    metrics.DOWNLOAD_BYTES.inc(n)
-    metrics.DOWNLOAD_DURATION.observe(time.perf_counter() - t0)
-    return resp
-
-
-async def _fill_and_stream(call: Call, key: str, cond: _Conditions) -> web.StreamResponse:
-    ctx = call.ctx
-    cache = ctx.cache.local()
-    t0 = time.perf_counter()
-    # Registered before the download (docs/cache.md): a write of the key from now until the
-    # publish overlaps this fill, and its copy is then not kept.
-    ticket: int | None
-    # One download for the whole daemon: a fill of this key on another shard runs first.
-    ticket, overlapped, followed = await cache.register_fill(key)
-    try:
-        if followed and not overlapped:
-            fd = cache.open_entry(key)
-            if fd is not None:  # the other fill kept its copy: a hit (the ticket is
-                # finished below, with nothing to publish)
-                resp = await _serve_cached(call, key, fd, None, head=False, cond=cond)
-                if resp is not None:
-                    return resp
-        if overlapped:  # a write is in flight: this copy could never be kept
-            mine, ticket = ticket, None
-            await cache.finish(mine)
-            metrics.STREAM_THROUGH.inc()
-            return await _stream_from_bucket(call, key, None, None, cond)
-        result = await ctx.store.get(key)
-        if result is None:
-            if cond.any:
-                cond.check(None, "miss")  # If-Match on a missing object: 412
-            raise NotFound(f"no object {key!r}")
-        async with result:
-            info = result.info
-            if cond.any:
-                early = cond.check(info.etag, "miss")
-                if early is not None:
-                    return early  # nothing streamed: the ticket is finished below
-            staging = None
-            if info.size <= ctx.max_object_bytes:
-                try:
-                    # Never wait long for space on a read: fill only if it fits now (or after
-                    # the in-memory trim the coordinator does at once).
-                    staging = await cache.create_staging_file(
-                        key, time.monotonic() + FILL_RESERVE_WAIT_S, max(info.size, 1))
-                except (CacheFull, Unavailable):
-                    staging = None
-            if staging is None:
-                metrics.STREAM_THROUGH.inc()
-            headers = _object_headers(info.size, info.etag, None, "miss")
-            resp = web.StreamResponse(status=200, headers=headers)
-            n = 0
-            try:
-                await resp.prepare(call.request)
-                # The last chunk is held back until the fill is published, so a client that
-                # has the whole body can count on the next GET being a hit, on any shard.
-                held: bytes | None = None
-                async for chunk in result.iter_chunks():
-                    n += len(chunk)
-                    if staging is not None:
-                        try:
-                            await staging.append(chunk, time.monotonic() + FILL_APPEND_WAIT_S)
-                        except (CacheFull, Unavailable, OSError):
-                            await staging.close()
-                            staging = None
-                    if held is not None:
-                        await resp.write(held)
-                    held = chunk
-                if staging is not None and n == info.size:
-                    await failpoint("server.get.before_fill_commit")
-                    mine, ticket = ticket, None
-                    fill, staging = staging, None
-                    with contextlib.suppress(CacheDaemonError):
-                        # One thread job here (write, ETag, sync), then shard 0 links it
-                        # in unless a write of the key overlapped this fill.
-                        await fill.publish(mine, xattrs={ETAG_XATTR: info.etag.encode()})
-                if held is not None:
-                    await resp.write(held)
-                await resp.write_eof()
-            finally:
-                if staging is not None:
-                    await staging.close()
-    finally:
-        if ticket is not None:
-            await cache.finish(ticket)
-    metrics.DOWNLOAD_BYTES.inc(n)
-    metrics.DOWNLOAD_DURATION.observe(time.perf_counter() - t0)
-    return resp
+        return await objectops.head(call.ctx, key, range_header, cond=cond)
+    return await objectops.get(call.ctx, call.request, key, range_header, cond=cond)
 
 
 # --- DELETE ---------------------------------------------------------------------------------
@@ -617,17 +188,7 @@ async def _fill_and_stream(call: Call, key: str, cond: _Conditions) -> web.Strea
 @ROUTES.route("DELETE", _KEY, "Delete an object from the bucket and the cache (204 also when "
               "absent).", tag="objects", responses={204: "deleted"})
 async def delete_object(call: Call) -> web.StreamResponse:
-    key = decode_key(call.params["key"])
-    cache = call.ctx.cache.local()
-    ticket, _ = await cache.register(key, write=True)
-    try:
-        await call.ctx.store.delete(key)
-        await failpoint("server.delete.after_bucket")
-    finally:
-        # Whatever happened (the delete may have landed), the copy goes, after the bucket
-        # call and in the key's order on shard 0.
-        await cache.finish(ticket, remove=True)
-    call.ctx.etags.pop(key, None)
+    await objectops.delete(call.ctx, decode_key(call.params["key"]))
     return web.Response(status=204)
 
 

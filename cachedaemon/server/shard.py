@@ -3,9 +3,11 @@
 Every shard — shard 0 in the main process and each worker process — builds a :class:`Shard`
 from the same settings and runs the same steps (``docs/shards.md``):
 
-1. :meth:`Shard.open`: its object store and its HTTP server on its own listening socket. From
-   here ``/healthz`` answers, ``/readyz`` says 503 and ``/v1`` requests get 503 until the shard
-   is told it is ready.
+1. :meth:`Shard.open`: its object store and its HTTP server on its own listening socket (and,
+   with ``server.s3_listen``, its S3 endpoint on another, whose per-shard state is served to
+   the other shards as the ``s3`` service: :mod:`cachedaemon.server.s3`). From here
+   ``/healthz`` answers, ``/readyz`` says 503 and ``/v1`` and S3 requests get 503 until the
+   shard is told it is ready.
 2. :meth:`Shard.start_services`: its cache service (shard 0's runs the coordinator and the
    start-up recovery; the others reach it by message) and its metastore domains.
 3. :meth:`Shard.close`: top down — domains, cache, store, server.
@@ -47,10 +49,14 @@ class Shard:
     """One shard's services and its ``shard`` service (see the module doc)."""
 
     def __init__(self, settings: Settings, smp: Smp, sock: socket.socket,
-                 max_connections: int, budget: Budget) -> None:
+                 max_connections: int, budget: Budget,
+                 s3_sock: socket.socket | None = None) -> None:
         self.settings = settings
         self.smp = smp
         self.sock = sock
+        self.s3_sock = s3_sock
+        self.s3_server: HttpServer | None = None
+        self.s3: Any = None  # the S3 endpoint's state on this shard (server.s3.app.S3Context)
         self.max_connections = max_connections
         self.budget = budget
         self.state = ServerState(settings.server.shards, smp)
@@ -76,6 +82,12 @@ class Shard:
         self.ctx = ctx
         self.smp.register("shard", self)
         self.server = await start_shard_server(ctx, self.sock, self.max_connections)
+        if self.s3_sock is not None:
+            from cachedaemon.server.s3.app import start_s3_server
+
+            self.s3_server, self.s3 = await start_s3_server(ctx, self.s3_sock,
+                                                            self.max_connections)
+            self.smp.register("s3", self.s3)
 
     async def start_services(self) -> None:
         """The cache and the domains; then the handlers can use them."""
@@ -93,9 +105,14 @@ class Shard:
         """Stop serving and stop the services, top down. Errors are logged, not raised."""
         if self.server is not None:
             self.server.abort_all()
+        if self.s3_server is not None:
+            self.s3_server.abort_all()
         if self.ctx is not None and self.ctx.inflight:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ctx.idle.wait(), 5.0)
+        if self.s3 is not None:
+            await self.s3.close()  # the multipart parts it holds leave the cache's gate
+            self.s3 = None
         if self.domains is not None:
             try:
                 await stop_domains(self.domains)
@@ -116,6 +133,9 @@ class Shard:
             self.store = None
         with contextlib.suppress(OSError):
             self.sock.close()
+        if self.s3_sock is not None:
+            with contextlib.suppress(OSError):
+                self.s3_sock.close()
 
     # --- the "shard" service ---------------------------------------------------------------
 
@@ -130,6 +150,8 @@ class Shard:
         self.state.ready = False
         if self.server is not None:
             self.server.begin_shutdown()
+        if self.s3_server is not None:
+            self.s3_server.begin_shutdown()
         ctx = self.ctx
         if ctx is None:
             return 0

@@ -160,6 +160,29 @@ def test_format_size() -> None:
     assert format_size(3 * 1024**3) == "3.0 GiB"
 
 
+def test_s3_endpoint_settings() -> None:
+    s = load_settings(env={})
+    assert s.server.s3_listen is None  # off by default
+    assert (s.s3.bucket_mode, s.s3.bucket) == ("single", "cachedaemon")
+    assert s.s3.credentials() is None  # open, as /v1 is without a token
+    s = load_settings(env={"CACHEDAEMON_REMOTE_URL": "s3://photos/team-a"},
+                      flags={"server.s3_listen": "127.0.0.1:9000", "s3.bucket_mode": "prefix"})
+    assert (s.server.s3_listen, s.s3.bucket_mode, s.s3.bucket) == \
+        ("127.0.0.1:9000", "prefix", "photos")
+    # The auth token doubles as the secret key; an explicit secret wins.
+    s = load_settings(env={"CACHEDAEMON_SERVER_AUTH_TOKEN": "tok"})
+    assert s.s3.credentials() == ("cachedaemon", "tok")
+    s = load_settings(env={"CACHEDAEMON_SERVER_AUTH_TOKEN": "tok",
+                           "CACHEDAEMON_S3_ACCESS_KEY_ID": "AK",
+                           "CACHEDAEMON_S3_SECRET_ACCESS_KEY": "SK"})
+    assert s.s3.credentials() == ("AK", "SK")
+    for bad in ({"CACHEDAEMON_S3_BUCKET": "Not_A_Bucket"},
+                {"CACHEDAEMON_SERVER_S3_LISTEN": "nope"},
+                {"CACHEDAEMON_S3_BUCKET_MODE": "many"}):
+        with pytest.raises(ConfigError):
+            load_settings(env=bad)
+
+
 def test_settings_round_trip_through_plain_data(tmp_path: Path) -> None:
     import json
 

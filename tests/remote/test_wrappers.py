@@ -21,7 +21,7 @@ from cachedaemon.remote import (
     MemoryObjectStore,
     RetryingObjectStore,
 )
-from cachedaemon.remote.base import ObjectStore
+from cachedaemon.remote.base import ObjectMeta, ObjectStore
 
 FAST = Backoff(initial_s=0.001, max_s=0.01)
 
@@ -173,6 +173,20 @@ async def test_body_fault_breaks_download(object_store: ObjectStore) -> None:
     assert bytes(got) == data[:100_000]
     assert faulty.injected["get"] == 1
     assert await faulty.get_bytes("b") == data  # the second get is whole
+
+
+async def test_wrappers_pass_metadata_and_part_layouts_on(object_store: ObjectStore) -> None:
+    meta = ObjectMeta.make({"k": "v"}, content_type="text/csv")
+    stack = RetryingObjectStore(
+        InstrumentedObjectStore(FaultInjectingObjectStore(object_store)), deadline_s=5)
+    data = b"x" * (5 * 1024 * 1024 + 3)  # S3's smallest part but the last is 5 MiB
+    info = await stack.put("layout", data, meta=meta, part_sizes=[5 * 1024 * 1024, 3])
+    assert info.etag.endswith("-2")
+    head = await object_store.head("layout")
+    assert head is not None and (head.etag, head.meta) == (info.etag, meta)
+    await stack.put("single", b"abcdef", single_part=True)
+    head = await object_store.head("single")
+    assert head is not None and not head.etag.endswith("-1")
 
 
 async def test_land_then_fail_aimed_at_keys() -> None:
