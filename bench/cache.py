@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 _BENCH_DIR = str(Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if p and str(Path(p).resolve()) != _BENCH_DIR]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse

@@ -40,9 +40,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-# Run as a script, bench/ is sys.path[0] and bench/http.py would shadow the standard library.
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 from cachedaemon.lsm import Database, Options  # noqa: E402

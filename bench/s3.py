@@ -16,25 +16,19 @@ every ratio measured in the same run:
    through ``/v1`` of the same daemon setup (aiohttp).
 
 Daemons, moto and ``wrk`` are started here on 127.0.0.1 (``wrk`` from Debian, installed with
-apt-get when missing, as ``bench/http.py`` does). Prints requests/s, MB/s, p50/p99 and the
+apt-get when missing, as ``bench/serving.py`` does). Prints requests/s, MB/s, p50/p99 and the
 ratio for each row. moto (Python) bounds rows 3 and 4, so their absolute figures say nothing
 about S3; the ratio is the point. The machine may be shared: say so with the figures.
 """
 
 from __future__ import annotations
 
-# ruff: noqa: E402
-import sys
-
-_HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
-sys.path[:] = [p for p in sys.path if p not in ("", _HERE) and not p.endswith("/bench")]
-
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 import time
 import urllib.request
@@ -42,15 +36,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+# ruff: noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# The helpers of bench/http.py (wrk, moto, timing, table rows): one implementation.
-_spec = importlib.util.spec_from_file_location("bench_http", ROOT / "bench" / "http.py")
-assert _spec is not None and _spec.loader is not None
-bench_http: Any = importlib.util.module_from_spec(_spec)
-sys.modules["bench_http"] = bench_http  # its dataclasses look their module up
-_spec.loader.exec_module(bench_http)
+import support  # wrk, moto, timing, table rows: the benchmarks' one copy
 
 from tests.support.daemon import DaemonProcess, start_daemon
 
@@ -105,7 +95,7 @@ async def puts(endpoint: str, bucket: str, count: int, key: str, secret: str) ->
         async def one(i: int) -> None:
             await s3.put_object(Bucket=bucket, Key=f"put-{tag}/{i}", Body=payloads[i % 8])
 
-        return await bench_http.timed_requests(count, 8, MiB, one)
+        return await support.timed_requests(count, 8, MiB, one)
 
 
 async def v1_puts(url: str, count: int) -> Any:
@@ -118,7 +108,7 @@ async def v1_puts(url: str, count: int) -> Any:
             async with http.put(f"{url}/v1/objects/v1put-{tag}/{i}", data=payloads[i % 8]) as r:
                 assert r.status == 201, await r.text()
 
-        return await bench_http.timed_requests(count, 8, MiB, one)
+        return await support.timed_requests(count, 8, MiB, one)
 
 
 def main() -> int:
@@ -130,14 +120,14 @@ def main() -> int:
     args = ap.parse_args()
     duration = 2.0 if args.quick else args.duration
     count = 48 if args.quick else 128
-    problem = bench_http.ensure_tools()
+    problem = support.ensure_tools()
     if problem is not None:
         print(f"cannot run: {problem}", file=sys.stderr)
         return 1
     rows: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="bench-s3-"))
     try:
-        with bench_http.moto() as moto, contextlib.ExitStack() as stack:
+        with support.moto() as moto, contextlib.ExitStack() as stack:
             bucket = f"bench-{uuid.uuid4().hex[:12]}"
             os.environ.update({"AWS_ACCESS_KEY_ID": "testing",
                                "AWS_SECRET_ACCESS_KEY": "testing"})
@@ -154,8 +144,8 @@ def main() -> int:
             warm(open_d, boto(open_s3), bucket)
             signed_client = boto(signed_s3)
             warm(signed_d, signed_client, bucket)
-            wrk = bench_http.wrk
-            best = bench_http.best
+            wrk = support.wrk
+            best = support.best
             for name, _ in SIZES:
                 presigned = signed_client.generate_presigned_url(
                     "get_object", Params={"Bucket": bucket, "Key": f"hit-{name}"},
@@ -176,11 +166,11 @@ def main() -> int:
                         acc.append(wrk(url, duration, CONCURRENCY))
                 s3_r, v1_r = best(sides["s3"][0]), best(sides["v1"][0])
                 signed_r, moto_r = best(sides["signed"][0]), best(sides["moto"][0])
-                rows.append(bench_http.row(f"hit GET {name} c{CONCURRENCY}: S3 (open)",
+                rows.append(support.row(f"hit GET {name} c{CONCURRENCY}: S3 (open)",
                                            s3_r, v1_r, "/v1"))
-                rows.append(bench_http.row(f"hit GET {name} c{CONCURRENCY}: S3 (SigV4 presigned)",
+                rows.append(support.row(f"hit GET {name} c{CONCURRENCY}: S3 (SigV4 presigned)",
                                            signed_r, v1_r, "/v1"))
-                rows.append(bench_http.row(f"hit GET {name} c{CONCURRENCY}: S3 (open)",
+                rows.append(support.row(f"hit GET {name} c{CONCURRENCY}: S3 (open)",
                                            s3_r, moto_r, "moto"))
             ours: list[Any] = []
             ref: list[Any] = []
@@ -194,9 +184,9 @@ def main() -> int:
                     run = v1_puts(endpoint, count) if acc is v1 else \
                         puts(endpoint, bucket, count, key, secret)
                     acc.append(asyncio.run(run))
-            rows.append(bench_http.row("PUT 1MiB c8: S3 endpoint (SigV4)", best(ours),
+            rows.append(support.row("PUT 1MiB c8: S3 endpoint (SigV4)", best(ours),
                                        best(ref), "moto"))
-            rows.append(bench_http.row("PUT 1MiB c8: S3 endpoint (SigV4)", best(ours),
+            rows.append(support.row("PUT 1MiB c8: S3 endpoint (SigV4)", best(ours),
                                        best(v1), "/v1"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
