@@ -47,12 +47,23 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _EPOCH = re.compile(r"^(\d{20})$")
 
 
+#: Names that passed the check (a request checks its domain's name at each layer it crosses;
+#: the hot paths pay a set lookup). Bounded: cleared when it grows past the cap.
+_VALID_NAMES: set[str] = set()
+_VALID_NAMES_CAP = 65536
+
+
 def check_domain_name(name: str) -> str:
     """``name`` if it is a valid domain name, else :class:`InvalidArgument`."""
+    if type(name) is str and name in _VALID_NAMES:
+        return name
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidArgument(
             f"invalid domain name {name!r}: expected [a-z0-9][a-z0-9_-]{{0,62}}"
         )
+    if len(_VALID_NAMES) >= _VALID_NAMES_CAP:
+        _VALID_NAMES.clear()
+    _VALID_NAMES.add(name)
     return name
 
 

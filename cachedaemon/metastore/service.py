@@ -36,11 +36,12 @@ import logging
 import os
 import socket
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from types import TracebackType
 from typing import Any, TypeVar
 
 from cachedaemon.config import Settings
-from cachedaemon.core.gate import Gate
+from cachedaemon.core.gate import Gate, GateHolder
 from cachedaemon.core.sharded import Sharded
 from cachedaemon.errors import CacheDaemonError, NotFound, ReadOnly
 from cachedaemon.lsm.io.cloud_base import CloudIO
@@ -132,12 +133,13 @@ class DomainService:
     async def domain(self, name: str, *, create: bool) -> Domain:
         """The open domain ``name`` (opening it if needed). NotFound if never written and
         ``create`` is false (or the daemon is read-only)."""
+        domain = self._domains.get(name)
+        if domain is not None and domain.broken is None and not _fenced_writer(domain) \
+                and name not in self._closing:
+            self._gate.check()  # open and well: the usual case, no await
+            return self._touch(domain)
         check_domain_name(name)
         with self._gate.hold():
-            domain = self._domains.get(name)
-            if domain is not None and domain.broken is None and not _fenced_writer(domain) \
-                    and name not in self._closing:
-                return self._touch(domain)
             lock = self._opening.setdefault(name, asyncio.Lock())
             async with lock:
                 domain = self._domains.get(name)
@@ -185,20 +187,17 @@ class DomainService:
         self._domains[name] = domain
         return domain
 
-    @contextlib.asynccontextmanager
-    async def use(self, name: str, *, create: bool) -> AsyncIterator[Domain]:
-        """The open domain ``name``, counted as in use (never closed) while the block runs."""
-        domain = await self.domain(name, create=create)
-        self._in_use[name] = self._in_use.get(name, 0) + 1
-        try:
-            with self._gate.hold():
-                yield domain
-        finally:
-            left = self._in_use[name] - 1
-            if left:
-                self._in_use[name] = left
-            else:
-                del self._in_use[name]
+    def use(self, name: str, *, create: bool) -> DomainUse:
+        """``async with service.use(name, create=...) as domain``: the open domain ``name``,
+        counted as in use (never closed) while the block runs."""
+        return DomainUse(self, name, create)
+
+    def _release_use(self, name: str) -> None:
+        left = self._in_use[name] - 1
+        if left:
+            self._in_use[name] = left
+        else:
+            del self._in_use[name]
 
     def _closable(self, domain: Domain) -> bool:
         name = domain.name
@@ -332,7 +331,8 @@ class DomainService:
     async def get(self, name: str, key: bytes) -> bytes | None:
         check_key(key)
         async with self.use(name, create=False) as domain:
-            await self._fresh_reader(domain)
+            if domain.log is None:
+                await self._fresh_reader(domain)
             return await domain.get(key)
 
     async def scan(self, name: str, start: bytes | None, end: bytes | None,
@@ -363,6 +363,36 @@ class DomainService:
             return await self.registry.list_names()
 
 
+class DomainUse:
+    """One use of a domain (see :meth:`DomainService.use`): a plain class rather than a
+    generator-based context manager, because every kv and L1 request makes one."""
+
+    __slots__ = ("_create", "_holder", "_name", "_service")
+
+    def __init__(self, service: DomainService, name: str, create: bool) -> None:
+        self._service = service
+        self._name = name
+        self._create = create
+        self._holder: GateHolder | None = None
+
+    async def __aenter__(self) -> Domain:
+        service, name = self._service, self._name
+        domain = await service.domain(name, create=self._create)
+        service._in_use[name] = service._in_use.get(name, 0) + 1
+        try:
+            self._holder = service._gate.hold()
+        except BaseException:
+            service._release_use(name)
+            raise
+        return domain
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        assert self._holder is not None
+        self._holder.release()
+        self._service._release_use(self._name)
+
+
 def _fenced_writer(domain: Domain) -> bool:
     return domain.fenced is not None and domain.log is not None
 
@@ -374,9 +404,10 @@ async def call_domain(domains: Sharded[DomainService], name: str,
     case); from another shard only a method of :class:`DomainService` with plain arguments can
     travel."""
     check_domain_name(name)
-    shard = owner_shard(name, domains.count)
-    if shard == domains.shard:
+    count = domains.count
+    if count == 1 or owner_shard(name, count) == domains.shard:
         return await fn(domains.local(), name, *args)
+    shard = owner_shard(name, count)
     result: T = await domains.invoke_on(shard, fn, name, *args)
     return result
 

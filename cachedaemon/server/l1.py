@@ -15,6 +15,7 @@ The JSON schemas of bodies and answers are added to ``/openapi.json`` by :func:`
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -59,14 +60,20 @@ def _config(call: Call) -> L1Config:
 
 
 def _tidp(call: Call) -> TopicIdPartition:
-    raw_topic = decode_text(call.params["topic_id"], "topic_id")
+    params = call.params
+    return TopicIdPartition(_topic_id(params["topic_id"]),
+                            _int_text(decode_text(params["partition"], "partition"), "partition",
+                                      0, 2**31 - 1))
+
+
+@functools.lru_cache(maxsize=4096)
+def _topic_id(raw: str) -> uuid.UUID:
+    """The ``{topic_id}`` path parameter (memoized: a client asks about few topics, often)."""
+    raw_topic = decode_text(raw, "topic_id")
     try:
-        topic = uuid.UUID(raw_topic)
+        return uuid.UUID(raw_topic)
     except ValueError as exc:
         raise InvalidArgument(f"topic_id: {raw_topic[:80]!r} is not a UUID") from exc
-    partition = _int_text(decode_text(call.params["partition"], "partition"), "partition",
-                          0, 2**31 - 1)
-    return TopicIdPartition(topic, partition)
 
 
 def _int_text(text: str, name: str, lo: int, hi: int) -> int:
@@ -106,8 +113,12 @@ async def _body(call: Call, kind: type[Any]) -> Any:
         raise InvalidArgument(f"body is not valid JSON: {exc}") from exc
 
 
+_JSON = b"Content-Type: application/json\r\n"  # encoded once
+_encode = msgspec.json.Encoder().encode
+
+
 def _answer(value: Any) -> web.Response:
-    return web.Response(body=msgspec.json.encode(value), content_type="application/json")
+    return web.Response(body=_encode(value), raw=_JSON)
 
 
 async def _op(call: Call, name: str, op: str, *args: Any, **kwargs: Any) -> Any:
