@@ -98,6 +98,10 @@ class Served:
 #: included); may raise to refuse the answer before anything is sent.
 Describe = Callable[[Served], dict[str, str]]
 
+#: The header lines (encoded, Content-Length aside) of a whole small hit read from open file
+#: ``fd`` of ``size`` bytes, or None to answer through the general path (with a Describe).
+HitHeaders = Callable[[int, int], bytes | None]
+
 
 # --- PUT ------------------------------------------------------------------------------------
 
@@ -232,11 +236,13 @@ class Conditions:
 
 
 async def get(ctx: ShardContext, request: Any, key: str, range_header: str | None,
-              describe: Describe | None = None, cond: Conditions | None = None
-              ) -> web.StreamResponse:
+              describe: Describe | None = None, cond: Conditions | None = None,
+              hit_headers: HitHeaders | None = None) -> web.StreamResponse:
     """Answer a GET of ``key``: a hit from the cached file, a miss from the bucket (filling the
-    cache). REQUIRES: a valid, unreserved key."""
-    return await _get(ctx, request, key, range_header, describe, cond, head=False)
+    cache). With ``hit_headers``, a whole small hit takes its header lines from it (``/v1``'s
+    own are built in). REQUIRES: a valid, unreserved key."""
+    return await _get(ctx, request, key, range_header, describe, cond, head=False,
+                      hit_headers=hit_headers)
 
 
 async def head(ctx: ShardContext, key: str, range_header: str | None,
@@ -247,15 +253,15 @@ async def head(ctx: ShardContext, key: str, range_header: str | None,
 
 
 async def _get(ctx: ShardContext, request: Any, key: str, range_header: str | None,
-               describe: Describe | None, cond: Conditions | None, *, head: bool
-               ) -> web.StreamResponse:
+               describe: Describe | None, cond: Conditions | None, *, head: bool,
+               hit_headers: HitHeaders | None = None) -> web.StreamResponse:
     cache = ctx.cache.local()
     if cond is not None and not cond.any:
         cond = None
     fd = cache.open_entry(key, count=not head)
     if fd is not None:
         resp = await _serve_cached(ctx, request, describe, key, fd, range_header, cond,
-                                   head=head)
+                                   head=head, hit_headers=hit_headers)
         if resp is not None:
             return resp
     describe = describe or plain_headers
@@ -307,27 +313,33 @@ def _entry_etag(ctx: ShardContext, key: str, fd: int, st: os.stat_result) -> str
 
 async def _serve_cached(ctx: ShardContext, request: Any, describe: Describe | None, key: str,
                         fd: int, range_header: str | None, cond: Conditions | None, *,
-                        head: bool) -> web.StreamResponse | None:
+                        head: bool, hit_headers: HitHeaders | None = None
+                        ) -> web.StreamResponse | None:
     """Serve a cache hit from one descriptor (bytes, size and ETag of the same file, whatever
     replaces the entry meanwhile), which this closes; None if it is not a usable entry
     (treated as a miss).
 
     ``/v1``'s common case — a whole small entry, no conditions — is one ``pread`` of up to
     :data:`READ_INLINE_BYTES` + 1 bytes (a shorter answer is the whole file, so no ``fstat``)
-    and one ``fgetxattr`` for the ETag, with header lines encoded once per ETag."""
+    and one ``fgetxattr`` for the ETag, with header lines encoded once per ETag; a caller's
+    ``hit_headers`` (S3's) takes the place of the ``fgetxattr`` and the header lines."""
     try:
-        if describe is None and not head and range_header is None and cond is None:
+        if (describe is None or hit_headers is not None) and not head \
+                and range_header is None and cond is None:
             try:
                 data = os.pread(fd, READ_INLINE_BYTES + 1, 0)
             except OSError:
                 return None  # not a regular file (a tampered cache directory): a miss
             if len(data) <= READ_INLINE_BYTES:
-                try:
-                    etag = os.getxattr(fd, ETAG_XATTR).decode()
-                except OSError:
-                    etag = None
-                if etag is not None:
-                    return web.Response(body=data, raw=_hit_headers(etag))
+                if hit_headers is not None:
+                    raw = hit_headers(fd, len(data))
+                else:
+                    try:
+                        raw = _hit_headers(os.getxattr(fd, ETAG_XATTR).decode())
+                    except OSError:
+                        raw = None
+                if raw is not None:
+                    return web.Response(body=data, raw=raw)
         describe = describe or plain_headers
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -396,7 +396,8 @@ async def get_object(call: S3Call) -> StreamResponse:
 
     try:
         resp: StreamResponse = await objects.get(call.request, key, headers.get("range"),
-                                                 headers_for)
+                                                 headers_for,
+                                                 plain=not conditional and not overrides)
     except (NotFound, InvalidKey):
         raise await _missing(call) from None
     return resp

@@ -166,6 +166,16 @@ def object_headers(record: ObjectRecord, overrides: Mapping[str, str] | None = N
 
 
 @functools.lru_cache(maxsize=4096)
+def hit_header_lines(record: ObjectRecord) -> bytes | None:
+    """The encoded header lines of a whole cache hit of ``record`` (no overrides; Content-Length
+    aside), or None if a value would break a line (the general path refuses it)."""
+    text = "".join(f"{name}: {value}\r\n" for name, value in _base_headers(record))
+    if "\n" in text.replace("\r\n", ""):
+        return None
+    return (text + "X-Cache: hit\r\n").encode("latin-1", "replace")
+
+
+@functools.lru_cache(maxsize=4096)
 def _base_headers(record: ObjectRecord) -> tuple[tuple[str, str], ...]:
     meta = record.meta
     headers = {
