@@ -8,8 +8,8 @@ writes, commit, invalidate) on its own shard, in worker threads where they may b
 instance also owns the :class:`~cachedaemon.cache.coordinator.CacheCoordinator` (accounting,
 reservations, trims, tracker); other shards reach it only by message (``docs/shards.md``): calls
 for what they wait on (``reserve_space``, ``trim``, ``stats``) and posts for what they do not
-(releases, merges and commits of reservations, forgets, and access-time touches, batched per
-loop iteration). The ``_coord_*`` methods are that message surface; they run on shard 0.
+(releases, merges and commits of reservations, forgets, and access-time touches, gathered for
+``TOUCH_BATCH_S``). The ``_coord_*`` methods are that message surface; they run on shard 0.
 
 Shard 0's instance also owns the :class:`~cachedaemon.cache.coherence.KeyTable` that orders
 object writes, fills and cache drops per key (``docs/cache.md``, "Per key, reads follow
@@ -61,6 +61,10 @@ T = TypeVar("T")
 
 #: Ranges up to this size are read on the loop; larger ones in a worker thread.
 INLINE_READ_BYTES = 64 * 1024
+#: How long a shard other than 0 gathers access-time touches before posting them to shard 0
+#: in one message (a hot key touched a thousand times meanwhile is one entry). Stats and admin
+#: trims flush every shard's touches first; automatic trims may see them this much late.
+TOUCH_BATCH_S = 0.05
 
 
 class CacheStatus(enum.Enum):
@@ -373,7 +377,7 @@ class CacheService:
         self._touches[rel] = now
         if not self._touch_scheduled:
             self._touch_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_touches)
+            asyncio.get_running_loop().call_later(TOUCH_BATCH_S, self._flush_touches)
 
     def _flush_touches(self) -> None:
         self._touch_scheduled = False
@@ -626,8 +630,11 @@ class CacheService:
     # --- administration --------------------------------------------------------------------
 
     async def trim(self) -> TrimResult:
-        """Trim now, unthrottled, to the low watermark (admin)."""
+        """Trim now, unthrottled, to the low watermark (admin), after every shard's touches
+        so far have reached shard 0."""
         with self._gate.hold():
+            if self._sharded is not None:
+                await self._sharded.invoke_on_all(CacheService._hit_counts)
             if self._on_coordinator:
                 return await self.coordinator.trim()
             assert self._sharded is not None
