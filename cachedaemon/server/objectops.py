@@ -241,7 +241,7 @@ async def get(ctx: ShardContext, request: Any, key: str, range_header: str | Non
     """Answer a GET of ``key``: a hit from the cached file, a miss from the bucket (filling the
     cache). With ``hit_headers``, a whole small hit takes its header lines from it (``/v1``'s
     own are built in). REQUIRES: a valid, unreserved key."""
-    return await _get(ctx, request, key, range_header, describe, cond, head=False,
+    return await read(ctx, request, key, range_header, describe, cond, head=False,
                       hit_headers=hit_headers)
 
 
@@ -249,21 +249,35 @@ async def head(ctx: ShardContext, key: str, range_header: str | None,
                describe: Describe | None = None, cond: Conditions | None = None
                ) -> web.StreamResponse:
     """Answer a HEAD of ``key`` (neither fills the cache nor counts a hit or a miss)."""
-    return await _get(ctx, None, key, range_header, describe, cond, head=True)
+    return await read(ctx, None, key, range_header, describe, cond, head=True)
 
 
-async def _get(ctx: ShardContext, request: Any, key: str, range_header: str | None,
-               describe: Describe | None, cond: Conditions | None, *, head: bool,
-               hit_headers: HitHeaders | None = None) -> web.StreamResponse:
+async def read(ctx: ShardContext, request: Any, key: str, range_header: str | None,
+               describe: Describe | None = None, cond: Conditions | None = None, *,
+               head: bool, hit_headers: HitHeaders | None = None) -> web.StreamResponse:
+    """:func:`get` (``head`` false) or :func:`head` (true); a whole small hit is answered
+    without a further await (the hot path: ``docs/performance.md``)."""
     cache = ctx.cache.local()
     if cond is not None and not cond.any:
         cond = None
     fd = cache.open_entry(key, count=not head)
     if fd is not None:
-        resp = await _serve_cached(ctx, request, describe, key, fd, range_header, cond,
-                                   head=head, hit_headers=hit_headers)
-        if resp is not None:
-            return resp
+        if not head and range_header is None and cond is None \
+                and (describe is None or hit_headers is not None):
+            try:
+                small = _small_hit(fd, hit_headers)
+            except OSError:  # not a regular file (a tampered cache directory): a miss
+                small = None
+                os.close(fd)
+                fd = None
+            if small is not None:
+                os.close(fd)
+                return small
+        if fd is not None:
+            resp = await _serve_cached(ctx, request, describe, key, fd, range_header, cond,
+                                       head=head)
+            if resp is not None:
+                return resp
     describe = describe or plain_headers
     if head:
         info = await ctx.store.head(key)
@@ -311,35 +325,34 @@ def _entry_etag(ctx: ShardContext, key: str, fd: int, st: os.stat_result) -> str
     return None
 
 
-async def _serve_cached(ctx: ShardContext, request: Any, describe: Describe | None, key: str,
-                        fd: int, range_header: str | None, cond: Conditions | None, *,
-                        head: bool, hit_headers: HitHeaders | None = None
-                        ) -> web.StreamResponse | None:
-    """Serve a cache hit from one descriptor (bytes, size and ETag of the same file, whatever
-    replaces the entry meanwhile), which this closes; None if it is not a usable entry
-    (treated as a miss).
+def _small_hit(fd: int, hit_headers: HitHeaders | None) -> web.Response | None:
+    """The answer of a whole small hit from open entry ``fd``, or None when the general path
+    must answer (a larger entry, no ETag or record); OSError if ``fd`` cannot be read.
 
     ``/v1``'s common case — a whole small entry, no conditions — is one ``pread`` of up to
     :data:`READ_INLINE_BYTES` + 1 bytes (a shorter answer is the whole file, so no ``fstat``)
     and one ``fgetxattr`` for the ETag, with header lines encoded once per ETag; a caller's
     ``hit_headers`` (S3's) takes the place of the ``fgetxattr`` and the header lines."""
+    data = os.pread(fd, READ_INLINE_BYTES + 1, 0)
+    if len(data) > READ_INLINE_BYTES:
+        return None
+    if hit_headers is not None:
+        raw = hit_headers(fd, len(data))
+    else:
+        try:
+            raw = _hit_headers(os.getxattr(fd, ETAG_XATTR).decode())
+        except OSError:
+            raw = None
+    return None if raw is None else web.Response(body=data, raw=raw)
+
+
+async def _serve_cached(ctx: ShardContext, request: Any, describe: Describe | None, key: str,
+                        fd: int, range_header: str | None, cond: Conditions | None, *,
+                        head: bool) -> web.StreamResponse | None:
+    """Serve a cache hit from one descriptor (bytes, size and ETag of the same file, whatever
+    replaces the entry meanwhile), which this closes; None if it is not a usable entry
+    (treated as a miss)."""
     try:
-        if (describe is None or hit_headers is not None) and not head \
-                and range_header is None and cond is None:
-            try:
-                data = os.pread(fd, READ_INLINE_BYTES + 1, 0)
-            except OSError:
-                return None  # not a regular file (a tampered cache directory): a miss
-            if len(data) <= READ_INLINE_BYTES:
-                if hit_headers is not None:
-                    raw = hit_headers(fd, len(data))
-                else:
-                    try:
-                        raw = _hit_headers(os.getxattr(fd, ETAG_XATTR).decode())
-                    except OSError:
-                        raw = None
-                if raw is not None:
-                    return web.Response(body=data, raw=raw)
         describe = describe or plain_headers
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -175,11 +175,12 @@ async def _get(call: Call, *, head: bool) -> web.StreamResponse:
     get = dict.get  # the headers' keys are lower case: skip the case folding
     headers = call.request.headers
     range_header = get(headers, "range")
-    cond = objectops.Conditions(call.request.method, get(headers, "if-match"),
-                                get(headers, "if-none-match"), get(headers, "if-range"))
-    if head:
-        return await objectops.head(call.ctx, key, range_header, cond=cond)
-    return await objectops.get(call.ctx, call.request, key, range_header, cond=cond)
+    if_match, if_none_match = get(headers, "if-match"), get(headers, "if-none-match")
+    if_range = get(headers, "if-range")
+    cond = None if if_match is None and if_none_match is None and if_range is None else \
+        objectops.Conditions(call.request.method, if_match, if_none_match, if_range)
+    return await objectops.read(call.ctx, call.request, key, range_header, cond=cond,
+                                head=head)
 
 
 # --- DELETE ---------------------------------------------------------------------------------
