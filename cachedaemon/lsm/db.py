@@ -30,7 +30,7 @@ import contextlib
 import itertools
 import logging
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -681,32 +681,44 @@ class Database:
             if consulted > 1 and first is not None and vs.charge_seek(*first):
                 self._compact_wake.set()
 
-    def _internal_iterator(self) -> tuple[InternalIterator, Version]:
+    def _internal_iterator(
+        self, lo: bytes | None = None, hi: bytes | None = None
+    ) -> tuple[InternalIterator, Version]:
+        """The merged internal iterator over the memtables and the current version, and that
+        version. With ``lo``/``hi`` (user prefixes, :func:`user_prefix`), SSTs whose keys all
+        lie outside ``[lo, hi)`` are left out: the caller never reads outside that range."""
         children: list[InternalIterator] = [self._mem.iterator()]
         if self._imm is not None:
             children.append(self._imm.iterator())
         version = self._versions.current
+        tables = self._tables
         for f in version.levels[0]:
-            children.append(LevelIterator([f], self._tables))
+            if (lo is None or f.largest[:-8] >= lo) and (hi is None or f.smallest[:-8] < hi):
+                children.append(LevelIterator([f], tables))
         for level in range(1, NUM_LEVELS):
-            if version.levels[level]:
-                children.append(LevelIterator(version.levels[level], self._tables))
+            files = version.levels[level]
+            if not files:
+                continue
+            if lo is not None or hi is not None:
+                files = version.files_in_range(level, lo, hi)
+                if not files:
+                    continue
+            children.append(LevelIterator(files, tables))
         it = children[0] if len(children) == 1 else MergingIterator(children)
         return it, version
 
-    def iterator(self, snapshot: Snapshot | int | None = None, *, reverse: bool = False) -> DBIter:
-        """A user-key iterator at ``snapshot`` (default: now). Position it with
-        ``seek``/``seek_to_first``/``seek_to_last`` and step with ``next``/``prev``; close it
-        (or ``async with``). ``async for k, v in it`` walks the whole database ascending, or
-        descending with ``reverse=True``, and closes it."""
-        self._gate.check()
+    @staticmethod
+    def _seqno(snapshot: Snapshot | int | None, default: int) -> int:
         if snapshot is None:
-            snap = self._max_applied
-        elif isinstance(snapshot, int):
-            snap = snapshot
-        else:
-            snap = snapshot.seqno
-        it, version = self._internal_iterator()
+            return default
+        if isinstance(snapshot, int):
+            return snapshot
+        return snapshot.seqno
+
+    def _make_iterator(
+        self, snap: int, reverse: bool, lo: bytes | None = None, hi: bytes | None = None
+    ) -> tuple[DBIter, Callable[[], None]]:
+        it, version = self._internal_iterator(lo, hi)
         vs = self._versions
         vs.pin(version)
         unpinned = False
@@ -717,9 +729,56 @@ class Database:
                 unpinned = True
                 vs.unpin(version)
 
-        db_iter = DBIter(it, snap, on_close=unpin, reverse=reverse)
+        return DBIter(it, snap, on_close=unpin, reverse=reverse), unpin
+
+    def iterator(self, snapshot: Snapshot | int | None = None, *, reverse: bool = False) -> DBIter:
+        """A user-key iterator at ``snapshot`` (default: now). Position it with
+        ``seek``/``seek_to_first``/``seek_to_last`` and step with ``next``/``prev``; close it
+        (or ``async with``). ``async for k, v in it`` walks the whole database ascending, or
+        descending with ``reverse=True``, and closes it."""
+        self._gate.check()
+        db_iter, unpin = self._make_iterator(self._seqno(snapshot, self._max_applied), reverse)
+        # An iterator the caller forgets to close still unpins its version when collected.
         weakref.finalize(db_iter, unpin)
         return db_iter
+
+    def _range_iterator(
+        self, snapshot: Snapshot | int | None, start: bytes | None, end: bytes | None
+    ) -> DBIter:
+        """An iterator for :meth:`range`/:meth:`scan` over ``[start, end)`` only: SSTs outside
+        the range are left out, and it is always closed by its caller (no finalizer)."""
+        self._gate.check()
+        lo = None if start is None else user_prefix(start)
+        hi = None if end is None else user_prefix(end)
+        return self._make_iterator(self._seqno(snapshot, self._max_applied), False, lo, hi)[0]
+
+    @staticmethod
+    def _range_bounds(
+        start: bytes | None, end: bytes | None, prefix: bytes | None, limit: int | None
+    ) -> tuple[bytes | None, bytes | None, bool]:
+        """``(start, end, empty)`` with ``prefix`` folded into the bounds."""
+        if prefix is not None:
+            if start is None or start < prefix:
+                start = prefix
+            succ = prefix_successor(prefix)
+            if succ is not None and (end is None or succ < end):
+                end = succ
+        empty = (limit is not None and limit <= 0) or (
+            start is not None and end is not None and start >= end
+        )
+        return start, end, empty
+
+    @staticmethod
+    async def _position(it: DBIter, start: bytes | None, end: bytes | None, reverse: bool) -> None:
+        if not reverse:
+            if start is None:
+                await it.seek_to_first()
+            else:
+                await it.seek(start)
+        elif end is None:
+            await it.seek_to_last()
+        else:
+            await it.seek_before(end)
 
     async def range(
         self,
@@ -733,50 +792,24 @@ class Database:
     ) -> AsyncIterator[tuple[bytes, bytes]]:
         """Yield ``(key, value)`` for ``start <= key < end`` (and starting with ``prefix``),
         ascending or (``reverse``) descending, at most ``limit`` items."""
-        if prefix is not None:
-            if start is None or start < prefix:
-                start = prefix
-            succ = prefix_successor(prefix)
-            if succ is not None and (end is None or succ < end):
-                end = succ
-        if limit is not None and limit <= 0:
-            return
-        if start is not None and end is not None and start >= end:
+        start, end, empty = self._range_bounds(start, end, prefix, limit)
+        if empty:
             return
         count = 0
-        async with self.iterator(snapshot) as it:
-            if not reverse:
-                if start is None:
-                    await it.seek_to_first()
-                else:
-                    await it.seek(start)
-                while it.valid():
-                    k = it.key()
-                    if end is not None and k >= end:
-                        break
-                    yield k, it.value()
-                    count += 1
-                    if limit is not None and count >= limit:
-                        break
-                    await it.next()
-            else:
-                if end is None:
-                    await it.seek_to_last()
-                else:
-                    await it.seek(end)
-                    if it.valid():
-                        await it.prev()
-                    else:
-                        await it.seek_to_last()
-                while it.valid():
-                    k = it.key()
+        async with self._range_iterator(snapshot, start, end) as it:
+            await self._position(it, start, end, reverse)
+            while it.valid():
+                k = it.key()
+                if reverse:
                     if start is not None and k < start:
                         break
-                    yield k, it.value()
-                    count += 1
-                    if limit is not None and count >= limit:
-                        break
-                    await it.prev()
+                elif end is not None and k >= end:
+                    break
+                yield k, it.value()
+                count += 1
+                if limit is not None and count >= limit:
+                    break
+                await (it.prev() if reverse else it.next())
 
     async def scan(
         self,
@@ -788,13 +821,28 @@ class Database:
         reverse: bool = False,
         snapshot: Snapshot | int | None = None,
     ) -> list[tuple[bytes, bytes]]:
-        """:meth:`range` collected into a list."""
-        return [
-            kv
-            async for kv in self.range(
-                start, end, prefix=prefix, limit=limit, reverse=reverse, snapshot=snapshot
-            )
-        ]
+        """:meth:`range` collected into a list (one coroutine, no generator per item)."""
+        start, end, empty = self._range_bounds(start, end, prefix, limit)
+        if empty:
+            return []
+        out: list[tuple[bytes, bytes]] = []
+        it = self._range_iterator(snapshot, start, end)
+        try:
+            await self._position(it, start, end, reverse)
+            while it.valid():
+                k = it.key()
+                if reverse:
+                    if start is not None and k < start:
+                        break
+                elif end is not None and k >= end:
+                    break
+                out.append((k, it.value()))
+                if limit is not None and len(out) >= limit:
+                    break
+                await (it.prev() if reverse else it.next())
+        finally:
+            await it.close()
+        return out
 
     # --- read-only replicas --------------------------------------------------------------------
 
