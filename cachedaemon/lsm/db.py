@@ -74,6 +74,10 @@ log = logging.getLogger(__name__)
 
 _YIELD_EVERY = 2048
 
+#: Told about every applied batch's ``(kind, key, value)`` operations (``None``: rows changed
+#: wholesale); see :meth:`Database.add_write_listener`.
+WriteListener = Callable[[list[tuple[int, bytes, bytes]] | None], None]
+
 
 class Snapshot:
     """A pinned read point. Release it (or use ``with``) so compaction may drop old versions."""
@@ -151,6 +155,7 @@ class Database:
             lambda: self._bg_error,
         )
         self._closed = False
+        self._write_listeners: list[WriteListener] = []
         self.flushes = 0
         self.compactions = 0
         self.trivial_moves = 0
@@ -275,6 +280,8 @@ class Database:
         if base + len(ops) - 1 > MAX_SEQNO:
             raise InvalidArgument("seqno overflow")
         self._max_applied = self._mem.apply(ops, base, batch.approximate_bytes)
+        for listener in self._write_listeners:
+            listener(ops)
         return self._max_applied
 
     async def put(self, key: bytes, value: bytes) -> int:
@@ -282,6 +289,18 @@ class Database:
 
     async def delete(self, key: bytes) -> int:
         return await self.apply(WriteBatch().delete(key))
+
+    def add_write_listener(self, listener: WriteListener) -> None:
+        """Call ``listener(ops)`` with the operations of every batch applied from now on, in
+        seqno order, synchronously in the step that makes them visible (so a reader on this
+        loop never sees the database and the listener's view disagree); ``listener(None)``
+        when a read-only refresh changed rows it did not see one by one. A listener must not
+        raise or wait (it runs inside :meth:`apply`)."""
+        self._write_listeners.append(listener)
+
+    def remove_write_listener(self, listener: WriteListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._write_listeners.remove(listener)
 
     def _raise_bg_error(self) -> None:
         e = self._bg_error
@@ -853,6 +872,9 @@ class Database:
         with self._gate.hold():
             changed = await self._versions.refresh()
             self._max_applied = max(self._max_applied, self._versions.last_seqno)
+            if changed:
+                for listener in self._write_listeners:
+                    listener(None)
             return changed
 
     # --- introspection -------------------------------------------------------------------------
