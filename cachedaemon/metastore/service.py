@@ -160,6 +160,18 @@ class DomainService:
                     domain = await self._open(name, create=create)
                 return self._touch(domain)
 
+    def try_domain(self, name: str) -> Domain | None:
+        """The open domain ``name`` when it can be used right now without waiting — open, not
+        broken, not a fenced writer due to step down, not being closed — touched as a request
+        touches it (:meth:`domain` would return it at once); ``None`` when :meth:`domain` would
+        have to wait, open or reopen it. A caller that reads it must not wait either, or must
+        count as in use (:meth:`use`)."""
+        domain = self._domains.get(name)
+        if domain is None or domain.broken is not None or _fenced_writer(domain) \
+                or name in self._closing or self._gate.is_closed:
+            return None
+        return self._touch(domain)
+
     async def _forget(self, domain: Domain) -> None:
         self._domains.pop(domain.name, None)
         self._stop_task(domain.name)

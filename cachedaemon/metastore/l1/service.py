@@ -38,6 +38,7 @@ from typing import Any
 
 from cachedaemon.config import Settings
 from cachedaemon.errors import CacheDaemonError, InvalidArgument, ReadOnly
+from cachedaemon.lsm.db import Database
 from cachedaemon.metastore.l1.gc import ObjectGC
 from cachedaemon.metastore.l1.metastore import L1Metastore
 from cachedaemon.metastore.l1.store import (
@@ -104,6 +105,12 @@ class DomainRowStore:
 
     async def apply(self, ops: Sequence[RowOp]) -> None:
         await self.service.write(self.name, write_batch_of(ops))
+
+    def database(self) -> Database | None:
+        # The open domain's database if the service hands it over without waiting (and
+        # touches the domain, as a request does); else the query's slow path opens it.
+        domain = self.service.try_domain(self.name)
+        return None if domain is None else domain.db
 
 
 class _CachedObjectDeleter:
