@@ -343,9 +343,25 @@ class DomainService:
 
     async def get(self, name: str, key: bytes) -> bytes | None:
         check_key(key)
-        async with self.use(name, create=False) as domain:
-            await self._fresh_reader(domain)
-            return await domain.get(key)
+        domain = self.try_domain(name)
+        if domain is None or (domain.log is None and self.config.clock.monotonic()
+                              - domain.last_refresh >= self.config.refresh_interval_s):
+            async with self.use(name, create=False) as domain:
+                await self._fresh_reader(domain)
+                return await domain.get(key)
+        # The hot path: the domain is open and healthy (touched by try_domain), so skip the
+        # opening machinery; it counts as in use while the read may wait, as with use().
+        in_use = self._in_use
+        in_use[name] = in_use.get(name, 0) + 1
+        try:
+            with self._gate.hold():
+                return await domain.db.get(key)
+        finally:
+            left = in_use[name] - 1
+            if left:
+                in_use[name] = left
+            else:
+                del in_use[name]
 
     async def scan(self, name: str, start: bytes | None, end: bytes | None,
                    prefix: bytes | None, limit: int, reverse: bool
