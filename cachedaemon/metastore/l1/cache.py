@@ -73,6 +73,13 @@ EXTENT_CHARGE = 64
 OBJECT_CHARGE = 256
 
 _EXTENT_LEN = values._EXTENT.size
+_unpack_extent = values._EXTENT.unpack_from
+_unpack_object = values._OBJECT.unpack
+
+#: A cached extent: ``(base, last_offset, max_timestamp, filepos, len, oid bytes)``.
+ExtentFields = tuple[int, int, int, int, int, bytes]
+#: A cached object: ``(footer_pos, object_size, is_preregistration, legacy_key)``.
+ObjectFields = tuple[int, int, bool, bool]
 _METADATA = keys.METADATA
 _EXTENT = keys.EXTENT
 _OBJECT = keys.OBJECT
@@ -89,18 +96,19 @@ class CachedPartition:
         self.bases: array[int] = array("Q")
         self.values = bytearray()
 
-    def holding(self, offset: int) -> tuple[int, ExtentValue] | None:
+    def holding(self, offset: int) -> ExtentFields | None:
         """The cached extent ``[b, last]`` with ``b <= offset <= last``, if there is one (then
-        it is the partition's extent holding ``offset``: see the module docstring)."""
+        it is the partition's extent holding ``offset``: see the module docstring), as
+        ``(b, last, max_timestamp, filepos, len, oid bytes)``."""
         bases = self.bases
         i = bisect.bisect_right(bases, offset) - 1
         if i < 0:
             return None
-        at = i * _EXTENT_LEN
-        e = values.decode_extent(bytes(self.values[at : at + _EXTENT_LEN]))
-        if e.last_offset < offset:
+        # Checked when it was cached: version 1, 49 bytes.
+        _, last, ts, pos, length, oid = _unpack_extent(self.values, i * _EXTENT_LEN)
+        if last < offset:
             return None
-        return bases[i], e
+        return bases[i], last, ts, pos, length, oid
 
     def put_extent(self, base: int, raw: bytes) -> int:
         """Insert or replace the row at ``base``; returns the change in the extent count."""
@@ -193,13 +201,16 @@ class RowCache:
         self._lru.move_to_end(key)
         return p  # type: ignore[return-value]
 
-    def object(self, oid_bytes: bytes) -> ObjectEntry | None:
-        """The object row of the id whose 16 bytes are ``oid_bytes``, if cached."""
+    def object(self, oid_bytes: bytes) -> ObjectFields | None:
+        """The object row of the id whose 16 bytes are ``oid_bytes``, if cached, as
+        ``(footer_pos, object_size, is_preregistration, legacy_key)``."""
         raw = self._lru.get(oid_bytes)
         if raw is None:
             return None
         self._lru.move_to_end(oid_bytes)
-        return values.decode_object(raw)  # type: ignore[arg-type]
+        # Checked when it was cached (it decoded).
+        version, _, _, footer, size, _, prereg = _unpack_object(raw)  # type: ignore[arg-type]
+        return footer, size, prereg == 1, version == values.LEGACY_OBJECT_VERSION
 
     # --- fills -------------------------------------------------------------------------------
 
@@ -334,4 +345,4 @@ def _listener_of(cache: RowCache) -> Callable[[list[tuple[int, bytes, bytes]] | 
     return on_apply
 
 
-__all__ = ["CachedPartition", "RowCache"]
+__all__ = ["CachedPartition", "ExtentFields", "ObjectFields", "RowCache"]

@@ -521,14 +521,19 @@ class L1Metastore:
             return None
         if offset >= m.next_offset:
             raise self._past_end(tidp, offset, m)
-        found = p.holding(max(offset, m.start_offset))
+        found = p.holding(offset if offset > m.start_offset else m.start_offset)
         if found is None:
             return None
-        base, e = found
-        o = cache.object(e.oid.bytes)
-        if o is None or o.is_preregistration:
-            return None  # the LSM path reads it again and reports the corruption
-        return self._location(tidp, base, e, o)
+        base, last, ts, filepos, length, oid_bytes = found
+        o = cache.object(oid_bytes)
+        if o is None or o[2]:
+            return None  # no row, or a preregistration: the LSM path reports the corruption
+        oid = uuid.UUID(bytes=oid_bytes)
+        return ExtentLocation(base_offset=base, last_offset=last, max_timestamp=ts,
+                              filepos=filepos, len=length, oid=oid, footer_pos=o[0],
+                              object_size=o[1],
+                              object_key=(keys.legacy_object_bucket_key(oid) if o[3]
+                                          else f"{self._object_prefix}{oid}"))
 
     async def get_first_ge(self, tidp: TopicIdPartition, offset: int) -> ExtentLocation:
         """The extent holding ``offset`` (or the first one, if ``offset`` is below the start),
