@@ -484,3 +484,14 @@ async def test_stress_queries_racing_writers_match_a_state_the_database_was_in(
             s.release()
     finally:
         await db.close()
+
+
+def test_the_setting_sizes_each_domains_cache() -> None:
+    from cachedaemon.config import load_settings
+    from cachedaemon.metastore.l1.service import l1_config
+
+    assert l1_config(load_settings(env={})).cache_bytes == 128 * 1024 * 1024
+    off = load_settings(env={"CACHEDAEMON_METASTORE_L1_CACHE_BYTES": "0"})
+    assert l1_config(off).cache_bytes == 0
+    assert l1_config(load_settings(flags={"metastore.l1_cache_bytes": "8MiB"})).cache_bytes == (
+        8 * 1024 * 1024)
