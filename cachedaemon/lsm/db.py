@@ -8,7 +8,13 @@ the caller (the metastore) logs its own writes and replays those above
 :attr:`max_persisted_seqno` after a crash, passing the original seqnos to :meth:`apply`.
 
 Reads (:meth:`get`, :meth:`iterator`, :meth:`scan`) see the memtable, the immutable memtable,
-L0 newest first, then one file per deeper level, at a snapshot seqno.
+L0 newest first, then one file per deeper level, at a snapshot seqno. A range scan leaves out
+the SSTs whose keys all lie outside its range, and a reverse one positions every level with one
+``seek_before``.
+
+Write listeners (:meth:`add_write_listener`) are told every applied batch in the synchronous
+step that makes it visible, so a cache above the database (the L1 row cache) can stay equal to
+it.
 
 Write throttling: while L0 has more than ``l0_slowdown_writes_trigger`` files a writer sleeps
 once; while an immutable memtable is still being flushed, or L0 has
