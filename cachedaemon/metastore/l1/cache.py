@@ -7,8 +7,9 @@ lookup, a ``bisect`` and a second dict lookup, with no snapshot, no lock and no 
 
 **What is held** (for one L1 domain, on the shard that owns it):
 
-- per partition: its metadata row, decoded, and any subset of its extent rows — the bases in a
-  sorted ``array('Q')``, the 49-byte values side by side in a ``bytearray``;
+- per partition: its metadata row, decoded, any subset of its extent rows — the bases in a
+  sorted ``array('Q')``, the 49-byte values side by side in a ``bytearray`` — and, once a read
+  found it, its highest term row (or that it has none);
 - per object: its object row as stored (42 bytes), keyed by the 16 bytes of its id.
 
 **The rule: every row held is the database's current row for that key.** It is kept by:
@@ -31,6 +32,16 @@ lookup, a ``bisect`` and a second dict lookup, with no snapshot, no lock and no 
 no batch is applied while it reads; every row it reads is the current row; so its answer is
 exactly the one a read at the database's current seqno gives — one consistent state, the
 newest. A query that misses anything falls back to the LSM path as a whole (one snapshot).
+
+**Reads at a snapshot** (:meth:`RowCache.current_at`): while nothing has been applied since a
+snapshot was taken (``max_applied_seqno`` still its seqno), the cached rows are exactly that
+snapshot's rows, so an operation reading its snapshot (a write computing its update, a query
+that missed) may take a row from the cache instead, checked at the moment of each read; once
+a batch lands it reads the snapshot itself. Either way every row it reads is the snapshot's.
+
+**The highest term** of a partition (what ``add_objects`` checks its terms against) is cached
+once a read found it: a term put at or above it replaces it, a put below leaves it, a delete of
+it forgets it (the next one is unknown).
 
 **The extent lookup** takes the cached extent ``[b, last]`` with the greatest cached base
 ``b <= offset`` and answers only if ``last >= offset``: a partition's extents never overlap
@@ -83,18 +94,22 @@ ObjectFields = tuple[int, int, bool, bool]
 _METADATA = keys.METADATA
 _EXTENT = keys.EXTENT
 _OBJECT = keys.OBJECT
+_TERM = keys.TERM_START
 _TIDP_END = 2 + 40  # type ‖ topic ‖ partition
 
 
 class CachedPartition:
-    """A partition's metadata row (``None``: not cached) and a subset of its extent rows."""
+    """A partition's metadata row (``None``: not cached), a subset of its extent rows and, if
+    ``terms_known``, its highest term row ``(term, start offset)`` (``None``: it has none)."""
 
-    __slots__ = ("bases", "meta", "values")
+    __slots__ = ("bases", "last_term", "meta", "terms_known", "values")
 
     def __init__(self) -> None:
         self.meta: PartitionMetadata | None = None
         self.bases: array[int] = array("Q")
         self.values = bytearray()
+        self.terms_known = False
+        self.last_term: tuple[int, int] | None = None
 
     def holding(self, offset: int) -> ExtentFields | None:
         """The cached extent ``[b, last]`` with ``b <= offset <= last``, if there is one (then
@@ -212,6 +227,42 @@ class RowCache:
         version, _, _, footer, size, _, prereg = _unpack_object(raw)  # type: ignore[arg-type]
         return footer, size, prereg == 1, version == values.LEGACY_OBJECT_VERSION
 
+    # --- reads at a snapshot ----------------------------------------------------------------
+
+    def current_at(self, reader: RowReader) -> bool:
+        """The cached rows are ``reader``'s snapshot's rows right now (nothing was applied
+        since it was taken): a read through ``reader`` may take a cached row instead."""
+        db = reader.database
+        return reader.seqno == db.max_applied_seqno and self.follows(db)
+
+    def metadata_row(self, tidp: TopicIdPartition) -> PartitionMetadata | None:
+        """The cached metadata row (``None``: not cached; the caller reads the database)."""
+        p = self._lru.get(keys.tidp_hex(tidp))
+        return None if p is None else p.meta  # type: ignore[union-attr]
+
+    def object_row(self, oid: uuid.UUID) -> ObjectEntry | None:
+        raw = self._lru.get(oid.bytes)
+        return None if raw is None else values.decode_object(raw)  # type: ignore[arg-type]
+
+    def last_term(self, tidp: TopicIdPartition) -> tuple[bool, tuple[int, int] | None]:
+        """``(known, (term, start) or None)`` for the partition's highest term row."""
+        p = self._lru.get(keys.tidp_hex(tidp))
+        if p is None or not p.terms_known:  # type: ignore[union-attr]
+            return False, None
+        return True, p.last_term  # type: ignore[union-attr]
+
+    def fill_last_term(self, reader: RowReader, tidp: TopicIdPartition,
+                       last: tuple[int, int] | None) -> bool:
+        """Offer the highest term row a read found (``None``: there is none)."""
+        if not self.current_at(reader):
+            return False
+        p = self._partition_for(keys.tidp_hex(tidp))
+        p.terms_known = True
+        p.last_term = last
+        self.fills += 1
+        self._shrink()
+        return True
+
     # --- fills -------------------------------------------------------------------------------
 
     def fill(self, reader: RowReader, tidp: TopicIdPartition,
@@ -272,7 +323,27 @@ class RowCache:
                 self._on_metadata(kind, key, value)
             elif kind_of == _OBJECT:
                 self._on_object(kind, key, value)
+            elif kind_of == _TERM:
+                self._on_term(kind, key, value)
         self._shrink()
+
+    def _on_term(self, kind: int, key: bytes, value: bytes) -> None:
+        p = self._lru.get(key[2:_TIDP_END])
+        if p is None or not p.terms_known:  # type: ignore[union-attr]
+            return
+        assert isinstance(p, CachedPartition)
+        try:
+            if len(key) != _TIDP_END + 16:
+                raise ValueError(key)
+            term = int(key[_TIDP_END:], 16)
+            last = p.last_term
+            if kind == KIND_VALUE:
+                if last is None or term >= last[0]:
+                    p.last_term = (term, values.decode_term(value))
+            elif last is not None and term == last[0]:
+                p.terms_known = False  # the highest went: the next one is not known here
+        except (ValueError, Corruption):
+            p.terms_known = False
 
     def _on_extent(self, kind: int, key: bytes, value: bytes) -> None:
         pkey = key[2:_TIDP_END]

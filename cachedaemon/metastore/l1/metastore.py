@@ -104,7 +104,7 @@ class L1Metastore:
         return int(self.clock.time() * 1000)
 
     def staged(self, reader: RowReader) -> StagedRows:
-        return StagedRows(reader, self.domain)
+        return StagedRows(reader, self.domain, self.cache if self.cache.capacity_bytes else None)
 
     def bucket_key(self, oid: uuid.UUID, entry: ObjectEntry | None = None) -> str:
         """Where object ``oid`` lives in the bucket (the shared legacy key for a row written

@@ -76,6 +76,12 @@ async def assert_cache_mirrors(l1: L1Metastore, db: Database) -> int:
                 assert raw is not None, key
                 assert values.decode_metadata(raw) == entry.meta, key
                 checked += 1
+            if entry.terms_known:
+                rows = await db.scan(keys.TERM_START + key, keys.TERM_START + key + b"g",
+                                     limit=1, reverse=True)
+                assert entry.last_term == (None if not rows else (
+                    int(rows[0][0][42:], 16), values.decode_term(rows[0][1]))), key
+                checked += 1
             assert list(entry.bases) == sorted(set(entry.bases)), key
             for i, base in enumerate(entry.bases):
                 raw = await db.get(keys.EXTENT + key + b"%016x" % base)

@@ -229,6 +229,35 @@ async def test_off_means_every_query_reads_the_lsm(store: Instrumented, clock: M
     assert l1.cache.statistics()["entries"] == 0
 
 
+async def test_a_write_reads_cached_rows_while_they_are_its_snapshots(
+        cached: L1Metastore, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """add_objects checks its terms against each partition's highest stored term: with the
+    cache holding it (and nothing applied since the write's snapshot) no reverse scan runs;
+    with a batch landing in between, the write reads its snapshot as before."""
+    await seed(cached)
+    scans: list[bytes] = []
+    real_scan = DatabaseReader.scan
+
+    async def counting(self: DatabaseReader, start: bytes, end: bytes, **kw: Any
+                       ) -> list[tuple[bytes, bytes]]:
+        scans.append(start[:2])
+        return await real_scan(self, start, end, **kw)
+
+    monkeypatch.setattr(DatabaseReader, "scan", counting)
+    o = obj(ext(P0, 30, 39), ext(P1, 5, 9))
+    await prereg(cached, o)
+    assert await cached.add_objects([o], terms_for([o])) == {}
+    assert keys.TERM_START not in scans
+    assert (await cached.get_offsets(P1)).next_offset == 10
+    await assert_cache_mirrors(cached, db)
+    # A write whose snapshot is older than the newest batch reads the snapshot.
+    with db.create_snapshot() as snap:
+        reader = DatabaseReader(db, snap)
+        await db.apply(WriteBatch().put(b"zz-unrelated", b"x"))
+        assert await cached.staged(reader).last_term(P0) == (1, 0)
+    assert scans.count(keys.TERM_START) == 1
+
+
 # --- the rule: cached rows are the database's rows --------------------------------------------
 
 
@@ -237,7 +266,8 @@ async def test_every_write_path_keeps_cached_rows_equal_to_the_database(
     oids = await seed(cached)
     for offset in range(0, 30, 3):
         await cached.get_first_ge(P0, offset)
-    assert await assert_cache_mirrors(cached, db) == 9  # 2 partitions, 4 extents, 3 objects
+    # 2 partitions' metadata, 4 extents, 3 objects, 2 partitions' highest terms
+    assert await assert_cache_mirrors(cached, db) == 11
     # Replace [10,19] [20,29] by one object; truncate; remove a topic; GC-style removals.
     new = obj(ext(P0, 10, 29, length=120))
     await prereg(cached, new)
