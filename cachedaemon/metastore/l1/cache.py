@@ -380,12 +380,7 @@ class RowCache:
             okey = bytes.fromhex(key[2:].decode("ascii"))
         except (ValueError, UnicodeDecodeError):
             return  # no object id: no cached row can be this key
-        if kind != KIND_VALUE or len(okey) != 16:
-            self._drop(okey)
-            return
-        try:
-            values.decode_object(value)
-        except Corruption:
+        if kind != KIND_VALUE or len(okey) != 16 or not _object_decodes(value):
             self._drop(okey)
             return
         self._put_object(okey, value)
@@ -396,6 +391,17 @@ class RowCache:
             _, entry = lru.popitem(last=False)
             self._usage -= _charge(entry)
             self.evictions += 1
+
+
+def _object_decodes(value: bytes) -> bool:
+    """``values.decode_object`` would accept ``value`` (without building the entry)."""
+    if len(value) != values._OBJECT.size:
+        return False
+    version, *_, prereg = _unpack_object(value)
+    return version in _OBJECT_VERSIONS and prereg in (0, 1)
+
+
+_OBJECT_VERSIONS = (values.OBJECT_VERSION, values.LEGACY_OBJECT_VERSION)
 
 
 def _charge(entry: CachedPartition | bytes) -> int:
