@@ -379,6 +379,8 @@ async def main(duration: float, quick: bool, only: str | None) -> list[Result]:
         bucket.mkdir(parents=True)
         async with inproc(LocalObjectStore(bucket), work / "local" / "inproc", "local") as s:
             await measure(s, "local", duration, results)
+        if only == "inproc":
+            return results
         await http_system(work / "local" / "http", "local", f"file://{work / 'local' / 'b2'}",
                           None, duration, results)
         slate_dir = work / "local" / "slatedb"
@@ -428,7 +430,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per row")
     parser.add_argument("--quick", action="store_true", help="local rows only")
-    parser.add_argument("--only", choices=("local", "remote"), help="one log kind only")
+    parser.add_argument("--only", choices=("local", "remote", "inproc"),
+                        help="one log kind only; inproc: the in-process local rows only")
     args = parser.parse_args()
     res = asyncio.run(main(args.duration, args.quick, args.only))
     print()

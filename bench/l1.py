@@ -20,6 +20,14 @@ require. Rows:
 - ``get_first_ge``: the extent holding a random offset of a random partition, one call at a
   time (latency) and ``--concurrency`` calls in flight (throughput);
 - ``get_offsets``: start/next offsets of a random partition.
+
+Query rows are the median of ``--rounds`` passes over the same random picks (throughput and
+p50), after the load's background compaction has settled (in process). In process the L1 row
+cache (``[metastore] l1_cache_bytes``) holds what the load wrote; three more rows show the
+other paths on the same rows: ``cache off`` (every query reads the LSM: one snapshot, a point
+get, a reverse seek, another point get) and ``cache cold`` (a fresh metastore over the same
+database: one pass, which fills the cache as it misses). The cache's hits, misses and memory
+are printed below the table.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ sys.path.insert(0, str(_HERE.parent))
 from cachedaemon.lsm import Database, Options  # noqa: E402
 from cachedaemon.lsm.io.memory import memory_persistence  # noqa: E402
 from cachedaemon.metastore.l1 import DatabaseRowStore, L1Metastore, TopicIdPartition  # noqa: E402
+from cachedaemon.metastore.l1.metastore import DEFAULT_CACHE_BYTES  # noqa: E402
 from cachedaemon.metastore.l1.types import ExtentSpec, NewObject, TermStart  # noqa: E402
 
 EXTENTS_PER_OBJECT = 8
@@ -170,30 +179,80 @@ async def run_suite(label: str, api: Api, layout: Layout, args: argparse.Namespa
                      f"{remaining / elapsed:,.0f} obj/s",
                      f"{remaining * EXTENTS_PER_OBJECT / elapsed:,.0f} ext/s",
                      f"{statistics.median(lat) * 1e3:.2f}", f"{pct(lat, 0.99) * 1e3:.2f}"))
-    total = sum(layout.next) // OFFSETS_PER_EXTENT
+    if args.settle is not None:
+        await args.settle()
+    await query_rows(label, api, layout, args, rows)
+
+
+def pick_queries(layout: Layout, n: int) -> list[tuple[TopicIdPartition, int]]:
     rnd = random.Random(7)
-    picks = [(rnd.choice(layout.tidps), 0) for _ in range(args.lookups)]
-    picks = [(t, rnd.randrange(layout.next[t.partition])) for t, _ in picks]
-    elapsed, lat = await timed_serial(len(picks), lambda i: api.first_ge(*picks[i]))
-    rows.append((label, f"get_first_ge serial ({total:,} extents)",
-                 f"{len(picks) / elapsed:,.0f} ops/s", "",
-                 f"{statistics.median(lat) * 1e3:.3f}", f"{pct(lat, 0.99) * 1e3:.3f}"))
-    elapsed = await timed_concurrent(len(picks), args.concurrency,
-                                     lambda i: api.first_ge(*picks[i]))
-    rows.append((label, f"get_first_ge x{args.concurrency} in flight",
-                 f"{len(picks) / elapsed:,.0f} ops/s", "", "", ""))
-    elapsed, lat = await timed_serial(len(picks), lambda i: api.offsets(picks[i][0]))
-    rows.append((label, "get_offsets serial", f"{len(picks) / elapsed:,.0f} ops/s", "",
-                 f"{statistics.median(lat) * 1e3:.3f}", f"{pct(lat, 0.99) * 1e3:.3f}"))
+    picks = [rnd.choice(layout.tidps) for _ in range(n)]
+    return [(t, rnd.randrange(layout.next[t.partition])) for t in picks]
 
 
-async def in_process(args: argparse.Namespace, rows: list[tuple[str, ...]]) -> None:
+async def query_rows(label: str, api: Api, layout: Layout, args: argparse.Namespace,
+                     rows: list[tuple[str, ...]], note: str = "", *, rounds: int | None = None,
+                     offsets: bool = True, concurrent: bool = True) -> None:
+    """get_first_ge (serial, and ``--concurrency`` in flight) and get_offsets over the same
+    random picks; each the median of ``rounds`` passes."""
+    total = sum(layout.next) // OFFSETS_PER_EXTENT
+    picks = pick_queries(layout, args.lookups)
+    rounds = args.rounds if rounds is None else rounds
+
+    def median_row(what: str, results: list[tuple[float, list[float]]], lat: bool = True
+                   ) -> tuple[str, ...]:
+        rate = statistics.median(len(picks) / e for e, _ in results)
+        p50 = statistics.median(statistics.median(x) for _, x in results) if lat else None
+        p99 = statistics.median(pct(x, 0.99) for _, x in results) if lat else None
+        return (label, what, f"{rate:,.0f} ops/s", "",
+                "" if p50 is None else f"{p50 * 1e3:.3f}",
+                "" if p99 is None else f"{p99 * 1e3:.3f}")
+
+    results = [await timed_serial(len(picks), lambda i: api.first_ge(*picks[i]))
+               for _ in range(rounds)]
+    rows.append(median_row(f"get_first_ge serial{note} ({total:,} extents)", results))
+    if concurrent:
+        results = [(await timed_concurrent(len(picks), args.concurrency,
+                                           lambda i: api.first_ge(*picks[i])), [])
+                   for _ in range(rounds)]
+        rows.append(median_row(f"get_first_ge x{args.concurrency} in flight{note}", results,
+                               lat=False))
+    if offsets:
+        results = [await timed_serial(len(picks), lambda i: api.offsets(picks[i][0]))
+                   for _ in range(rounds)]
+        rows.append(median_row(f"get_offsets serial{note}", results))
+
+
+async def in_process(args: argparse.Namespace, rows: list[tuple[str, ...]],
+                     notes: list[str]) -> None:
     db = await Database.open(Options(), memory_persistence())
     try:
-        l1 = L1Metastore(DatabaseRowStore(db))
-        await run_suite("in-process", Api(l1), Layout(args.partitions), args, args.extents, rows)
+        l1 = L1Metastore(DatabaseRowStore(db), cache_bytes=args.l1_cache_bytes)
+        layout = Layout(args.partitions)
+        args.settle = db.wait_for_background_work
+        await run_suite("in-process", Api(l1), layout, args, args.extents, rows)
+        notes.append(f"in-process row cache after the load and the rows above: "
+                     f"{_cache_note(l1)}")
+        # The same rows through the other paths: no cache at all, and a fresh (empty) cache
+        # filled by the misses of its first pass.
+        off = L1Metastore(DatabaseRowStore(db), cache_bytes=0)
+        await query_rows("in-process", Api(off), layout, args, rows, ", cache off")
+        cold = L1Metastore(DatabaseRowStore(db), cache_bytes=args.l1_cache_bytes)
+        await query_rows("in-process", Api(cold), layout, args, rows, ", cache cold", rounds=1,
+                         concurrent=False)
+        notes.append(f"in-process row cache after one cold pass: {_cache_note(cold)}")
     finally:
+        args.settle = None
         await db.close()
+
+
+def _cache_note(l1: L1Metastore) -> str:
+    st = l1.cache.statistics()
+    looked = st["hits"] + st["misses"]
+    rate = st["hits"] / looked if looked else 0.0
+    return (f"{st['hits']:,} hits, {st['misses']:,} misses ({rate:.0%} hits), "
+            f"{st['entries']:,} entries, ~{st['usage_bytes'] / 2**20:.0f} MiB charged of "
+            f"{st['capacity_bytes'] / 2**20:.0f} MiB")
 
 
 def start_daemon(tmp: Path, shards: int) -> tuple[subprocess.Popen[bytes], str]:
@@ -246,19 +305,25 @@ def main() -> None:
     ap.add_argument("--lookups", type=int, default=20000)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--shards", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="passes of each query row (the median is printed)")
+    ap.add_argument("--l1-cache-bytes", type=int, default=DEFAULT_CACHE_BYTES,
+                    help="the in-process L1 row cache (0: off)")
     ap.add_argument("--no-http", dest="http", action="store_false")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
     if args.http_extents is None:
         args.http_extents = args.extents
+    args.settle = None
     rows: list[tuple[str, ...]] = []
+    notes: list[str] = []
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(in_process(args, rows))
+    asyncio.run(in_process(args, rows, notes))
     if args.http:
         asyncio.run(over_http(args, rows))
     header = ("where", "operation", "throughput", "extents/s", "p50 ms", "p99 ms")
@@ -267,6 +332,8 @@ def main() -> None:
           f"python {sys.version.split()[0]}, {os.cpu_count()} cpus")
     for r in [header, tuple("-" * w for w in widths), *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    for note in notes:
+        print(note)
 
 
 if __name__ == "__main__":

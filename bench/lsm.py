@@ -5,7 +5,8 @@ SlateDB (its Python binding over a local file store), where installed.
     .venv/bin/python bench/lsm.py --n 100000 --gets 20000
 
 Rows: puts one at a time; puts in batches of 1,000; random gets of keys still in the memtable
-("hot"); random gets after a flush (from SSTs); a full forward scan. Keys are 16 bytes,
+("hot"); random gets after a flush (from SSTs); random seeks after the flush, each followed by
+one step forward, on one iterator (what a range read starts with); a full forward scan. Keys are 16 bytes,
 values 100 bytes, written in random order. Timings cover the operations only (not opening, nor
 the flush + full compaction before the SST gets: ``compact_range`` for cachedaemon and LevelDB,
 ``flush`` for RocksDB and SlateDB). The peers are optional (``pip install -e '.[bench]'``); a missing one is
@@ -34,7 +35,8 @@ from cachedaemon.lsm import Database, Options, WriteBatch
 from cachedaemon.lsm.io.disk import open_disk_persistence
 from cachedaemon.lsm.io.memory import memory_persistence
 
-ROWS = ["put", "put batch 1000", "get hot (memtable)", "get (SSTs)", "scan"]
+ROWS = ["put", "put batch 1000", "get hot (memtable)", "get (SSTs)", "seek + next (SSTs)",
+        "scan"]
 
 
 @dataclasses.dataclass
@@ -76,6 +78,10 @@ class Engine:
 
     async def batches(self, keys: list[bytes], values: list[bytes], size: int) -> None: ...
     async def gets(self, keys: list[bytes], order: list[int]) -> int: ...
+    async def seeks(self, keys: list[bytes], order: list[int]) -> int:
+        """Seek to each key (one iterator), read it, step once; returns the keys found."""
+        raise NotImplementedError
+
     async def scan(self) -> int: ...
     async def flush(self) -> None: ...
     async def close(self) -> None: ...
@@ -113,6 +119,17 @@ class Ours(Engine):
         for i in order:
             if await get(keys[i]) is not None:
                 found += 1
+        return found
+
+    async def seeks(self, keys: list[bytes], order: list[int]) -> int:
+        found = 0
+        async with self.db.iterator() as it:
+            for i in order:
+                await it.seek(keys[i])
+                if it.valid() and it.key() == keys[i]:
+                    found += 1
+                    it.value()
+                    await it.next()
         return found
 
     async def scan(self) -> int:
@@ -167,6 +184,17 @@ class Plyvel(NativeEngine):
                 for k, v in zip(keys[i : i + size], values[i : i + size], strict=True):
                     b.put(k, v)
 
+    async def seeks(self, keys: list[bytes], order: list[int]) -> int:
+        it = self.db.raw_iterator()
+        found = 0
+        for i in order:
+            it.seek(keys[i])
+            if it.valid() and it.key() == keys[i]:
+                found += 1
+                it.value()
+                it.next()
+        return found
+
     async def scan(self) -> int:
         return sum(1 for _ in self.db.iterator())
 
@@ -195,6 +223,17 @@ class RocksDict(NativeEngine):
             for k, v in zip(keys[i : i + size], values[i : i + size], strict=True):
                 b.put(k, v)
             self.db.write(b)
+
+    async def seeks(self, keys: list[bytes], order: list[int]) -> int:
+        it = self.db.iter()
+        found = 0
+        for i in order:
+            it.seek(keys[i])
+            if it.valid() and it.key() == keys[i]:
+                found += 1
+                it.value()
+                it.next()
+        return found
 
     async def scan(self) -> int:
         return sum(1 for _ in self.db.items())
@@ -237,6 +276,15 @@ class SlateDB(Engine):
         found = 0
         for i in order:
             if await get(keys[i]) is not None:
+                found += 1
+        return found
+
+    async def seeks(self, keys: list[bytes], order: list[int]) -> int:
+        found = 0
+        for i in order:
+            it = await self.db.scan(self.key_range(start=keys[i], start_inclusive=True,
+                                                   end=None, end_inclusive=False))
+            if await it.next_batch(2):  # the key itself first (it exists), then its successor
                 found += 1
         return found
 
@@ -297,6 +345,8 @@ async def run_engine(engine: Engine, w: Workload, root: Path) -> dict[str, Rate]
     await engine.flush()
     order = [i % n for i in w.get_order[:g]]
     out["get (SSTs)"], found = await timed(g, lambda: engine.gets(keys, order))
+    assert found == len(order), (engine.name, found)
+    out["seek + next (SSTs)"], found = await timed(g, lambda: engine.seeks(keys, order))
     assert found == len(order), (engine.name, found)
     out["scan"], count = await timed(n, engine.scan)
     assert count == n, (engine.name, count, n)

@@ -204,6 +204,9 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("metastore", "l1_preregistration_ttl", "duration", 3600.0,
             "How long an L1 object id preregistered but never added is kept before the object "
             "GC deletes it (and any upload under its name)."),
+    Setting("metastore", "l1_cache_bytes", "size", 128 * 1024**2,
+            "Memory for the rows the L1 point queries read (get_first_ge, get_offsets), per L1 "
+            "domain, kept equal to the database; 0 reads every query from the LSM."),
     Setting("metastore", "domain_idle_timeout", "duration", 600.0,
             "A domain not used for this long is flushed and closed (its files and descriptors "
             "released); the next request opens it again. 0 keeps domains open."),
@@ -325,6 +328,7 @@ class MetastoreSettings:
     gc_interval: float
     file_deletion_delay: float
     l1_preregistration_ttl: float
+    l1_cache_bytes: int
     domain_idle_timeout: float
     max_open_domains: int
     max_open_files: int

@@ -8,7 +8,13 @@ the caller (the metastore) logs its own writes and replays those above
 :attr:`max_persisted_seqno` after a crash, passing the original seqnos to :meth:`apply`.
 
 Reads (:meth:`get`, :meth:`iterator`, :meth:`scan`) see the memtable, the immutable memtable,
-L0 newest first, then one file per deeper level, at a snapshot seqno.
+L0 newest first, then one file per deeper level, at a snapshot seqno. A range scan leaves out
+the SSTs whose keys all lie outside its range, and a reverse one positions every level with one
+``seek_before``.
+
+Write listeners (:meth:`add_write_listener`) are told every applied batch in the synchronous
+step that makes it visible, so a cache above the database (the L1 row cache) can stay equal to
+it.
 
 Write throttling: while L0 has more than ``l0_slowdown_writes_trigger`` files a writer sleeps
 once; while an immutable memtable is still being flushed, or L0 has
@@ -30,7 +36,7 @@ import contextlib
 import itertools
 import logging
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -73,6 +79,10 @@ from cachedaemon.lsm.write_batch import WriteBatch
 log = logging.getLogger(__name__)
 
 _YIELD_EVERY = 2048
+
+#: Told about every applied batch's ``(kind, key, value)`` operations (``None``: rows changed
+#: wholesale); see :meth:`Database.add_write_listener`.
+WriteListener = Callable[[list[tuple[int, bytes, bytes]] | None], None]
 
 
 class Snapshot:
@@ -151,6 +161,7 @@ class Database:
             lambda: self._bg_error,
         )
         self._closed = False
+        self._write_listeners: list[WriteListener] = []
         self.flushes = 0
         self.compactions = 0
         self.trivial_moves = 0
@@ -275,6 +286,8 @@ class Database:
         if base + len(ops) - 1 > MAX_SEQNO:
             raise InvalidArgument("seqno overflow")
         self._max_applied = self._mem.apply(ops, base, batch.approximate_bytes)
+        for listener in self._write_listeners:
+            listener(ops)
         return self._max_applied
 
     async def put(self, key: bytes, value: bytes) -> int:
@@ -282,6 +295,18 @@ class Database:
 
     async def delete(self, key: bytes) -> int:
         return await self.apply(WriteBatch().delete(key))
+
+    def add_write_listener(self, listener: WriteListener) -> None:
+        """Call ``listener(ops)`` with the operations of every batch applied from now on, in
+        seqno order, synchronously in the step that makes them visible (so a reader on this
+        loop never sees the database and the listener's view disagree); ``listener(None)``
+        when a read-only refresh changed rows it did not see one by one. A listener must not
+        raise or wait (it runs inside :meth:`apply`)."""
+        self._write_listeners.append(listener)
+
+    def remove_write_listener(self, listener: WriteListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._write_listeners.remove(listener)
 
     def _raise_bg_error(self) -> None:
         e = self._bg_error
@@ -681,32 +706,44 @@ class Database:
             if consulted > 1 and first is not None and vs.charge_seek(*first):
                 self._compact_wake.set()
 
-    def _internal_iterator(self) -> tuple[InternalIterator, Version]:
+    def _internal_iterator(
+        self, lo: bytes | None = None, hi: bytes | None = None
+    ) -> tuple[InternalIterator, Version]:
+        """The merged internal iterator over the memtables and the current version, and that
+        version. With ``lo``/``hi`` (user prefixes, :func:`user_prefix`), SSTs whose keys all
+        lie outside ``[lo, hi)`` are left out: the caller never reads outside that range."""
         children: list[InternalIterator] = [self._mem.iterator()]
         if self._imm is not None:
             children.append(self._imm.iterator())
         version = self._versions.current
+        tables = self._tables
         for f in version.levels[0]:
-            children.append(LevelIterator([f], self._tables))
+            if (lo is None or f.largest[:-8] >= lo) and (hi is None or f.smallest[:-8] < hi):
+                children.append(LevelIterator([f], tables))
         for level in range(1, NUM_LEVELS):
-            if version.levels[level]:
-                children.append(LevelIterator(version.levels[level], self._tables))
+            files = version.levels[level]
+            if not files:
+                continue
+            if lo is not None or hi is not None:
+                files = version.files_in_range(level, lo, hi)
+                if not files:
+                    continue
+            children.append(LevelIterator(files, tables))
         it = children[0] if len(children) == 1 else MergingIterator(children)
         return it, version
 
-    def iterator(self, snapshot: Snapshot | int | None = None, *, reverse: bool = False) -> DBIter:
-        """A user-key iterator at ``snapshot`` (default: now). Position it with
-        ``seek``/``seek_to_first``/``seek_to_last`` and step with ``next``/``prev``; close it
-        (or ``async with``). ``async for k, v in it`` walks the whole database ascending, or
-        descending with ``reverse=True``, and closes it."""
-        self._gate.check()
+    @staticmethod
+    def _seqno(snapshot: Snapshot | int | None, default: int) -> int:
         if snapshot is None:
-            snap = self._max_applied
-        elif isinstance(snapshot, int):
-            snap = snapshot
-        else:
-            snap = snapshot.seqno
-        it, version = self._internal_iterator()
+            return default
+        if isinstance(snapshot, int):
+            return snapshot
+        return snapshot.seqno
+
+    def _make_iterator(
+        self, snap: int, reverse: bool, lo: bytes | None = None, hi: bytes | None = None
+    ) -> tuple[DBIter, Callable[[], None]]:
+        it, version = self._internal_iterator(lo, hi)
         vs = self._versions
         vs.pin(version)
         unpinned = False
@@ -717,9 +754,56 @@ class Database:
                 unpinned = True
                 vs.unpin(version)
 
-        db_iter = DBIter(it, snap, on_close=unpin, reverse=reverse)
+        return DBIter(it, snap, on_close=unpin, reverse=reverse), unpin
+
+    def iterator(self, snapshot: Snapshot | int | None = None, *, reverse: bool = False) -> DBIter:
+        """A user-key iterator at ``snapshot`` (default: now). Position it with
+        ``seek``/``seek_to_first``/``seek_to_last`` and step with ``next``/``prev``; close it
+        (or ``async with``). ``async for k, v in it`` walks the whole database ascending, or
+        descending with ``reverse=True``, and closes it."""
+        self._gate.check()
+        db_iter, unpin = self._make_iterator(self._seqno(snapshot, self._max_applied), reverse)
+        # An iterator the caller forgets to close still unpins its version when collected.
         weakref.finalize(db_iter, unpin)
         return db_iter
+
+    def _range_iterator(
+        self, snapshot: Snapshot | int | None, start: bytes | None, end: bytes | None
+    ) -> DBIter:
+        """An iterator for :meth:`range`/:meth:`scan` over ``[start, end)`` only: SSTs outside
+        the range are left out, and it is always closed by its caller (no finalizer)."""
+        self._gate.check()
+        lo = None if start is None else user_prefix(start)
+        hi = None if end is None else user_prefix(end)
+        return self._make_iterator(self._seqno(snapshot, self._max_applied), False, lo, hi)[0]
+
+    @staticmethod
+    def _range_bounds(
+        start: bytes | None, end: bytes | None, prefix: bytes | None, limit: int | None
+    ) -> tuple[bytes | None, bytes | None, bool]:
+        """``(start, end, empty)`` with ``prefix`` folded into the bounds."""
+        if prefix is not None:
+            if start is None or start < prefix:
+                start = prefix
+            succ = prefix_successor(prefix)
+            if succ is not None and (end is None or succ < end):
+                end = succ
+        empty = (limit is not None and limit <= 0) or (
+            start is not None and end is not None and start >= end
+        )
+        return start, end, empty
+
+    @staticmethod
+    async def _position(it: DBIter, start: bytes | None, end: bytes | None, reverse: bool) -> None:
+        if not reverse:
+            if start is None:
+                await it.seek_to_first()
+            else:
+                await it.seek(start)
+        elif end is None:
+            await it.seek_to_last()
+        else:
+            await it.seek_before(end)
 
     async def range(
         self,
@@ -733,50 +817,24 @@ class Database:
     ) -> AsyncIterator[tuple[bytes, bytes]]:
         """Yield ``(key, value)`` for ``start <= key < end`` (and starting with ``prefix``),
         ascending or (``reverse``) descending, at most ``limit`` items."""
-        if prefix is not None:
-            if start is None or start < prefix:
-                start = prefix
-            succ = prefix_successor(prefix)
-            if succ is not None and (end is None or succ < end):
-                end = succ
-        if limit is not None and limit <= 0:
-            return
-        if start is not None and end is not None and start >= end:
+        start, end, empty = self._range_bounds(start, end, prefix, limit)
+        if empty:
             return
         count = 0
-        async with self.iterator(snapshot) as it:
-            if not reverse:
-                if start is None:
-                    await it.seek_to_first()
-                else:
-                    await it.seek(start)
-                while it.valid():
-                    k = it.key()
-                    if end is not None and k >= end:
-                        break
-                    yield k, it.value()
-                    count += 1
-                    if limit is not None and count >= limit:
-                        break
-                    await it.next()
-            else:
-                if end is None:
-                    await it.seek_to_last()
-                else:
-                    await it.seek(end)
-                    if it.valid():
-                        await it.prev()
-                    else:
-                        await it.seek_to_last()
-                while it.valid():
-                    k = it.key()
+        async with self._range_iterator(snapshot, start, end) as it:
+            await self._position(it, start, end, reverse)
+            while it.valid():
+                k = it.key()
+                if reverse:
                     if start is not None and k < start:
                         break
-                    yield k, it.value()
-                    count += 1
-                    if limit is not None and count >= limit:
-                        break
-                    await it.prev()
+                elif end is not None and k >= end:
+                    break
+                yield k, it.value()
+                count += 1
+                if limit is not None and count >= limit:
+                    break
+                await (it.prev() if reverse else it.next())
 
     async def scan(
         self,
@@ -788,13 +846,28 @@ class Database:
         reverse: bool = False,
         snapshot: Snapshot | int | None = None,
     ) -> list[tuple[bytes, bytes]]:
-        """:meth:`range` collected into a list."""
-        return [
-            kv
-            async for kv in self.range(
-                start, end, prefix=prefix, limit=limit, reverse=reverse, snapshot=snapshot
-            )
-        ]
+        """:meth:`range` collected into a list (one coroutine, no generator per item)."""
+        start, end, empty = self._range_bounds(start, end, prefix, limit)
+        if empty:
+            return []
+        out: list[tuple[bytes, bytes]] = []
+        it = self._range_iterator(snapshot, start, end)
+        try:
+            await self._position(it, start, end, reverse)
+            while it.valid():
+                k = it.key()
+                if reverse:
+                    if start is not None and k < start:
+                        break
+                elif end is not None and k >= end:
+                    break
+                out.append((k, it.value()))
+                if limit is not None and len(out) >= limit:
+                    break
+                await (it.prev() if reverse else it.next())
+        finally:
+            await it.close()
+        return out
 
     # --- read-only replicas --------------------------------------------------------------------
 
@@ -805,6 +878,9 @@ class Database:
         with self._gate.hold():
             changed = await self._versions.refresh()
             self._max_applied = max(self._max_applied, self._versions.last_seqno)
+            if changed:
+                for listener in self._write_listeners:
+                    listener(None)
             return changed
 
     # --- introspection -------------------------------------------------------------------------

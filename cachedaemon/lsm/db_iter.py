@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 
-from cachedaemon.lsm.dbformat import KIND_SEEK, trailer, unescape, user_prefix
+from cachedaemon.lsm.dbformat import KIND_SEEK, seek_key, trailer, unescape, user_prefix
 from cachedaemon.lsm.iterator import InternalIterator
 
 _VALUE_BYTE = 0xFF  # last trailer byte of a value: 0xFF - KIND_VALUE
@@ -136,6 +136,17 @@ class DBIter:
         self._saved_value = b""
         await self._it.seek(user_prefix(user_key) + self._visible)
         await self._find_next_user_entry(False, b"")
+
+    async def seek_before(self, user_key: bytes) -> None:
+        """Position at the last user key < ``user_key`` (a reverse scan's first step)."""
+        self._positioned = True
+        self._direction = _REVERSE
+        self._saved_value = b""
+        # Internal keys below the newest possible version of ``user_key`` are exactly the
+        # versions of smaller user keys; from the last of them, walk back as
+        # ``seek_to_last`` does.
+        await self._it.seek_before(seek_key(user_key))
+        await self._find_prev_user_entry()
 
     async def seek_for_prev(self, user_key: bytes) -> None:
         """Position at the last user key <= ``user_key``."""

@@ -41,6 +41,15 @@ class InternalIterator:
     async def seek_to_last(self) -> None:
         raise NotImplementedError
 
+    async def seek_before(self, target: bytes) -> None:
+        """Position at the last entry with key < ``target`` (RocksDB's ``SeekForPrev`` with an
+        exclusive bound). The default seeks and steps back."""
+        await self.seek(target)
+        if self.valid():
+            await self.prev()
+        else:
+            await self.seek_to_last()
+
     async def next(self) -> None:
         raise NotImplementedError
 

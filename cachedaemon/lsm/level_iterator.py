@@ -95,10 +95,10 @@ class LevelIterator(InternalIterator):
     async def next(self) -> None:
         it = self._it
         assert it is not None
-        # Inlined SstIterator.next for the in-block case (the hot path of every scan).
+        # Inlined SstIterator.next for the in-run case (the hot path of every scan).
         it._i += 1
         if it._i >= it._n:
-            await it.next_block()
+            await it.next_run()
             if not it.valid():
                 await self._skip_forward()
 

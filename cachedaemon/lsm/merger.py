@@ -82,6 +82,13 @@ class MergingIterator(InternalIterator):
             await c.seek(target)
         self._build_heap()
 
+    async def seek_before(self, target: bytes) -> None:
+        # Every child straight to its last entry < target: what ``prev`` after ``seek`` would
+        # leave, without first building the forward heap and then repositioning every child.
+        for c in self._children:
+            await c.seek_before(target)
+        self._find_largest()
+
     async def next(self) -> None:
         if self._direction != _FORWARD:
             key = self._key

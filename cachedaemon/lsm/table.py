@@ -156,13 +156,18 @@ class SstReader:
 
 
 class SstIterator(InternalIterator):
-    """Two-level iterator: index entries -> data blocks (loaded on demand, cached)."""
+    """Two-level iterator: index entries -> data blocks (loaded on demand, cached), stepped
+    through one run (restart interval) at a time, so a seek decodes one run of its block, not
+    the whole block. ``_keys``/``_values`` are the current run's entries and ``_i`` the
+    position in them (``LevelIterator.next`` steps ``_i`` itself while it stays in the run)."""
 
-    __slots__ = ("_bi", "_i", "_keys", "_n", "_table", "_values")
+    __slots__ = ("_bi", "_block", "_i", "_keys", "_n", "_r", "_table", "_values")
 
     def __init__(self, table: SstReader) -> None:
         self._table = table
         self._bi = -1
+        self._block: Block | None = None
+        self._r = 0
         self._keys: list[bytes] = []
         self._values: list[bytes] = []
         self._i = 0
@@ -177,48 +182,99 @@ class SstIterator(InternalIterator):
     def value(self) -> bytes:
         return self._values[self._i]
 
-    async def _load(self, bi: int) -> bool:
+    async def _load(self, bi: int) -> Block | None:
+        """Make block ``bi`` current (no run yet); ``None`` past either end."""
         if bi < 0 or bi >= len(self._table.handles):
             self._bi = bi
+            self._block = None
             self._keys = self._values = []
             self._n = 0
             self._i = 0
-            return False
+            return None
         block = await self._table.read_block(bi)
         self._bi = bi
-        self._keys = block.keys
-        self._values = block.values
-        self._n = len(block.keys)
-        return True
+        self._block = block
+        return block
+
+    def _set_run(self, block: Block, r: int) -> None:
+        self._r = r
+        self._keys, self._values = block.run(r)
+        self._n = len(self._keys)
 
     async def seek(self, target: bytes) -> None:
-        bi = bisect.bisect_left(self._table.index_keys, target)
-        if await self._load(bi):
-            self._i = bisect.bisect_left(self._keys, target)
-            if self._i == self._n:
-                await self.next_block()
+        block = await self._load(bisect.bisect_left(self._table.index_keys, target))
+        if block is None:
+            return
+        if not block.nruns:
+            await self.next_block()
+            return
+        r = block.run_for(target)
+        self._set_run(block, r)
+        self._i = bisect.bisect_left(self._keys, target)
+        if self._i == self._n:
+            await self.next_run()
 
     async def seek_to_first(self) -> None:
-        if await self._load(0):
-            self._i = 0
+        block = await self._load(0)
+        if block is None:
+            return
+        if not block.nruns:
+            await self.next_block()
+            return
+        self._set_run(block, 0)
+        self._i = 0
 
     async def seek_to_last(self) -> None:
-        if await self._load(len(self._table.handles) - 1):
-            self._i = self._n - 1
+        block = await self._load(len(self._table.handles) - 1)
+        if block is None:
+            return
+        if not block.nruns:
+            await self._prev_block()
+            return
+        self._set_run(block, block.nruns - 1)
+        self._i = self._n - 1
+
+    async def next_run(self) -> None:
+        """Move to the first entry of the next run (of this block, or of the next one)."""
+        block = self._block
+        if block is not None and self._r + 1 < block.nruns:
+            self._set_run(block, self._r + 1)
+            self._i = 0
+        else:
+            await self.next_block()
 
     async def next_block(self) -> None:
-        if await self._load(self._bi + 1):
-            self._i = 0
+        while True:
+            block = await self._load(self._bi + 1)
+            if block is None:
+                return
+            if block.nruns:
+                self._set_run(block, 0)
+                self._i = 0
+                return
+
+    async def _prev_block(self) -> None:
+        while True:
+            block = await self._load(self._bi - 1)
+            if block is None:
+                self._i = -1
+                return
+            if block.nruns:
+                self._set_run(block, block.nruns - 1)
+                self._i = self._n - 1
+                return
 
     async def next(self) -> None:
         self._i += 1
         if self._i >= self._n:
-            await self.next_block()
+            await self.next_run()
 
     async def prev(self) -> None:
         self._i -= 1
         if self._i < 0:
-            if await self._load(self._bi - 1):
+            block = self._block
+            if block is not None and self._r > 0:
+                self._set_run(block, self._r - 1)
                 self._i = self._n - 1
             else:
-                self._i = -1
+                await self._prev_block()

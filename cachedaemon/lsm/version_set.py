@@ -43,6 +43,7 @@ def total_bytes(files: list[FileMeta]) -> int:
 class Version:
     __slots__ = (
         "_largest_user",
+        "_smallest_user",
         "compaction_level",
         "compaction_score",
         "levels",
@@ -55,6 +56,7 @@ class Version:
         self.num_files_total = sum(len(files) for files in levels)
         self.refs = 0
         self._largest_user = [[f.largest[:-8] for f in files] for files in levels]
+        self._smallest_user = [[f.smallest[:-8] for f in files] for files in levels]
         best_level, best_score = -1, -1.0
         for level in range(NUM_LEVELS - 1):
             if level == 0:
@@ -101,6 +103,14 @@ class Version:
             i = bisect.bisect_left(self._largest_user[level], uprefix)
             if i < len(files) and files[i].smallest[:-8] <= uprefix:
                 yield level, files[i]
+
+    def files_in_range(self, level: int, lo: bytes | None, hi: bytes | None) -> list[FileMeta]:
+        """The files of sorted ``level`` (>= 1) holding user keys in ``[lo, hi)`` (user
+        prefixes; ``None`` is unbounded), as one slice."""
+        files = self.levels[level]
+        i = 0 if lo is None else bisect.bisect_left(self._largest_user[level], lo)
+        j = len(files) if hi is None else bisect.bisect_left(self._smallest_user[level], hi)
+        return files if i == 0 and j == len(files) else files[i:j]
 
     def contains(self, level: int, handle: FileHandle) -> bool:
         return any(f.handle == handle for f in self.levels[level])

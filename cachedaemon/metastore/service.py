@@ -162,6 +162,18 @@ class DomainService:
                     domain = await self._open(name, create=create)
                 return self._touch(domain)
 
+    def try_domain(self, name: str) -> Domain | None:
+        """The open domain ``name`` when it can be used right now without waiting — open, not
+        broken, not a fenced writer due to step down, not being closed — touched as a request
+        touches it (:meth:`domain` would return it at once); ``None`` when :meth:`domain` would
+        have to wait, open or reopen it. A caller that reads it must not wait either, or must
+        count as in use (:meth:`use`)."""
+        domain = self._domains.get(name)
+        if domain is None or domain.broken is not None or _fenced_writer(domain) \
+                or name in self._closing or self._gate.is_closed:
+            return None
+        return self._touch(domain)
+
     async def _forget(self, domain: Domain) -> None:
         self._domains.pop(domain.name, None)
         self._stop_task(domain.name)
@@ -330,10 +342,21 @@ class DomainService:
 
     async def get(self, name: str, key: bytes) -> bytes | None:
         check_key(key)
-        async with self.use(name, create=False) as domain:
-            if domain.log is None:
+        domain = self.try_domain(name)
+        if domain is None or (domain.log is None and self.config.clock.monotonic()
+                              - domain.last_refresh >= self.config.refresh_interval_s):
+            async with self.use(name, create=False) as domain:
                 await self._fresh_reader(domain)
-            return await domain.get(key)
+                return await domain.get(key)
+        # The hot path: the domain is open and healthy (touched by try_domain), so skip the
+        # opening machinery; it counts as in use while the read may wait, as with use().
+        in_use = self._in_use
+        in_use[name] = in_use.get(name, 0) + 1
+        try:
+            with self._gate.hold():
+                return await domain.db.get(key)
+        finally:
+            self._release_use(name)
 
     async def scan(self, name: str, start: bytes | None, end: bytes | None,
                    prefix: bytes | None, limit: int, reverse: bool

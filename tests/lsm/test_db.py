@@ -220,6 +220,40 @@ async def test_readonly_replica_refresh(lsm_persistence: Persistence) -> None:
     await writer.close()
 
 
+async def test_write_listeners_see_every_batch_as_it_becomes_visible(
+        lsm_persistence: Persistence) -> None:
+    """A listener is told each applied batch's operations in order, in the step that makes
+    them visible (max_applied_seqno already counts them), and None when a replica's
+    refresh changed rows; a removed listener hears nothing more."""
+    writer = await Database.open(tiny_options(epoch=3), lsm_persistence)
+    heard: list[object] = []
+
+    def listener(ops: list[tuple[int, bytes, bytes]] | None) -> None:
+        heard.append(None if ops is None else [(k, key, v) for k, key, v in ops])
+        heard.append(writer.max_applied_seqno)
+
+    writer.add_write_listener(listener)
+    seq = await writer.apply(WriteBatch().put(b"a", b"1").delete(b"b"))
+    await writer.put(b"c", b"3")
+    assert heard == [[(KIND_VALUE, b"a", b"1"), (KIND_DELETE, b"b", b"")], seq,
+                     [(KIND_VALUE, b"c", b"3")], seq + 1]
+    writer.remove_write_listener(listener)
+    await writer.put(b"d", b"4")
+    assert len(heard) == 4
+    await writer.flush()
+    reader = await Database.open(tiny_options(epoch=2**60, readonly=True), lsm_persistence)
+    refreshed: list[object] = []
+    reader.add_write_listener(refreshed.append)
+    assert not await reader.refresh()
+    assert refreshed == []
+    await writer.put(b"e", b"5")
+    await writer.flush()
+    assert await reader.refresh()
+    assert refreshed == [None]
+    await reader.close()
+    await writer.close()
+
+
 async def test_writer_epoch_names_files_and_older_epoch_manifest_is_adopted(
     lsm_persistence: Persistence,
 ) -> None:

@@ -144,6 +144,13 @@ class DatabaseMachine(RuleBasedStateMachine):
         )
         assert got == expected
 
+        async def streamed() -> list[tuple[bytes, bytes]]:
+            assert self.db is not None
+            return [kv async for kv in self.db.range(start, end, prefix=prefix, limit=limit,
+                                                     reverse=reverse, snapshot=snap)]
+
+        assert self.run(streamed()) == expected
+
     @rule(start=keys, moves=st.lists(st.booleans(), max_size=15), writes=st.booleans())
     def iterator_walk(self, start: bytes, moves: list[bool], writes: bool) -> None:
         assert self.db is not None

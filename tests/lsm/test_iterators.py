@@ -112,3 +112,38 @@ async def test_db_iter_shows_the_snapshot_view(
             break
         assert (it.key(), it.value()) == model[pos]
     await it.close()
+
+
+@settings(max_examples=150)
+@given(ops, st.lists(st.sampled_from(["next", "prev"]), max_size=30), st.data())
+async def test_seek_before_lands_on_the_last_smaller_key_and_walks_both_ways(
+    items: list[tuple[bytes, int, int]], moves: list[str], data: st.DataObject
+) -> None:
+    """``seek_before`` (a reverse scan's first step) on the merged children and on DBIter:
+    the last entry (user key) below the target, then steps either way, as the models say."""
+    children, every = split(items)
+    merged = MergingIterator(children)
+    target = data.draw(st.sampled_from([b"", b"a", b"a\x00", b"b", b"bb", b"c", b"d", b"\x00"]))
+    ikey = make_internal_key(target, 2**56 - 1, 0xFF)
+    await merged.seek_before(ikey)
+    below = [e for e in every if e[0] < ikey]
+    assert (merged.key(), merged.value()) == below[-1] if below else not merged.valid()
+
+    snap = data.draw(st.integers(0, len(items)))
+    model = model_at(items, snap)
+    children, _ = split(items)
+    it = DBIter(MergingIterator(children), snap)
+    await it.seek_before(target)
+    pos = sum(1 for k, _ in model if k < target) - 1
+    for move in [None, *moves]:
+        if move == "next":
+            pos += 1
+            await it.next()
+        elif move == "prev":
+            pos -= 1
+            await it.prev()
+        if not 0 <= pos < len(model):
+            assert not it.valid()
+            break
+        assert (it.key(), it.value()) == model[pos]
+    await it.close()

@@ -253,3 +253,57 @@ async def test_add_many_builds_the_same_bytes_as_add(seed: int) -> None:
     one_by_one = await build(False, None)
     assert await build(True, None) == one_by_one
     assert await build(True, (mem.first_seqno, mem.last_seqno)) == one_by_one
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_iterator_moves_like_a_sorted_list_across_runs_and_blocks(seed: int) -> None:
+    """Random seeks and steps both ways over an SST of small blocks with short runs; the
+    iterator decodes runs lazily, so every run and block boundary is crossed both ways."""
+    rnd = random.Random(seed)
+    p = memory_persistence()
+    items = entries(rnd.randrange(1, 400), seed)
+    await build(p.data, items, block_size=rnd.choice([64, 256, 1024]),
+                restart_interval=rnd.randrange(1, 8))
+    table = await open_reader(p.data)
+    keys = [k for k, _ in items]
+    it = table.iterator()
+    pos = -1
+    for _ in range(300):
+        move = rnd.choice(["seek", "first", "last", "next", "prev", "next", "prev"])
+        if move in ("next", "prev") and not 0 <= pos < len(items):
+            move = "seek"
+        if move == "seek":
+            target = rnd.choice(keys)[:-rnd.randrange(0, 12)] + rnd.choice([b"", b"\x00", b"\xff"])
+            await it.seek(target)
+            pos = next((i for i, k in enumerate(keys) if k >= target), len(keys))
+        elif move == "first":
+            await it.seek_to_first()
+            pos = 0
+        elif move == "last":
+            await it.seek_to_last()
+            pos = len(keys) - 1
+        elif move == "next":
+            await it.next()
+            pos += 1
+        else:
+            await it.prev()
+            pos -= 1
+        if 0 <= pos < len(items):
+            assert it.valid()
+            assert (it.key(), it.value()) == items[pos]
+        else:
+            assert not it.valid()
+
+
+async def test_a_seek_decodes_one_run_of_its_block() -> None:
+    p = memory_persistence()
+    items = entries(2000)
+    await build(p.data, items, block_size=4096)
+    table = await open_reader(p.data)
+    it = table.iterator()
+    await it.seek(items[1000][0])
+    assert it.key() == items[1000][0]
+    block = await table.read_block(it._bi)
+    assert block.nruns > 1
+    assert block._keys is None  # not decoded whole
+    assert sum(r is not None for r in block._runs) == 1

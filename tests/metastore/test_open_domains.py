@@ -75,6 +75,60 @@ async def test_a_domain_in_use_is_never_closed(make_service: Maker,
     assert len(list(svc.domains())) == 1
 
 
+async def test_a_get_on_an_open_domain_skips_the_opening_and_still_counts_as_in_use(
+        make_service: Maker, make_object_store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kv GET hot path (issue 15) takes the open domain without the opening machinery
+    (``try_domain``), yet while its read waits the domain counts as in use: the cap does not
+    close it under the read, and the read answers."""
+    store = await make_object_store("local")
+    svc = await make_service(store, max_open_domains=1, idle_timeout_s=0)
+    await svc.put("busy", b"k", b"v")
+    busy = svc.try_domain("busy")
+    assert busy is not None and svc.try_domain("never-opened") is None
+    entered, go = asyncio.Event(), asyncio.Event()
+    real_get = busy.db.get
+
+    async def held_get(key: bytes, snapshot: Any = None) -> bytes | None:
+        entered.set()
+        await go.wait()
+        return await real_get(key, snapshot)
+
+    monkeypatch.setattr(busy.db, "get", held_get)
+    opened = svc.domain
+
+    async def no_opening(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the hot path went through domain()")
+
+    monkeypatch.setattr(svc, "domain", no_opening)
+    reading = asyncio.create_task(svc.get("busy", b"k"))
+    waiting = asyncio.create_task(entered.wait())
+    await asyncio.wait([reading, waiting], return_when=asyncio.FIRST_COMPLETED)
+    if reading.done():
+        waiting.cancel()
+        reading.result()  # raises what went wrong
+    assert not svc._closable(busy)
+    monkeypatch.setattr(svc, "domain", opened)
+    await svc.put("other", b"k", b"v")  # the cap cannot close "busy" now
+    assert {d.name for d in svc.domains()} == {"busy", "other"}
+    go.set()
+    assert await reading == b"v"
+    assert svc._closable(busy) or svc.try_domain("busy") is None
+
+
+async def test_try_domain_refuses_what_domain_would_have_to_reopen(
+        make_service: Maker, make_object_store: Any) -> None:
+    store = await make_object_store("local")
+    svc = await make_service(store, idle_timeout_s=0)
+    await svc.put("d", b"k", b"v")
+    domain = svc.try_domain("d")
+    assert domain is not None
+    domain.broken = RuntimeError("log failed")
+    assert svc.try_domain("d") is None
+    assert await svc.get("d", b"k") == b"v"  # reopened by the slow path
+    reopened = svc.try_domain("d")
+    assert reopened is not None and reopened is not domain
+
+
 async def test_idle_domains_are_flushed_closed_and_reopened(make_service: Maker,
                                                             make_object_store: Any) -> None:
     store = await make_object_store("local")

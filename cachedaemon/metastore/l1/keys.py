@@ -53,8 +53,12 @@ class TopicIdPartition:
         return f"{self.topic_id}/{self.partition}"
 
 
-def _tidp_hex(tidp: TopicIdPartition) -> bytes:
+def tidp_hex(tidp: TopicIdPartition) -> bytes:
+    """``topic (32 hex) ‖ partition (8 hex)``: what every partition row key has after its type."""
     return f"{tidp.topic_id.hex}{tidp.partition:08x}".encode("ascii")
+
+
+_tidp_hex = tidp_hex
 
 
 def metadata_key(tidp: TopicIdPartition) -> bytes:

@@ -14,7 +14,10 @@ partition → object (:mod:`locks`): the partition locks keep a partition's rows
 update is computed; object locks are taken last, in one sorted call. An operation that discovers
 the objects it touches only by reading (truncation, replacement, topic removal) computes twice:
 once to learn the objects, then again under their locks from a fresh snapshot, and applies that.
-Queries read one snapshot and take no locks.
+Queries take no locks. The point queries (``get_first_ge``, ``get_offsets``, ``get_partition``,
+``get_size``) are answered from the :class:`~cachedaemon.metastore.l1.cache.RowCache` when it
+holds the rows they need — no snapshot, no wait, the database's current state — and otherwise
+read one snapshot, as every other query does, and offer what they read to the cache.
 
 Errors: :class:`MissingPartition` (404), :class:`InvalidRequest` with the reason (400),
 :class:`OutOfRange` (416); an inconsistency of the stored catalogue (removed bytes above an
@@ -37,11 +40,12 @@ from cachedaemon.clock import Clock, SystemClock
 from cachedaemon.errors import Corruption
 from cachedaemon.metastore.l1 import compaction, intervals, keys, validate, values
 from cachedaemon.metastore.l1.accounting import corruption
+from cachedaemon.metastore.l1.cache import RowCache
 from cachedaemon.metastore.l1.errors import InvalidRequest, MissingPartition, OutOfRange
 from cachedaemon.metastore.l1.keys import TopicIdPartition
 from cachedaemon.metastore.l1.locks import LockManager
 from cachedaemon.metastore.l1.state import StagedRows
-from cachedaemon.metastore.l1.store import RowReader, RowStore, scan_all
+from cachedaemon.metastore.l1.store import RowOp, RowReader, RowStore, scan_all
 from cachedaemon.metastore.l1.types import (
     CompactionInfo,
     CompactionUpdate,
@@ -69,6 +73,8 @@ T = TypeVar("T")
 MAX_LIST_LIMIT = 10000
 #: The domain name an L1Metastore gets when none is given (tests, benchmarks).
 DEFAULT_DOMAIN = "l1"
+#: Memory for the row cache of point queries, per domain (``[metastore] l1_cache_bytes``).
+DEFAULT_CACHE_BYTES = 128 * 1024 * 1024
 
 
 def _extent_value(x: Extent) -> ExtentValue:
@@ -84,18 +90,21 @@ class L1Metastore:
     """The L1 operations over one domain's rows (see the module docstring)."""
 
     def __init__(self, store: RowStore, *, clock: Clock | None = None,
-                 locks: LockManager | None = None, domain: str = DEFAULT_DOMAIN) -> None:
+                 locks: LockManager | None = None, domain: str = DEFAULT_DOMAIN,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.store = store
         self.clock: Clock = clock or SystemClock()
         self.locks = locks or LockManager()
         #: The domain's name: it names the objects' bucket keys and labels corruption reports.
         self.domain = domain
+        self.cache = RowCache(cache_bytes)
+        self._object_prefix = f"l1/{domain}/objects/"
 
     def now_ms(self) -> int:
         return int(self.clock.time() * 1000)
 
     def staged(self, reader: RowReader) -> StagedRows:
-        return StagedRows(reader, self.domain)
+        return StagedRows(reader, self.domain, self.cache if self.cache.capacity_bytes else None)
 
     def bucket_key(self, oid: uuid.UUID, entry: ObjectEntry | None = None) -> str:
         """Where object ``oid`` lives in the bucket (the shared legacy key for a row written
@@ -103,6 +112,20 @@ class L1Metastore:
         if entry is not None and entry.legacy_key:
             return keys.legacy_object_bucket_key(oid)
         return keys.object_bucket_key(self.domain, oid)
+
+    def _cache_now(self) -> RowCache | None:
+        """The row cache, following the database the rows are in now; ``None`` when that
+        database cannot be read without waiting or the cache is off."""
+        db = self.store.database()
+        if db is None or not self.cache.bind(db):
+            return None
+        return self.cache
+
+    async def _apply(self, ops: list[RowOp]) -> None:
+        # The cache mirrors every batch from the moment it follows the database: make it
+        # follow before the first write, so rows written before any query are cached too.
+        self._cache_now()
+        await self.store.apply(ops)
 
     def _object_info(self, oid: uuid.UUID, o: ObjectEntry) -> ObjectInfo:
         return ObjectInfo(oid=oid, total_data_size=o.total_data_size,
@@ -124,7 +147,7 @@ class L1Metastore:
                 raise Corruption("L1: the objects of a locked partition changed under its lock")
             ops = staged.ops()
             if ops:
-                await self.store.apply(ops)
+                await self._apply(ops)
         return result
 
     @staticmethod
@@ -185,7 +208,7 @@ class L1Metastore:
                 s.put_object(obj.oid, ObjectEntry(
                     sum(e.len for e in obj.extents), removed.get(obj.oid, 0), obj.footer_pos,
                     obj.object_size, now, False, prereg[obj.oid].legacy_key))
-            await self.store.apply(s.ops())
+            await self._apply(s.ops())
         return corrected
 
     @staticmethod
@@ -383,7 +406,7 @@ class L1Metastore:
             now = self.now_ms()
             for oid in ids:
                 s.put_object(oid, ObjectEntry(0, 0, 0, 0, now, True))
-            await self.store.apply(s.ops())
+            await self._apply(s.ops())
         return ids
 
     async def expire_preregistrations(self, oids: Iterable[uuid.UUID], cutoff_ms: int
@@ -406,7 +429,7 @@ class L1Metastore:
                                               o.legacy_key))
                 expired.append(oid)
             if expired:
-                await self.store.apply(s.ops())
+                await self._apply(s.ops())
         return expired
 
     async def remove_objects(self, oids: Iterable[uuid.UUID]) -> int:
@@ -429,7 +452,7 @@ class L1Metastore:
                 s.delete_object(oid)
                 n += 1
             if n:
-                await self.store.apply(s.ops())
+                await self._apply(s.ops())
         return n
 
     # --- queries -----------------------------------------------------------------------------
@@ -442,8 +465,18 @@ class L1Metastore:
         return m
 
     async def get_partition(self, tidp: TopicIdPartition) -> PartitionMetadata:
+        cache = self._cache_now()
+        if cache is not None:
+            p = cache.partition(tidp)
+            if p is not None and p.meta is not None:
+                cache.hits += 1
+                return p.meta
+            cache.misses += 1
         async with self.store.snapshot() as reader:
-            return await self._metadata(self.staged(reader), tidp)
+            m = await self._metadata(self.staged(reader), tidp)
+            if cache is not None:
+                cache.fill(reader, tidp, m)
+            return m
 
     async def get_offsets(self, tidp: TopicIdPartition) -> Offsets:
         m = await self.get_partition(tidp)
@@ -454,11 +487,11 @@ class L1Metastore:
         below the start offset)."""
         return (await self.get_partition(tidp)).size
 
-    async def _located(self, s: StagedRows, tidp: TopicIdPartition, base: int, e: ExtentValue
-                       ) -> ExtentLocation:
-        """The extent with its object's footer position, size and key, from the same snapshot.
-        An extent whose object is missing or still a preregistration is corruption."""
-        o = await s.object(e.oid)
+    def _location(self, tidp: TopicIdPartition, base: int, e: ExtentValue,
+                  o: ObjectEntry | None) -> ExtentLocation:
+        """The extent with its object's footer position, size and key (``o``: its object's row,
+        read with it). An extent whose object is missing or still a preregistration is
+        corruption."""
         if o is None or o.is_preregistration:
             what = "has no row" if o is None else "is still a preregistration"
             raise corruption(self.domain, f"extent [{base}, {e.last_offset}] of partition "
@@ -466,27 +499,78 @@ class L1Metastore:
         return ExtentLocation(base_offset=base, last_offset=e.last_offset,
                               max_timestamp=e.max_timestamp, filepos=e.filepos, len=e.len,
                               oid=e.oid, footer_pos=o.footer_pos, object_size=o.object_size,
-                              object_key=self.bucket_key(e.oid, o))
+                              object_key=(keys.legacy_object_bucket_key(e.oid) if o.legacy_key
+                                          else f"{self._object_prefix}{e.oid}"))
+
+    async def _located(self, s: StagedRows, tidp: TopicIdPartition, base: int, e: ExtentValue
+                       ) -> ExtentLocation:
+        """:meth:`_location`, the object's row read from the same snapshot."""
+        return self._location(tidp, base, e, await s.object(e.oid))
+
+    @staticmethod
+    def _past_end(tidp: TopicIdPartition, offset: int, m: PartitionMetadata) -> OutOfRange:
+        return OutOfRange(f"offset {offset} is at or past the next offset {m.next_offset} of "
+                          f"partition {tidp}")
+
+    def _cached_first_ge(self, cache: RowCache, tidp: TopicIdPartition, offset: int
+                         ) -> ExtentLocation | None:
+        """:meth:`get_first_ge` from the cache alone (no waiting), or ``None`` if it does not
+        hold every row the answer needs (or the answer is an error it does not report)."""
+        p = cache.partition(tidp)
+        if p is None or (m := p.meta) is None:
+            return None
+        if offset >= m.next_offset:
+            raise self._past_end(tidp, offset, m)
+        found = p.holding(offset if offset > m.start_offset else m.start_offset)
+        if found is None:
+            return None
+        base, last, ts, filepos, length, oid_bytes = found
+        o = cache.object(oid_bytes)
+        if o is None or o[2]:
+            return None  # no row, or a preregistration: the LSM path reports the corruption
+        oid = uuid.UUID(bytes=oid_bytes)
+        return ExtentLocation(base_offset=base, last_offset=last, max_timestamp=ts,
+                              filepos=filepos, len=length, oid=oid, footer_pos=o[0],
+                              object_size=o[1],
+                              object_key=(keys.legacy_object_bucket_key(oid) if o[3]
+                                          else f"{self._object_prefix}{oid}"))
 
     async def get_first_ge(self, tidp: TopicIdPartition, offset: int) -> ExtentLocation:
         """The extent holding ``offset`` (or the first one, if ``offset`` is below the start),
         with its object's footer position and size."""
+        cache = self._cache_now()
+        if cache is not None:
+            try:
+                hit = self._cached_first_ge(cache, tidp, offset)
+            except OutOfRange:
+                cache.hits += 1
+                raise
+            if hit is not None:
+                cache.hits += 1
+                return hit
+            cache.misses += 1
         async with self.store.snapshot() as reader:
             s = self.staged(reader)
             m = await self._metadata(s, tidp)
             if offset >= m.next_offset:
-                raise OutOfRange(f"offset {offset} is at or past the next offset "
-                                 f"{m.next_offset} of partition {tidp}")
+                if cache is not None:
+                    cache.fill(reader, tidp, m)
+                raise self._past_end(tidp, offset, m)
             at = max(offset, m.start_offset)
             found = await s.extent_at_or_below(tidp, at)
-            if found is not None and found[1].last_offset >= at:
-                return await self._located(s, tidp, *found)
-            _, end = keys.extents_range(tidp)
-            later = await reader.scan(keys.extent_key(tidp, at), end, limit=1)
-            if later:
-                return await self._located(s, tidp, keys.decode_suffix(later[0][0]),
-                                           values.decode_extent(later[0][1]))
-            raise OutOfRange(f"no extent of partition {tidp} at or after offset {offset}")
+            if found is None or found[1].last_offset < at:
+                _, end = keys.extents_range(tidp)
+                later = await reader.scan(keys.extent_key(tidp, at), end, limit=1)
+                if not later:
+                    raise OutOfRange(f"no extent of partition {tidp} at or after offset "
+                                     f"{offset}")
+                found = keys.decode_suffix(later[0][0]), values.decode_extent(later[0][1])
+            base, e = found
+            o = await s.object(e.oid)
+            location = self._location(tidp, base, e, o)
+            if cache is not None and o is not None:
+                cache.fill(reader, tidp, m, found, (e.oid, o))
+            return location
 
     async def get_first_ge_timestamp(self, tidp: TopicIdPartition, timestamp: int,
                                      min_offset: int = 0) -> ExtentLocation:

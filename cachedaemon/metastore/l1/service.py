@@ -38,8 +38,9 @@ from typing import Any
 
 from cachedaemon.config import Settings
 from cachedaemon.errors import CacheDaemonError, InvalidArgument, ReadOnly
+from cachedaemon.lsm.db import Database
 from cachedaemon.metastore.l1.gc import ObjectGC
-from cachedaemon.metastore.l1.metastore import L1Metastore
+from cachedaemon.metastore.l1.metastore import DEFAULT_CACHE_BYTES, L1Metastore
 from cachedaemon.metastore.l1.store import (
     RowOp,
     RowReader,
@@ -63,19 +64,21 @@ WRITE_OPS = frozenset({"add_objects", "replace_objects", "compact_objects",
 @dataclass(frozen=True)
 class L1Config:
     """L1 settings (``[metastore]``: ``gc_interval``, ``file_deletion_delay``,
-    ``l1_preregistration_ttl``)."""
+    ``l1_preregistration_ttl``, ``l1_cache_bytes``)."""
 
     gc_interval_s: float = 60.0
     deletion_delay_s: float = 3600.0
     preregistration_ttl_s: float = 3600.0
     gc_batch_size: int = 1000
+    cache_bytes: int = DEFAULT_CACHE_BYTES
 
 
 def l1_config(settings: Settings) -> L1Config:
     """The L1 settings of the daemon's ``[metastore]`` section."""
     m = settings.metastore
     return L1Config(gc_interval_s=m.gc_interval, deletion_delay_s=m.file_deletion_delay,
-                    preregistration_ttl_s=m.l1_preregistration_ttl)
+                    preregistration_ttl_s=m.l1_preregistration_ttl,
+                    cache_bytes=m.l1_cache_bytes)
 
 
 class DomainRowStore:
@@ -104,6 +107,12 @@ class DomainRowStore:
 
     async def apply(self, ops: Sequence[RowOp]) -> None:
         await self.service.write(self.name, write_batch_of(ops))
+
+    def database(self) -> Database | None:
+        # The open domain's database if the service hands it over without waiting (and
+        # touches the domain, as a request does); else the query's slow path opens it.
+        domain = self.service.try_domain(self.name)
+        return None if domain is None else domain.db
 
 
 class _CachedObjectDeleter:
@@ -153,7 +162,7 @@ def l1_domain(service: DomainService, name: str, config: L1Config) -> L1Domain:
     if found is not None:
         return found
     metastore = L1Metastore(DomainRowStore(service, name), clock=service.config.clock,
-                            domain=name)
+                            domain=name, cache_bytes=config.cache_bytes)
     gc = None
     if not service.read_only:
         gc = ObjectGC(metastore, _CachedObjectDeleter(service), interval_s=config.gc_interval_s,

@@ -3,7 +3,9 @@
 An operation builds its update with one :class:`StagedRows`: it reads rows (its own staged
 writes first — read-your-writes, as Redpanda's state updates do through a write batch), stages
 puts and deletes, and finally hands :meth:`StagedRows.ops` to ``RowStore.apply`` as one atomic
-batch. Typed accessors decode values (:mod:`values`) and raise :class:`Corruption` on damage;
+batch. Rows of the snapshot come from the row cache instead while it holds exactly the
+snapshot's rows (:meth:`~cachedaemon.metastore.l1.cache.RowCache.current_at`, checked at each
+read): metadata, objects and the highest term. Typed accessors decode values (:mod:`values`) and raise :class:`Corruption` on damage;
 :meth:`StagedRows.remove_bytes` checks the object accounting and reports a violation through
 :func:`~cachedaemon.metastore.l1.accounting.corruption` instead of clamping it.
 
@@ -16,6 +18,7 @@ import uuid
 
 from cachedaemon.metastore.l1 import keys, values
 from cachedaemon.metastore.l1.accounting import corruption
+from cachedaemon.metastore.l1.cache import RowCache
 from cachedaemon.metastore.l1.keys import TopicIdPartition
 from cachedaemon.metastore.l1.store import RowOp, RowReader, scan_all
 from cachedaemon.metastore.l1.values import (
@@ -27,11 +30,18 @@ from cachedaemon.metastore.l1.values import (
 
 
 class StagedRows:
-    def __init__(self, reader: RowReader, domain: str = "") -> None:
+    def __init__(self, reader: RowReader, domain: str = "", cache: RowCache | None = None
+                 ) -> None:
         self.reader = reader
         #: The domain's name, for corruption reports.
         self.domain = domain
         self._ops: dict[bytes, bytes | None] = {}
+        self._cache = cache
+
+    def _cached(self) -> RowCache | None:
+        """The row cache, if it holds exactly this snapshot's rows right now."""
+        cache = self._cache
+        return cache if cache is not None and cache.current_at(self.reader) else None
 
     def ops(self) -> list[RowOp]:
         return list(self._ops.items())
@@ -50,7 +60,12 @@ class StagedRows:
     # --- partition metadata ------------------------------------------------------------------
 
     async def metadata(self, tidp: TopicIdPartition) -> PartitionMetadata | None:
-        raw = await self._get(keys.metadata_key(tidp))
+        key = keys.metadata_key(tidp)
+        if key not in self._ops and (cache := self._cached()) is not None:
+            m = cache.metadata_row(tidp)
+            if m is not None:
+                return m
+        raw = await self._get(key)
         return None if raw is None else values.decode_metadata(raw)
 
     def put_metadata(self, tidp: TopicIdPartition, m: PartitionMetadata) -> None:
@@ -104,11 +119,19 @@ class StagedRows:
                 async for k, v in scan_all(self.reader, start, end)]
 
     async def last_term(self, tidp: TopicIdPartition) -> tuple[int, int] | None:
+        """The highest ``(term, start offset)`` of the snapshot (staged terms not included)."""
+        cache = self._cached()
+        if cache is not None:
+            known, last = cache.last_term(tidp)
+            if known:
+                return last
         start, end = keys.terms_range(tidp)
         rows = await self.reader.scan(start, end, limit=1, reverse=True)
-        if not rows:
-            return None
-        return keys.decode_suffix(rows[0][0]), values.decode_term(rows[0][1])
+        last = None if not rows else (keys.decode_suffix(rows[0][0]),
+                                      values.decode_term(rows[0][1]))
+        if self._cache is not None:
+            self._cache.fill_last_term(self.reader, tidp, last)
+        return last
 
     def put_term(self, tidp: TopicIdPartition, term: int, start_offset: int) -> None:
         self._put(keys.term_key(tidp, term), values.encode_term(start_offset))
@@ -134,7 +157,12 @@ class StagedRows:
     # --- objects -----------------------------------------------------------------------------
 
     async def object(self, oid: uuid.UUID) -> ObjectEntry | None:
-        raw = await self._get(keys.object_key(oid))
+        key = keys.object_key(oid)
+        if key not in self._ops and (cache := self._cached()) is not None:
+            o = cache.object_row(oid)
+            if o is not None:
+                return o
+        raw = await self._get(key)
         return None if raw is None else values.decode_object(raw)
 
     def put_object(self, oid: uuid.UUID, o: ObjectEntry) -> None:

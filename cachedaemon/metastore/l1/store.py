@@ -8,7 +8,9 @@ L1 rows are ordinary LSM rows of one domain. The L1 code needs only:
   the bucket's manifest, so also what read replicas can see) — the object GC decides only from
   it;
 - ``apply``: one atomic, durable batch of puts and deletes, visible to every snapshot taken after
-  it returns.
+  it returns;
+- ``database``: the open ``lsm.Database`` the rows are in, when it can be read right now without
+  waiting (the row cache, :mod:`~cachedaemon.metastore.l1.cache`, follows it).
 
 :class:`DatabaseRowStore` adapts an ``lsm.Database`` (used by tests and the benchmark, and by
 the domain adapter); adapters for other owners implement the same Protocol. Instances belong to
@@ -30,7 +32,13 @@ RowOp = tuple[bytes, bytes | None]
 
 
 class RowReader(Protocol):
-    """Reads from one consistent view of the rows."""
+    """Reads from one consistent view of the rows: those of ``database`` at ``seqno``."""
+
+    @property
+    def database(self) -> Database: ...
+
+    @property
+    def seqno(self) -> int: ...
 
     async def get(self, key: bytes) -> bytes | None: ...
 
@@ -57,6 +65,11 @@ class RowStore(Protocol):
         """Apply ``ops`` atomically and durably (a later op on the same key wins)."""
         ...
 
+    def database(self) -> Database | None:
+        """The database the rows live in now, if it is open and can be read without waiting
+        (no opening, reopening or refresh due); ``None`` otherwise."""
+        ...
+
 
 async def scan_all(reader: RowReader, start: bytes, end: bytes, *, page: int = 1024
                    ) -> AsyncIterator[tuple[bytes, bytes]]:
@@ -81,6 +94,14 @@ class DatabaseReader:
     def __init__(self, db: Database, snap: Snapshot | int) -> None:
         self._db = db
         self._snap = snap
+
+    @property
+    def database(self) -> Database:
+        return self._db
+
+    @property
+    def seqno(self) -> int:
+        return self._snap if isinstance(self._snap, int) else self._snap.seqno
 
     async def get(self, key: bytes) -> bytes | None:
         try:
@@ -153,3 +174,6 @@ class DatabaseRowStore:
             await self._apply_batch(batch)
         except IOFailure as exc:
             raise TransportError(f"L1 write failed: {exc.message}") from exc
+
+    def database(self) -> Database | None:
+        return self.db

@@ -5,7 +5,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from cachedaemon.metastore.l1 import L1Metastore, TopicIdPartition
+from cachedaemon.lsm import Database
+from cachedaemon.metastore.l1 import L1Metastore, TopicIdPartition, keys, values
+from cachedaemon.metastore.l1.cache import CachedPartition, _charge
 from cachedaemon.metastore.l1.types import ExtentSpec, NewObject, TermStart
 
 T1 = uuid.UUID(int=1)
@@ -58,3 +60,39 @@ async def add(l1: L1Metastore, objects: Sequence[NewObject],
     """Preregister, then add ``objects`` (terms: term 1 from each partition's first base)."""
     await prereg(l1, *objects)
     return await l1.add_objects(objects, terms_for(objects) if terms is None else terms)
+
+
+async def assert_cache_mirrors(l1: L1Metastore, db: Database) -> int:
+    """Every row the L1 row cache holds is the database's current row (the cache's rule);
+    returns how many rows it checked."""
+    cache = l1.cache
+    checked = 0
+    assert cache._usage == sum(_charge(e) for e in cache._lru.values())
+    assert cache._usage <= cache.capacity_bytes or not cache._lru
+    for key, entry in list(cache._lru.items()):
+        if isinstance(entry, CachedPartition):
+            if entry.meta is not None:
+                raw = await db.get(keys.METADATA + key)
+                assert raw is not None, key
+                assert values.decode_metadata(raw) == entry.meta, key
+                checked += 1
+            if entry.terms_known:
+                rows = await db.scan(keys.TERM_START + key, keys.TERM_START + key + b"g",
+                                     limit=1, reverse=True)
+                assert entry.last_term == (None if not rows else (
+                    int(rows[0][0][42:], 16), values.decode_term(rows[0][1]))), key
+                checked += 1
+            assert list(entry.bases) == sorted(set(entry.bases)), key
+            for i, base in enumerate(entry.bases):
+                raw = await db.get(keys.EXTENT + key + b"%016x" % base)
+                assert raw == bytes(entry.values[i * 49 : (i + 1) * 49]), (key, base)
+                checked += 1
+        else:
+            raw = await db.get(keys.OBJECT + entry_key_hex(key))
+            assert raw == entry, key
+            checked += 1
+    return checked
+
+
+def entry_key_hex(oid_bytes: bytes) -> bytes:
+    return oid_bytes.hex().encode("ascii")

@@ -407,6 +407,10 @@ class Model:
 
     # --- queries ---------------------------------------------------------------------------------
 
+    def offsets(self, tidp: TopicIdPartition) -> tuple[int, int]:
+        p = self._part(tidp)
+        return p.start, p.next
+
     def first_ge(self, tidp: TopicIdPartition, offset: int) -> tuple[MExtent, MObject]:
         p = self._part(tidp)
         if offset >= p.next:

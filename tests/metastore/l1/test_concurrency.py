@@ -35,6 +35,9 @@ class SlowApply:
         self.applies += 1
         await self.inner.apply(ops)
 
+    def database(self) -> Database | None:
+        return self.inner.database()
+
 
 @pytest.fixture
 async def slow(db: Database, clock: ManualClock) -> AsyncIterator[L1Metastore]:

@@ -44,6 +44,7 @@ from cachedaemon.metastore.l1.types import (
     TermStart,
 )
 from cachedaemon.remote.memory import MemoryObjectStore
+from tests.metastore.l1.helpers import assert_cache_mirrors
 from tests.metastore.l1.model import Model
 
 T = TypeVar("T")
@@ -386,6 +387,15 @@ class L1Machine(RuleBasedStateMachine):
     def flush(self) -> None:
         self.run(self.db.flush())
 
+    @rule(capacity=st.sampled_from([0, 600, 3000, 128 * 1024 * 1024]), empty=st.booleans())
+    def resize_cache(self, capacity: int, empty: bool) -> None:
+        """Point queries are answered from the row cache when it holds their rows: shrink,
+        turn off (0), grow or empty it, so answers come from it, from the LSM, and from a mix
+        of rows written through and rows filled by queries."""
+        self.l1.cache.resize(capacity)
+        if empty:
+            self.l1.cache.clear()
+
     @rule()
     def collect_garbage(self) -> None:
         """Flush (so every row is persisted) and run a GC round: exactly the preregistrations
@@ -409,6 +419,10 @@ class L1Machine(RuleBasedStateMachine):
     def query(self, tidp: TopicIdPartition, delta: int, nbytes: int, ts_delta: int) -> None:
         p = self.model.parts.get(tidp)
         offset = max(0, (p.start if p else 0) + delta)
+        hits = self.l1.cache.hits
+        r = self.both(self.l1.get_offsets(tidp), self.model.offsets, tidp)
+        if r is not None:
+            assert (r[1].start_offset, r[1].next_offset) == r[0]
         for real, model, args in [
             (self.l1.get_first_ge(tidp, offset), self.model.first_ge, (tidp, offset)),
             (self.l1.get_first_ge_timestamp(tidp, offset + ts_delta, offset),
@@ -419,6 +433,7 @@ class L1Machine(RuleBasedStateMachine):
                 (e, o), got = r
                 assert (got.base_offset, got.last_offset, got.oid, got.len, got.footer_pos,
                         got.object_size) == (e.base, e.last, e.oid, e.length, o.footer, o.size)
+        event(f"point queries from the cache: {min(self.l1.cache.hits - hits, 2)}")
         r = self.both(self.l1.get_first_offset_for_bytes(tidp, nbytes),
                       self.model.first_offset_for_bytes, tidp, nbytes)
         if r is not None:
@@ -463,6 +478,10 @@ class L1Machine(RuleBasedStateMachine):
                     for t in info.cleaned_ranges_with_tombstones] == tombs
             assert [(r.base, r.last) for r in info.dirty_ranges] == dirty
             assert [(r.base, r.last) for r in info.removable_tombstone_ranges] == removable
+
+    @invariant()
+    def cache_mirrors_database(self) -> None:
+        self.run(assert_cache_mirrors(self.l1, self.db))
 
     @invariant()
     def objects_agree(self) -> None:
