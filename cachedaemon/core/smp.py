@@ -21,6 +21,7 @@ import asyncio
 import inspect
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Awaitable
 from typing import Any, TypeVar, cast
@@ -51,6 +52,9 @@ class Smp:
         self.id = shard
         self.count = count
         self.links = links
+        #: For shards made by :func:`start_local_shards`: their link directory and how many of
+        #: them are still running (the last to stop removes the directory).
+        self._local_dir: list[Any] | None = None
         self._services: dict[str, object] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
 
@@ -105,6 +109,11 @@ class Smp:
     async def stop(self) -> None:
         if self.links is not None:
             await self.links.close()
+        if self._local_dir is not None:
+            shared, self._local_dir = self._local_dir, None
+            shared[1] -= 1
+            if shared[1] == 0:
+                shutil.rmtree(shared[0], ignore_errors=True)
 
 
 async def maybe_await(value: T | Awaitable[T]) -> T:
@@ -126,9 +135,12 @@ async def start_local_shards(count: int) -> list[Smp]:
     if count == 1:
         return [Smp.single()]
     directory, secret = new_link_dir()
+    shared: list[Any] = [directory, count]
     shards = []
     for shard in range(count):
         links = ShardLinks(shard, directory, secret)
         await links.listen()
-        shards.append(Smp(shard, count, links))
+        smp = Smp(shard, count, links)
+        smp._local_dir = shared
+        shards.append(smp)
     return shards

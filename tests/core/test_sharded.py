@@ -5,6 +5,7 @@ cancellation travel, a stopped shard raises instead of hanging, one shard is a p
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 
 import pytest
@@ -109,3 +110,16 @@ async def test_a_single_shard_is_a_plain_call() -> None:
     await sharded.stop()
     with pytest.raises(ShardStopped):
         sharded.local()
+
+
+async def test_local_shards_remove_their_socket_directory_when_the_last_stops() -> None:
+    """Every test with local shards used to leave a ``cachedaemon-shards-*`` directory (with its
+    sockets) in the temporary directory; the last shard to stop removes it."""
+    smps = await start_local_shards(2)
+    assert smps[0].links is not None
+    directory = smps[0].links.directory
+    assert os.path.isdir(directory)
+    await smps[1].stop()
+    assert os.path.isdir(directory)  # shard 0 still listens there
+    await smps[0].stop()
+    assert not os.path.exists(directory)
