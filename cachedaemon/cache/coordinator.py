@@ -59,9 +59,27 @@ from pathlib import Path
 from typing import Any
 
 from cachedaemon.cache.keys import TRACKER_NAME, TRACKER_TMP_NAME
+from cachedaemon.cache.pressure import (
+    Limits,
+    Usage,
+    compute_limits,
+    could_ever_exceed,
+    disk_degraded,
+    may_exceed,
+    over_target,
+    trim_target,
+)
 from cachedaemon.cache.reservation import ReservationGuard
 from cachedaemon.cache.tracker import AccessTimeTracker, load_file, reconcile, save_file
-from cachedaemon.cache.walker import WalkResult, delete_entries, walk_and_diff, walk_cache
+from cachedaemon.cache.walker import (
+    Pacer,
+    WalkAborted,
+    WalkResult,
+    delete_entries,
+    sync_walk,
+    walk_and_diff,
+    walk_cache,
+)
 from cachedaemon.clock import Clock, Deadline, expired, remaining
 from cachedaemon.config import CacheSettings
 from cachedaemon.core.semaphore import Semaphore
@@ -91,8 +109,12 @@ class CacheMetrics:
     bytes_trimmed: int = 0
     objects_trimmed: int = 0
     walks: int = 0
+    sync_walks: int = 0
     tracker_saves: int = 0
     tracker_save_failures: int = 0
+    overcommits: int = 0
+    bytes_overcommitted: int = 0
+    puts_blocked_events: int = 0
 
     def as_dict(self) -> dict[str, int | float]:
         return asdict(self)
@@ -130,7 +152,13 @@ class CacheCoordinator:
         self.metrics = CacheMetrics()
         self.max_bytes = settings.max_bytes or 0
         self.max_objects = settings.max_objects
+        self.min_free_bytes = settings.min_free_bytes or 0
+        self.limits = Limits(self.max_bytes, self.max_objects, self.min_free_bytes, 0, False)
         self.disk: DiskStatus | None = None
+        self.puts_blocked = False
+        self._enospc = False  # a write hit ENOSPC; blocked until the disk reports room again
+        self._last_trim_failed = False
+        self._trim_settled = False  # the last trim reached its goal (a walk would not help)
         self.reserved_bytes = 0
         self.reserved_objects = 0
         self.pending_bytes = 0
@@ -146,6 +174,9 @@ class CacheCoordinator:
         self._watches: list[set[str]] = []
         self._saving: asyncio.Future[int] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers: list[asyncio.Task[Any]] = []
+        self._syncing: asyncio.Future[None] | None = None
+        self._walk_abort = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id = 0
         self._running = False
@@ -163,20 +194,51 @@ class CacheCoordinator:
         self._compute_limits()
         await self.recover()
         self._running = True
-        self._spawn(self._tracker_save_loop())
-        self._spawn(self._disk_poll_loop())
+        self._arm_timers()
+        self._check_disk()
         if self.current_bytes > self.max_bytes or self.current_objects > self.max_objects:
             self._spawn_background_trim(self.settings.low_watermark)
 
+    def _arm_timers(self) -> None:
+        for task in self._timers:
+            task.cancel()
+        self._timers = [self._spawn(self._tracker_save_loop()), self._spawn(self._disk_poll_loop())]
+        if self.settings.sync_interval > 0:
+            self._timers.append(self._spawn(self._sync_loop()))
+
     def _compute_limits(self) -> None:
-        s = self.settings
-        if s.max_bytes is not None:
-            self.max_bytes = s.max_bytes
-        else:
-            assert self.disk is not None
-            usable = self.disk.total_bytes * (1.0 - s.disk_reservation_percent / 100.0)
-            self.max_bytes = max(1, int(usable * s.max_bytes_percent / 100.0))
-        self.max_objects = s.max_objects
+        assert self.disk is not None
+        limits = compute_limits(self.settings, self.disk.total_bytes)
+        if limits.clamped and limits != self.limits:
+            log.info("cache: max_bytes %d is more than the usable %d bytes of the disk "
+                     "(disk_reservation_percent %.1f): using %d", self.settings.max_bytes,
+                     limits.usable_bytes, self.settings.disk_reservation_percent,
+                     limits.max_bytes)
+        self.limits = limits
+        self.max_bytes = limits.max_bytes
+        self.max_objects = limits.max_objects
+        self.min_free_bytes = limits.min_free_bytes
+
+    async def apply_settings(self, settings: CacheSettings) -> None:
+        """Take new settings (a reload): recompute the limits, re-arm the timers with their
+        intervals, trim if now over a limit, and grant waiters if now under. Shard 0."""
+        old = (self.max_bytes, self.max_objects, self.min_free_bytes)
+        intervals = (self.settings.tracker_save_interval, self.settings.disk_poll_interval,
+                     self.settings.sync_interval)
+        self.settings = settings
+        if self.disk is not None:
+            self._compute_limits()
+        new = (self.max_bytes, self.max_objects, self.min_free_bytes)
+        if new != old:
+            log.info("cache: limits are now %d bytes, %d objects, %d bytes kept free (were %d, "
+                     "%d, %d)", *new, *old)
+        if self._running and intervals != (settings.tracker_save_interval,
+                                           settings.disk_poll_interval, settings.sync_interval):
+            self._arm_timers()
+        self._check_disk()
+        if self.current_bytes > self.max_bytes or self.current_objects > self.max_objects:
+            self._spawn_background_trim(self.settings.low_watermark)
+        self._after_change()
 
     async def recover(self) -> None:
         """Load the tracker and walk the directory (deleting ``.part`` leftovers and empty
@@ -219,6 +281,7 @@ class CacheCoordinator:
             return
         self._stopped = True
         self.begin_stop()
+        self._walk_abort.set()
         tasks = list(self._tasks)
         if self._trimmer is not None:
             tasks.append(self._trimmer)
@@ -336,19 +399,54 @@ class CacheCoordinator:
         self._after_change()
 
     def on_disk_full(self) -> None:
-        """A write failed with ENOSPC: refresh the disk status and trim in the background."""
+        """A write failed with ENOSPC: block new reservations, re-read the disk, trim (as far
+        as a degraded disk asks), and unblock once the disk reports room again."""
         if not self._running:
             return
+        self._enospc = True
+        self._set_blocked(True, "a write failed: the data disk is full")
 
         async def run() -> None:
-            try:
-                self.disk = await asyncio.to_thread(disk_status, self.root)
-            except OSError:
-                pass
-            self._spawn_background_trim(self.settings.low_watermark)
+            await self._poll_disk()
+            async with await self._trim_sem.get_units(1):
+                await self._trim_once(manual=False, fraction=self.settings.low_watermark)
+            await self._poll_disk()
+            self._grant()
 
-        log.warning("cache: the disk is full; trimming")
         self._spawn(run())
+
+    async def _poll_disk(self) -> None:
+        try:
+            self.disk = await asyncio.to_thread(disk_status, self.root)
+        except OSError as exc:
+            log.warning("cache: cannot read free disk space: %s", exc)
+            return
+        self._compute_limits()
+        if self._enospc and self.disk.free_bytes > 0 and not disk_degraded(
+                self.disk.free_bytes, self.min_free_bytes):
+            self._enospc = False
+        self._check_disk()
+
+    def _check_disk(self) -> None:
+        """Block or unblock new reservations from the last disk figures."""
+        free = self.disk.free_bytes if self.disk is not None else None
+        if disk_degraded(free, self.min_free_bytes):
+            self._set_blocked(True, f"the data disk has {free} bytes free, less than "
+                                    f"min_free_bytes ({self.min_free_bytes})")
+        elif not self._enospc:
+            self._set_blocked(False, "")
+
+    def _set_blocked(self, blocked: bool, why: str) -> None:
+        if blocked == self.puts_blocked:
+            return
+        self.puts_blocked = blocked
+        if blocked:
+            self.metrics.puts_blocked_events += 1
+            log.warning("cache: new writes wait: %s; trimming", why)
+            self._maybe_background_trim()
+        else:
+            log.info("cache: the data disk has room again: new writes go on")
+            self._after_change()
 
     def touch_batch(self, items: list[tuple[str, float]]) -> None:
         for path, atime in items:
@@ -360,7 +458,9 @@ class CacheCoordinator:
         if self._changed is not None:
             self._changed.set()
 
-    def _grant(self) -> None:
+    def _grant(self, overcommit: bool = False) -> None:
+        """Grant queued requests in order while they fit; with ``overcommit`` (the trimmer,
+        after a failed trim), also those that may exceed the byte limit."""
         while self._waiters:
             head = self._waiters[0]
             if head.future.done():
@@ -368,8 +468,12 @@ class CacheCoordinator:
                 self.pending_bytes -= head.nbytes
                 self.pending_objects -= head.nobjects
                 continue
-            if not self.fits(head.nbytes, head.nobjects):
+            if self.puts_blocked:
                 return
+            if not self.fits(head.nbytes, head.nobjects):
+                if not (overcommit and self._may_exceed(head.nbytes, head.nobjects)):
+                    return
+                self._overcommit(head.nbytes)
             self._waiters.popleft()
             self.pending_bytes -= head.nbytes
             self.pending_objects -= head.nobjects
@@ -378,6 +482,37 @@ class CacheCoordinator:
             head.future.set_result(None)
 
     # --- reservation -----------------------------------------------------------------------
+
+    def _usage(self) -> Usage:
+        return Usage(self.current_bytes, self.current_objects, self.reserved_bytes,
+                     self.reserved_objects, self.pending_bytes, self.pending_objects)
+
+    def _may_exceed(self, nbytes: int, nobjects: int) -> bool:
+        return (
+            self.settings.may_exceed and not self.puts_blocked
+            and may_exceed(self._usage(), self.limits,
+                           self.disk.free_bytes if self.disk else None, nbytes, nobjects)
+        )
+
+    def _overcommit(self, nbytes: int) -> None:
+        """Grant ``nbytes`` over ``max_bytes``: count it, and take it off the free-space
+        estimate until the next poll (so that many requests cannot all skip the limit on the
+        strength of one figure), as Redpanda does."""
+        if self.disk is not None:
+            self.disk = DiskStatus(self.disk.total_bytes, self.disk.free_bytes - nbytes)
+        self.metrics.overcommits += 1
+        self.metrics.bytes_overcommitted += nbytes
+        log.info("cache: a trim could not free enough: %d bytes go over the %d-byte limit "
+                 "(%s)", nbytes, self.max_bytes, self.describe())
+
+    def _refusal(self, request: str, how: str) -> CacheFull:
+        self.metrics.cache_full += 1
+        if self.puts_blocked:
+            free = self.disk.free_bytes if self.disk is not None else 0
+            return CacheFull(f"{request} {how}: the data disk is low on space ({free} bytes "
+                             f"free, min_free_bytes {self.min_free_bytes}); writes wait until "
+                             f"trims or the disk recover: {self.describe()}")
+        return CacheFull(f"{request} {how}: {self.describe()}")
 
     def _check_running(self) -> None:
         if not self._running:
@@ -395,16 +530,17 @@ class CacheCoordinator:
             raise InvalidArgument(f"cannot reserve {nbytes} bytes and {nobjects} objects")
         request = f"reservation of {nbytes} bytes and {nobjects} objects{what}"
         self._maybe_background_trim()
-        if not self._waiters and self.fits(nbytes, nobjects):
+        if not self._waiters and not self.puts_blocked and self.fits(nbytes, nobjects):
             self.reserved_bytes += nbytes
             self.reserved_objects += nobjects
             return self._guard(nbytes, nobjects)
-        if nbytes > self.max_bytes or nobjects > self.max_objects:
+        if nobjects > self.max_objects or (nbytes > self.max_bytes and not (
+                self.settings.may_exceed and could_ever_exceed(
+                    self.limits, self.disk.free_bytes if self.disk else None, nbytes))):
             self.metrics.cache_full += 1
             raise CacheFull(f"{request} can never fit: {self.describe()}")
         if expired(deadline, self.clock):
-            self.metrics.cache_full += 1
-            raise CacheFull(f"{request} timed out before it could wait: {self.describe()}")
+            raise self._refusal(request, "timed out before it could wait")
         assert self._loop is not None
         waiter = _Waiter(nbytes, nobjects, self._loop.create_future())
         self._waiters.append(waiter)
@@ -421,8 +557,7 @@ class CacheCoordinator:
                     await waiter.future
         except TimeoutError:
             self._abandon(waiter)
-            self.metrics.cache_full += 1
-            raise CacheFull(f"{request} ran out of time: {self.describe()}") from None
+            raise self._refusal(request, "ran out of time") from None
         except BaseException:
             self._abandon(waiter)
             raise
@@ -454,9 +589,20 @@ class CacheCoordinator:
             if not self._waiters:
                 return
             generation = self._generation
+            walks = self.metrics.walks
             async with await self._trim_sem.get_units(1):
                 freed = await self._trim_once(manual=False, fraction=self.settings.low_watermark)
             self._grant()
+            if not self._waiters:
+                self._last_trim_failed = False  # the trim made room
+                return
+            if self.metrics.walks != walks or self._trim_settled:
+                # The trim did all it could (it walked, or reached its goal, and the head
+                # still does not fit): the head may over-commit (may_exceed), and so may later
+                # requests without waiting for the next walk, until a trim makes room again
+                # (Redpanda's _last_trim_failed).
+                self._last_trim_failed = True
+            self._grant(overcommit=self._last_trim_failed)
             if not self._waiters:
                 return
             if freed.bytes_freed or freed.objects_freed or self._generation != generation:
@@ -478,31 +624,32 @@ class CacheCoordinator:
     def _walk_throttle_left(self) -> float:
         return max(0.0, self._last_walk + self.settings.trim_interval - self.clock.monotonic())
 
-    def _goal(self, fraction: float) -> tuple[int, int]:
-        goal_b = int(self.max_bytes * fraction) - self.reserved_bytes - self.pending_bytes
-        goal_o = int(self.max_objects * fraction) - self.reserved_objects - self.pending_objects
-        min_free = self.settings.min_free_bytes
-        if min_free and self.disk is not None and self.disk.free_bytes < min_free:
-            goal_b = min(goal_b, self.current_bytes - (min_free - self.disk.free_bytes))
-        return max(0, goal_b), max(0, goal_o)
+    def _goal(self, fraction: float, scale: float = 1.0,
+              over: tuple[bool, bool] | None = None) -> tuple[int, int]:
+        """What committed usage must come down to (see :func:`pressure.trim_target`); the
+        watermark applies to the dimensions over their target now, unless ``over`` says."""
+        usage = self._usage()
+        return trim_target(usage, self.limits,
+                           self.disk.free_bytes if self.disk is not None else None,
+                           watermark=fraction, scale=scale,
+                           over=over_target(usage, self.limits, scale) if over is None else over)
 
     def _over(self, goal: tuple[int, int]) -> bool:
         return self.current_bytes > goal[0] or self.current_objects > goal[1]
 
     async def trim(self) -> TrimResult:
-        """Manual trim (admin): unthrottled, to the low watermark."""
+        """Manual trim (admin): unthrottled, both dimensions to the low watermark."""
         self._check_running()
         async with await self._trim_sem.get_units(1):
             result = await self._trim_once(manual=True, fraction=self.settings.low_watermark)
+            await self._poll_disk()
         self._grant()
         return result
 
     def _maybe_background_trim(self) -> None:
         pct = self.settings.background_trim_threshold_percent
-        low_disk = (
-            self.settings.min_free_bytes > 0 and self.disk is not None
-            and self.disk.free_bytes < self.settings.min_free_bytes
-        )
+        low_disk = disk_degraded(self.disk.free_bytes if self.disk else None,
+                                 self.min_free_bytes)
         if pct is None and not low_disk:
             return
         if pct is not None:
@@ -512,28 +659,40 @@ class CacheCoordinator:
                 or self.current_objects + self.reserved_objects > frac * self.max_objects
             )
             if over:
-                self._spawn_background_trim(frac * self.settings.low_watermark)
+                self._spawn_background_trim(self.settings.low_watermark, scale=frac)
                 return
         if low_disk:
             self._spawn_background_trim(self.settings.low_watermark)
 
-    def _spawn_background_trim(self, fraction: float) -> None:
-        if not self._trim_sem.try_wait(1):
+    def _spawn_background_trim(self, fraction: float, scale: float = 1.0) -> None:
+        if not self._running or not self._trim_sem.try_wait(1):
             return  # a trim is running already
 
         async def run() -> None:
             try:
-                await self._trim_once(manual=False, fraction=fraction)
+                await self._trim_once(manual=False, fraction=fraction, scale=scale)
             finally:
                 self._trim_sem.signal(1)
+            if self.puts_blocked:
+                await self._poll_disk()
             self._grant()
 
         self._spawn(run())
 
-    async def _trim_once(self, *, manual: bool, fraction: float) -> TrimResult:
-        """One trim, all phases as needed. A manual trim always walks (to recount).
+    async def _trim_once(self, *, manual: bool, fraction: float, scale: float = 1.0,
+                         all_dims: bool | None = None) -> TrimResult:
+        """One trim, all phases as needed. A manual trim always walks (to recount) and applies
+        the watermark to both dimensions (``all_dims``, default: ``manual``).
         REQUIRES: the caller holds ``cache-trim``."""
-        goal = self._goal(fraction)
+        both = manual if all_dims is None else all_dims
+        # Which dimensions the watermark applies to is decided once, from the state now.
+        over = (True, True) if both else over_target(self._usage(), self.limits, scale)
+
+        def goal_now() -> tuple[int, int]:
+            return self._goal(fraction, scale, over)
+
+        goal = goal_now()
+        self._trim_settled = not self._over(goal)
         if not manual and not self._over(goal):
             return TrimResult(0, 0)
         started = time.monotonic()
@@ -542,18 +701,19 @@ class CacheCoordinator:
         # Phase 1: LRU from memory, never throttled.
         if self._over(goal):
             freed_b, freed_o = await self._trim_lru(goal)
-        goal = self._goal(fraction)
+        goal = goal_now()
         if manual or (self._over(goal) and self._walk_throttle_left() == 0.0):
             # Phase 2: walk, correct drift, LRU again.
             walk = await self._walk_and_sync()
-            goal = self._goal(fraction)
+            goal = goal_now()
             b, o = await self._trim_lru(goal)
             freed_b, freed_o = freed_b + b, freed_o + o
-            goal = self._goal(fraction)
+            goal = goal_now()
             if self._over(goal):
                 # Phase 3: exhaustive, from the walk's listing, whatever the tracker says.
                 b, o = await self._trim_exhaustive(walk, goal)
                 freed_b, freed_o = freed_b + b, freed_o + o
+        self._trim_settled = not self._over(goal_now())
         elapsed = time.monotonic() - started
         if not (manual or freed_b or freed_o or self.metrics.walks != walks_before):
             return TrimResult(0, 0)  # nothing could be done (a waiter retries): not a trim
@@ -634,6 +794,69 @@ class CacheCoordinator:
             self._after_change()
         return walk
 
+    async def sync_walk(self) -> None:
+        """A background walk, paced to ``walk_rate``, that corrects the index and the counters
+        from the disk: adopts untracked files, forgets vanished ones, fixes sizes. One at a
+        time (a second call waits for the first). Shard 0."""
+        if self._syncing is not None and not self._syncing.done():
+            await asyncio.wait([self._syncing])
+            return
+        assert self._loop is not None
+        self._syncing = done = self._loop.create_future()
+        try:
+            await self._sync_walk_once()
+        finally:
+            done.set_result(None)
+
+    async def _sync_walk_once(self) -> None:
+        watch: set[str] = set()
+        self._watches.append(watch)
+        indexed = {p: e[1] for p, e in self.tracker.lru()}
+        pacer = Pacer(self.settings.walk_rate, self._walk_abort)
+        try:
+            diff = await asyncio.to_thread(sync_walk, self.root, indexed, pacer)
+        except WalkAborted:
+            return
+        finally:
+            self._watches.remove(watch)
+        self.metrics.sync_walks += 1
+        before = (self.current_bytes, self.current_objects)
+        for path in diff.vanished:
+            if path not in watch:
+                self.tracker.remove(path)
+        for path, size in diff.resized:
+            entry = self.tracker.get(path)
+            if path not in watch and entry is not None:
+                self.tracker.add(path, entry[0], size)
+        adopted = [f for f in diff.untracked if f[0] not in watch and f[0] not in self.tracker]
+        if adopted:
+            self.tracker.replace_all(self.tracker.snapshot() + adopted)
+        self._extra_bytes = self._extra_objects = 0
+        log.info("cache: sync walk of %d files in %.1fs (%.1fs paced): %d adopted, %d "
+                 "forgotten, %d resized; usage %d bytes, %d objects (was %d, %d)", diff.files,
+                 diff.seconds, pacer.slept_s, len(adopted), len(diff.vanished),
+                 len(diff.resized), self.current_bytes, self.current_objects, *before)
+        if (self.current_bytes, self.current_objects) != before:
+            self._after_change()
+        if self.current_bytes > self.max_bytes or self.current_objects > self.max_objects:
+            self._spawn_background_trim(self.settings.low_watermark)
+
+    async def _sync_loop(self) -> None:
+        """Redpanda's tracker sync: every ``sync_interval``, postponed while a trim runs."""
+        while True:
+            await self.clock.sleep(self.settings.sync_interval)
+            while self._trim_sem.available_units < 1:
+                await self.clock.sleep(max(self.settings.trim_interval, 0.1))
+            try:
+                await self.sync_walk()
+            except OSError as exc:
+                log.warning("cache: the sync walk failed: %s", exc)
+
+    async def wait_reconciled(self) -> None:
+        """Wait until no background walk is correcting the index (for tests and tools)."""
+        while self._syncing is not None and not self._syncing.done():
+            await asyncio.wait([self._syncing])
+
     async def _trim_exhaustive(self, walk: WalkResult, goal: tuple[int, int]) -> tuple[int, int]:
         candidates = sorted(walk.files, key=lambda f: f[1])
         freed_b = freed_o = 0
@@ -695,17 +918,15 @@ class CacheCoordinator:
     async def _disk_poll_loop(self) -> None:
         while True:
             await self.clock.sleep(self.settings.disk_poll_interval)
-            try:
-                self.disk = await asyncio.to_thread(disk_status, self.root)
-            except OSError as exc:
-                log.warning("cache: cannot read free disk space: %s", exc)
-                continue
-            if self.settings.max_bytes is None:
-                self._compute_limits()
+            await self._poll_disk()
             self._maybe_background_trim()
 
     def state(self) -> dict[str, int]:
+        over = self.current_bytes + self.reserved_bytes - self.max_bytes
         return {
+            "bytes_over_limit": max(0, over),
+            "puts_blocked": int(self.puts_blocked),
+            "min_free_bytes": self.min_free_bytes,
             "bytes_used": self.current_bytes,
             "objects": self.current_objects,
             "bytes_reserved": self.reserved_bytes,

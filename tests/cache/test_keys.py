@@ -229,5 +229,5 @@ async def test_trim_does_not_delete_through_a_directory_swapped_for_a_link(
     os.symlink(outside, d)  # the tracker still lists d%d/x
     coord = cache.coordinator
     async with await coord._trim_sem.get_units(1):
-        await coord._trim_once(manual=False, fraction=0.0)  # LRU phase only
+        await coord._trim_once(manual=False, fraction=0.0, all_dims=True)  # LRU phase only
     assert (outside / "x").read_bytes() == b"theirs"
