@@ -81,6 +81,13 @@ class CacheStats:
     bytes_pending: int = 0
     objects_pending: int = 0
     free_disk_bytes: int = 0
+    #: Bytes committed and reserved over ``max_bytes`` (over-commit, see ``may_exceed``).
+    bytes_over_limit: int = 0
+    overcommits: int = 0
+    bytes_overcommitted: int = 0
+    #: 1 while new reservations wait for the disk (below ``min_free_bytes``, or ENOSPC).
+    puts_blocked: int = 0
+    min_free_bytes: int = 0
     metrics: CacheMetrics | None = None
 
     def as_api(self) -> dict[str, int]:
@@ -456,6 +463,14 @@ class CacheService:
         with self._gate.hold():
             return await self.coordinator.trim()
 
+    async def apply_settings(self, settings: CacheSettings) -> None:
+        """Take reloaded settings on this shard (staging sizes, deadlines, the object limit);
+        shard 0's coordinator also applies the new limits. The daemon calls it on every shard
+        (``invoke_on_all``) with plain data."""
+        self.settings = settings
+        if self._coordinator is not None:
+            await self._coordinator.apply_settings(settings)
+
     async def save_tracker(self) -> None:
         """Save the access-time tracker now if it changed (on shard 0)."""
         if self._on_coordinator:
@@ -496,6 +511,11 @@ class CacheService:
                 bytes_pending=state["bytes_pending"],
                 objects_pending=state["objects_pending"],
                 free_disk_bytes=state["free_disk_bytes"],
+                bytes_over_limit=state["bytes_over_limit"],
+                overcommits=metrics.overcommits,
+                bytes_overcommitted=metrics.bytes_overcommitted,
+                puts_blocked=state["puts_blocked"],
+                min_free_bytes=state["min_free_bytes"],
                 metrics=metrics,
             )
 
