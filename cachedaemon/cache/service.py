@@ -369,6 +369,7 @@ class CacheService:
         reservation: ReservationGuard | None = None
         try:
             initial = self.settings.staging_initial_bytes if initial_bytes is None else initial_bytes
+            initial = min(initial, self.max_object_bytes)  # never more than an object can take
             if guard is not None:
                 # The caller reserved already: top up only the object if it lacks one.
                 reservation = await self.reserve_space(0, 0 if guard.objects else 1, deadline)
