@@ -17,6 +17,10 @@ work); then the cache services stop (the tracker is saved), the stores close, th
 Exit 0. A start-up failure prints one ``cachedaemon: cannot start: ...`` line naming the cause
 and exits 1 (invalid configuration never gets here: the CLI exits 2 first).
 
+SIGHUP (systemd's ``ExecReload=``) reloads: the settings are read again and the cache's limits
+and the log level applied on every shard (:meth:`Daemon.reload`); anything else waits for a
+restart, and a bad file changes nothing (logged).
+
 Runs on the main thread; the signal handlers are installed on shard 0's loop.
 """
 
@@ -36,7 +40,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cachedaemon.config import Settings
+from cachedaemon.config import Settings, merge_reloadable, reload_settings
 from cachedaemon.core.failpoints import failpoint
 from cachedaemon.core.sharded import Sharded
 from cachedaemon.core.smp import Smp
@@ -50,6 +54,7 @@ from cachedaemon.server.services import (
     check_bucket_identity,
     open_shard_store,
     probe_store,
+    reload_cache,
     start_cache,
     start_domains,
     stop_cache,
@@ -183,6 +188,10 @@ class _ShardServer:
                 await asyncio.wait_for(self.ctx.idle.wait(), remaining)
         return self.ctx.inflight
 
+    def reload(self, settings: Settings, max_object_bytes: int) -> None:
+        self.ctx.settings = settings
+        self.ctx.max_object_bytes = max_object_bytes
+
     async def stop(self) -> None:
         """Drop what is left: running handlers are cancelled and clean up after themselves."""
         self.server.abort_all()
@@ -202,11 +211,13 @@ class Daemon:
         self.servers: Sharded[_ShardServer] | None = None
         self.sockets: list[socket.socket] = []
         self.stop_requested = asyncio.Event()
+        self._reloads: set[asyncio.Task[None]] = set()
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         try:
             url = await self.start()
         except ConfigError as exc:
@@ -236,6 +247,30 @@ class Daemon:
             return
         self.state.draining = True
         self.stop_requested.set()
+
+    def _on_reload(self) -> None:
+        task = asyncio.ensure_future(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> None:
+        """SIGHUP (systemd ``ExecReload=``): read the settings again (the config file, the
+        environment, the same flags) and apply the cache's and the log level on every shard;
+        a bad file changes nothing."""
+        try:
+            reread = reload_settings(self.settings)
+        except ConfigError as exc:
+            log.error("reload refused, the running settings stay: %s", exc)
+            return
+        merged, applied, later = merge_reloadable(self.settings, reread)
+        logging.getLogger().setLevel(merged.server.log_level.upper())
+        if self.cache is not None and self.servers is not None:
+            await reload_cache(self.cache, merged)
+            limit: int = await self.cache.invoke_on(0, _max_object_bytes, merged)
+            await self.servers.invoke_on_all(_ShardServer.reload, merged, limit)
+        self.settings = merged
+        log.info("reload: applied %s%s", ", ".join(applied) or "nothing (no change)",
+                 f"; a restart applies {', '.join(later)}" if later else "")
 
     async def start(self) -> str:
         s = self.settings

@@ -64,6 +64,13 @@ async def start_cache(smp: Smp, settings: Settings) -> Sharded[CacheService]:
     return await _start_cache(smp, settings.cache, settings.cache_dir)
 
 
+async def reload_cache(cache: Sharded[CacheService], settings: Settings) -> None:
+    """Apply reloaded cache settings on every shard (plain data); shard 0 recomputes the limits,
+    trims if now over them and lets waiting writers in if now under."""
+    applied: list[None] = await cache.invoke_on_all(CacheService.apply_settings, settings.cache)
+    del applied
+
+
 async def stop_cache(cache: Sharded[CacheService]) -> None:
     """Stop every shard's cache service; shard 0 saves the tracker last."""
     await _stop_cache(cache)
