@@ -1,4 +1,4 @@
-"""The bounded local-disk cache: keys, reservations, staging files, trim, tracker, service.
+"""The bounded local-disk cache: keys, reservations, staging files, trim, index, service.
 
 Public API (see ``docs/cache.md``)::
 
@@ -10,9 +10,11 @@ Public API (see ``docs/cache.md``)::
     await staging.append(data); await staging.commit(replace=True)
 
 Modules: :mod:`.keys` (validation, on-disk names), :mod:`.reservation` (ReservationGuard),
-:mod:`.tracker` (access-time tracker), :mod:`.walker` (blocking directory work),
-:mod:`.coordinator` (shard-0 accounting and trim), :mod:`.staging` (StagingFile),
-:mod:`.service` (CacheService, start/stop).
+:mod:`.pressure` (limits, trim target, over-commit, degraded disk), :mod:`.index` (the index
+in memory), :mod:`.index_format` / :mod:`.journal` / :mod:`.index_load` (its files: bytes,
+writer, reader), :mod:`.index_store` (start-up, journaling, compaction, staging files),
+:mod:`.walker` (blocking directory work), :mod:`.coordinator` (shard-0 accounting and trim),
+:mod:`.staging` (StagingFile), :mod:`.service` (CacheService, start/stop).
 """
 
 from cachedaemon.cache.coordinator import CacheCoordinator, CacheMetrics, TrimResult

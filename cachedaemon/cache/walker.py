@@ -114,29 +114,27 @@ def _walk_dir(
 
 @dataclass
 class WalkDiff:
-    """How the disk differs from a tracker snapshot."""
+    """How the disk differs from a copy of the index."""
 
     vanished: list[str] = field(default_factory=list)  # tracked, not on disk
     untracked: list[tuple[str, float, int]] = field(default_factory=list)  # on disk only
     resized: list[tuple[str, int]] = field(default_factory=list)  # (path, size on disk)
 
 
-def walk_and_diff(
-    root: Path, tracked: dict[str, tuple[float, int]]
-) -> tuple[WalkResult, WalkDiff]:
-    """Walk ``root`` (leaving ``.part`` files) and compare with ``tracked`` (path -> (atime,
-    size)). One thread job for the trim's walk phase."""
+def walk_and_diff(root: Path, indexed: dict[str, int]) -> tuple[WalkResult, WalkDiff]:
+    """Walk ``root`` (leaving ``.part`` files) and compare with ``indexed`` (path -> size).
+    One thread job for the trim's walk phase."""
     walk = walk_cache(root, delete_parts=False)
     diff = WalkDiff()
     seen: set[str] = set()
     for path, atime, size in walk.files:
         seen.add(path)
-        entry = tracked.get(path)
-        if entry is None:
+        known = indexed.get(path)
+        if known is None:
             diff.untracked.append((path, atime, size))
-        elif entry[1] != size:
+        elif known != size:
             diff.resized.append((path, size))
-    diff.vanished = [p for p in tracked if p not in seen]
+    diff.vanished = [p for p in indexed if p not in seen]
     return walk, diff
 
 
@@ -313,6 +311,7 @@ def delete_entries(root: Path, relpaths: list[str]) -> list[tuple[str, int | Non
             out.append((rel, None))
             continue
         out.append((rel, size))
+        failpoint_sync("cache.remove.after_unlink")
         if p.parent != root:
             parents.setdefault(p.parent, p)
     # Once per directory, deepest first: most parents still hold other entries.

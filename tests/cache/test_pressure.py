@@ -320,6 +320,7 @@ async def test_reload_applies_new_limits(open_cache: OpenCache) -> None:
     lowered = dataclasses.replace(svc.settings, max_bytes=5 * KiB, reserve_deadline=7.0)
     await svc.apply_settings(lowered)
     (await waiting).close()
+    await svc.coordinator.wait_idle()
     s = await svc.stats()
     assert s.max_bytes == 5 * KiB and s.bytes_used <= 4 * KiB  # trimmed to 0.8 of the new limit
     assert svc.settings.reserve_deadline == 7.0
