@@ -6,13 +6,14 @@ gate, its ``.part`` counter, its in-progress set and its hit/miss counters, and 
 operations (open, stat, staging writes, commit, invalidate) on the calling shard, in worker
 threads where they may block. Shard 0's instance also owns the
 :class:`~cachedaemon.cache.coordinator.CacheCoordinator` (accounting, reservations, trims,
-tracker); other shards hop there with ``Sharded.invoke_on(0, ...)`` for the calls that wait
-(``reserve_space``, ``trim``, ``stats``) and post the ones that do not (releases, commits,
-forgets, and access-time touches, which are batched per loop iteration).
+the index); other shards hop there with ``Sharded.invoke_on(0, ...)`` for the calls that wait
+(``reserve_space``, ``trim``, ``stats``, announcing a staging file) and post the ones that do
+not (releases, commits, forgets, ends of staging files, and access-time touches, which are
+batched per loop iteration).
 
 Every public operation holds the shard's gate; a staging file holds it until it is committed or
 closed. ``stop()`` closes the gate (waiting for those), and on shard 0 stops the coordinator and
-saves the tracker. Operations after ``stop()`` raise :class:`~cachedaemon.errors.GateClosed`.
+writes the index out. Operations after ``stop()`` raise :class:`~cachedaemon.errors.GateClosed`.
 
 Every entry point validates its key with :func:`cachedaemon.cache.keys.checked_relpath` and
 refuses paths that would leave the cache directory through a symbolic link: entries are
@@ -88,6 +89,8 @@ class CacheStats:
     #: 1 while new reservations wait for the disk (below ``min_free_bytes``, or ENOSPC).
     puts_blocked: int = 0
     min_free_bytes: int = 0
+    #: 1 from a start from the index until the background walk has checked it.
+    reconciling: int = 0
     metrics: CacheMetrics | None = None
 
     def as_api(self) -> dict[str, int]:
@@ -172,8 +175,8 @@ class CacheService:
 
     async def stop(self) -> None:
         """Fail queued reservations (the whole cache is stopping), close the gate (waiting for
-        operations and staging files); shard 0 then stops the coordinator and saves the
-        tracker."""
+        operations and staging files); shard 0 then stops the coordinator and writes the
+        index out."""
         if self._started:
             try:
                 self.coordinator.post(self.coordinator.begin_stop)
@@ -376,7 +379,7 @@ class CacheService:
                 reservation.merge(guard)
             else:
                 reservation = await self.reserve_space(initial, 1, deadline)
-            path, fd = self._create_part(rel, dest)
+            path, fd = await self._create_part(rel, dest)
         except BaseException:
             if reservation is not None:
                 reservation.close()
@@ -391,32 +394,65 @@ class CacheService:
             self._in_progress[staging.relpath] = n
         else:
             self._in_progress.pop(staging.relpath, None)
+        self._stage_end(_part_relpath(staging.relpath, staging.path.name))
 
-    def _create_part(self, rel: str, dest: Path) -> tuple[Path, int]:
+    async def _create_part(self, rel: str, dest: Path) -> tuple[Path, int]:
         """Create the ``.part`` file exclusively beside ``dest`` (mkdir -p, containment check,
-        retries if the parent vanished or the name is taken)."""
-        parent = dest.parent
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        retries if the parent vanished or the name is taken). Each name is announced to shard
+        0 first (the index journals it before the file exists: a restart finds leftovers
+        without walking the tree), and its end announced if the file is not made."""
         for _ in range(16):
             name = staging_name(rel, self.shard, next(self._counter))
-            path = parent / name
+            part = _part_relpath(rel, name)
+            await self._stage_begin(part)
             try:
-                if parent != self.root:
-                    parent.mkdir(parents=True, exist_ok=True)
-                    if not self._contained(dest):
-                        raise InvalidKey(f"key path {rel!r} leads outside the cache directory")
-                return path, os.open(path, flags, 0o644)
-            except FileExistsError as exc:
-                if not parent.is_dir() or parent.is_symlink():
-                    raise InvalidKey(
-                        f"key path {rel!r} is blocked by a non-directory in the cache"
-                    ) from exc
-                continue  # the name is taken (another process?): next counter
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # a trim removed the empty parent meanwhile: again
-            except OSError as exc:
-                raise IOFailure(f"cannot create staging file {path}: {exc}") from exc
+                made = self._open_part(rel, dest, name)
+            except BaseException:
+                self._stage_end(part)
+                raise
+            if made is not None:
+                return made
+            self._stage_end(part)
         raise IOFailure(f"cannot create a staging file beside {dest}")
+
+    def _open_part(self, rel: str, dest: Path, name: str) -> tuple[Path, int] | None:
+        """One attempt of :meth:`_create_part`; ``None`` to try another name."""
+        parent = dest.parent
+        path = parent / name
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            if parent != self.root:
+                parent.mkdir(parents=True, exist_ok=True)
+                if not self._contained(dest):
+                    raise InvalidKey(f"key path {rel!r} leads outside the cache directory")
+            return path, os.open(path, flags, 0o644)
+        except FileExistsError as exc:
+            if not parent.is_dir() or parent.is_symlink():
+                raise InvalidKey(
+                    f"key path {rel!r} is blocked by a non-directory in the cache"
+                ) from exc
+            return None  # the name is taken (another process?): next counter
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # a trim removed the empty parent meanwhile: again
+        except OSError as exc:
+            raise IOFailure(f"cannot create staging file {path}: {exc}") from exc
+
+    async def _stage_begin(self, part: str) -> None:
+        if self._on_coordinator:
+            await self.coordinator.stage_begin(part, self.shard)
+            return
+        assert self._sharded is not None
+        begin: Any = CacheService._stage_begin_here
+        await self._sharded.invoke_on(0, begin, part, self.shard)
+
+    async def _stage_begin_here(self, part: str, shard: int) -> None:
+        await self.coordinator.stage_begin(part, shard)
+
+    def _stage_end(self, part: str) -> None:
+        try:
+            self.coordinator.post(self.coordinator.stage_end, part)
+        except (RuntimeError, ShardStopped):
+            pass  # shard 0 is gone: the next start deletes the file if it is left
 
     async def put(
         self,
@@ -473,7 +509,8 @@ class CacheService:
             await self._coordinator.apply_settings(settings)
 
     async def save_tracker(self) -> None:
-        """Save the access-time tracker now if it changed (on shard 0)."""
+        """Write the cache index out now (the access order, a snapshot if due, the journal
+        synced; on shard 0). The name is the access-time tracker's, which the index replaced."""
         if self._on_coordinator:
             await self.coordinator.save_tracker()
         else:
@@ -517,12 +554,19 @@ class CacheService:
                 bytes_overcommitted=metrics.bytes_overcommitted,
                 puts_blocked=state["puts_blocked"],
                 min_free_bytes=state["min_free_bytes"],
+                reconciling=state["reconciling"],
                 metrics=metrics,
             )
 
     def _coordinator_state(self) -> tuple[dict[str, int], CacheMetrics]:
         c = self.coordinator
         return c.state(), CacheMetrics(**c.metrics.as_dict())  # type: ignore[arg-type]
+
+
+def _part_relpath(rel: str, name: str) -> str:
+    """The path, relative to the cache root, of staging file ``name`` beside entry ``rel``."""
+    head, sep, _ = rel.rpartition("/")
+    return f"{head}/{name}" if sep else name
 
 
 def _read_range(path: Path, first: int, n: int) -> bytes:
@@ -553,5 +597,5 @@ async def start_cache(
 
 
 async def stop_cache(cache: Sharded[CacheService]) -> None:
-    """Stop every shard's service, shard 0 (and the tracker save) last."""
+    """Stop every shard's service, shard 0 (and the index's last writes) last."""
     await cache.stop()
