@@ -494,6 +494,20 @@ class CacheCoordinator:
         """The live staging files of ``shard``: what to delete if that shard dies."""
         return self.store.shard_parts(shard)
 
+    async def release_shard(self, shard: int) -> int:
+        """``shard`` died (a worker process killed): delete its staging files and end them in
+        the journal, without waiting for a restart. (Its reservations are released by whoever
+        tracks them per shard.) Returns how many files were deleted."""
+        parts = self.store.shard_parts(shard)
+        if not parts:
+            return 0
+        results = await asyncio.to_thread(delete_entries, self.root, parts)
+        for part in parts:
+            self.store.stage_end(part)
+        gone = sum(1 for _, size in results if size is not None)
+        log.warning("cache: shard %d is gone: deleted %d of its staging files", shard, gone)
+        return gone
+
     def _after_change(self) -> None:
         self._generation += 1
         self._grant()

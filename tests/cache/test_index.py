@@ -438,3 +438,21 @@ async def test_a_failed_journal_write_is_repaired_by_a_snapshot(open_cache: Open
     await svc.stop()
     loaded = load_index(svc.root)
     assert loaded is not None and loaded.entries == {"a": 1, "b": 2}
+
+
+async def test_the_staging_files_of_a_dead_shard_are_released(open_cache: OpenCache) -> None:
+    """For process shards (issue 14): shard 0 knows every staging file in flight and whose it
+    is, so it can delete a dead worker's at once."""
+    svc = await open_cache()
+    staging = await svc.create_staging_file("w/k", deadline_after(1.0))
+    await staging.append(b"x" * 100)
+    await staging.flush()
+    coord = svc.coordinator
+    assert coord.staging_of(0) == [staging.path.relative_to(svc.root).as_posix()]
+    assert coord.staging_of(1) == []
+    assert await coord.release_shard(0) == 1
+    assert part_files(svc.root) == [] and coord.staging_of(0) == []
+    await staging.close()  # what remains of the dead shard's handle: nothing to undo
+    await svc.stop()
+    loaded = load_index(svc.root)
+    assert loaded is not None and loaded.staging == set()
