@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import threading
@@ -91,14 +92,21 @@ def write_snapshot(path: Path, generation: int, entries: dict[str, int],
             offset += len(data)
 
         put(fmt.encode_header(fmt.SNAPSHOT_MAGIC, generation))
-        paths = list(entries)
-        sizes = list(entries.values())
-        for i in range(0, len(paths), SNAPSHOT_CHUNK):
-            put(fmt.encode_batch(fmt.ENTRIES, paths[i:i + SNAPSHOT_CHUNK],
-                                 sizes[i:i + SNAPSHOT_CHUNK]))
+        # Chunk by chunk (the dict is this thread's own copy): each step is short, so the GIL
+        # goes back to the event loop between them instead of after one long list().
+        keys, values = iter(entries), iter(entries.values())
+        count = total = 0
+        while True:
+            paths = list(itertools.islice(keys, SNAPSHOT_CHUNK))
+            if not paths:
+                break
+            sizes = list(itertools.islice(values, len(paths)))
+            put(fmt.encode_batch(fmt.ENTRIES, paths, sizes))
+            count += len(paths)
+            total += sum(sizes)
         if staging:
             put(fmt.encode_batch(fmt.STAGING, staging))
-        put(fmt.encode_end(len(paths), sum(sizes), len(staging)))
+        put(fmt.encode_end(count, total, len(staging)))
         os.fdatasync(fd)
         return offset
     finally:
