@@ -11,7 +11,8 @@
    torn entry) and without (``fsync_commits=False``). Rounds alternate between the two so
    disk drift hits both alike. Goal: ours >= 0.8x plain.
 2. ``reserve_space`` + release round trips per second, from shard 0 and from shard 1 of an
-   ``Smp(2)`` (every reservation from shard 1 hops to shard 0 and back).
+   pair of shards linked by messages as the daemon's processes are (every reservation from
+   shard 1 is a call to shard 0 and a release posted back).
 3. **Restart to ready** with N entries (``--sizes``), before and after in the same run on the
    same files: *before* is the code of ``--before-rev`` (extracted with ``git archive``; its
    start loads the access-time tracker and walks the directory), *after* this checkout's (its
@@ -34,7 +35,6 @@ import sys
 from pathlib import Path
 
 _BENCH_DIR = str(Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if p and str(Path(p).resolve()) != _BENCH_DIR]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
@@ -53,7 +53,7 @@ from cachedaemon.cache import CacheService, start_cache, stop_cache
 from cachedaemon.cache.keys import key_relpath
 from cachedaemon.clock import NO_DEADLINE
 from cachedaemon.config import CacheSettings, load_settings
-from cachedaemon.core.smp import Smp
+from cachedaemon.core.smp import start_local_shards
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -142,9 +142,10 @@ async def bench_staging(root: Path, quick: bool) -> list[tuple[str, float, float
 
 async def bench_reserve(root: Path, quick: bool) -> tuple[float, float]:
     n0, n1 = (5_000, 1_000) if quick else (50_000, 5_000)
-    smp = Smp(2)
-    await smp.start()
-    cache = await start_cache(smp, settings(), root / "reserve", fsync_commits=False)
+    smps = await start_local_shards(2)
+    caches = [await start_cache(smp, settings(), root / "reserve", fsync_commits=False)
+              for smp in smps]
+    cache = caches[0]
     try:
         svc = cache.local()
         t0 = time.perf_counter()
@@ -160,12 +161,14 @@ async def bench_reserve(root: Path, quick: bool) -> tuple[float, float]:
                 g.close()
             return time.perf_counter() - t
 
-        shard1 = n1 / await cache.invoke_on(1, loop)
+        shard1 = n1 / await loop(caches[1].local())
         st = await svc.stats()
         assert st.bytes_reserved == 0, st
     finally:
-        await stop_cache(cache)
-        await smp.stop()
+        for c in reversed(caches):
+            await stop_cache(c)
+        for smp in smps:
+            await smp.stop()
     return shard0, shard1
 
 

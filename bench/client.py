@@ -17,21 +17,16 @@ requests/s, MB/s and the ratio client/baseline (1.0 = no overhead; lower is slow
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import os
 import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
-# bench/http.py would shadow the standard library's http package: drop this directory.
-_HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
-sys.path[:] = [p for p in sys.path if p not in ("", _HERE) and not p.endswith("/bench")]
-
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import os  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Awaitable, Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import aiohttp  # noqa: E402
+import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -29,13 +29,6 @@ bottleneck of every ``remote`` row, for both sides).
 
 from __future__ import annotations
 
-# ruff: noqa: E402
-import sys
-
-# bench/http.py shadows the standard library's ``http`` package: never import from this dir.
-_HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
-sys.path[:] = [p for p in sys.path if p not in ("", _HERE) and not p.endswith("/bench")]
-
 import argparse
 import asyncio
 import base64
@@ -45,6 +38,7 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -54,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# ruff: noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 

@@ -6,11 +6,17 @@ durable writes through the domain's log, the typed :class:`~cachedaemon.client.l
     .venv/bin/python bench/l1.py --extents 200000 --no-http
 
 Objects hold 8 extents each (of 8 different partitions, 100 offsets per extent, round robin over
-the partitions, so every partition grows evenly). Rows:
+the partitions, so every partition grows evenly); every add carries the 8 partitions' term
+(term 1, which goes on) and adds objects preregistered beforehand, as the validation rules
+require. Rows:
 
-- ``add_objects 1 obj/call``: one object (8 extents) per call, calls one after another;
+- ``preregister 1 id/call``: the writer's reservation of one object id, calls one after another
+  (timed apart from the add it precedes);
+- ``add_objects 1 obj/call``: one (preregistered) object with 8 extents per call, calls one
+  after another;
 - ``add_objects N obj/call`` (load): the bulk load to the target extent count, N objects per
-  call (``--batch``), reported per object;
+  call (``--batch``), reported per object; each call's N ids are preregistered in one untimed
+  call just before it;
 - ``get_first_ge``: the extent holding a random offset of a random partition, one call at a
   time (latency) and ``--concurrency`` calls in flight (throughput);
 - ``get_offsets``: start/next offsets of a random partition.
@@ -34,15 +40,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-# Run as a script, bench/ is sys.path[0] and bench/http.py would shadow the standard library.
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 from cachedaemon.lsm import Database, Options  # noqa: E402
 from cachedaemon.lsm.io.memory import memory_persistence  # noqa: E402
 from cachedaemon.metastore.l1 import DatabaseRowStore, L1Metastore, TopicIdPartition  # noqa: E402
-from cachedaemon.metastore.l1.types import ExtentSpec, NewObject  # noqa: E402
+from cachedaemon.metastore.l1.types import ExtentSpec, NewObject, TermStart  # noqa: E402
 
 EXTENTS_PER_OBJECT = 8
 OFFSETS_PER_EXTENT = 100
@@ -75,14 +79,28 @@ class Layout:
                          extents=extents)
 
 
+def terms_of(objects: list[NewObject]) -> list[TermStart]:
+    """Term 1 from the first added offset of every partition the objects hold."""
+    first: dict[TopicIdPartition, int] = {}
+    for o in objects:
+        for e in o.extents:
+            tidp = TopicIdPartition(e.topic_id, e.partition)
+            first[tidp] = min(first.get(tidp, e.base_offset), e.base_offset)
+    return [TermStart(topic_id=t.topic_id, partition=t.partition, term=1, start_offset=b)
+            for t, b in first.items()]
+
+
 class Api:
     """The operations the benchmark needs, in process or through the client."""
 
     def __init__(self, target: Any) -> None:
         self.t = target
 
+    async def preregister(self, objects: list[NewObject]) -> None:
+        await self.t.preregister_objects(oids=[o.oid for o in objects])
+
     async def add(self, objects: list[NewObject]) -> None:
-        corrected = await self.t.add_objects(objects)
+        corrected = await self.t.add_objects(objects, terms_of(objects))
         assert not corrected, corrected
 
     async def first_ge(self, tidp: TopicIdPartition, offset: int) -> None:
@@ -125,23 +143,28 @@ async def timed_concurrent(n: int, concurrency: int, make: Callable[[int], Await
 async def run_suite(label: str, api: Api, layout: Layout, args: argparse.Namespace,
                     extents: int, rows: list[tuple[str, ...]]) -> None:
     single = args.single
-    elapsed, lat = await timed_serial(single, lambda _i: api.add([layout.new_object()]))
+    pending = [layout.new_object() for _ in range(single)]
+    elapsed, lat = await timed_serial(single, lambda i: api.preregister([pending[i]]))
+    rows.append((label, "preregister 1 id/call", f"{single / elapsed:,.0f} ids/s", "",
+                 f"{statistics.median(lat) * 1e3:.2f}", f"{pct(lat, 0.99) * 1e3:.2f}"))
+    elapsed, lat = await timed_serial(single, lambda i: api.add([pending[i]]))
     rows.append((label, "add_objects 1 obj/call", f"{single / elapsed:,.0f} obj/s",
                  f"{single * EXTENTS_PER_OBJECT / elapsed:,.0f} ext/s",
                  f"{statistics.median(lat) * 1e3:.2f}", f"{pct(lat, 0.99) * 1e3:.2f}"))
     remaining = max(0, extents // EXTENTS_PER_OBJECT - single)
     calls = (remaining + args.batch - 1) // args.batch
-    t0 = time.perf_counter()
     lat = []
     for c in range(calls):
         n = min(args.batch, remaining - c * args.batch)
+        batch = [layout.new_object() for _ in range(n)]
+        await api.preregister(batch)
         s = time.perf_counter()
-        await api.add([layout.new_object() for _ in range(n)])
+        await api.add(batch)
         lat.append(time.perf_counter() - s)
         if args.progress and c % max(1, calls // 10) == 0:
             print(f"  {label}: loaded {(c + 1) * args.batch * EXTENTS_PER_OBJECT:,} extents",
                   file=sys.stderr)
-    elapsed = time.perf_counter() - t0
+    elapsed = sum(lat)
     if remaining:
         rows.append((label, f"add_objects {args.batch} obj/call (load)",
                      f"{remaining / elapsed:,.0f} obj/s",

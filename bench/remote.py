@@ -21,10 +21,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, this file's directory is sys.path[0], where sibling benchmarks (bench/http.py)
-# would shadow standard modules: swap it for the repository root.
 _BENCH_DIR = str(Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if p and str(Path(p).resolve()) != _BENCH_DIR]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse

@@ -1,7 +1,7 @@
 """Typed, frozen settings: defaults <- TOML file <- environment <- command-line flags.
 
 Every setting lives in a section (``server``, ``storage``, ``remote``, ``cache``,
-``metastore``) and is declared once, in :data:`SCHEMA`, with its kind, default, bounds and help
+``metastore``, ``s3``) and is declared once, in :data:`SCHEMA`, with its kind, default, bounds and help
 text. From that one table come: the TOML keys (``[cache] max_bytes = "1GiB"``), the environment
 variables (``CACHEDAEMON_CACHE_MAX_BYTES``), the flags (``--cache-max-bytes``, plus the short
 aliases of ``shared/API.md``), the documented example file ``config/cachedaemon.toml`` (a test
@@ -89,11 +89,25 @@ def _remote_url(value: Any) -> str | None:
     return "expected file:///path or s3://bucket[/prefix]"
 
 
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+
+
+def _optional_listen(value: Any) -> str | None:
+    return None if value is None else _listen(value)
+
+
+def _bucket_name(value: Any) -> str | None:
+    if value is None or _BUCKET_NAME.fullmatch(str(value)):
+        return None
+    return (f"{value!r} is not a valid S3 bucket name (3-63 lower-case letters, digits, dots "
+            "and hyphens)")
+
+
 SCHEMA: tuple[Setting, ...] = (
     # server
     Setting("server", "listen", "str", "127.0.0.1:8470", "Address the HTTP API listens on.",
             validate=_listen, aliases=("--listen",)),
-    Setting("server", "shards", "int", None, "Number of shards (event loops on their own threads).",
+    Setting("server", "shards", "int", None, "Number of shards: shard 0 is the main process, the others are worker processes.",
             optional=True, minimum=1, maximum=256, aliases=("--shards",),
             default_doc="number of cores"),
     Setting("server", "auth_token", "str", None,
@@ -117,6 +131,9 @@ SCHEMA: tuple[Setting, ...] = (
             choices=("text", "json"), aliases=("--log-format",)),
     Setting("server", "log_level", "choice", "info", "Log level.",
             choices=("debug", "info", "warning", "error")),
+    Setting("server", "s3_listen", "str", None,
+            "Address of the S3-compatible endpoint (off when unset).", optional=True,
+            validate=_optional_listen, aliases=("--s3-listen",)),
     Setting("server", "read_only", "bool", False,
             "Open metastore domains read-only (a read replica); writes get 409 read_only.",
             aliases=("--read-only",)),
@@ -227,6 +244,25 @@ SCHEMA: tuple[Setting, ...] = (
             minimum=4, maximum=100_000),
     Setting("metastore", "max_batch_bytes", "size", 64 * 1024**2,
             "Largest body of a key-value batch; a larger one is refused with 413.", minimum=1024),
+    # s3 (the S3-compatible endpoint, docs/s3-endpoint.md)
+    Setting("s3", "bucket_mode", "choice", "single",
+            "single: one bucket whose keys are the daemon's keys; prefix: every top-level "
+            "prefix is a bucket (CreateBucket and DeleteBucket work).",
+            choices=("single", "prefix")),
+    Setting("s3", "bucket", "str", None, "The bucket's name in single mode.", optional=True,
+            validate=_bucket_name,
+            default_doc="the remote bucket's name, or cachedaemon for file://"),
+    Setting("s3", "access_key_id", "str", "cachedaemon",
+            "Access key id S3 clients sign with (when a secret is set)."),
+    Setting("s3", "secret_access_key", "str", None,
+            "Secret key S3 requests are verified with (SigV4); unset and no auth token: the "
+            "endpoint is open.", optional=True, default_doc="server.auth_token"),
+    Setting("s3", "domain", "str", "localhost",
+            "Domains for virtual-hosted-style requests (comma-separated): a Host of "
+            "<bucket>.<domain> names the bucket."),
+    Setting("s3", "upload_expiry", "duration", 86400.0,
+            "An incomplete multipart upload untouched this long is aborted and its cache space "
+            "released.", minimum=1.0),
 )
 
 SECTIONS = tuple(dict.fromkeys(s.section for s in SCHEMA))
@@ -253,7 +289,18 @@ class ServerSettings:
     max_connections: int | None  # None: from the descriptor limit at start
     log_format: str
     log_level: str
+    s3_listen: str | None
     read_only: bool
+
+    @property
+    def s3_host(self) -> str:
+        assert self.s3_listen is not None
+        return self.s3_listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def s3_port(self) -> int:
+        assert self.s3_listen is not None
+        return int(self.s3_listen.rpartition(":")[2])
 
     @property
     def host(self) -> str:
@@ -317,6 +364,26 @@ class MetastoreSettings:
 
 
 @dataclass(frozen=True)
+class S3Settings:
+    bucket_mode: str
+    bucket: str  # computed when unset: the remote bucket's name or "cachedaemon"
+    access_key_id: str
+    secret_access_key: str | None  # computed when unset: server.auth_token
+    domain: str
+    upload_expiry: float
+
+    def credentials(self) -> tuple[str, str] | None:
+        """(access key id, secret) requests must be signed with; None: the endpoint is open."""
+        if self.secret_access_key is None:
+            return None
+        return self.access_key_id, self.secret_access_key
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return tuple(d.strip().lower().strip(".") for d in self.domain.split(",") if d.strip())
+
+
+@dataclass(frozen=True)
 class SettingsOrigin:
     """What :func:`load_settings` was given: the file is read again on reload, with the same
     flags (a flag still beats the file)."""
@@ -332,6 +399,7 @@ class Settings:
     remote: RemoteSettings
     cache: CacheSettings
     metastore: MetastoreSettings
+    s3: S3Settings
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     #: Where these settings came from (the file path and the flags), for :func:`reload_settings`.
     origin: SettingsOrigin | None = field(default=None, compare=False)
@@ -347,6 +415,7 @@ _SECTION_CLASSES: dict[str, type[Any]] = {
     "remote": RemoteSettings,
     "cache": CacheSettings,
     "metastore": MetastoreSettings,
+    "s3": S3Settings,
 }
 
 
@@ -502,6 +571,12 @@ def load_settings(
     values["storage.data_dir"] = data_dir
     if values["remote.url"] is None:
         values["remote.url"] = f"file://{(data_dir / 'bucket').resolve()}"
+    if values["s3.bucket"] is None:
+        url = values["remote.url"]
+        values["s3.bucket"] = url[len("s3://"):].split("/", 1)[0] if url.startswith("s3://") \
+            else "cachedaemon"
+    if values["s3.secret_access_key"] is None:
+        values["s3.secret_access_key"] = values["server.auth_token"]
     mb, mob = values["cache.max_bytes"], values["cache.max_object_bytes"]
     if mb is not None and mob is not None and mob > mb:
         raise ConfigError(
@@ -552,6 +627,28 @@ def merge_reloadable(running: Settings, reread: Settings) -> tuple[Settings, lis
         server=dataclasses.replace(running.server, log_level=reread.server.log_level),
     )
     return merged, applied, later
+
+
+def settings_to_dict(settings: Settings) -> dict[str, Any]:
+    """``settings`` as plain data (JSON-able): how shard 0 hands them to a worker shard."""
+    out: dict[str, Any] = {"sources": dict(settings.sources)}
+    for section in _SECTION_CLASSES:
+        obj = getattr(settings, section)
+        out[section] = {f.name: (str(v) if isinstance(v := getattr(obj, f.name), Path) else v)
+                        for f in fields(obj)}
+    return out
+
+
+def settings_from_dict(data: Mapping[str, Any]) -> Settings:
+    """The inverse of :func:`settings_to_dict` (no defaults, no checks: the values were
+    resolved and checked by the process that loaded them)."""
+    sections: dict[str, Any] = {}
+    for section, cls in _SECTION_CLASSES.items():
+        values = dict(data[section])
+        if section == "storage":
+            values["data_dir"] = Path(values["data_dir"])
+        sections[section] = cls(**values)
+    return Settings(**sections, sources=dict(data.get("sources", {})))
 
 
 def render_example() -> str:

@@ -125,6 +125,12 @@ class UpstreamError(CacheDaemonError):
     http_status = 502
 
 
+class OutcomeUnknown(UpstreamError):
+    """A write failed after it may have taken effect (its log append or bucket write was
+    started and its answer lost): it may or may not be applied. Read to find out; retry only
+    what is harmless to apply twice. The HTTP answer says ``"outcome": "unknown"``."""
+
+
 class TransientUpstreamError(UpstreamError):
     """A bucket failure worth retrying: throttling, 5xx, connection reset, timeout."""
 

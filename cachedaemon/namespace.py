@@ -12,7 +12,11 @@ Layout (each owner documents its own part):
   metastore (registry, epochs, manifests, SSTs, remote write-ahead log);
 * ``.cachedaemon/lsm/…`` (cache keys only): the cached copies of the metastore's SSTs;
 * ``.cachedaemon/bucket-id``: the bucket's identity, so a cache never outlives its bucket;
-* ``.cachedaemon/hotset/<node-id>``: published hot sets for warm starts.
+* ``.cachedaemon/hotset/<node-id>``: published hot sets for warm starts;
+* ``.cachedaemon/s3/buckets/<name>``: the buckets CreateBucket made on the S3 endpoint in
+  ``prefix`` mode (``cachedaemon/server/s3/buckets.py``);
+* ``.cachedaemon/s3/uploads/<upload-id>/<part>`` (cache keys only): the parts of the S3
+  endpoint's multipart uploads, staged in the cache (``cachedaemon/server/s3/multipart.py``).
 
 Pure constants and functions; any shard may use them.
 """
@@ -31,6 +35,10 @@ CACHE_ROOT = BUCKET_ROOT + "lsm/"
 BUCKET_ID_KEY = BUCKET_ROOT + "bucket-id"
 #: Published hot sets, one object per node.
 HOTSET_ROOT = BUCKET_ROOT + "hotset/"
+#: The S3 endpoint's buckets (``prefix`` mode), one marker object each.
+S3_BUCKETS_ROOT = BUCKET_ROOT + "s3/buckets/"
+#: The cache keys of the S3 endpoint's multipart parts.
+S3_UPLOADS_ROOT = BUCKET_ROOT + "s3/uploads/"
 
 
 def is_reserved(key: str) -> bool:

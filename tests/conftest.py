@@ -226,3 +226,44 @@ async def object_store(
 ) -> ObjectStore:
     """One store of each kind (memory, local, s3), fresh per test."""
     return await make_object_store(str(request.param))
+
+
+def _descendant_workers() -> list[int]:
+    """Worker shard processes descended from this test process."""
+    parents: dict[int, int] = {}
+    workers: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+            if rest[0] == "Z":
+                continue
+            parents[int(entry)] = int(rest[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"cachedaemon.server.worker" in f.read():
+                    workers.add(int(entry))
+        except (OSError, IndexError):
+            continue
+    me = os.getpid()
+    found = []
+    for pid in workers:
+        p, hops = parents.get(pid), 0
+        while p is not None and p != me and hops < 64:
+            p, hops = parents.get(p), hops + 1
+        if p == me:
+            found.append(pid)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_shard_outlives_the_tests() -> Iterator[None]:
+    """Issue 14: no worker shard of a daemon the tests started is left running at the end."""
+    yield
+    deadline = time.monotonic() + 5
+    left = _descendant_workers()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = _descendant_workers()
+    assert not left, f"worker shard processes left running: {left}"

@@ -8,15 +8,19 @@ Public API (see ``docs/cache.md``)::
     guard = await svc.reserve_space(nbytes, nobjects, deadline)
     staging = await svc.create_staging_file(key, deadline)
     await staging.append(data); await staging.commit(replace=True)
+    ticket, overlapped = await svc.register(key, write=True)   # object routes: docs/cache.md
+    await staging.publish(ticket, replace=True, remove=True)   # ... or svc.finish(ticket, ...)
 
 Modules: :mod:`.keys` (validation, on-disk names), :mod:`.reservation` (ReservationGuard),
 :mod:`.pressure` (limits, trim target, over-commit, degraded disk), :mod:`.index` (the index
 in memory), :mod:`.index_format` / :mod:`.journal` / :mod:`.index_load` (its files: bytes,
 writer, reader), :mod:`.index_store` (start-up, journaling, compaction, staging files),
 :mod:`.walker` (blocking directory work), :mod:`.coordinator` (shard-0 accounting and trim),
-:mod:`.staging` (StagingFile), :mod:`.service` (CacheService, start/stop).
+:mod:`.coherence` (shard-0 per-key ordering of object writes and fills), :mod:`.staging`
+(StagingFile), :mod:`.service` (CacheService, start/stop).
 """
 
+from cachedaemon.cache.coherence import KeyTable
 from cachedaemon.cache.coordinator import CacheCoordinator, CacheMetrics, TrimResult
 from cachedaemon.cache.keys import checked_relpath, key_relpath, validate_key
 from cachedaemon.cache.reservation import ReservationGuard
@@ -37,6 +41,7 @@ __all__ = [
     "CacheService",
     "CacheStats",
     "CacheStatus",
+    "KeyTable",
     "ReservationGuard",
     "StagingFile",
     "TrimResult",

@@ -1,15 +1,18 @@
 """CacheCoordinator: the cache's accounting, limits, reservations, trims and index (shard 0).
 
 One coordinator per cache, owned by shard 0's :class:`~cachedaemon.cache.service.CacheService`
-and touched only from shard 0's loop. Other shards reach it in two ways, always with plain
-data (names, paths, numbers), so the calls can become messages between processes:
+and touched only from shard 0's loop. Other shards reach it through their own CacheService,
+which sends messages to shard 0's (``docs/shards.md``), always with plain data (names, paths,
+numbers):
 
-* awaited calls (``reserve``, ``trim``, ``stats``, ``stage_begin``, ``apply_settings``) through
-  ``Sharded.invoke_on(0, ...)``;
-* fire-and-forget *posts* (``release``, ``commit_entry``, ``forget``, ``touch_batch``,
-  ``stage_end``) through :meth:`post`, a direct call on shard 0 and
-  ``loop.call_soon_threadsafe`` elsewhere. Posts from one shard run in order, before any later
-  ``invoke_on`` from that shard.
+* awaited calls (``reserve``, ``trim``, ``stats``, ``stage_begin``);
+* fire-and-forget *posts* (``release_reservation``, ``merge_reservations``, ``commit_entry``,
+  ``forget``, ``touch_batch``, ``stage_end``). Posts from one shard run in order, before any
+  later call from that shard.
+
+**Reservations** are kept by id with the shard that holds them (:meth:`reserve_id`); a
+:class:`~cachedaemon.cache.reservation.ReservationGuard` names its id. :meth:`release_shard`
+releases every reservation of a shard that died, and deletes its staging files.
 
 **Accounting.** ``current`` = committed entries: the index's totals (plus usage reported
 through a bare ``ReservationGuard.wrote_data``, until the next walk recounts). ``reserved`` =
@@ -61,12 +64,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +93,7 @@ from cachedaemon.cache.walker import (
     WalkAborted,
     WalkResult,
     delete_entries,
+    remove_empty_parents,
     sync_walk,
     walk_and_diff,
 )
@@ -147,6 +152,15 @@ class DiskStatus:
     free_bytes: int
 
 
+def delete_parts(root: Path, parts: list[str]) -> None:
+    """Blocking: delete staging files (paths relative to ``root``) and their empty parents."""
+    for rel in parts:
+        path = root / rel
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        remove_empty_parents(root, path)
+
+
 def disk_status(path: Path) -> DiskStatus:
     """Blocking ``statvfs`` of the filesystem holding ``path``."""
     st = os.statvfs(path)
@@ -154,11 +168,13 @@ def disk_status(path: Path) -> DiskStatus:
 
 
 class _Waiter:
-    __slots__ = ("future", "nbytes", "nobjects")
+    __slots__ = ("future", "nbytes", "nobjects", "shard")
 
-    def __init__(self, nbytes: int, nobjects: int, future: asyncio.Future[None]) -> None:
+    def __init__(self, nbytes: int, nobjects: int, shard: int,
+                 future: asyncio.Future[int]) -> None:
         self.nbytes = nbytes
         self.nobjects = nobjects
+        self.shard = shard
         self.future = future
 
 
@@ -200,7 +216,11 @@ class CacheCoordinator:
         self._syncing: asyncio.Future[None] | None = None
         self._walk_abort = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread_id = 0
+        # Live reservations: id -> [shard, bytes, objects]; and the staging file (``.part``,
+        # relative to the root) a reservation pays for, so a dead shard's can be deleted.
+        self._held: dict[int, list[int]] = {}
+        self._parts: dict[int, str] = {}
+        self._ids = itertools.count(1)
         self._running = False
         self._stopped = False
 
@@ -210,7 +230,6 @@ class CacheCoordinator:
         """Create the root, compute limits, read the index (or walk), arm the timers; with
         an index read, the background walk that checks it starts (see :meth:`sync_walk`)."""
         self._loop = asyncio.get_running_loop()
-        self._thread_id = threading.get_ident()
         self._changed = asyncio.Event()
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
         self.disk = await asyncio.to_thread(disk_status, self.root)
@@ -344,22 +363,6 @@ class CacheCoordinator:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("cache: background task failed: %r", exc, exc_info=exc)
 
-    # --- posting from any shard ------------------------------------------------------------
-
-    def post(self, fn: Callable[..., object], *args: Any) -> None:
-        """Run ``fn(*args)`` on shard 0's loop: now if called there, else soon (in order)."""
-        if threading.get_ident() == self._thread_id:
-            fn(*args)
-            return
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            raise RuntimeError("the cache coordinator's loop is not running")
-        loop.call_soon_threadsafe(fn, *args)
-
-    def post_release(self, held_b: int, held_o: int, wrote_b: int, wrote_o: int) -> None:
-        """A guard's release function: safe from any thread."""
-        self.post(self.release, held_b, held_o, wrote_b, wrote_o)
-
     # --- accounting (shard 0 only) ---------------------------------------------------------
 
     @property
@@ -388,12 +391,83 @@ class CacheCoordinator:
         for w in self._watches:
             w.add(path)
 
-    def release(self, held_b: int, held_o: int, wrote_b: int, wrote_o: int) -> None:
-        """Give back a guard's units; account what it wrote (without a tracked path)."""
-        self._unreserve(held_b, held_o)
+    def _hold(self, nbytes: int, nobjects: int, shard: int) -> int:
+        rid = next(self._ids)
+        self._held[rid] = [shard, nbytes, nobjects]
+        self.reserved_bytes += nbytes
+        self.reserved_objects += nobjects
+        return rid
+
+    def _drop(self, rid: int) -> None:
+        self._parts.pop(rid, None)
+        held = self._held.pop(rid, None)
+        if held is not None:
+            self._unreserve(held[1], held[2])
+
+    def release_reservation(self, rid: int, wrote_b: int, wrote_o: int) -> None:
+        """Give back reservation ``rid``'s units; account what it wrote (without a tracked
+        path)."""
+        self._drop(rid)
         self._extra_bytes += wrote_b
         self._extra_objects += wrote_o
         self._after_change()
+
+    def note_part(self, rid: int, part: str) -> None:
+        """Reservation ``rid`` pays for the staging file ``part`` (relative to the root)."""
+        if rid in self._held:
+            self._parts[rid] = part
+
+    def merge_reservations(self, into: int, frm: int) -> None:
+        """Reservation ``frm``'s units now belong to ``into`` (one guard holds both)."""
+        part = self._parts.pop(frm, None)
+        if part is not None and into in self._held:
+            self._parts.setdefault(into, part)
+        held = self._held.pop(frm, None)
+        if held is None:
+            return
+        target = self._held.get(into)
+        if target is None:  # ``into`` is gone already: give ``frm``'s units back
+            self._unreserve(held[1], held[2])
+            self._after_change()
+            return
+        target[1] += held[1]
+        target[2] += held[2]
+
+    def release_shard(self, shard: int) -> tuple[int, int]:
+        """Release every reservation held by ``shard`` (it died) and delete its staging files
+        (in the background; every one it announced, whether a reservation names it or not) and
+        end them in the index journal; return the units freed."""
+        freed_b = freed_o = 0
+        parts: list[str] = []
+        for rid in [rid for rid, h in self._held.items() if h[0] == shard]:
+            part = self._parts.pop(rid, None)
+            if part is not None:
+                parts.append(part)
+            _, b, o = self._held.pop(rid)
+            self._unreserve(b, o)
+            freed_b += b
+            freed_o += o
+        for part in self.store.shard_parts(shard):
+            if part not in parts:
+                parts.append(part)
+        if freed_b or freed_o or parts:
+            log.warning("cache: released %d bytes and %d objects reserved by shard %d, and "
+                        "%d staging file(s)", freed_b, freed_o, shard, len(parts))
+            self._after_change()
+        if parts:
+            task = self._spawn(asyncio.to_thread(delete_parts, self.root, parts))
+
+            def ended(_: asyncio.Task[Any]) -> None:
+                for part in parts:
+                    self.store.stage_end(part)
+
+            task.add_done_callback(ended)
+        return freed_b, freed_o
+
+    @property
+    def reservations(self) -> int:
+        """Live reservations."""
+        return len(self._held)
 
     def _unreserve(self, held_b: int, held_o: int) -> None:
         self.reserved_bytes -= held_b
@@ -404,10 +478,10 @@ class CacheCoordinator:
             self.reserved_bytes = max(0, self.reserved_bytes)
             self.reserved_objects = max(0, self.reserved_objects)
 
-    def commit_entry(self, path: str, size: int, held_b: int, held_o: int) -> None:
-        """A file landed at ``path``: release the guard's units and track it (replacing any
-        previous entry at that path, whose size and object leave the counters)."""
-        self._unreserve(held_b, held_o)
+    def commit_entry(self, path: str, size: int, rid: int) -> None:
+        """A file landed at ``path``: release reservation ``rid``'s units and track it
+        (replacing any previous entry at that path, whose size and object leave the counters)."""
+        self._drop(rid)
         self.index.add(path, size)
         self._watch(path)
         if self.current_bytes > self.max_bytes or self.current_objects > self.max_objects:
@@ -494,20 +568,6 @@ class CacheCoordinator:
         """The live staging files of ``shard``: what to delete if that shard dies."""
         return self.store.shard_parts(shard)
 
-    async def release_shard(self, shard: int) -> int:
-        """``shard`` died (a worker process killed): delete its staging files and end them in
-        the journal, without waiting for a restart. (Its reservations are released by whoever
-        tracks them per shard.) Returns how many files were deleted."""
-        parts = self.store.shard_parts(shard)
-        if not parts:
-            return 0
-        results = await asyncio.to_thread(delete_entries, self.root, parts)
-        for part in parts:
-            self.store.stage_end(part)
-        gone = sum(1 for _, size in results if size is not None)
-        log.warning("cache: shard %d is gone: deleted %d of its staging files", shard, gone)
-        return gone
-
     def _after_change(self) -> None:
         self._generation += 1
         self._grant()
@@ -533,9 +593,7 @@ class CacheCoordinator:
             self._waiters.popleft()
             self.pending_bytes -= head.nbytes
             self.pending_objects -= head.nobjects
-            self.reserved_bytes += head.nbytes
-            self.reserved_objects += head.nobjects
-            head.future.set_result(None)
+            head.future.set_result(self._hold(head.nbytes, head.nobjects, head.shard))
 
     # --- reservation -----------------------------------------------------------------------
 
@@ -574,22 +632,25 @@ class CacheCoordinator:
         if not self._running:
             raise GateClosed("the cache is not running")
 
-    def _guard(self, nbytes: int, nobjects: int) -> ReservationGuard:
-        return ReservationGuard(nbytes, nobjects, self.post_release)
-
     async def reserve(
         self, nbytes: int, nobjects: int, deadline: Deadline, what: str = ""
     ) -> ReservationGuard:
-        """Reserve space; wait (trimming) until ``deadline``, then raise :class:`CacheFull`."""
+        """Reserve space on shard 0 itself; a guard over :meth:`reserve_id`."""
+        rid = await self.reserve_id(nbytes, nobjects, deadline, what)
+        return ReservationGuard(rid, nbytes, nobjects, self)
+
+    async def reserve_id(
+        self, nbytes: int, nobjects: int, deadline: Deadline, what: str = "", shard: int = 0
+    ) -> int:
+        """Reserve space for ``shard``; wait (trimming) until ``deadline``, then raise
+        :class:`CacheFull`. Returns the reservation's id."""
         self._check_running()
         if nbytes < 0 or nobjects < 0:
             raise InvalidArgument(f"cannot reserve {nbytes} bytes and {nobjects} objects")
         request = f"reservation of {nbytes} bytes and {nobjects} objects{what}"
         self._maybe_background_trim()
         if not self._waiters and not self.puts_blocked and self.fits(nbytes, nobjects):
-            self.reserved_bytes += nbytes
-            self.reserved_objects += nobjects
-            return self._guard(nbytes, nobjects)
+            return self._hold(nbytes, nobjects, shard)
         if nobjects > self.max_objects or (nbytes > self.max_bytes and not (
                 self.settings.may_exceed and could_ever_exceed(
                     self.limits, self.disk.free_bytes if self.disk else None, nbytes))):
@@ -598,7 +659,7 @@ class CacheCoordinator:
         if expired(deadline, self.clock):
             raise self._refusal(request, "timed out before it could wait")
         assert self._loop is not None
-        waiter = _Waiter(nbytes, nobjects, self._loop.create_future())
+        waiter = _Waiter(nbytes, nobjects, shard, self._loop.create_future())
         self._waiters.append(waiter)
         self.pending_bytes += nbytes
         self.pending_objects += nobjects
@@ -617,7 +678,7 @@ class CacheCoordinator:
         except BaseException:
             self._abandon(waiter)
             raise
-        return self._guard(nbytes, nobjects)
+        return waiter.future.result()
 
     def _abandon(self, waiter: _Waiter) -> None:
         try:
@@ -626,7 +687,7 @@ class CacheCoordinator:
             fut = waiter.future
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 # Granted just as it gave up: give the units back.
-                self._unreserve(waiter.nbytes, waiter.nobjects)
+                self._drop(fut.result())
         else:
             self.pending_bytes -= waiter.nbytes
             self.pending_objects -= waiter.nobjects

@@ -32,15 +32,39 @@ from cachedaemon.cache import index_format as fmt
 from cachedaemon.cache.keys import JOURNAL_NAME, TRACKER_NAME
 from cachedaemon.errors import Corruption
 
+#: The access-time tracker the index replaced wrote ``%tracker`` with this magic, then a u32
+#: version: 2 from caches of the current layout (the metastore's SST copies under
+#: ``.cachedaemon/lsm/``), 1 from those of the layout before.
+LEGACY_TRACKER_MAGIC = b"CDTRACK\n"
+LEGACY_CURRENT_LAYOUT_VERSION = 2
+
 
 class IndexUnusable(Exception):
     """The index files cannot be trusted; ``reason`` says why. ``generation`` is the highest
-    generation seen in any readable header (a rebuilt index must use a higher one)."""
+    generation seen in any readable header (a rebuilt index must use a higher one);
+    ``legacy`` is set when the file is the access-time tracker of before the index."""
 
-    def __init__(self, reason: str, generation: int = 0) -> None:
+    def __init__(self, reason: str, generation: int = 0, legacy: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.generation = generation
+        self.legacy = legacy
+
+
+def layout_is_current(root: Path) -> bool:
+    """Whether the cache at ``root`` is known to be of the current layout: it has an index
+    (only caches of this layout write one), or a version-2 access-time tracker. Anything else
+    (a version-1 tracker, none, or an unreadable one) may hold the previous layout's SST
+    copies (``walker.drop_legacy_layout``). Blocking."""
+    try:
+        with open(root / TRACKER_NAME, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    if head[:8] == fmt.SNAPSHOT_MAGIC:
+        return True
+    return (head[:8] == LEGACY_TRACKER_MAGIC and len(head) == 12
+            and int.from_bytes(head[8:12], "little") == LEGACY_CURRENT_LAYOUT_VERSION)
 
 
 @dataclass
@@ -65,7 +89,7 @@ class LoadedIndex:
 def read_snapshot(data: bytes) -> tuple[int, dict[str, int], set[str]]:
     """(generation, entries in LRU order, staging) of a snapshot file's bytes, or
     :class:`Corruption`."""
-    if data[:8] == b"CDTRACK\n":
+    if data[:8] == LEGACY_TRACKER_MAGIC:
         raise Corruption("it is an access-time tracker from before the index")
     generation = fmt.decode_header(data, fmt.SNAPSHOT_MAGIC, "the index snapshot")
     records, _, damage = fmt.iter_records(data)
@@ -149,6 +173,8 @@ def load_index(root: Path) -> LoadedIndex | None:
         return None
     except OSError as exc:
         raise IndexUnusable(f"cannot read the index snapshot: {exc}") from exc
+    if data[:8] == LEGACY_TRACKER_MAGIC:
+        raise IndexUnusable("it is an access-time tracker from before the index", legacy=True)
     try:
         generation, entries, staging = read_snapshot(data)
     except Corruption as exc:

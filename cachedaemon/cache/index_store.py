@@ -39,11 +39,17 @@ from cachedaemon.cache.index_load import (
     IndexUnusable,
     LoadedIndex,
     journal_generation,
+    layout_is_current,
     load_index,
 )
 from cachedaemon.cache.journal import IndexJournal
 from cachedaemon.cache.keys import PART_SUFFIX
-from cachedaemon.cache.walker import delete_entries, walk_cache
+from cachedaemon.cache.walker import (
+    LEGACY_SST_DIR,
+    delete_entries,
+    drop_legacy_layout,
+    walk_cache,
+)
 from cachedaemon.core.failpoints import failpoint
 
 log = logging.getLogger("cachedaemon.cache")
@@ -116,10 +122,21 @@ class IndexStore:
             f", cut {loaded.torn_tail}" if loaded.torn_tail else "", deleted)
 
     async def _open_by_walk(self, problem: IndexUnusable | None) -> None:
+        if not await asyncio.to_thread(layout_is_current, self.root):
+            # Not (known to be) a cache of this layout: drop layout 1's SST copies, which sit
+            # where user keys live now.
+            dropped = await asyncio.to_thread(drop_legacy_layout, self.root)
+            if dropped:
+                log.warning("cache: dropped %d metastore SST copies of the previous cache "
+                            "layout (%s/; they are fetched again under .cachedaemon/lsm/)",
+                            dropped, LEGACY_SST_DIR)
         walk = await asyncio.to_thread(walk_cache, self.root, delete_parts=True)
         items = sorted(walk.files, key=lambda f: f[1])
         self.index.install({p: s for p, _, s in items})
-        if problem is not None:
+        if problem is not None and problem.legacy:
+            log.info("cache: the access-time tracker of before the index is replaced by an "
+                     "index built from a directory walk of %d files", len(items))
+        elif problem is not None:
             log.warning("cache: the index is unusable (%s); rebuilt it from a directory walk "
                         "of %d files", problem.reason, len(items))
         elif items:

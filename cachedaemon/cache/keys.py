@@ -37,6 +37,7 @@ promises. The map is reversible (:func:`relpath_key`) except for shortened names
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from cachedaemon.errors import InvalidKey
@@ -130,7 +131,16 @@ def key_relpath(key: str) -> str:
 
 
 def checked_relpath(key: object) -> str:
-    """:func:`validate_key` then :func:`key_relpath`: what every entry point calls."""
+    """:func:`validate_key` then :func:`key_relpath`: what every entry point calls. Memoized:
+    hot keys (repeated hits) skip the checks and the encoding (pure functions of the key;
+    refused keys raise every time)."""
+    if type(key) is str:
+        return _checked_relpath(key)
+    return key_relpath(validate_key(key))
+
+
+@functools.lru_cache(maxsize=16384)
+def _checked_relpath(key: str) -> str:
     return key_relpath(validate_key(key))
 
 

@@ -1,14 +1,17 @@
 """ReservationGuard: cache space (bytes, objects) held by one writer until it writes or gives up.
 
-Made by :meth:`CacheCoordinator.reserve` (shard 0) and handed to the caller, which may live on
-any shard. The guard does not own accounting state itself: every change is *posted* to the
-coordinator's loop (a direct call on shard 0, ``call_soon_threadsafe`` from another shard), so
-posts from one shard are applied in the order they were made, and before any later cross-shard
-call from that shard (e.g. ``stats()``) reaches shard 0.
+Shard 0's coordinator keeps every live reservation in a table by **id**, with the shard that
+holds it (``docs/shards.md``): that is how it releases what a dead shard held. The holder — any
+shard — gets a guard for its id. A guard does not own accounting state: every change is sent
+to the coordinator through its :class:`ReservationSink` (a direct call on shard 0, a posted
+message from another shard), so changes from one shard are applied in the order they were made,
+and before any later call from that shard (``stats()``, say) reaches shard 0.
 
 * ``wrote_data(bytes, objects)`` turns the reservation into committed usage: reserved -= held,
   current += written. Once: the guard is empty afterwards and a second call raises.
-* ``merge(other)`` folds another guard's units into this one and empties ``other``.
+* ``merge(other)`` folds another guard's units into this one (its id is merged into this one's
+  on the coordinator) and empties ``other``.
+* ``take()`` empties the guard and returns its id for a commit to account.
 * ``close()`` (also the context-manager exit, and garbage collection through
   ``weakref.finalize``) releases whatever is still held, with nothing written. Idempotent.
 
@@ -17,44 +20,77 @@ A guard is used by one task at a time; it is not locked.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import weakref
-from collections.abc import Callable
 from types import TracebackType
+from typing import Protocol
 
-#: Posts (held_bytes, held_objects, written_bytes, written_objects) to the coordinator.
-ReleaseFn = Callable[[int, int, int, int], None]
+
+class ReservationSink(Protocol):
+    """Where a guard's changes go: the coordinator, or a shard's way to it."""
+
+    def release_reservation(self, rid: int, wrote_b: int, wrote_o: int) -> None: ...
+
+    def merge_reservations(self, into: int, frm: int) -> None: ...
 
 
 class _State:
     """The mutable part, shared with the finalizer (which must not reference the guard)."""
 
-    __slots__ = ("bytes", "objects", "release", "wrote")
+    __slots__ = ("bytes", "loop", "objects", "rid", "sink", "wrote")
 
-    def __init__(self, nbytes: int, nobjects: int, release: ReleaseFn) -> None:
+    def __init__(self, rid: int, nbytes: int, nobjects: int, sink: ReservationSink) -> None:
+        self.rid = rid
         self.bytes = nbytes
         self.objects = nobjects
-        self.release = release
+        self.sink = sink
         self.wrote = False
+        try:
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
+
+
+def _release(state: _State) -> None:
+    if state.rid:
+        rid = state.rid
+        state.rid = 0
+        state.bytes = state.objects = 0
+        state.sink.release_reservation(rid, 0, 0)
 
 
 def _finalize(state: _State) -> None:
-    if state.bytes or state.objects:
-        b, o = state.bytes, state.objects
-        state.bytes = state.objects = 0
-        try:
-            state.release(b, o, 0, 0)
-        except RuntimeError:  # the coordinator's loop is gone: nothing left to account
-            pass
+    """Release now when collected on the guard's own loop; from anywhere else, hand the
+    release to that loop."""
+    if not state.rid:
+        return
+    loop = state.loop
+    if loop is None or loop.is_closed():
+        return  # the loop is gone: nothing left to account
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        _release(state)
+        return
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_release, state)
 
 
 class ReservationGuard:
-    """Units reserved in the cache. See the module docstring."""
+    """Units reserved in the cache under coordinator id ``rid``. See the module docstring."""
 
     __slots__ = ("__weakref__", "_finalizer", "_state")
 
-    def __init__(self, nbytes: int, nobjects: int, release: ReleaseFn) -> None:
-        self._state = _State(nbytes, nobjects, release)
+    def __init__(self, rid: int, nbytes: int, nobjects: int, sink: ReservationSink) -> None:
+        self._state = _State(rid, nbytes, nobjects, sink)
         self._finalizer = weakref.finalize(self, _finalize, self._state)
+
+    @property
+    def rid(self) -> int:
+        return self._state.rid
 
     @property
     def bytes(self) -> int:
@@ -64,38 +100,45 @@ class ReservationGuard:
     def objects(self) -> int:
         return self._state.objects
 
-    @property
-    def release_fn(self) -> ReleaseFn:
-        return self._state.release
-
     def wrote_data(self, nbytes: int, nobjects: int) -> None:
         """Account ``nbytes``/``nobjects`` as committed and release the reservation. Once."""
         state = self._state
         if state.wrote:
             raise RuntimeError("ReservationGuard.wrote_data called twice")
         state.wrote = True
-        b, o = state.bytes, state.objects
+        rid = state.rid
+        state.rid = 0
         state.bytes = state.objects = 0
-        state.release(b, o, nbytes, nobjects)
+        if rid or nbytes or nobjects:
+            state.sink.release_reservation(rid, nbytes, nobjects)
 
-    def take(self) -> tuple[int, int]:
-        """Empty the guard and return what it held, without releasing (the caller accounts)."""
+    def take(self) -> tuple[int, int, int]:
+        """Empty the guard and return ``(id, bytes, objects)`` without releasing: the caller
+        hands the id to the coordinator with what it committed."""
         state = self._state
-        b, o = state.bytes, state.objects
+        out = (state.rid, state.bytes, state.objects)
+        state.rid = 0
         state.bytes = state.objects = 0
-        return b, o
+        return out
 
     def merge(self, other: ReservationGuard) -> None:
         """Add ``other``'s units to this guard; ``other`` is left empty."""
         if other is self:
             return
-        b, o = other.take()
-        self._state.bytes += b
-        self._state.objects += o
+        rid, b, o = other.take()
+        if not rid:
+            return
+        state = self._state
+        if not state.rid:  # this guard is spent: take over the other's reservation
+            state.rid, state.bytes, state.objects = rid, b, o
+            return
+        state.sink.merge_reservations(state.rid, rid)
+        state.bytes += b
+        state.objects += o
 
     def close(self) -> None:
         """Release what is still held (nothing written). Idempotent."""
-        _finalize(self._state)
+        _release(self._state)
 
     def __enter__(self) -> ReservationGuard:
         return self
@@ -106,4 +149,4 @@ class ReservationGuard:
         self.close()
 
     def __repr__(self) -> str:
-        return f"ReservationGuard(bytes={self.bytes}, objects={self.objects})"
+        return f"ReservationGuard(id={self.rid}, bytes={self.bytes}, objects={self.objects})"

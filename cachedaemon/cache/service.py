@@ -1,15 +1,22 @@
 """CacheService: the cache's per-shard front end (Redpanda's ``cache``), and its start/stop.
 
-One instance per shard, in a ``Sharded[CacheService]`` (:func:`start_cache`), or a single
-instance for tests and embedded use (:meth:`CacheService.open_single`). Each instance owns its
-gate, its ``.part`` counter, its in-progress set and its hit/miss counters, and runs local file
-operations (open, stat, staging writes, commit, invalidate) on the calling shard, in worker
-threads where they may block. Shard 0's instance also owns the
-:class:`~cachedaemon.cache.coordinator.CacheCoordinator` (accounting, reservations, trims,
-the index); other shards hop there with ``Sharded.invoke_on(0, ...)`` for the calls that wait
-(``reserve_space``, ``trim``, ``stats``, announcing a staging file) and post the ones that do
-not (releases, commits, forgets, ends of staging files, and access-time touches, which are
-batched per loop iteration).
+One instance per shard, in a ``Sharded[CacheService]`` (:func:`start_cache`, run by every
+shard for itself), or a single instance for tests and embedded use
+(:meth:`CacheService.open_single`). Each instance owns its gate, its ``.part`` counter, its
+in-progress set and its hit/miss counters, and runs local file operations (open, stat, staging
+writes, commit, invalidate) on its own shard, in worker threads where they may block. Shard 0's
+instance also owns the :class:`~cachedaemon.cache.coordinator.CacheCoordinator` (accounting,
+reservations, trims, the index); other shards reach it only by message (``docs/shards.md``):
+calls for what they wait on (``reserve_space``, ``trim``, ``stats``, announcing a staging file
+before creating it) and posts for what they do not (releases, merges and commits of
+reservations, forgets, ends of staging files, and access-time touches, gathered for
+``TOUCH_BATCH_S``). The ``_coord_*`` methods are that message surface; they run on shard 0.
+
+Shard 0's instance also owns the :class:`~cachedaemon.cache.coherence.KeyTable` that orders
+object writes, fills and cache drops per key (``docs/cache.md``, "Per key, reads follow
+writes"): :meth:`CacheService.register` and :meth:`CacheService.finish` reach it from any shard
+with one ``invoke_on(0, ...)`` each, carrying plain data (key, ticket, staging path); a hit never
+does.
 
 Every public operation holds the shard's gate; a staging file holds it until it is committed or
 closed. ``stop()`` closes the gate (waiting for those), and on shard 0 stops the coordinator and
@@ -24,16 +31,19 @@ the cache root.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import errno
 import itertools
 import logging
 import os
 import stat
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from cachedaemon.cache.coherence import KeyTable
 from cachedaemon.cache.coordinator import CacheCoordinator, CacheMetrics, TrimResult
 from cachedaemon.cache.keys import checked_relpath, staging_name
 from cachedaemon.cache.reservation import ReservationGuard
@@ -48,8 +58,14 @@ from cachedaemon.errors import InvalidArgument, InvalidKey, InvalidRange, IOFail
 
 log = logging.getLogger("cachedaemon.cache")
 
+T = TypeVar("T")
+
 #: Ranges up to this size are read on the loop; larger ones in a worker thread.
 INLINE_READ_BYTES = 64 * 1024
+#: How long a shard other than 0 gathers access-time touches before posting them to shard 0
+#: in one message (a hot key touched a thousand times meanwhile is one entry). Stats and admin
+#: trims flush every shard's touches first; automatic trims may see them this much late.
+TOUCH_BATCH_S = 0.05
 
 
 class CacheStatus(enum.Enum):
@@ -138,10 +154,15 @@ class CacheService:
         self._counter = itertools.count(1)
         self._in_progress: dict[str, int] = {}
         self._root_real = ""
+        self._root_prefix = str(self.root) + os.sep
         self._coordinator: CacheCoordinator | None = None
+        self._key_table: KeyTable | None = None
         self._touches: dict[str, float] = {}
         self._touch_scheduled = False
         self._started = False
+        self._coordinator_ready = asyncio.Event()  # shard 0: the coordinator has recovered
+        self._background: set[asyncio.Future[Any]] = set()
+        self._max_bytes = 0  # the cache's byte limit, as shard 0 last said
         self.hits = 0
         self.misses = 0
 
@@ -163,25 +184,30 @@ class CacheService:
         return service
 
     async def start(self) -> None:
-        """Shard 0: start the coordinator (recovery). Other shards: nothing to do. Idempotent."""
+        """Shard 0: start the coordinator (recovery). Other shards: learn the limits from
+        shard 0 (waiting for its recovery). Idempotent."""
         if self._started:
             return
         if self.shard == 0:
             coordinator = CacheCoordinator(self.root, self.settings, self.clock)
             await coordinator.start()
             self._coordinator = coordinator
+            self._key_table = KeyTable(self.root, coordinator.forget)
+            self._max_bytes = coordinator.max_bytes
+            self._coordinator_ready.set()
+        else:
+            assert self._sharded is not None
+            self._max_bytes = int(await self._sharded.invoke_on(0, CacheService._coord_limits))
         self._root_real = os.path.realpath(self.root)
+        self._root_prefix = str(self.root) + os.sep
         self._started = True
 
     async def stop(self) -> None:
         """Fail queued reservations (the whole cache is stopping), close the gate (waiting for
         operations and staging files); shard 0 then stops the coordinator and writes the
         index out."""
-        if self._started:
-            try:
-                self.coordinator.post(self.coordinator.begin_stop)
-            except (RuntimeError, ShardStopped):
-                pass  # shard 0 is gone already
+        if self._started and self._coordinator is not None:
+            self._coordinator.begin_stop()
         await self._gate.close()
         self._flush_touches()
         if self._coordinator is not None:
@@ -189,19 +215,26 @@ class CacheService:
 
     @property
     def coordinator(self) -> CacheCoordinator:
-        """Shard 0's coordinator. Call its methods only on shard 0 (or through ``post``)."""
-        if self._coordinator is not None:
-            return self._coordinator
-        if self._sharded is None or self.shard == 0:
-            raise RuntimeError("the cache is not started")
-        coordinator = self._sharded.instance(0)._coordinator
-        if coordinator is None:
-            raise RuntimeError("the cache is not started on shard 0")
-        return coordinator
+        """The coordinator: shard 0 only (other shards send messages, see the module doc)."""
+        if self._coordinator is None:
+            raise RuntimeError("the cache coordinator runs on shard 0 only"
+                               if self.shard else "the cache is not started")
+        return self._coordinator
 
     @property
     def metrics(self) -> CacheMetrics:
         return self.coordinator.metrics
+
+    @property
+    def key_table(self) -> KeyTable:
+        """Shard 0's per-key table. Touch it only on shard 0."""
+        if self._key_table is None:
+            raise RuntimeError("the key table lives on shard 0's cache service")
+        return self._key_table
+
+    def key_table_size(self) -> int:
+        """Keys with operations registered (shard 0; tests and metrics)."""
+        return len(self.key_table)
 
     @property
     def max_object_bytes(self) -> int:
@@ -210,7 +243,13 @@ class CacheService:
             return self.settings.max_object_bytes
         if self.settings.max_bytes is not None:
             return self.settings.max_bytes
-        return self.coordinator.max_bytes  # a plain int read; set on shard 0 at start
+        return self._max_bytes  # from shard 0 at start
+
+    async def object_limit(self) -> int:
+        """The largest object a PUT may store: ``max_object_bytes``, at most the byte limit."""
+        limit = self.settings.max_object_bytes
+        cache_max = self._max_bytes or (self.settings.max_bytes or 0)
+        return cache_max if limit is None else min(limit, cache_max)
 
     def default_deadline(self) -> Deadline:
         return deadline_after(self.settings.reserve_deadline, self.clock)
@@ -243,6 +282,49 @@ class CacheService:
             self.hits += 1
             self._touch(rel)
             return CacheEntry(path, st.st_size)
+
+    def open_entry(self, key: str, *, count: bool = True) -> int | None:
+        """A read-only descriptor of ``key``'s entry (a hit: counted and touched unless
+        ``count`` is false), or ``None`` (a miss). The caller closes it.
+
+        The hit path's one system call: ``open`` with ``O_NOFOLLOW`` (the entry is never a
+        link) and ``O_NONBLOCK`` (a planted FIFO cannot block the loop); a nested key's
+        descriptor is checked to be inside the cache root through ``/proc/self/fd`` (one
+        ``readlink``, not a walk). The descriptor may be of something other than a regular
+        file if the cache directory was tampered with: reading it then fails, and callers
+        treat that as a miss."""
+        rel = checked_relpath(key)
+        with self._gate.hold():
+            try:
+                fd = os.open(self._root_prefix + rel, _OPEN_ENTRY)
+            except (FileNotFoundError, NotADirectoryError):
+                if count:
+                    self.misses += 1
+                return None
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise IOFailure(f"cannot open cache entry {rel}: {exc}") from exc
+                log.warning("cache: ignoring symbolic link %s in the cache directory", rel)
+                if count:
+                    self.misses += 1
+                return None
+            if "/" in rel and not self._fd_contained(fd, rel):
+                os.close(fd)
+                log.warning("cache: %s resolves outside the cache directory; ignored", rel)
+                if count:
+                    self.misses += 1
+                return None
+            if count:
+                self.hits += 1
+                self._touch(rel)
+            return fd
+
+    def _fd_contained(self, fd: int, rel: str) -> bool:
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # no /proc: the portable (slower) check of the parent's real path
+            return self._contained(self.root / rel)
+        return real.startswith(self._root_real + os.sep)
 
     def peek(self, key: str) -> CacheEntry | None:
         """Like :meth:`get`, but neither counted as a hit or miss nor touched (for HEAD)."""
@@ -305,17 +387,25 @@ class CacheService:
         self._touches[rel] = now
         if not self._touch_scheduled:
             self._touch_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_touches)
+            asyncio.get_running_loop().call_later(TOUCH_BATCH_S, self._flush_touches)
 
     def _flush_touches(self) -> None:
         self._touch_scheduled = False
         if not self._touches:
             return
         batch, self._touches = list(self._touches.items()), {}
+        self._post(CacheService._coord_touch, batch)
+
+    def _post(self, method: Any, *args: Any) -> None:
+        """Run a ``_coord_*`` method on shard 0: now if this is shard 0, else by message."""
+        if self._on_coordinator:
+            method(self, *args)
+            return
+        assert self._sharded is not None
         try:
-            self.coordinator.post(self.coordinator.touch_batch, batch)
-        except (RuntimeError, ShardStopped):
-            pass  # shard 0 is gone: access times no longer matter
+            self._sharded.post(0, method, *args)
+        except ShardStopped:
+            pass  # shard 0 is gone: the daemon is going down
 
     # --- reservations ----------------------------------------------------------------------
 
@@ -330,29 +420,34 @@ class CacheService:
             if self._on_coordinator:
                 return await self.coordinator.reserve(nbytes, nobjects, deadline)
             assert self._sharded is not None
-            guard: ReservationGuard = await self._sharded.invoke_on(
-                0, CacheService._reserve_on_coordinator, nbytes, nobjects, deadline, self.shard
-            )
-            return guard
+            rid = int(await self._sharded.invoke_on(
+                0, CacheService._coord_reserve, nbytes, nobjects, deadline, self.shard))
+            return ReservationGuard(rid, nbytes, nobjects, self)
 
-    async def _reserve_on_coordinator(
-        self, nbytes: int, nobjects: int, deadline: Deadline, from_shard: int
-    ) -> ReservationGuard:
-        with self._gate.hold():
-            return await self.coordinator.reserve(
-                nbytes, nobjects, deadline, f" from shard {from_shard}"
-            )
+    # ReservationSink: what this shard's guards send to the coordinator.
+    def release_reservation(self, rid: int, wrote_b: int, wrote_o: int) -> None:
+        self._post(CacheService._coord_release, rid, wrote_b, wrote_o)
+
+    def merge_reservations(self, into: int, frm: int) -> None:
+        self._post(CacheService._coord_merge, into, frm)
 
     def note_disk_full(self) -> None:
         """A write hit ENOSPC: have shard 0 re-read free space and trim in the background."""
-        try:
-            self.coordinator.post(self.coordinator.on_disk_full)
-        except (RuntimeError, ShardStopped):
-            pass
+        self._post(CacheService._coord_disk_full)
 
-    def account_commit(self, rel: str, size: int, held_b: int, held_o: int) -> None:
+    def account_commit(self, rel: str, size: int, rid: int) -> None:
         """A staging file landed at ``rel``: post the accounting to shard 0."""
-        self.coordinator.post(self.coordinator.commit_entry, rel, size, held_b, held_o)
+        self._post(CacheService._coord_commit, rel, size, rid)
+
+    def release_shard(self, shard: int) -> None:
+        """Shard 0: ``shard`` died; release what it held: its reservations and staging files,
+        and its tickets in the key table (their keys' copies go: those writes' outcomes are
+        unknown)."""
+        self.coordinator.release_shard(shard)
+        if self._key_table is not None:
+            task = asyncio.ensure_future(self._key_table.abandon_shard(shard))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     # --- writes ----------------------------------------------------------------------------
 
@@ -380,6 +475,9 @@ class CacheService:
             else:
                 reservation = await self.reserve_space(initial, 1, deadline)
             path, fd = await self._create_part(rel, dest)
+            if reservation.rid:
+                self._post(CacheService._coord_note_part, reservation.rid,
+                           str(path.relative_to(self.root)))
         except BaseException:
             if reservation is not None:
                 reservation.close()
@@ -442,17 +540,11 @@ class CacheService:
             await self.coordinator.stage_begin(part, self.shard)
             return
         assert self._sharded is not None
-        begin: Any = CacheService._stage_begin_here
+        begin: Any = CacheService._coord_stage_begin
         await self._sharded.invoke_on(0, begin, part, self.shard)
 
-    async def _stage_begin_here(self, part: str, shard: int) -> None:
-        await self.coordinator.stage_begin(part, shard)
-
     def _stage_end(self, part: str) -> None:
-        try:
-            self.coordinator.post(self.coordinator.stage_end, part)
-        except (RuntimeError, ShardStopped):
-            pass  # shard 0 is gone: the next start deletes the file if it is left
+        self._post(CacheService._coord_stage_end, part)
 
     async def put(
         self,
@@ -483,30 +575,121 @@ class CacheService:
             if "/" in rel and not self._contained(path):
                 raise InvalidKey(f"key path {rel!r} leads outside the cache directory")
             await asyncio.to_thread(delete_entries, self.root, [rel])
-            self.coordinator.post(self.coordinator.forget, rel)
+            self._post(CacheService._coord_forget, rel)
+
+    # --- per-key ordering of object writes and fills (docs/cache.md) ------------------------
+
+    async def register(self, key: str, *, write: bool) -> tuple[int, bool]:
+        """Register a write (object PUT/DELETE) or a fill of ``key`` with shard 0 before it
+        touches the bucket. Returns ``(ticket, overlapped)``: ``overlapped`` means a write of
+        the key is in flight, so a fill could never publish. Every ticket must be finished
+        (:meth:`finish`, or :meth:`StagingFile.publish`), also on failure."""
+        checked_relpath(key)
+        with self._gate.hold():
+            if self._on_coordinator:
+                return self.key_table.register(key, self.shard, write)
+            assert self._sharded is not None
+            call: Awaitable[tuple[int, bool]] = self._sharded.invoke_on(
+                0, CacheService._register_here, key, self.shard, write)
+            task = asyncio.ensure_future(call)
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                # A ticket granted as we were cancelled must not be left registered.
+                with contextlib.suppress(BaseException):
+                    ticket, _ = await task
+                    await self.finish(ticket, remove=write)
+                raise
+
+    def _register_here(self, key: str, shard: int, write: bool) -> tuple[int, bool]:
+        return self.key_table.register(key, shard, write)
+
+    async def register_fill(self, key: str) -> tuple[int, bool, bool]:
+        """Register a cache fill of ``key`` with shard 0 (see :meth:`register`), one download
+        for the whole daemon: when another shard (or task) is filling the key already, this
+        returns only after that fill has finished, with ``followed`` True: look in the cache
+        before downloading again. Returns ``(ticket, overlapped, followed)``."""
+        checked_relpath(key)
+        with self._gate.hold():
+            if self._on_coordinator:
+                call: Awaitable[Any] = self.key_table.register_fill(key, self.shard)
+            else:
+                assert self._sharded is not None
+                call = self._sharded.invoke_on(0, CacheService._register_fill_here, key,
+                                               self.shard)
+            task = asyncio.ensure_future(call)
+            try:
+                ticket, overlapped, followed = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                with contextlib.suppress(BaseException):
+                    ticket, _, _ = await task
+                    await self.finish(ticket)
+                raise
+            return int(ticket), bool(overlapped), bool(followed)
+
+    async def _register_fill_here(self, key: str, shard: int) -> tuple[int, bool, bool]:
+        return await self.key_table.register_fill(key, shard)
+
+    async def finish(self, ticket: int, *, part: Path | None = None, replace: bool = False,
+                     remove: bool = False) -> bool:
+        """Finish ``ticket`` on shard 0 (see :meth:`KeyTable.finish`): publish ``part`` if the
+        operation was not overlapped, else remove the key's copy when ``remove``. True if
+        ``part`` is now the entry. Runs to its end even if the caller is cancelled (the
+        cancellation is raised afterwards)."""
+        path = None if part is None else str(part)
+        if self._on_coordinator:
+            call = self.key_table.finish(ticket, path, replace, remove)
+        else:
+            assert self._sharded is not None
+            call = self._sharded.invoke_on(0, CacheService._finish_here, ticket, path, replace,
+                                           remove)
+        return await complete(call)
+
+    async def _finish_here(self, ticket: int, part: str | None, replace: bool, remove: bool
+                           ) -> bool:
+        return await self.key_table.finish(ticket, part, replace, remove)
+
+    async def drop(self, key: str) -> None:
+        """Drop ``key``'s local copy as a write of the key: no fill or PUT in flight may put
+        a copy back afterwards (``DELETE /v1/cache/objects/{key}``)."""
+        checked_relpath(key)
+        with self._gate.hold():
+            if self._on_coordinator:
+                await complete(self.key_table.drop(key, self.shard))
+                return
+            assert self._sharded is not None
+            call: Awaitable[None] = self._sharded.invoke_on(0, CacheService._drop_here, key,
+                                                            self.shard)
+            await complete(call)
+
+    async def _drop_here(self, key: str, shard: int) -> None:
+        await self.key_table.drop(key, shard)
 
     # --- administration --------------------------------------------------------------------
 
     async def trim(self) -> TrimResult:
-        """Trim now, unthrottled, to the low watermark (admin)."""
+        """Trim now, unthrottled, to the low watermark (admin), after every shard's touches
+        so far have reached shard 0."""
         with self._gate.hold():
+            if self._sharded is not None:
+                await self._sharded.invoke_on_all(CacheService._hit_counts)
             if self._on_coordinator:
                 return await self.coordinator.trim()
             assert self._sharded is not None
-            result: TrimResult = await self._sharded.invoke_on(0, CacheService._trim_here)
+            result: TrimResult = await self._sharded.invoke_on(
+                0, CacheService._coord_trim, result_type=TrimResult)
             return result
-
-    async def _trim_here(self) -> TrimResult:
-        with self._gate.hold():
-            return await self.coordinator.trim()
 
     async def apply_settings(self, settings: CacheSettings) -> None:
         """Take reloaded settings on this shard (staging sizes, deadlines, the object limit);
-        shard 0's coordinator also applies the new limits. The daemon calls it on every shard
-        (``invoke_on_all``) with plain data."""
+        shard 0's coordinator also applies the new limits, and the other shards then learn the
+        byte limit from it. Each shard is told by the daemon (plain data), shard 0 first."""
         self.settings = settings
         if self._coordinator is not None:
             await self._coordinator.apply_settings(settings)
+            self._max_bytes = self._coordinator.max_bytes
+        elif self._sharded is not None:
+            self._max_bytes = int(await self._sharded.invoke_on(0, CacheService._coord_limits))
 
     async def save_tracker(self) -> None:
         """Write the cache index out now (the access order, a snapshot if due, the journal
@@ -515,26 +698,28 @@ class CacheService:
             await self.coordinator.save_tracker()
         else:
             assert self._sharded is not None
-            await self._sharded.invoke_on(0, lambda s: s.coordinator.save_tracker())
+            await self._sharded.invoke_on(0, CacheService._coord_save_tracker)
 
     async def stats(self) -> CacheStats:
-        """Usage and counters; hits and misses summed over all shards."""
+        """Usage and counters; hits and misses summed over all shards. Every shard first
+        sends a call to shard 0 behind its posts, so the figures include every release, commit
+        and touch any shard made before this call began."""
         with self._gate.hold():
             self._flush_touches()
-            if self._on_coordinator:
-                state, metrics = self._coordinator_state()
-            else:
-                assert self._sharded is not None
-                state, metrics = await self._sharded.invoke_on(
-                    0, CacheService._coordinator_state
-                )
             if self._sharded is None:
                 hits, misses, shards = self.hits, self.misses, 1
             else:
-                counts = await self._sharded.invoke_on_all(lambda s: (s.hits, s.misses))
+                counts = await self._sharded.invoke_on_all(CacheService._hit_counts)
                 hits = sum(h for h, _ in counts)
                 misses = sum(m for _, m in counts)
                 shards = self._sharded.count
+            if self._on_coordinator:
+                state, metrics = self._coord_state()
+            else:
+                assert self._sharded is not None
+                state, metrics = await self._sharded.invoke_on(
+                    0, CacheService._coord_state,
+                    result_type=tuple[dict[str, int], CacheMetrics])
             return CacheStats(
                 bytes_used=state["bytes_used"],
                 objects=state["objects"],
@@ -558,7 +743,66 @@ class CacheService:
                 metrics=metrics,
             )
 
-    def _coordinator_state(self) -> tuple[dict[str, int], CacheMetrics]:
+    async def _hit_counts(self) -> tuple[int, int]:
+        """This shard's hits and misses, once its posts to shard 0 have landed there."""
+        self._flush_touches()
+        if not self._on_coordinator:
+            assert self._sharded is not None
+            await self._sharded.invoke_on(0, CacheService._coord_sync)
+        return self.hits, self.misses
+
+    def _coord_sync(self) -> None:
+        """Nothing: a call that arrives after the caller's earlier posts (see ``stats``)."""
+
+    # --- the coordinator's message surface (shard 0; called or posted by other shards) -------
+
+    async def _coord_limits(self) -> int:
+        await self._coordinator_ready.wait()
+        return self.coordinator.max_bytes
+
+    async def _coord_reserve(self, nbytes: int, nobjects: int, deadline: Deadline,
+                             shard: int) -> int:
+        await self._coordinator_ready.wait()
+        with self._gate.hold():
+            return await self.coordinator.reserve_id(nbytes, nobjects, deadline,
+                                                      f" from shard {shard}", shard)
+
+    def _coord_release(self, rid: int, wrote_b: int, wrote_o: int) -> None:
+        self.coordinator.release_reservation(rid, wrote_b, wrote_o)
+
+    def _coord_note_part(self, rid: int, part: str) -> None:
+        self.coordinator.note_part(rid, part)
+
+    async def _coord_stage_begin(self, part: str, shard: int) -> None:
+        await self._coordinator_ready.wait()
+        await self.coordinator.stage_begin(part, shard)
+
+    def _coord_stage_end(self, part: str) -> None:
+        self.coordinator.stage_end(part)
+
+    def _coord_merge(self, into: int, frm: int) -> None:
+        self.coordinator.merge_reservations(into, frm)
+
+    def _coord_commit(self, rel: str, size: int, rid: int) -> None:
+        self.coordinator.commit_entry(rel, size, rid)
+
+    def _coord_forget(self, rel: str) -> None:
+        self.coordinator.forget(rel)
+
+    def _coord_touch(self, items: list[tuple[str, float]]) -> None:
+        self.coordinator.touch_batch(items)
+
+    def _coord_disk_full(self) -> None:
+        self.coordinator.on_disk_full()
+
+    async def _coord_trim(self) -> TrimResult:
+        with self._gate.hold():
+            return await self.coordinator.trim()
+
+    async def _coord_save_tracker(self) -> None:
+        await self.coordinator.save_tracker()
+
+    def _coord_state(self) -> tuple[dict[str, int], CacheMetrics]:
         c = self.coordinator
         return c.state(), CacheMetrics(**c.metrics.as_dict())  # type: ignore[arg-type]
 
@@ -567,6 +811,28 @@ def _part_relpath(rel: str, name: str) -> str:
     """The path, relative to the cache root, of staging file ``name`` beside entry ``rel``."""
     head, sep, _ = rel.rpartition("/")
     return f"{head}/{name}" if sep else name
+
+
+async def complete(call: Awaitable[T]) -> T:
+    """Await ``call`` to its end even if the caller is cancelled meanwhile; then re-raise the
+    cancellation. For steps that must not be abandoned halfway (a finish on shard 0)."""
+    task = asyncio.ensure_future(call)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = cancelled or not task.done()
+        except BaseException:
+            break
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation wins
+        raise asyncio.CancelledError()
+    return task.result()
+
+
+_OPEN_ENTRY = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def _read_range(path: Path, first: int, n: int) -> bytes:
@@ -584,18 +850,17 @@ async def start_cache(
     clock: Clock = SYSTEM_CLOCK,
     **kwargs: Any,
 ) -> Sharded[CacheService]:
-    """Construct a :class:`CacheService` on every shard, start shard 0 (recovery), then the rest.
+    """This shard's started :class:`CacheService` (shard 0's recovers; the others wait for it).
     ``kwargs`` go to the constructor (``fsync_commits``)."""
     sharded: Sharded[CacheService] = Sharded(smp, "cache")
-    await sharded.start(
+    service = await sharded.start(
         lambda shard: CacheService(shard, settings, cache_dir, sharded=sharded, clock=clock,
                                    **kwargs)
     )
-    await sharded.invoke_on(0, lambda s: s.start())
-    await sharded.invoke_on_all(lambda s: s.start())
+    await service.start()
     return sharded
 
 
 async def stop_cache(cache: Sharded[CacheService]) -> None:
-    """Stop every shard's service, shard 0 (and the index's last writes) last."""
+    """Stop this shard's service (shard 0's writes the cache index out)."""
     await cache.stop()

@@ -31,8 +31,15 @@ and the commit raise :class:`IOFailure` (the commit aborts the file).
 * ``replace=True``: ``rename(part, dest)``, atomically replacing any previous entry (a new
   version); the old entry's size and object leave the counters as the new one is added.
 
+``publish(ticket, replace=..., remove=..., xattrs=...)`` is the object routes' commit: it seals the
+file on its own shard (the same thread job up to the close) and lets shard 0's
+:class:`~cachedaemon.cache.coherence.KeyTable` decide, under the key's lock, whether it becomes
+the entry (``docs/cache.md``, "Per key, reads follow writes"); if not, it is deleted.
+
 Once the file is in place, its bytes are always accounted and the tracker updated, even if the
-``unlink`` fails (logged). A commit that fails before that aborts the file (no ``.part`` left,
+``unlink`` fails (logged) or anything else fails after the ``link``/``rename`` (the commit then
+still raises, saying the entry is in place: a write that landed is never treated as one that
+did not happen). A commit that fails before that aborts the file (no ``.part`` left,
 reservation released) and raises; a cancelled commit finishes its thread job and its
 accounting first. ``close()`` aborts: releases the reservation, deletes the ``.part``, leaves
 the gate. Idempotent, and a no-op after a commit.
@@ -95,6 +102,22 @@ def _immutable(data: bytes | bytearray | memoryview) -> bytes | memoryview:
     return bytes(data)
 
 
+def _seal_job(fd: int, buf: list[bytes | memoryview], offset: int, sync: bool,
+              xattrs: dict[str, bytes] | None) -> None:
+    """Thread job: write what is buffered, set ``xattrs`` (best effort), ``fdatasync`` if
+    asked, close. The file is then complete at its ``.part`` path."""
+    try:
+        if buf:
+            _write_all(fd, buf, offset)
+        for name, value in (xattrs or {}).items():
+            with contextlib.suppress(OSError):
+                os.setxattr(fd, name, value)
+        if sync:
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
 class StagingFile:
     """An in-flight entry. See the module docstring."""
 
@@ -128,6 +151,7 @@ class StagingFile:
         self._pending: asyncio.Future[None] | None = None  # a running sync() job
         self._closed = False
         self._committed = False
+        self._landed = False  # set by the commit job once the file is in place
 
     @property
     def written(self) -> int:
@@ -272,7 +296,7 @@ class StagingFile:
                 break
         exc = job.exception()
         try:
-            if exc is not None:
+            if exc is not None and not self._landed:
                 await self._abort(unlink=True)
                 if cancelled:
                     raise asyncio.CancelledError()
@@ -281,15 +305,24 @@ class StagingFile:
                         self._service.note_disk_full()
                     raise IOFailure(f"cannot commit {self.key!r}: {exc}") from exc
                 raise exc
-            if job.result():
-                held_b, held_o = self._guard.take()
-                self._service.account_commit(self.relpath, self._written, held_b, held_o)
+            if exc is not None and not replace:
+                # The file was in place when the job failed: the commit happened (and is
+                # accounted); only its answer failed. Finish the cleanup the job did not reach.
+                await asyncio.to_thread(self._unlink_part)
+            if exc is not None or job.result():
+                rid, _, _ = self._guard.take()
+                self._service.account_commit(self.relpath, self._written, rid)
             else:
                 self._guard.close()  # another writer won: its entry stays accounted
             self._committed = True
             self._finish()
             if cancelled:
                 raise asyncio.CancelledError()
+            if exc is not None:
+                raise IOFailure(
+                    f"{self.key!r} was committed (the entry is in place and accounted), but the "
+                    f"commit failed after that: {exc}"
+                ) from exc
             return self._written
         finally:
             if not self._committed:
@@ -301,18 +334,10 @@ class StagingFile:
     ) -> bool:
         """Thread job: True if the file is now the entry, False if another writer won.
         Raises (with the ``.part`` untouched) if it failed before that."""
-        try:
-            if buf:
-                _write_all(fd, buf, offset)
-            for name, value in (xattrs or {}).items():
-                with contextlib.suppress(OSError):
-                    os.setxattr(fd, name, value)
-            if sync:
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
+        _seal_job(fd, buf, offset, sync, xattrs)
         if replace:
             os.rename(self.path, self.dest)
+            self._landed = True
             failpoint_sync("cache.commit.after_link")
             return True
         try:
@@ -320,9 +345,98 @@ class StagingFile:
         except FileExistsError:
             self._unlink_part()
             return False
+        self._landed = True  # from here on the entry exists, whatever fails next
         failpoint_sync("cache.commit.after_link")
         self._unlink_part()
         return True
+
+    async def publish(self, ticket: int, *, replace: bool = False, remove: bool = False,
+                      xattrs: dict[str, bytes] | None = None) -> bool:
+        """Seal the file here (write the buffer, set ``xattrs``, ``fdatasync``, close; one
+        thread job), then have shard 0 finish ``ticket`` with it (``docs/cache.md``, "Per key,
+        reads follow writes"). True if the file became the key's entry (``rename`` when
+        ``replace``, else ``link``), its bytes accounted. False if the operation was overlapped
+        by a write of the key (or a ``link`` found an entry in place): the file is deleted and
+        its reservation released, and with ``remove`` the key's copy was removed instead. The
+        ticket is finished in every case; if sealing fails this raises after finishing it
+        (with ``remove``). A cancellation waits for the finish and its accounting, then
+        propagates."""
+        sealed = False
+        try:
+            await self._seal(xattrs)
+            sealed = True
+        finally:
+            if not sealed:
+                await self._service.finish(ticket, remove=remove)
+        job = asyncio.ensure_future(
+            self._service.finish(ticket, part=self.path, replace=replace, remove=remove))
+        cancelled = False
+        while not job.done():
+            try:
+                await asyncio.shield(job)
+            except asyncio.CancelledError:
+                cancelled = cancelled or not job.done()
+            except BaseException:
+                break
+        published = (not job.cancelled() and job.exception() is None and job.result())
+        try:
+            if published:
+                rid, _, _ = self._guard.take()
+                self._service.account_commit(self.relpath, self._written, rid)
+                self._committed = True
+                self._finish()
+            else:
+                await self._abort(unlink=True)
+        finally:
+            if not self._committed:
+                self._finish()
+        if cancelled:
+            raise asyncio.CancelledError()
+        if job.cancelled():
+            raise asyncio.CancelledError()
+        exc = job.exception()
+        if exc is not None:
+            raise exc
+        return bool(published)
+
+    async def _seal(self, xattrs: dict[str, bytes] | None) -> None:
+        """Make the ``.part`` complete and closed (for :meth:`publish`). Aborts the file and
+        raises if that fails."""
+        if self._failed is not None and not self._closed:
+            self._closed = True
+            await self._abort(unlink=True)
+            raise IOFailure(f"cannot commit {self.key!r}: a write was lost: {self._failed}")
+        self._check_open()
+        pending = self._pending
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
+            self._check_open()
+        self._closed = True
+        fd, self._fd = self._fd, None
+        assert fd is not None
+        buf, offset = self._take_buffer()
+        sync = self._service.fsync_commits and self._synced != self._written
+        job = asyncio.ensure_future(asyncio.to_thread(_seal_job, fd, buf, offset, sync, xattrs))
+        cancelled = False
+        while not job.done():
+            try:
+                await asyncio.shield(job)
+            except asyncio.CancelledError:
+                cancelled = True
+            except BaseException:
+                break
+        exc = job.exception()
+        if exc is not None or cancelled:
+            await self._abort(unlink=True)
+            if cancelled:
+                raise asyncio.CancelledError()
+            assert exc is not None
+            if isinstance(exc, OSError):
+                if exc.errno == errno.ENOSPC:
+                    self._service.note_disk_full()
+                raise IOFailure(f"cannot commit {self.key!r}: {exc}") from exc
+            raise exc
 
     def _unlink_part(self) -> None:
         try:

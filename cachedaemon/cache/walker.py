@@ -15,16 +15,42 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import stat
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cachedaemon.cache.keys import INTERNAL_NAMES, PART_SUFFIX
+from cachedaemon.cache.keys import INTERNAL_NAMES, PART_SUFFIX, key_relpath
 from cachedaemon.core.failpoints import failpoint_sync
 
 log = logging.getLogger("cachedaemon.cache")
+
+
+#: Where a cache of layout 1 kept the metastore's SST copies (cache keys ``lsm/meta/domain/…``,
+#: which are ordinary user keys now; the copies live under ``.cachedaemon/lsm/``).
+LEGACY_SST_DIR = key_relpath("lsm/meta/domain/x").rsplit("/", 1)[0]
+
+
+def drop_legacy_layout(root: Path) -> int:
+    """Delete the layout-1 SST copies under ``root`` (:data:`LEGACY_SST_DIR`), never following
+    a link. Returns the number of files deleted. Blocking: run in a thread, before the walk."""
+    top = root / LEGACY_SST_DIR
+    try:
+        st = os.lstat(top)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    if not stat.S_ISDIR(st.st_mode):
+        return 0
+    files = sum(len(names) for _, _, names in os.walk(top))
+    shutil.rmtree(top, ignore_errors=True)
+    for parent in (top.parent, top.parent.parent):  # lsm%d/meta%d, lsm%d, if now empty
+        try:
+            os.rmdir(parent)
+        except OSError:
+            break
+    return files
 
 
 @dataclass

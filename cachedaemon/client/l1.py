@@ -13,7 +13,9 @@ Use from one event loop, like the client it wraps::
 
     async with AsyncClient(url) as client:
         l1 = L1Client(client, "meta")
-        await l1.add_objects([NewObject(...)], [TermStart(...)])
+        (oid,) = await l1.preregister_objects(1)
+        await client.put(l1.object_key(oid), data)        # l1/meta/objects/<oid>
+        await l1.add_objects([NewObject(oid=oid, ...)], [TermStart(...)])
         offsets = await l1.get_offsets(TopicIdPartition(topic, 0))
 """
 
@@ -42,18 +44,21 @@ from cachedaemon.metastore.l1.errors import (
     OutOfRange,
     TransportError,
 )
-from cachedaemon.metastore.l1.keys import TopicIdPartition
+from cachedaemon.metastore.l1.keys import TopicIdPartition, object_bucket_key
 from cachedaemon.metastore.l1.types import (
     AddObjectsRequest,
     AddObjectsResponse,
+    CommitCompactionRequest,
     CompactionInfo,
+    CompactionInfos,
+    CompactionInfosRequest,
     CompactionUpdate,
     CompactObjectsRequest,
     CountAnswer,
     EndOffsetAnswer,
     EpochsResponse,
     ExtentList,
-    ExtentMetadata,
+    ExtentLocation,
     GcResult,
     NewObject,
     ObjectIds,
@@ -63,6 +68,7 @@ from cachedaemon.metastore.l1.types import (
     Offsets,
     PartitionEpoch,
     PartitionInfo,
+    PartitionRef,
     PreregisterRequest,
     RemoveTopicsRequest,
     ReplaceObjectsRequest,
@@ -93,6 +99,11 @@ class L1Client:
         self.domain = domain
         self._base = f"/v1/l1/{quote(domain, safe='')}"
 
+    def object_key(self, oid: uuid.UUID) -> str:
+        """The bucket key to upload object ``oid`` of this domain to (and read it from):
+        ``l1/<domain>/objects/<oid>``."""
+        return object_bucket_key(self.domain, oid)
+
     def _partition(self, tidp: TopicIdPartition, suffix: str = "") -> str:
         return f"{self._base}/partitions/{tidp.topic_id}/{tidp.partition}{suffix}"
 
@@ -111,9 +122,10 @@ class L1Client:
 
     # --- writes ------------------------------------------------------------------------------
 
-    async def add_objects(self, objects: Sequence[NewObject], terms: Sequence[TermStart] = ()
+    async def add_objects(self, objects: Sequence[NewObject], terms: Sequence[TermStart]
                           ) -> dict[TopicIdPartition, int]:
-        """Returns the corrected next offsets (partitions whose extents were not added)."""
+        """Register preregistered objects; returns the corrected next offsets (partitions whose
+        extents were not added)."""
         got = await self._request("POST", self._base + "/objects/add", AddObjectsResponse,
                                   body=AddObjectsRequest(objects=list(objects),
                                                          terms=list(terms)))
@@ -141,6 +153,12 @@ class L1Client:
         return self._epochs(await self._request("POST", self._base + "/objects/compact",
                                                 EpochsResponse, body=body))
 
+    async def commit_compaction_metadata(self, updates: Sequence[CompactionUpdate]
+                                         ) -> dict[TopicIdPartition, int]:
+        body = CommitCompactionRequest(updates=list(updates))
+        return self._epochs(await self._request("POST", self._base + "/compaction/commit",
+                                                EpochsResponse, body=body))
+
     async def set_start_offset(self, tidp: TopicIdPartition, start_offset: int) -> Offsets:
         return await self._request("POST", self._partition(tidp, "/start_offset"), Offsets,
                                    body=StartOffsetBody(start_offset=start_offset))
@@ -150,9 +168,12 @@ class L1Client:
                                   body=RemoveTopicsRequest(topic_ids=list(topic_ids)))
         return got.count
 
-    async def preregister_objects(self, count: int) -> list[uuid.UUID]:
+    async def preregister_objects(self, count: int | None = None, *,
+                                  oids: Iterable[uuid.UUID] | None = None) -> list[uuid.UUID]:
+        """``count`` fresh ids, or the caller's ``oids`` (each must be new)."""
+        body = PreregisterRequest(count=count, oids=None if oids is None else list(oids))
         got = await self._request("POST", self._base + "/objects/preregister", ObjectIds,
-                                  body=PreregisterRequest(count=count))
+                                  body=body)
         return got.oids
 
     async def remove_objects(self, oids: Iterable[uuid.UUID]) -> int:
@@ -175,13 +196,13 @@ class L1Client:
     async def get_size(self, tidp: TopicIdPartition) -> int:
         return (await self._request("GET", self._partition(tidp, "/size"), SizeAnswer)).size
 
-    async def get_first_ge(self, tidp: TopicIdPartition, offset: int) -> ExtentMetadata:
-        return await self._request("GET", self._partition(tidp, "/first"), ExtentMetadata,
+    async def get_first_ge(self, tidp: TopicIdPartition, offset: int) -> ExtentLocation:
+        return await self._request("GET", self._partition(tidp, "/first"), ExtentLocation,
                                    query={"offset": offset})
 
     async def get_first_ge_timestamp(self, tidp: TopicIdPartition, timestamp: int,
-                                     min_offset: int = 0) -> ExtentMetadata:
-        return await self._request("GET", self._partition(tidp, "/first"), ExtentMetadata,
+                                     min_offset: int = 0) -> ExtentLocation:
+        return await self._request("GET", self._partition(tidp, "/first"), ExtentLocation,
                                    query={"timestamp": timestamp, "min_offset": min_offset})
 
     async def get_first_offset_for_bytes(self, tidp: TopicIdPartition, nbytes: int) -> int:
@@ -204,6 +225,18 @@ class L1Client:
         return await self._request(
             "GET", self._partition(tidp, "/compaction"), CompactionInfo,
             query={"tombstone_removal_upper_bound": tombstone_removal_upper_bound})
+
+    async def get_compaction_infos(self, tidps: Iterable[TopicIdPartition],
+                                   tombstone_removal_upper_bound: int = -1
+                                   ) -> dict[TopicIdPartition, CompactionInfo | None]:
+        """Compaction state of many partitions from one snapshot (None: not in the
+        metastore)."""
+        body = CompactionInfosRequest(
+            partitions=[PartitionRef(topic_id=t.topic_id, partition=t.partition) for t in tidps],
+            tombstone_removal_upper_bound=tombstone_removal_upper_bound)
+        got = await self._request("POST", self._base + "/compaction/infos", CompactionInfos,
+                                  body=body)
+        return {TopicIdPartition(i.topic_id, i.partition): i.info for i in got.infos}
 
     async def get_extents(self, tidp: TopicIdPartition, min_offset: int = 0,
                           max_offset: int | None = None, *, limit: int = 1000,
@@ -234,7 +267,10 @@ class SyncL1Client:
         self.client = client
         self.aio = L1Client(client._async, domain)
 
-    def add_objects(self, objects: Sequence[NewObject], terms: Sequence[TermStart] = ()
+    def object_key(self, oid: uuid.UUID) -> str:
+        return self.aio.object_key(oid)
+
+    def add_objects(self, objects: Sequence[NewObject], terms: Sequence[TermStart]
                     ) -> dict[TopicIdPartition, int]:
         return self.client._run(self.aio.add_objects(objects, terms))
 
@@ -247,14 +283,19 @@ class SyncL1Client:
                         ) -> dict[TopicIdPartition, int]:
         return self.client._run(self.aio.compact_objects(objects, updates))
 
+    def commit_compaction_metadata(self, updates: Sequence[CompactionUpdate]
+                                   ) -> dict[TopicIdPartition, int]:
+        return self.client._run(self.aio.commit_compaction_metadata(updates))
+
     def set_start_offset(self, tidp: TopicIdPartition, start_offset: int) -> Offsets:
         return self.client._run(self.aio.set_start_offset(tidp, start_offset))
 
     def remove_topics(self, topic_ids: Iterable[uuid.UUID]) -> int:
         return self.client._run(self.aio.remove_topics(topic_ids))
 
-    def preregister_objects(self, count: int) -> list[uuid.UUID]:
-        return self.client._run(self.aio.preregister_objects(count))
+    def preregister_objects(self, count: int | None = None, *,
+                            oids: Iterable[uuid.UUID] | None = None) -> list[uuid.UUID]:
+        return self.client._run(self.aio.preregister_objects(count, oids=oids))
 
     def remove_objects(self, oids: Iterable[uuid.UUID]) -> int:
         return self.client._run(self.aio.remove_objects(oids))
@@ -271,11 +312,11 @@ class SyncL1Client:
     def get_size(self, tidp: TopicIdPartition) -> int:
         return self.client._run(self.aio.get_size(tidp))
 
-    def get_first_ge(self, tidp: TopicIdPartition, offset: int) -> ExtentMetadata:
+    def get_first_ge(self, tidp: TopicIdPartition, offset: int) -> ExtentLocation:
         return self.client._run(self.aio.get_first_ge(tidp, offset))
 
     def get_first_ge_timestamp(self, tidp: TopicIdPartition, timestamp: int,
-                               min_offset: int = 0) -> ExtentMetadata:
+                               min_offset: int = 0) -> ExtentLocation:
         return self.client._run(self.aio.get_first_ge_timestamp(tidp, timestamp, min_offset))
 
     def get_first_offset_for_bytes(self, tidp: TopicIdPartition, nbytes: int) -> int:
@@ -291,6 +332,12 @@ class SyncL1Client:
                             tombstone_removal_upper_bound: int = -1) -> CompactionInfo:
         return self.client._run(self.aio.get_compaction_info(tidp,
                                                              tombstone_removal_upper_bound))
+
+    def get_compaction_infos(self, tidps: Iterable[TopicIdPartition],
+                             tombstone_removal_upper_bound: int = -1
+                             ) -> dict[TopicIdPartition, CompactionInfo | None]:
+        return self.client._run(self.aio.get_compaction_infos(tidps,
+                                                              tombstone_removal_upper_bound))
 
     def get_extents(self, tidp: TopicIdPartition, min_offset: int = 0,
                     max_offset: int | None = None, *, limit: int = 1000,

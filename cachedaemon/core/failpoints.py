@@ -7,7 +7,8 @@ arms one in-process with :func:`arm`, or in a subprocess through the environment
 
     CACHEDAEMON_FAILPOINTS="cache.commit.after_link=crash;lsm.flush=raise@3;x=delay:0.5"
 
-Actions: ``raise`` (raises :class:`FailPointTriggered`), ``delay:SECONDS``, ``crash``
+Actions: ``raise`` (raises :class:`FailPointTriggered`), ``delay:SECONDS``, ``jitter:SECONDS``
+(a random delay from 0 to SECONDS: widens race windows unevenly, for stress tests), ``crash``
 (``os._exit(137)`` at once: no cleanup, no flush, as a kill -9 would). ``@N`` fires only on the
 N-th hit; ``@N+`` on the N-th hit and every one after it.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import sys
 import threading
 import time
@@ -31,7 +33,7 @@ CRASH_EXIT_CODE = 137
 
 @dataclass
 class _Action:
-    kind: str  # raise | delay | crash
+    kind: str  # raise | delay | jitter | crash
     delay_s: float = 0.0
     nth: int = 0  # 0 = every hit
     and_after: bool = False
@@ -57,12 +59,13 @@ def _parse_action(name: str, spec: str) -> _Action:
         return _Action("raise", nth=nth, and_after=and_after)
     if spec == "crash":
         return _Action("crash", nth=nth, and_after=and_after)
-    if spec.startswith("delay:"):
-        try:
-            seconds = float(spec[len("delay:") :])
-        except ValueError:
-            raise ConfigError(f"failpoint {name}", ENV_VAR, f"bad delay {spec!r}") from None
-        return _Action("delay", delay_s=seconds, nth=nth, and_after=and_after)
+    for kind in ("delay", "jitter"):
+        if spec.startswith(kind + ":"):
+            try:
+                seconds = float(spec[len(kind) + 1 :])
+            except ValueError:
+                raise ConfigError(f"failpoint {name}", ENV_VAR, f"bad {kind} {spec!r}") from None
+            return _Action(kind, delay_s=seconds, nth=nth, and_after=and_after)
     raise ConfigError(f"failpoint {name}", ENV_VAR, f"unknown action {spec!r}")
 
 
@@ -136,6 +139,8 @@ def _reach(name: str) -> float | None:
         _crash(name)
     if action.kind == "delay":
         return action.delay_s
+    if action.kind == "jitter":
+        return random.uniform(0.0, action.delay_s)
     raise FailPointTriggered(f"fail point {name} triggered")
 
 

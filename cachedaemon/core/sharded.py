@@ -1,92 +1,92 @@
-"""``Sharded[S]``: one instance of a service per shard (Seastar's ``sharded<S>``).
+"""``Sharded[S]``: a service with one instance per shard (Seastar's ``sharded<S>``).
 
-``await sharded.start(factory)`` constructs ``factory(shard_id)`` on every shard's own loop, in
-shard order; ``local()`` is the calling shard's instance; ``invoke_on(shard, fn, *args)`` runs
-``fn(instance, *args)`` on ``shard`` (``fn`` may be sync or async) and returns its result on
-the caller's loop; ``invoke_on_all`` and ``map_reduce`` fan out to every shard concurrently.
-``stop()`` calls each instance's ``stop()`` (if it has one) on its own shard, last shard first,
-so services stop in the reverse of the order they started.
+Every shard constructs its own instance (:meth:`Sharded.start`, on that shard) and registers it
+under the service's name with its :class:`~cachedaemon.core.smp.Smp`. ``local()`` is this
+shard's instance. ``invoke_on(shard, method, *args)`` runs ``instance.method(*args)`` on
+``shard`` and returns the result here: a direct call on this shard, a message to any other —
+so ``method`` is a method *name* (or the service class's method itself, whose name is used)
+and the arguments are plain data. ``post`` sends without waiting; ``invoke_on_all`` fans out
+to every shard concurrently. ``stop()`` stops and unregisters this shard's instance.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
-from cachedaemon.core.smp import Smp, maybe_await, this_shard_id
+from cachedaemon.core.smp import Smp, maybe_await
 from cachedaemon.errors import ShardStopped
 
 S = TypeVar("S")
 T = TypeVar("T")
-R = TypeVar("R")
+
+
+def method_name(method: str | Callable[..., Any]) -> str:
+    """The name a method travels under: a string as is, a function by its ``__name__``."""
+    if isinstance(method, str):
+        return method
+    name = getattr(method, "__name__", "")
+    if not name or name == "<lambda>":
+        raise TypeError(f"{method!r} cannot cross shards: pass a method of the service")
+    return str(name)
 
 
 class Sharded(Generic[S]):
-    """A per-shard service container. Started and stopped from shard 0."""
+    """This shard's handle on a per-shard service (see the module doc)."""
 
     def __init__(self, smp: Smp, name: str) -> None:
         self.smp = smp
         self.name = name
-        self._instances: list[S | None] = [None] * smp.count
+        self._instance: S | None = None
 
     @property
     def count(self) -> int:
         return self.smp.count
 
-    async def start(self, factory: Callable[[int], S | Awaitable[S]]) -> None:
-        """Construct the instance of every shard on that shard, in shard order."""
-        for shard in range(self.smp.count):
+    @property
+    def shard(self) -> int:
+        return self.smp.id
 
-            async def construct(s: int = shard) -> S:
-                return await maybe_await(factory(s))
-
-            self._instances[shard] = await self.smp.submit_to(shard, construct)
+    async def start(self, factory: Callable[[int], S | Awaitable[S]]) -> S:
+        """Construct this shard's instance and serve it under the service's name."""
+        instance = await maybe_await(factory(self.smp.id))
+        self._instance = instance
+        self.smp.register(self.name, instance)
+        return instance
 
     def local(self) -> S:
-        """The calling shard's instance."""
-        return self.instance(this_shard_id())
+        """This shard's instance."""
+        if self._instance is None:
+            raise ShardStopped(f"{self.name} is not running on shard {self.smp.id}")
+        return self._instance
 
-    def instance(self, shard: int) -> S:
-        """The instance of ``shard``. Touch it only from that shard's loop."""
-        inst = self._instances[shard]
-        if inst is None:
-            raise ShardStopped(f"{self.name} is not running on shard {shard}")
-        return inst
+    async def invoke_on(self, shard: int, method: str | Callable[..., Any], *args: Any,
+                        deadline: float | None = None,
+                        result_type: type[T] | None = None) -> Any:
+        """``method(*args)`` of ``shard``'s instance (see the module doc)."""
+        return await self.smp.call(shard, self.name, method_name(method), *args,
+                                   deadline=deadline, result_type=result_type)
 
-    async def invoke_on(self, shard: int, fn: Callable[..., Awaitable[T] | T], *args: Any) -> T:
-        """Run ``fn(instance_of_shard, *args)`` on ``shard`` and return its result here."""
+    def post(self, shard: int, method: str | Callable[..., Any], *args: Any) -> None:
+        """``method(*args)`` of ``shard``'s instance, not waited for."""
+        self.smp.post(shard, self.name, method_name(method), *args)
 
-        def call() -> Awaitable[T] | T:
-            return fn(self.instance(shard), *args)
-
-        return cast(T, await self.smp.submit_to(shard, call))
-
-    async def invoke_on_all(self, fn: Callable[..., Awaitable[T] | T], *args: Any) -> list[T]:
-        """Run ``fn(instance, *args)`` on every shard concurrently; results in shard order."""
-        return list(
-            await asyncio.gather(*(self.invoke_on(s, fn, *args) for s in range(self.count)))
-        )
-
-    async def map_reduce(
-        self,
-        mapper: Callable[..., Awaitable[T] | T],
-        reducer: Callable[[R, T], R],
-        initial: R,
-    ) -> R:
-        """Map every shard's instance, then fold the results on the caller's shard."""
-        acc = initial
-        for value in await self.invoke_on_all(mapper):
-            acc = reducer(acc, value)
-        return acc
+    async def invoke_on_all(self, method: str | Callable[..., Any], *args: Any,
+                            result_type: type[T] | None = None) -> list[Any]:
+        """``method(*args)`` on every shard, concurrently; results in shard order."""
+        name = method_name(method)
+        return list(await asyncio.gather(*(
+            self.smp.call(s, self.name, name, *args, result_type=result_type)
+            for s in range(self.count))))
 
     async def stop(self) -> None:
-        """Stop every instance on its own shard, last shard first; forget the instances."""
-        for shard in reversed(range(self.count)):
-            inst = self._instances[shard]
-            if inst is None:
-                continue
-            stop = getattr(inst, "stop", None)
-            if stop is not None:
-                await self.smp.submit_to(shard, stop)
-            self._instances[shard] = None
+        """Stop this shard's instance (its ``stop()``, if any) and stop serving it."""
+        instance = self._instance
+        if instance is None:
+            return
+        self.smp.unregister(self.name)
+        self._instance = None
+        stop = getattr(instance, "stop", None)
+        if stop is not None:
+            await maybe_await(stop())

@@ -143,7 +143,12 @@ class Database:
         self._pending_outputs: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._gc = FileGC(
-            self._data, self._versions, self._tables, options, lambda: self._pending_outputs
+            self._data,
+            self._versions,
+            self._tables,
+            options,
+            lambda: self._pending_outputs,
+            lambda: self._bg_error,
         )
         self._closed = False
         self.flushes = 0
@@ -228,6 +233,14 @@ class Database:
     @property
     def epoch(self) -> int:
         return self._versions.epoch
+
+    @property
+    def background_error(self) -> BaseException | None:
+        """The sticky failure of background work, or ``None``. Once set, writes and flushes
+        raise it and the file GC deletes nothing (a failed manifest write may have landed);
+        only reopening, which re-reads the durable manifest, recovers (LevelDB's
+        ``bg_error_``)."""
+        return self._bg_error
 
     @property
     def current_version(self) -> Version:
@@ -638,7 +651,8 @@ class Database:
         version = vs.current
         if not version.num_files_total:
             return None
-        self._gate.check()
+        # Held, not just checked: close() waits for in-flight reads before it closes readers.
+        holder = self._gate.hold()
         uprefix = user_prefix(key)
         seek = uprefix + trailer(snap, KIND_SEEK)
         vs.pin(version)
@@ -660,6 +674,7 @@ class Database:
                     return None if k[-1] == 0xFE else v
             return None
         finally:
+            holder.release()
             vs.unpin(version)
             # LevelDB's seek compaction: a file that keeps being consulted in vain before
             # the file that answers is worth compacting into the next level.

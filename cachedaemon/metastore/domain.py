@@ -28,6 +28,14 @@ info (``read_only`` turns true), and the service replaces it by a read replica t
 marks the domain :attr:`broken`; the service reopens it on the next request (the log has every
 acknowledged write).
 
+The LSM's own background work (a flush when the memtable fills, a compaction) can fail too, with
+nobody waiting on it. :meth:`check_background` adopts that failure, and reading :attr:`fenced`
+or :attr:`broken` calls it (the service reads them on every lookup, before and after waiting
+for an opening; the flush loop calls it when a flush fails). A lost manifest compare-and-swap is a fence
+(step down); anything else — a manifest write whose outcome is unknown among them — marks the
+domain broken, so the next request reopens it and re-reads the manifest in the bucket (until
+then the LSM's file GC deletes nothing; see ``docs/concurrency.md``).
+
 **Read replica** (:meth:`Domain.open_reader`): the LSM opened read-only at the newest manifest
 (SSTs through this node's own cache), refreshed by :meth:`refresh` on an interval (the service's
 refresher) and on demand. Writes get 409 ``read_only``.
@@ -50,6 +58,7 @@ from cachedaemon.errors import (
     Fenced,
     InvalidArgument,
     IOFailure,
+    OutcomeUnknown,
     ReadOnly,
     ShuttingDown,
     TooLarge,
@@ -147,8 +156,8 @@ class Domain:
         self.epoch = epoch
         self._io = io
         self.read_only = wal is None
-        self.fenced: str | None = None
-        self.broken: BaseException | None = None
+        self._fenced: str | None = None
+        self._broken: BaseException | None = None
         self.metrics = DomainMetrics()
         self._next_seqno = db.max_applied_seqno + 1
         self._released_seqno = 0
@@ -305,7 +314,12 @@ class Domain:
             self._check_fenced(exc)
             if self.log.failed is not None and self.broken is None:
                 self.broken = exc
-            raise
+            if isinstance(exc, Fenced | OutcomeUnknown):
+                raise
+            # The record may be in the log anyway (written, then the sync or the answer
+            # failed): replayed at the next opening. Say so rather than "not applied".
+            raise OutcomeUnknown(f"domain {self.name}: the write may or may not be applied "
+                                 f"(its log append failed: {exc.message})") from exc
         self.metrics.writes += 1
         self.metrics.write_bytes += batch.approximate_bytes
         return record.last_seqno
@@ -318,9 +332,48 @@ class Domain:
         if db.max_persisted_seqno > self._released_seqno:
             self._flush_wake.set()  # the LSM flushed by itself: release the log soon
 
+    # --- health: fenced, broken ----------------------------------------------------------------
+
+    @property
+    def fenced(self) -> str | None:
+        """Why this writer was fenced (it steps down), or ``None``. Includes a manifest
+        compare-and-swap the LSM lost in background work nobody was waiting on."""
+        self.check_background()
+        return self._fenced
+
+    @fenced.setter
+    def fenced(self, why: str | None) -> None:
+        self._fenced = why
+
+    @property
+    def broken(self) -> BaseException | None:
+        """Why this writer failed (the service reopens it), or ``None``: its log failed, or the
+        LSM's background work did (a manifest write whose outcome is unknown among them)."""
+        self.check_background()
+        return self._broken
+
+    @broken.setter
+    def broken(self, exc: BaseException | None) -> None:
+        self._broken = exc
+
+    def check_background(self) -> bool:
+        """Adopt a failure of the LSM's background work (see the module docstring). ``True``
+        while this is an open writer that may go on (neither fenced nor broken)."""
+        if self.log is None or self._closed or self._fenced is not None:
+            return False
+        if self.manifest.fenced is not None:
+            self._step_down(self.manifest.fenced)
+            return False
+        err = self.db.background_error
+        if err is not None and self._broken is None:
+            log.error("domain %s (epoch %d): background work failed (%s); it will be reopened "
+                      "from the manifest in the bucket", self.name, self.epoch, err)
+            self._broken = err
+        return self._broken is None
+
     def _step_down(self, why: str) -> None:
-        if self.fenced is None:
-            self.fenced = why
+        if self._fenced is None:
+            self._fenced = why
             self.read_only = True
             log.error("domain %s (epoch %d) is fenced and stops taking writes: %s",
                       self.name, self.epoch, why)
@@ -427,8 +480,7 @@ class Domain:
                 return
             except Exception as exc:
                 log.warning("domain %s: background flush failed: %s", self.name, exc)
-                if self.manifest.fenced is not None:
-                    self._step_down(self.manifest.fenced)
+                if not self.check_background():  # fenced: step down; LSM failure: broken
                     return
                 if self.db.max_persisted_seqno < self._released_seqno:
                     return

@@ -243,10 +243,18 @@ class LocalLog(GroupCommitLog):
             opened = self._open_segment_sync(new_segment)
             fd = opened[0]
         assert fd is not None
-        failpoint_sync("metastore.wal.before_write")
-        _write_all(fd, data)
-        failpoint_sync("metastore.wal.before_sync")
-        os.fdatasync(fd)
+        try:
+            failpoint_sync("metastore.wal.before_write")
+            _write_all(fd, data)
+            failpoint_sync("metastore.wal.before_sync")
+            os.fdatasync(fd)
+        except BaseException:
+            # The log fails for good (the bytes may be in the file: the next opening replays
+            # what is there); the segment this group created must not leak its descriptor.
+            if opened is not None:
+                with contextlib.suppress(OSError):
+                    os.close(opened[0])
+            raise
         return opened
 
     async def _persist(self, records: list[LogRecord]) -> None:

@@ -17,6 +17,13 @@ the first), so exactly one writer's view of the manifest can advance at a time:
    is **fenced** (:attr:`fenced` is set and :class:`~cachedaemon.errors.Fenced` raised; the
    domain steps down to read-only). Its own earlier attempt that landed (a retried PUT whose
    reply was lost) is recognised by its bytes and counts as success.
+3. A write that fails otherwise (the retry chain gave up, a cancellation) may still have
+   landed: its outcome is **unknown**, and this store's view of the object (the etag it would
+   condition the next write on) may be stale. It refuses every later write with
+   :class:`~cachedaemon.errors.IOFailure` instead of guessing: a conditional write would fail
+   against our own landed bytes and be taken for a fence. The LSM stops on that failure (its
+   sticky background error; its file GC deletes nothing) and the domain is reopened, which
+   re-reads the object (``docs/concurrency.md``).
 
 Read-only replicas read the object with no condition (``read_manifest`` fetches it afresh on
 every call, which is how ``refresh`` sees a newer manifest).
@@ -79,6 +86,8 @@ class FencedManifestStore:
         self._etag: str | None = None
         self._body: bytes = b""
         self.fenced: str | None = None  # why, once fenced
+        #: Why the outcome of a write is unknown, once one failed ambiguously (see above).
+        self.unknown: str | None = None
         self.writes = 0
 
     async def load(self) -> ManifestObject | None:
@@ -157,9 +166,26 @@ class FencedManifestStore:
             raise Fenced(self.fenced)
         if self.epoch is None or epoch != self.epoch:
             raise IOFailure(f"{self.key}: write at epoch {epoch} but stamped {self.epoch}")
+        if self.unknown is not None:
+            raise IOFailure(f"{self.key}: the outcome of an earlier write is unknown "
+                            f"({self.unknown}); reopen the domain to re-read the manifest")
         body = bytes(data)
-        encoded = encode(epoch, body)
-        etag = await self._put(encoded, self._etag)
+        try:
+            etag = await self._write(epoch, body)
+        except Fenced:
+            raise
+        except BaseException as exc:  # cancellation too: the PUT may have landed
+            self.unknown = f"{type(exc).__name__}: {exc}"
+            log.error("%s: manifest write of epoch %d failed and may have landed: %s",
+                      self.key, epoch, self.unknown)
+            raise
+        self._etag, self._body = etag, body
+        self.writes += 1
+
+    async def _write(self, epoch: int, body: bytes) -> str:
+        """Put ``body`` conditional on our etag; the new etag. Fenced if the CAS was lost to
+        another writer."""
+        etag = await self._put(encode(epoch, body), self._etag)
         if etag is None:
             current = await self.load()
             if current is not None and current.epoch == epoch and current.body == body:
@@ -172,8 +198,7 @@ class FencedManifestStore:
                 )
                 log.error("%s", self.fenced)
                 raise Fenced(self.fenced)
-        self._etag, self._body = etag, body
-        self.writes += 1
+        return etag
 
     async def close(self) -> None:
         return None

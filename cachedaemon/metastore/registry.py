@@ -3,11 +3,18 @@
 Everything here lives in the bucket, so any daemon pointed at the same bucket finds the same
 domains and competes for the same epochs; there is no other coordination.
 
-* ``meta/registry/<name>``: a small JSON object ``{"name", "uuid", "created"}`` created with
-  put-if-absent by the first writer of a domain. Two daemons creating the same name race on
-  that one PUT; the loser reads the winner's uuid. The domain's files live under
-  ``meta/domain/<uuid>/`` (SSTs, ``MANIFEST``, ``wal/`` for the remote log, ``epoch/``).
-* ``meta/domain/<uuid>/epoch/<epoch:020>``: one object per writer epoch ever claimed. A writer
+Everything lives under the reserved metastore root ``.cachedaemon/meta/``
+(:data:`cachedaemon.namespace.META_ROOT`), which no object route can read, write, delete or
+list (``docs/wal-format.md``; the previous layout kept it at ``meta/`` among the users' keys and
+is migrated at start by :mod:`cachedaemon.metastore.layout`):
+
+* ``.cachedaemon/meta/registry/<name>``: a small JSON object ``{"name", "uuid", "created"}``
+  created with put-if-absent by the first writer of a domain. Two daemons creating the same name
+  race on that one PUT; the loser reads the winner's uuid. The domain's files live under
+  ``.cachedaemon/meta/domain/<uuid>/`` (SSTs, ``MANIFEST``, ``wal/`` for the remote log,
+  ``epoch/``).
+* ``.cachedaemon/meta/domain/<uuid>/epoch/<epoch:020>``: one object per writer epoch ever
+  claimed. A writer
   claims ``newest + 1`` with put-if-absent; losing means someone else claimed it, so it lists
   again and tries the next. Epochs never repeat, so a claimed epoch names its writer uniquely:
   SST names carry it (``<id>-<epoch>.sst``) and every manifest and remote-log write is
@@ -30,21 +37,33 @@ from dataclasses import dataclass
 
 from cachedaemon.errors import InvalidArgument, IOFailure, PreconditionFailed, ShuttingDown
 from cachedaemon.lsm.io.cloud_base import CloudIO
+from cachedaemon.namespace import META_ROOT
 
 log = logging.getLogger(__name__)
 
-REGISTRY_PREFIX = "meta/registry/"
-DOMAIN_PREFIX = "meta/domain/"
+REGISTRY_PREFIX = META_ROOT + "registry/"
+DOMAIN_PREFIX = META_ROOT + "domain/"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _EPOCH = re.compile(r"^(\d{20})$")
 
 
+#: Names that passed the check (a request checks its domain's name at each layer it crosses;
+#: the hot paths pay a set lookup). Bounded: cleared when it grows past the cap.
+_VALID_NAMES: set[str] = set()
+_VALID_NAMES_CAP = 65536
+
+
 def check_domain_name(name: str) -> str:
     """``name`` if it is a valid domain name, else :class:`InvalidArgument`."""
+    if type(name) is str and name in _VALID_NAMES:
+        return name
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidArgument(
             f"invalid domain name {name!r}: expected [a-z0-9][a-z0-9_-]{{0,62}}"
         )
+    if len(_VALID_NAMES) >= _VALID_NAMES_CAP:
+        _VALID_NAMES.clear()
+    _VALID_NAMES.add(name)
     return name
 
 

@@ -3,7 +3,8 @@
 The daemon starts a ``Sharded[DomainService]`` after the cache and stops it before the cache.
 Each domain is owned by one shard, :func:`~cachedaemon.metastore.registry.owner_shard` (crc32
 of the name modulo the shard count); requests for it from any shard hop there with
-:func:`call_domain` (one ``invoke_on``). On its shard the service:
+:func:`call_domain` (the server forwards each domain request to its owner, see
+``server/app.py``). On its shard the service:
 
 * opens domains lazily, one opening at a time per name: as a **writer**
   (:meth:`Domain.open_writer`: claims an epoch, fences older writers, replays the log) or, when
@@ -35,16 +36,18 @@ import logging
 import os
 import socket
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from types import TracebackType
 from typing import Any, TypeVar
 
 from cachedaemon.config import Settings
-from cachedaemon.core.gate import Gate
+from cachedaemon.core.gate import Gate, GateHolder
 from cachedaemon.core.sharded import Sharded
 from cachedaemon.errors import CacheDaemonError, NotFound, ReadOnly
 from cachedaemon.lsm.io.cloud_base import CloudIO
 from cachedaemon.lsm.write_batch import WriteBatch
 from cachedaemon.metastore.domain import Domain, DomainConfig, check_key, check_value
+from cachedaemon.metastore.layout import ensure_layout
 from cachedaemon.metastore.registry import DomainRegistry, check_domain_name, owner_shard
 from cachedaemon.remote.base import ObjectStore
 
@@ -71,6 +74,7 @@ class DomainService:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._gc_task: asyncio.Task[None] | None = None
         self._idle_task: asyncio.Task[None] | None = None
+        self._layout_checked = asyncio.Event()
         self._in_use: dict[str, int] = {}  # requests using each open domain now
         self._closing: set[str] = set()  # being flushed and closed
         self.closed_idle = 0  # domains closed for idleness or to make room
@@ -85,6 +89,17 @@ class DomainService:
         return iter(list(self._domains.values()))
 
     # --- life cycle ----------------------------------------------------------------------------
+
+    async def check_layout(self) -> int:
+        """Migrate the bucket from the previous layout, or refuse (shard 0, once, at start;
+        :mod:`~cachedaemon.metastore.layout`). Returns the domains migrated."""
+        migrated = await ensure_layout(self.io, read_only=self.read_only)
+        self._layout_checked.set()
+        return migrated
+
+    async def layout_checked(self) -> None:
+        """Shard 0: until :meth:`check_layout` has passed (other shards wait for it)."""
+        await self._layout_checked.wait()
 
     async def start(self) -> None:
         if self._gc_task is None and not self.read_only:
@@ -118,12 +133,13 @@ class DomainService:
     async def domain(self, name: str, *, create: bool) -> Domain:
         """The open domain ``name`` (opening it if needed). NotFound if never written and
         ``create`` is false (or the daemon is read-only)."""
+        domain = self._domains.get(name)
+        if domain is not None and domain.broken is None and not _fenced_writer(domain) \
+                and name not in self._closing:
+            self._gate.check()  # open and well: the usual case, no await
+            return self._touch(domain)
         check_domain_name(name)
         with self._gate.hold():
-            domain = self._domains.get(name)
-            if domain is not None and domain.broken is None and not _fenced_writer(domain) \
-                    and name not in self._closing:
-                return self._touch(domain)
             lock = self._opening.setdefault(name, asyncio.Lock())
             async with lock:
                 domain = self._domains.get(name)
@@ -171,20 +187,17 @@ class DomainService:
         self._domains[name] = domain
         return domain
 
-    @contextlib.asynccontextmanager
-    async def use(self, name: str, *, create: bool) -> AsyncIterator[Domain]:
-        """The open domain ``name``, counted as in use (never closed) while the block runs."""
-        domain = await self.domain(name, create=create)
-        self._in_use[name] = self._in_use.get(name, 0) + 1
-        try:
-            with self._gate.hold():
-                yield domain
-        finally:
-            left = self._in_use[name] - 1
-            if left:
-                self._in_use[name] = left
-            else:
-                del self._in_use[name]
+    def use(self, name: str, *, create: bool) -> DomainUse:
+        """``async with service.use(name, create=...) as domain``: the open domain ``name``,
+        counted as in use (never closed) while the block runs."""
+        return DomainUse(self, name, create)
+
+    def _release_use(self, name: str) -> None:
+        left = self._in_use[name] - 1
+        if left:
+            self._in_use[name] = left
+        else:
+            del self._in_use[name]
 
     def _closable(self, domain: Domain) -> bool:
         name = domain.name
@@ -318,7 +331,8 @@ class DomainService:
     async def get(self, name: str, key: bytes) -> bytes | None:
         check_key(key)
         async with self.use(name, create=False) as domain:
-            await self._fresh_reader(domain)
+            if domain.log is None:
+                await self._fresh_reader(domain)
             return await domain.get(key)
 
     async def scan(self, name: str, start: bytes | None, end: bytes | None,
@@ -349,16 +363,53 @@ class DomainService:
             return await self.registry.list_names()
 
 
+class DomainUse:
+    """One use of a domain (see :meth:`DomainService.use`): a plain class rather than a
+    generator-based context manager, because every kv and L1 request makes one."""
+
+    __slots__ = ("_create", "_holder", "_name", "_service")
+
+    def __init__(self, service: DomainService, name: str, create: bool) -> None:
+        self._service = service
+        self._name = name
+        self._create = create
+        self._holder: GateHolder | None = None
+
+    async def __aenter__(self) -> Domain:
+        service, name = self._service, self._name
+        domain = await service.domain(name, create=self._create)
+        service._in_use[name] = service._in_use.get(name, 0) + 1
+        try:
+            self._holder = service._gate.hold()
+        except BaseException:
+            service._release_use(name)
+            raise
+        return domain
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        assert self._holder is not None
+        self._holder.release()
+        self._service._release_use(self._name)
+
+
 def _fenced_writer(domain: Domain) -> bool:
     return domain.fenced is not None and domain.log is not None
 
 
 async def call_domain(domains: Sharded[DomainService], name: str,
                       fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """Run ``fn(service, name, *args)`` on the shard that owns domain ``name``."""
+    """Run ``fn(service, name, *args)`` on the shard that owns domain ``name``: a direct call
+    there (the server forwards a domain's requests to its owner first, so this is the usual
+    case); from another shard only a method of :class:`DomainService` with plain arguments can
+    travel."""
     check_domain_name(name)
-    shard = owner_shard(name, domains.count)
-    return await domains.invoke_on(shard, fn, name, *args)
+    count = domains.count
+    if count == 1 or owner_shard(name, count) == domains.shard:
+        return await fn(domains.local(), name, *args)
+    shard = owner_shard(name, count)
+    result: T = await domains.invoke_on(shard, fn, name, *args)
+    return result
 
 
 def config_from_settings(settings: Settings, **overrides: Any) -> DomainConfig:
@@ -382,15 +433,21 @@ def config_from_settings(settings: Settings, **overrides: Any) -> DomainConfig:
     return DomainConfig(**values)
 
 
-async def start_domains(smp: Any, stores: Sharded[Any], cache: Sharded[Any] | None,
+async def start_domains(smp: Any, store: ObjectStore, cache: Sharded[Any] | None,
                         config: DomainConfig) -> Sharded[DomainService]:
-    """A started :class:`DomainService` on every shard (each with its shard's store/cache)."""
+    """This shard's started :class:`DomainService` (with this shard's store and cache)."""
     sharded: Sharded[DomainService] = Sharded(smp, "metastore")
 
     def make(shard: int) -> DomainService:
-        local_cache = cache.instance(shard) if cache is not None else None
-        return DomainService(shard, sharded.count, stores.instance(shard), local_cache, config)
+        local_cache = cache.local() if cache is not None else None
+        return DomainService(shard, sharded.count, store, local_cache, config)
 
-    await sharded.start(make)
-    await sharded.invoke_on_all(lambda s: s.start())
+    service = await sharded.start(make)
+    # The bucket's layout first (shard 0, once, before any domain opens): migrate a previous
+    # one, or refuse. Other shards wait for shard 0's answer.
+    if service.shard == 0:
+        await service.check_layout()
+    else:
+        await sharded.invoke_on(0, DomainService.layout_checked)
+    await service.start()
     return sharded

@@ -18,6 +18,15 @@ Semantics every implementation keeps:
   conditional put raises :class:`PreconditionFailed`. Etags are unquoted strings.
 - ``list`` returns keys in byte order (UTF-8 code-point order), at most ``limit`` per page;
   ``ListPage.next`` is the last key of the page when more remain (pass it as ``start_after``).
+- Metadata (:class:`ObjectMeta`: the content headers and the user's ``x-amz-meta-*`` pairs,
+  what S3 keeps with an object) is given to ``put`` and comes back, whole, from ``head`` and
+  ``get`` (an object put without any has ``ObjectMeta()``); a put replaces it with the object.
+  Listings do not carry it (``ObjectInfo.meta is None``), as S3's do not.
+- Part layouts: ``put(..., part_sizes=[n1, n2, ...])`` stores the object as a multipart upload
+  of exactly those parts (they must add up to the body's size), so its etag is S3's
+  ``md5(md5(part1) + ... + md5(partN))-N``; ``single_part=True`` stores it as one part, so its
+  etag is the body's md5 whatever its size (S3's single ``PutObject``, up to 5 GiB); neither
+  leaves the layout to the store (the S3 backend goes multipart above its threshold).
 - Faults are :mod:`cachedaemon.errors` exceptions: :class:`TransientUpstreamError` (worth a
   retry), :class:`UpstreamError`, :class:`InvalidKey`. Library exceptions never leak.
 
@@ -31,13 +40,22 @@ session to its loop, so the application creates one store per shard.
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from cachedaemon.errors import InvalidKey, InvalidRange
+from cachedaemon.errors import InvalidArgument, InvalidKey, InvalidRange
 
 #: What ``put`` accepts: the bytes, a file to upload, or a stream of chunks (not replayable).
 Body = bytes | bytearray | memoryview | pathlib.Path | AsyncIterable[bytes]
@@ -50,13 +68,65 @@ MAX_SEGMENT_BYTES = 255
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    """An object's metadata as S3 keeps it: the content headers given when it was written and
+    the user's ``x-amz-meta-*`` pairs (``user``: lower-case names without the prefix, sorted).
+    ``None`` fields were not given."""
+
+    content_type: str | None = None
+    content_encoding: str | None = None
+    content_disposition: str | None = None
+    content_language: str | None = None
+    cache_control: str | None = None
+    expires: str | None = None
+    user: tuple[tuple[str, str], ...] = ()
+
+    #: The content headers' fields and HTTP names, in the order S3 documents them.
+    HEADERS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("content_type", "Content-Type"),
+        ("content_encoding", "Content-Encoding"),
+        ("content_disposition", "Content-Disposition"),
+        ("content_language", "Content-Language"),
+        ("cache_control", "Cache-Control"),
+        ("expires", "Expires"),
+    )
+
+    @staticmethod
+    def make(user: Mapping[str, str] | None = None, **headers: str | None) -> ObjectMeta:
+        """An ObjectMeta from header fields and a user mapping (names lower-cased, sorted)."""
+        pairs = tuple(sorted((k.lower(), v) for k, v in (user or {}).items()))
+        return ObjectMeta(**headers, user=pairs)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {f: getattr(self, f) for f, _ in self.HEADERS
+                               if getattr(self, f) is not None}
+        if self.user:
+            out["user"] = dict(self.user)
+        return out
+
+    @staticmethod
+    def from_json(raw: Any) -> ObjectMeta:
+        """The inverse of :meth:`to_json`; anything malformed gives ``ObjectMeta()``."""
+        if not isinstance(raw, dict):
+            return ObjectMeta()
+        fields = {f: raw[f] for f, _ in ObjectMeta.HEADERS if isinstance(raw.get(f), str)}
+        user = raw.get("user")
+        pairs: dict[str, str] = {}
+        if isinstance(user, dict):
+            pairs = {str(k): str(v) for k, v in user.items()}
+        return ObjectMeta.make(pairs, **fields)
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectInfo:
-    """What a bucket knows about one object. ``etag`` is unquoted; ``last_modified`` is epoch s."""
+    """What a bucket knows about one object. ``etag`` is unquoted; ``last_modified`` is epoch s;
+    ``meta`` is its metadata (``None`` where not known: listings)."""
 
     key: str
     size: int
     etag: str
     last_modified: float | None = None
+    meta: ObjectMeta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +219,9 @@ class ObjectStore(Protocol):
         *,
         if_none_match: bool = False,
         if_match: str | None = None,
+        meta: ObjectMeta | None = None,
+        part_sizes: Sequence[int] | None = None,
+        single_part: bool = False,
     ) -> ObjectInfo: ...
 
     async def put_if_absent(self, key: str, body: Body) -> ObjectInfo: ...
@@ -189,6 +262,9 @@ class ObjectStoreBase:
         *,
         if_none_match: bool = False,
         if_match: str | None = None,
+        meta: ObjectMeta | None = None,
+        part_sizes: Sequence[int] | None = None,
+        single_part: bool = False,
     ) -> ObjectInfo:
         raise NotImplementedError
 
@@ -264,8 +340,6 @@ def check_key(key: str) -> str:
 
 
 def check_list_args(prefix: str, limit: int) -> None:
-    from cachedaemon.errors import InvalidArgument
-
     if "\x00" in prefix:
         raise InvalidArgument(f"invalid list prefix {prefix!r}: contains NUL")
     if limit < 1:
@@ -297,3 +371,71 @@ async def single_chunk(data: bytes) -> AsyncIterator[bytes]:
     """An async iterator over one chunk (used to hand in-memory bodies to GetResult)."""
     if data:
         yield data
+
+
+def check_part_sizes(part_sizes: Sequence[int] | None, single_part: bool) -> tuple[int, ...] | None:
+    """The validated part layout of a ``put`` (see the module docstring), as a tuple."""
+    if part_sizes is None:
+        return None
+    if single_part:
+        raise InvalidArgument("a put takes part_sizes or single_part, not both")
+    sizes = tuple(int(n) for n in part_sizes)
+    if not sizes or any(n < 0 for n in sizes):
+        raise InvalidArgument(f"invalid part sizes {sizes[:5]!r}: need one or more sizes >= 0")
+    return sizes
+
+
+def put_options(meta: ObjectMeta | None, part_sizes: Sequence[int] | None, single_part: bool
+                ) -> dict[str, Any]:
+    """A put's metadata and part-layout arguments, for a wrapper to pass on unchanged."""
+    return {"meta": meta, "part_sizes": part_sizes, "single_part": single_part}
+
+
+def check_total(part_sizes: tuple[int, ...] | None, total: int) -> None:
+    """InvalidArgument unless the parts add up to the body's ``total`` size."""
+    if part_sizes is not None and sum(part_sizes) != total:
+        raise InvalidArgument(
+            f"the part sizes add up to {sum(part_sizes)} bytes but the body has {total}")
+
+
+class PartHasher:
+    """The etag of a body as it streams past: its md5, or with a part layout S3's multipart
+    etag (md5 of the parts' md5 digests, ``-N``). Feed it with :meth:`update`."""
+
+    __slots__ = ("_digests", "_part", "_remaining", "_sizes", "md5", "size")
+
+    def __init__(self, part_sizes: tuple[int, ...] | None) -> None:
+        self.md5 = hashlib.md5()
+        self.size = 0
+        self._sizes = list(part_sizes) if part_sizes is not None else None
+        self._digests: list[bytes] = []
+        self._part = hashlib.md5()
+        self._remaining = self._sizes.pop(0) if self._sizes else 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        self.md5.update(view)
+        self.size += view.nbytes
+        if self._sizes is None:
+            return
+        while view.nbytes:
+            if self._remaining == 0 and self._sizes:
+                self._digests.append(self._part.digest())
+                self._part = hashlib.md5()
+                self._remaining = self._sizes.pop(0)
+            take = view[: self._remaining] if self._remaining else view
+            self._part.update(take)
+            self._remaining -= min(self._remaining, take.nbytes)
+            view = view[take.nbytes :]
+            if not self._remaining and not self._sizes:
+                # Past the last part: extra bytes are caught by check_total.
+                self._part.update(view)
+                break
+
+    def etag(self) -> str:
+        if self._sizes is None:
+            return self.md5.hexdigest()
+        digests = [*self._digests, self._part.digest()]
+        # Parts of zero bytes at the end never saw a byte.
+        digests += [hashlib.md5().digest()] * len(self._sizes)
+        return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"

@@ -13,7 +13,7 @@ loop (a reader on another thread sees slightly stale integers, never torn ones).
 from __future__ import annotations
 
 import bisect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -24,8 +24,10 @@ from cachedaemon.remote.base import (
     GetResult,
     ListPage,
     ObjectInfo,
+    ObjectMeta,
     ObjectStore,
     ObjectStoreBase,
+    put_options,
 )
 
 T = TypeVar("T")
@@ -143,10 +145,14 @@ class InstrumentedObjectStore(ObjectStoreBase):
         *,
         if_none_match: bool = False,
         if_match: str | None = None,
+        meta: ObjectMeta | None = None,
+        part_sizes: Sequence[int] | None = None,
+        single_part: bool = False,
     ) -> ObjectInfo:
         info = await self._timed(
             "put",
-            lambda: self.inner.put(key, body, if_none_match=if_none_match, if_match=if_match),
+            lambda: self.inner.put(key, body, if_none_match=if_none_match, if_match=if_match,
+                **put_options(meta, part_sizes, single_part)),
         )
         self.stats.ops["put"].bytes += info.size
         return info

@@ -1,7 +1,8 @@
 """``MemoryObjectStore``: a dict-backed bucket with the full :class:`ObjectStore` semantics.
 
 For fast tests of the layers above (cache, lsm, metastore) and for the contract suite. Etags are
-the md5 hex of the content (as S3 gives for single-part uploads); a put is all-or-nothing and
+the md5 hex of the content (as S3 gives for single-part uploads), or S3's multipart etag for a
+put with ``part_sizes``; a put is all-or-nothing and
 conditional puts are atomic. Listing sorts the keys on each call (fine for test-sized buckets).
 
 Synchronisation: a ``threading.Lock`` guards the dict, so one instance may be shared by every
@@ -12,11 +13,11 @@ or a stream are read fully before the lock is taken.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import pathlib
 import threading
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Sequence
+from dataclasses import replace
 
 from cachedaemon.errors import PreconditionFailed
 from cachedaemon.remote.base import (
@@ -25,9 +26,13 @@ from cachedaemon.remote.base import (
     GetResult,
     ListPage,
     ObjectInfo,
+    ObjectMeta,
     ObjectStoreBase,
+    PartHasher,
     check_key,
     check_list_args,
+    check_part_sizes,
+    check_total,
     resolve_range,
     single_chunk,
 )
@@ -73,10 +78,17 @@ class MemoryObjectStore(ObjectStoreBase):
         *,
         if_none_match: bool = False,
         if_match: str | None = None,
+        meta: ObjectMeta | None = None,
+        part_sizes: Sequence[int] | None = None,
+        single_part: bool = False,
     ) -> ObjectInfo:
         check_key(key)
+        sizes = check_part_sizes(part_sizes, single_part)
         data = await read_body(body)
-        info = ObjectInfo(key, len(data), hashlib.md5(data).hexdigest(), time.time())
+        check_total(sizes, len(data))
+        hasher = PartHasher(sizes)
+        hasher.update(data)
+        info = ObjectInfo(key, len(data), hasher.etag(), time.time(), meta or ObjectMeta())
         with self._lock:
             current = self._objects.get(key)
             if if_none_match and current is not None:
@@ -110,7 +122,7 @@ class MemoryObjectStore(ObjectStoreBase):
                 for k in self._objects
                 if k.startswith(prefix) and (start_after is None or k > start_after)
             )
-            objects = [self._objects[k][1] for k in keys[: limit + 1]]
+            objects = [replace(self._objects[k][1], meta=None) for k in keys[: limit + 1]]
         if len(objects) > limit:
             return ListPage(objects[:limit], objects[limit - 1].key)
         return ListPage(objects, None)

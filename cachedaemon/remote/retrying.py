@@ -24,10 +24,9 @@ Runs on its owner's loop (one instance per shard, like the store it wraps).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import pathlib
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 from cachedaemon.clock import SYSTEM_CLOCK, Clock, deadline_after
@@ -39,8 +38,12 @@ from cachedaemon.remote.base import (
     GetResult,
     ListPage,
     ObjectInfo,
+    ObjectMeta,
     ObjectStore,
     ObjectStoreBase,
+    PartHasher,
+    check_part_sizes,
+    put_options,
 )
 
 T = TypeVar("T")
@@ -98,16 +101,21 @@ class RetryingObjectStore(ObjectStoreBase):
         *,
         if_none_match: bool = False,
         if_match: str | None = None,
+        meta: ObjectMeta | None = None,
+        part_sizes: Sequence[int] | None = None,
+        single_part: bool = False,
     ) -> ObjectInfo:
         if not isinstance(body, bytes | bytearray | memoryview | pathlib.Path):
             # A stream is consumed by the first attempt: it cannot be replayed.
-            return await self.inner.put(key, body, if_none_match=if_none_match, if_match=if_match)
+            return await self.inner.put(key, body, if_none_match=if_none_match, if_match=if_match,
+                **put_options(meta, part_sizes, single_part))
         attempts = 0
 
         async def attempt() -> ObjectInfo:
             nonlocal attempts
             attempts += 1
-            return await self.inner.put(key, body, if_none_match=if_none_match, if_match=if_match)
+            return await self.inner.put(key, body, if_none_match=if_none_match, if_match=if_match,
+                **put_options(meta, part_sizes, single_part))
 
         try:
             return await self._retry(attempt)
@@ -116,7 +124,9 @@ class RetryingObjectStore(ObjectStoreBase):
                 raise
             # An earlier attempt may have committed before its response was lost.
             current = await self._retry(lambda: self.inner.head(key))
-            if current is not None and current.etag == hashlib.md5(body).hexdigest():
+            hasher = PartHasher(check_part_sizes(part_sizes, single_part))
+            hasher.update(body)
+            if current is not None and current.etag == hasher.etag():
                 return current
             raise
 

@@ -26,6 +26,16 @@ body's iterator raising, or cancellation of the caller — aborts the upload (sh
 cancellation) so no dangling multipart upload keeps storage. A streamed body is buffered up to the
 threshold first: if it ends there, one ``PutObject`` is sent.
 
+Part layouts and metadata
+-------------------------
+``single_part=True`` sends one ``PutObject`` whatever the size (a file body is streamed from
+the file, never read into memory), and ``part_sizes`` uploads exactly those parts (a file
+body's parts are streamed from slices of the file), so the bucket computes the etag an S3
+client expects (:mod:`cachedaemon.remote.base`). ``meta`` goes out as S3's own metadata
+(``Content-Type`` and the other content headers, ``x-amz-meta-*``) on the ``PutObject`` or the
+``CreateMultipartUpload``, and comes back from ``head`` and ``get``; S3's default content type
+(``binary/octet-stream``, set when none was given) reads back as "not given".
+
 Conditional puts
 ----------------
 ``if_none_match`` sends ``If-None-Match: *`` and ``if_match`` sends ``If-Match: <etag>`` on
@@ -58,14 +68,23 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import io
 import ipaddress
 import logging
 import os
 import pathlib
 import threading
 import urllib.parse
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiohttp
 from aiobotocore.config import AioConfig
@@ -95,10 +114,13 @@ from cachedaemon.remote.base import (
     GetResult,
     ListPage,
     ObjectInfo,
+    ObjectMeta,
     ObjectStoreBase,
     body_size,
     check_key,
     check_list_args,
+    check_part_sizes,
+    check_total,
 )
 
 log = logging.getLogger(__name__)
@@ -112,6 +134,17 @@ MiB = 1024 * 1024
 DEFAULT_MULTIPART_THRESHOLD = 16 * MiB
 DEFAULT_PART_SIZE = 8 * MiB
 MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
+#: The content type S3 records when a put gives none.
+DEFAULT_CONTENT_TYPE = "binary/octet-stream"
+#: ObjectMeta fields and the botocore parameter names they travel as.
+_META_PARAMS = (
+    ("content_type", "ContentType"),
+    ("content_encoding", "ContentEncoding"),
+    ("content_disposition", "ContentDisposition"),
+    ("content_language", "ContentLanguage"),
+    ("cache_control", "CacheControl"),
+    ("expires", "Expires"),
+)
 DEFAULT_READ_CHUNK = 1 * MiB
 DELETE_BATCH = 1000
 
@@ -182,6 +215,77 @@ def translate_error(exc: BaseException, what: str) -> CacheDaemonError:
 
 def _unquote(etag: str) -> str:
     return etag.strip('"')
+
+
+def meta_params(meta: ObjectMeta | None) -> dict[str, Any]:
+    """botocore parameters of ``PutObject``/``CreateMultipartUpload`` for ``meta``."""
+    if meta is None:
+        return {}
+    out: dict[str, Any] = {param: getattr(meta, field) for field, param in _META_PARAMS
+                           if getattr(meta, field) is not None}
+    if meta.user:
+        out["Metadata"] = dict(meta.user)
+    return out
+
+
+def meta_from_response(resp: Mapping[str, Any]) -> ObjectMeta:
+    """The ObjectMeta of a ``HeadObject``/``GetObject`` response."""
+    fields: dict[str, str] = {}
+    for field, param in _META_PARAMS:
+        value = resp.get(param)
+        if param == "Expires":
+            value = resp.get("ExpiresString") or (
+                value.strftime("%a, %d %b %Y %H:%M:%S GMT") if value is not None else None)
+        if isinstance(value, str) and value:
+            fields[field] = value
+    if fields.get("content_type") == DEFAULT_CONTENT_TYPE:
+        del fields["content_type"]
+    return ObjectMeta.make(resp.get("Metadata") or {}, **fields)
+
+
+class _FileSlice(io.RawIOBase):
+    """``length`` bytes of a file from ``offset``, as a seekable binary stream (a part body that
+    botocore can rewind and aiohttp reads in its executor)."""
+
+    def __init__(self, path: pathlib.Path, offset: int, length: int) -> None:
+        super().__init__()
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._offset = offset
+        self._length = length
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
+        self._pos = max(0, min(self._length, base + pos))
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), self._length - self._pos)
+        if n <= 0:
+            return 0
+        data = os.pread(self._fd, n, self._offset + self._pos)
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def close(self) -> None:
+        if not self.closed and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        super().close()
 
 
 class S3ObjectStore(ObjectStoreBase):
@@ -288,6 +392,7 @@ class S3ObjectStore(ObjectStoreBase):
             int(resp["ContentLength"]),
             _unquote(resp["ETag"]),
             modified.timestamp() if modified is not None else None,
+            meta_from_response(resp),
         )
 
     async def get(self, key: str, *, byte_range: ByteRange | None = None) -> GetResult | None:
@@ -333,7 +438,8 @@ class S3ObjectStore(ObjectStoreBase):
                 served = (0, length - 1) if length else None  # server ignored the range
         modified = resp.get("LastModified")
         info = ObjectInfo(
-            key, size, _unquote(resp["ETag"]), modified.timestamp() if modified else None
+            key, size, _unquote(resp["ETag"]), modified.timestamp() if modified else None,
+            meta_from_response(resp),
         )
         chunk_size = self.read_chunk_size
 
@@ -441,26 +547,64 @@ class S3ObjectStore(ObjectStoreBase):
         *,
         if_none_match: bool = False,
         if_match: str | None = None,
+        meta: ObjectMeta | None = None,
+        part_sizes: Sequence[int] | None = None,
+        single_part: bool = False,
     ) -> ObjectInfo:
         full = self._full_key(key)
+        sizes = check_part_sizes(part_sizes, single_part)
         if_match = None if if_match is None else _unquote(if_match)
         size = body_size(body)
+        extra = meta_params(meta)
+        if sizes is not None:
+            return await self._put_layout(key, full, body, sizes, if_none_match, if_match, meta)
         if isinstance(body, bytes | bytearray | memoryview):
             data = bytes(body) if not isinstance(body, bytes) else body
-            if len(data) <= self.multipart_threshold:
-                return await self._put_single(key, full, data, if_none_match, if_match)
+            if single_part or len(data) <= self.multipart_threshold:
+                return await self._put_single(key, full, data, if_none_match, if_match, meta)
             return await self._put_multipart(
-                key, full, _slices(data, self.part_size), if_none_match, if_match
+                key, full, _slices(data, self.part_size), if_none_match, if_match, extra, meta
             )
         if isinstance(body, pathlib.Path):
             assert size is not None
+            if single_part:
+                return await self._put_single(key, full, body, if_none_match, if_match, meta)
             if size <= self.multipart_threshold:
                 data = await asyncio.to_thread(body.read_bytes)
-                return await self._put_single(key, full, data, if_none_match, if_match)
+                return await self._put_single(key, full, data, if_none_match, if_match, meta)
             return await self._put_multipart(
-                key, full, _file_parts(body, self.part_size), if_none_match, if_match
+                key, full, _file_parts(body, self.part_size), if_none_match, if_match, extra,
+                meta,
             )
-        return await self._put_stream(key, full, body, if_none_match, if_match)
+        if single_part:
+            data = b"".join([bytes(chunk) async for chunk in body])
+            return await self._put_single(key, full, data, if_none_match, if_match, meta)
+        return await self._put_stream(key, full, body, if_none_match, if_match, meta)
+
+    async def _put_layout(
+        self,
+        key: str,
+        full: str,
+        body: Body,
+        sizes: tuple[int, ...],
+        if_none_match: bool,
+        if_match: str | None,
+        meta: ObjectMeta | None,
+    ) -> ObjectInfo:
+        """A multipart upload of exactly ``sizes`` (see "Part layouts")."""
+        total = sum(sizes)
+        parts: AsyncIterator[Any]
+        if isinstance(body, pathlib.Path):
+            check_total(sizes, body.stat().st_size)
+            parts = _file_slices(body, sizes)
+        elif isinstance(body, bytes | bytearray | memoryview):
+            check_total(sizes, memoryview(body).nbytes)
+            parts = _sized_slices(bytes(body), sizes)
+        else:
+            parts = _sized_stream_parts(body, sizes)
+        return await self._put_multipart(
+            key, full, parts, if_none_match, if_match, meta_params(meta), meta, total=total
+        )
 
     async def _put_stream(
         self,
@@ -469,6 +613,7 @@ class S3ObjectStore(ObjectStoreBase):
         body: AsyncIterable[bytes],
         if_none_match: bool,
         if_match: str | None,
+        meta: ObjectMeta | None,
     ) -> ObjectInfo:
         stream = aiter(body)
         head: list[bytes] = []
@@ -479,9 +624,11 @@ class S3ObjectStore(ObjectStoreBase):
             if buffered > self.multipart_threshold:
                 break
         else:
-            return await self._put_single(key, full, b"".join(head), if_none_match, if_match)
+            return await self._put_single(key, full, b"".join(head), if_none_match, if_match,
+                                          meta)
         return await self._put_multipart(
-            key, full, _stream_parts(head, stream, self.part_size), if_none_match, if_match
+            key, full, _stream_parts(head, stream, self.part_size), if_none_match, if_match,
+            meta_params(meta), meta,
         )
 
     def _condition_kwargs(self, if_none_match: bool, if_match: str | None) -> dict[str, str]:
@@ -506,24 +653,41 @@ class S3ObjectStore(ObjectStoreBase):
             raise UpstreamError(f"put {key!r} to {self.url}: {exc.message}") from exc
 
     async def _put_single(
-        self, key: str, full: str, data: bytes, if_none_match: bool, if_match: str | None
+        self,
+        key: str,
+        full: str,
+        data: bytes | pathlib.Path,
+        if_none_match: bool,
+        if_match: str | None,
+        meta: ObjectMeta | None,
     ) -> ObjectInfo:
         client = await self.client()
+        size = len(data) if isinstance(data, bytes) else data.stat().st_size
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": full,
-            "Body": data,
-            "ContentLength": len(data),
+            "ContentLength": size,
             **self._condition_kwargs(if_none_match, if_match),
+            **meta_params(meta),
         }
+
+        async def put() -> Any:
+            # A file goes out as a stream, re-opened by every attempt of the retry layer.
+            body: Any = data if isinstance(data, bytes) else _FileSlice(data, 0, size)
+            try:
+                return await client.put_object(Body=body, **kwargs)
+            finally:
+                if not isinstance(body, bytes):
+                    body.close()
+
         async with self._commit_lock(full, if_none_match or if_match is not None):
             resp = await self._conditional(
                 key,
                 if_none_match,
                 if_match,
-                lambda: self._call(f"put {self.url} {key!r}", lambda: client.put_object(**kwargs)),
+                lambda: self._call(f"put {self.url} {key!r}", put),
             )
-        return ObjectInfo(key, len(data), _unquote(resp["ETag"]), None)
+        return ObjectInfo(key, size, _unquote(resp["ETag"]), None, meta or ObjectMeta())
 
     @contextlib.asynccontextmanager
     async def _commit_lock(self, full: str, conditional: bool) -> AsyncIterator[None]:
@@ -554,15 +718,18 @@ class S3ObjectStore(ObjectStoreBase):
         self,
         key: str,
         full: str,
-        parts: AsyncIterator[bytes],
+        parts: AsyncIterator[Any],
         if_none_match: bool,
         if_match: str | None,
+        extra: dict[str, Any],
+        meta: ObjectMeta | None,
+        total: int | None = None,
     ) -> ObjectInfo:
         what = f"multipart put {self.url} {key!r}"
         client = await self.client()
         await self._check_condition(key, if_none_match, if_match)
         created = await self._call(
-            what, lambda: client.create_multipart_upload(Bucket=self.bucket, Key=full)
+            what, lambda: client.create_multipart_upload(Bucket=self.bucket, Key=full, **extra)
         )
         upload_id = created["UploadId"]
         try:
@@ -590,14 +757,16 @@ class S3ObjectStore(ObjectStoreBase):
         finally:
             with contextlib.suppress(Exception):
                 await _aclose(parts)
-        return ObjectInfo(key, size, _unquote(resp["ETag"]), None)
+        if total is not None and size != total:  # pragma: no cover - the parts are sized
+            raise UpstreamError(f"{what}: uploaded {size} bytes, expected {total}")
+        return ObjectInfo(key, size, _unquote(resp["ETag"]), None, meta or ObjectMeta())
 
     async def _upload_parts(
         self,
         client: S3Client,
         full: str,
         upload_id: str,
-        parts: AsyncIterator[bytes],
+        parts: AsyncIterator[Any],
         what: str,
     ) -> tuple[builtins.list[Any], int]:
         """Upload every part, ``multipart_concurrency`` at a time; the CompleteMultipart list."""
@@ -605,18 +774,22 @@ class S3ObjectStore(ObjectStoreBase):
         in_flight: set[asyncio.Task[None]] = set()
         size = 0
 
-        async def upload(number: int, data: bytes) -> None:
-            resp = await self._call(
-                f"{what} part {number}",
-                lambda: client.upload_part(
-                    Bucket=self.bucket,
-                    Key=full,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=data,
-                    ContentLength=len(data),
-                ),
-            )
+        async def upload(number: int, data: bytes | _FileSlice) -> None:
+            try:
+                resp = await self._call(
+                    f"{what} part {number}",
+                    lambda: client.upload_part(
+                        Bucket=self.bucket,
+                        Key=full,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=cast(Any, data),
+                        ContentLength=len(data),
+                    ),
+                )
+            finally:
+                if isinstance(data, _FileSlice):
+                    data.close()
             etags[number] = resp["ETag"]
 
         try:
@@ -792,6 +965,42 @@ async def _file_parts(path: pathlib.Path, part_size: int) -> AsyncIterator[bytes
             yield data
     finally:
         f.close()
+
+
+async def _sized_slices(data: bytes, sizes: Sequence[int]) -> AsyncIterator[bytes]:
+    offset = 0
+    for size in sizes:
+        yield data[offset : offset + size]
+        offset += size
+
+
+async def _file_slices(path: pathlib.Path, sizes: Sequence[int]) -> AsyncIterator[_FileSlice]:
+    """Each part as a slice of the file, read while it is sent (never held in memory)."""
+    offset = 0
+    for size in sizes:
+        yield _FileSlice(path, offset, size)
+        offset += size
+
+
+async def _sized_stream_parts(
+    stream: AsyncIterable[bytes], sizes: Sequence[int]
+) -> AsyncIterator[bytes]:
+    """Re-chunk a stream into parts of exactly ``sizes`` (InvalidArgument if they differ)."""
+    want = list(sizes)
+    buffer = bytearray()
+    async for chunk in stream:
+        buffer += chunk
+        while want and len(buffer) >= want[0] and (want[0] > 0 or len(want) > 1):
+            n = want.pop(0)
+            yield bytes(buffer[:n])
+            del buffer[:n]
+        if not want and buffer:
+            break
+    if want == [len(buffer)]:
+        yield bytes(buffer)
+        return
+    got = sum(sizes) - sum(want) + len(buffer)
+    check_total(tuple(sizes), got if (want or buffer) else sum(sizes))
 
 
 async def _stream_parts(

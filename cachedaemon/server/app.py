@@ -10,6 +10,11 @@ JSON error mapping, the request metrics (route label = template; the labelled ch
 resolved once per route and status) and the JSON access log. :func:`start_shard_server` serves
 it on a listening socket.
 
+A request for one metastore domain (a route with ``{domain}``) that arrives on a shard other
+than the domain's owner is **forwarded** whole — method, target, headers, body — to the owner,
+which runs the same handler and sends back status, headers and body (``docs/shards.md``): the
+domain's state never leaves its shard. Only the accepting shard counts and logs the request.
+
 Runs on each shard's own loop; the handler only touches its shard's :class:`ShardContext`.
 """
 
@@ -22,14 +27,15 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from cachedaemon.errors import CacheDaemonError
+from cachedaemon.errors import CacheDaemonError, InvalidArgument
+from cachedaemon.metastore.registry import owner_shard
 from cachedaemon.server import metrics
 from cachedaemon.server.context import Call, ShardContext
 from cachedaemon.server.errors import error_response, internal_error, json_error
-from cachedaemon.server.http import HttpServer, Limits, Request, StreamResponse
-from cachedaemon.server.routes import ROUTES, RouteTable
+from cachedaemon.server.http import HttpServer, Limits, Request, Response, StreamResponse
+from cachedaemon.server.keys import decode_text
+from cachedaemon.server.routes import ROUTES, Route, RouteTable
 
 log = logging.getLogger("cachedaemon.server")
 access_log = logging.getLogger("cachedaemon.access")
@@ -37,32 +43,27 @@ access_log = logging.getLogger("cachedaemon.access")
 UNMATCHED = "unmatched"
 METRIC_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"})
 
-App = Callable[[Request], Awaitable[StreamResponse]]
+App = Callable[..., Awaitable[StreamResponse]]
+#: Forwarded request bodies may be at least this large (kv values are up to 4 MiB).
+FORWARD_MIN_BODY_BYTES = 8 << 20
+#: Headers that describe one connection, not the request: never forwarded.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length",
+                        "expect", "te", "trailer", "upgrade"})
 
 
 def make_handler(ctx: ShardContext, table: RouteTable = ROUTES) -> App:
     token = ctx.settings.server.auth_token
     expected = token.encode("latin-1", "replace") if token else None
     json_log = ctx.settings.server.log_format == "json"
-    # Labelled children cached per label set: ``labels()`` takes a lock and builds a key.
-    counters: dict[tuple[str, str, int], Any] = {}
-    timers: dict[tuple[str, str], Any] = {}
+    record = metrics.REQUEST_STATS.record
     perf = time.perf_counter
 
     def count(method: str, template: str, status: int, elapsed: float) -> None:
         if method not in METRIC_METHODS:
             method = "OTHER"  # clients choose methods: keep the label set bounded
-        c = counters.get((method, template, status))
-        if c is None:
-            c = counters[(method, template, status)] = metrics.HTTP_REQUESTS.labels(
-                method, template, str(status))
-        c.inc()
-        t = timers.get((method, template))
-        if t is None:
-            t = timers[(method, template)] = metrics.HTTP_DURATION.labels(method, template)
-        t.observe(elapsed)
+        record(method, template, status, elapsed)
 
-    async def handle(request: Request) -> StreamResponse:
+    async def handle(request: Request, *, forwarded: bool = False) -> StreamResponse:
         start = perf()
         raw_path = request.path
         method = request.method
@@ -91,7 +92,12 @@ def make_handler(ctx: ShardContext, table: RouteTable = ROUTES) -> App:
             else:
                 ctx.enter()
                 try:
-                    resp = await route.handler(Call(request, params, ctx, template))
+                    owner = None if forwarded or not route.domain_routed else \
+                        _domain_owner(ctx, route, params)
+                    if owner is not None and owner != ctx.shard:
+                        resp = await _forward(ctx, owner, request)
+                    else:
+                        resp = await route.handler(Call(request, params, ctx, template))
                 finally:
                     ctx.leave()
         except CacheDaemonError as exc:
@@ -106,6 +112,8 @@ def make_handler(ctx: ShardContext, table: RouteTable = ROUTES) -> App:
         except Exception as exc:  # a bug: answer 500, keep serving
             resp = internal_error(exc)
         status = resp.status
+        if forwarded:
+            return resp  # counted and logged by the shard that accepted it
         elapsed = perf() - start
         count(method, template, status, elapsed)
         if json_log:
@@ -117,7 +125,46 @@ def make_handler(ctx: ShardContext, table: RouteTable = ROUTES) -> App:
             }))
         return resp
 
+    ctx.app = handle
     return handle
+
+
+def _domain_owner(ctx: ShardContext, route: Route, params: dict[str, str]) -> int | None:
+    """The shard owning the request's domain, or None (not a domain route; one shard; a
+    malformed name, which the handler refuses on this shard)."""
+    if ctx.state.shards == 1 or not route.domain_routed:
+        return None
+    raw = params.get("domain", "")
+    try:
+        return owner_shard(decode_text(raw, "domain name"), ctx.state.shards)
+    except InvalidArgument:
+        return None
+
+
+async def _forward(ctx: ShardContext, owner: int, request: Request) -> StreamResponse:
+    limit = max(ctx.settings.metastore.max_batch_bytes, FORWARD_MIN_BODY_BYTES)
+    body = await request.content.read_all(limit)
+    headers = {k: v for k, v in request.headers.items() if k not in HOP_BY_HOP}
+    metrics.FORWARDED.inc()
+    status, out_headers, out_body = await ctx.forward(
+        owner, request.method, request.raw_path, headers, body, request.remote)
+    return Response(status=status, body=out_body, headers=out_headers)
+
+
+async def serve_forwarded(ctx: ShardContext, method: str, target: str, headers: dict[str, str],
+                          body: bytes, remote: str) -> tuple[int, dict[str, str], bytes]:
+    """Answer a request another shard received for a domain this shard owns."""
+    assert ctx.app is not None
+    resp = await ctx.app(Request.forwarded(method, target, headers, body, remote),
+                         forwarded=True)
+    out = resp.headers
+    if resp.raw:  # header lines a hot path encoded once: they travel as plain headers
+        out = dict(out)
+        for line in resp.raw.decode("latin-1").split("\r\n"):
+            if line:
+                name, _, value = line.partition(": ")
+                out[name] = value
+    return resp.status, out, resp.body
 
 
 def _authorized(request: Request, expected: bytes) -> bool:

@@ -3,7 +3,9 @@
 
 Figures come from shard 0's coordinator (the accounting lives there) plus the process-wide
 hit/miss counters; the trim runs on shard 0, unthrottled, down to the low watermark. Dropping a
-local copy goes through the calling shard's cache service. Served by every shard.
+local copy is a write of the key in shard 0's per-key order (``docs/cache.md``), so nothing that
+began before it puts the copy back. Reserved keys are refused (``400 invalid_key``). Served by
+every shard.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from cachedaemon.server import http as web
 from cachedaemon.server import metrics
 from cachedaemon.server.context import Call
 from cachedaemon.server.keys import decode_key
-from cachedaemon.server.objects import forget_everywhere
 from cachedaemon.server.routes import ROUTES
 
 
@@ -60,5 +61,8 @@ async def trim_cache(call: Call) -> web.StreamResponse:
               tag="cache", responses={204: "dropped (also when not cached)"})
 async def drop_cached(call: Call) -> web.StreamResponse:
     key = decode_key(call.params["key"])
-    await forget_everywhere(call, key)
+    # A write of the key in the per-key order (docs/cache.md): no fill or PUT that began
+    # before the drop puts a copy back afterwards.
+    await call.ctx.cache.local().drop(key)
+    call.ctx.etags.pop(key, None)
     return web.Response(status=204)

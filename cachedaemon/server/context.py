@@ -2,16 +2,16 @@
 
 A :class:`ShardContext` is built on its shard's loop at start-up and used only there: it holds
 that shard's object store (S3 clients are loop-bound), the ``Sharded`` cache service (its
-``local()`` instance is this shard's), the single-flight table for cache fills, and the
-in-flight request count the drain waits on. :class:`ServerState` is process-wide (ready and
-draining flags): shard 0's runtime writes it, every shard reads it; plain attribute reads and
-writes of bools are atomic under the GIL, which is all the synchronisation it needs.
+``local()`` instance is this shard's), the single-flight table for cache fills, the ETags this
+shard learnt for entries without one, and the in-flight request count the drain waits on.
+:class:`ServerState` holds the shard's life-cycle flags (ready, draining), set by shard 0's
+orchestration (by message on the other shards), and its :class:`~cachedaemon.core.smp.Smp`,
+through which it reaches the other shards.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,14 +22,13 @@ from cachedaemon.server.singleflight import SingleFlight
 
 
 class ServerState:
-    """Process-wide life-cycle flags, and how to reach every shard's context."""
+    """One shard's life-cycle flags, and its way to the other shards."""
 
-    def __init__(self, shards: int) -> None:
+    def __init__(self, shards: int, smp: Any = None) -> None:
         self.shards = shards
         self.ready = False  # startup recovery done, serving
         self.draining = False  # SIGTERM received: refuse new work
-        self.smp: Any = None  # the Smp, for cross-shard calls
-        self.contexts: list[ShardContext | None] = [None] * shards
+        self.smp: Any = smp  # this shard's Smp (cachedaemon.core.smp)
 
 
 @dataclass
@@ -43,24 +42,32 @@ class ShardContext:
     flights: SingleFlight[Any] = field(default_factory=SingleFlight)
     inflight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
-    etags: dict[str, str] = field(default_factory=dict)  # entries without an etag xattr
-    fills: dict[str, list[Any]] = field(default_factory=dict)  # cache fills in progress
+    #: ETags of entries without an etag xattr: key -> (inode, size, mtime_ns, etag), trusted
+    #: only for that very file.
+    etags: dict[str, tuple[int, int, int, str]] = field(default_factory=dict)
     extensions: dict[str, Any] = field(default_factory=dict)
+    app: Any = None  # this shard's request handler (server.app.make_handler)
 
-    async def broadcast(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        """Run ``fn(ctx, *args)`` on every shard (each on its own loop), concurrently."""
+    async def forward(self, shard: int, method: str, target: str, headers: dict[str, str],
+                      body: bytes, remote: str) -> tuple[int, dict[str, str], bytes]:
+        """Have ``shard`` answer a request this shard received (``server.app``)."""
         smp = self.state.smp
-        contexts = self.state.contexts
         if smp is None:
-            await fn(self, *args)
-            return
-        calls = [smp.submit_to(shard, fn, c, *args)
-                 for shard, c in enumerate(contexts) if c is not None]
-        await asyncio.gather(*calls)
+            raise Unavailable(f"shard {shard} is not serving")
+        status, out_headers, out_body = await smp.call(
+            shard, "shard", "forward", method, target, headers, body, remote)
+        return int(status), dict(out_headers), bytes(out_body)
+
+    async def broadcast(self, method: str, *args: Any) -> None:
+        """Run the shard service's ``method(*args)`` on every shard, concurrently."""
+        smp = self.state.smp
+        await asyncio.gather(*(smp.call(shard, "shard", method, *args)
+                               for shard in range(self.state.shards)))
 
     def enter(self) -> None:
         self.inflight += 1
-        self.idle.clear()
+        if self.inflight == 1:
+            self.idle.clear()
 
     def leave(self) -> None:
         self.inflight -= 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 
-from cachedaemon.errors import CacheDaemonError, CacheFull, InvalidRange
+from cachedaemon.errors import CacheDaemonError, CacheFull, InvalidRange, OutcomeUnknown
 from cachedaemon.server import http as web
 
 log = logging.getLogger("cachedaemon.server")
@@ -32,8 +32,12 @@ RETRY_AFTER_S = 1
 
 
 def json_error(status: int, code: str, message: str,
-               headers: dict[str, str] | None = None) -> web.Response:
-    body = json.dumps({"error": {"code": code, "message": message}})
+               headers: dict[str, str] | None = None,
+               extra: dict[str, str] | None = None) -> web.Response:
+    error = {"code": code, "message": message}
+    if extra:
+        error.update(extra)
+    body = json.dumps({"error": error})
     return web.Response(status=status, text=body, content_type="application/json",
                         headers=headers)
 
@@ -52,7 +56,9 @@ def error_response(exc: CacheDaemonError) -> web.Response:
         headers["Retry-After"] = str(RETRY_AFTER_S)
     if isinstance(exc, CacheFull):
         code = "cache_full"
-    return json_error(status, code, exc.message, headers)
+    # A write that may have taken effect says so: 5xx alone means "not applied".
+    extra = {"outcome": "unknown"} if isinstance(exc, OutcomeUnknown) else None
+    return json_error(status, code, exc.message, headers, extra)
 
 
 def internal_error(exc: BaseException) -> web.Response:

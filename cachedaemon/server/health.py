@@ -8,13 +8,15 @@ Served by every shard.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from cachedaemon.server import http as web
 from cachedaemon.server import metrics
 from cachedaemon.server.context import Call
+from cachedaemon.server.metrics_merge import merge
 from cachedaemon.server.routes import ROUTES
 
 
@@ -25,7 +27,11 @@ def json_response(payload: object, status: int = 200) -> web.Response:
 @ROUTES.route("GET", "/healthz", "Liveness: 200 while the process serves.", auth=False,
               tag="health", responses={200: "ok"})
 async def healthz(call: Call) -> web.StreamResponse:
-    return json_response({"status": "ok"})
+    return web.Response(body=_HEALTHY, raw=_JSON)
+
+
+_HEALTHY = json.dumps({"status": "ok"}).encode()
+_JSON = b"Content-Type: application/json\r\n"
 
 
 @ROUTES.route("GET", "/readyz", "Readiness: 200 after start-up recovery, 503 before and while "
@@ -51,8 +57,15 @@ async def metrics_route(call: Call) -> web.StreamResponse:
             metrics.set_cache_snapshot(_as_dict(stats))
         except Exception:
             pass
-    body = generate_latest(metrics.registry())
-    resp = web.Response(body=body)
+    state = call.ctx.state
+    texts: list[tuple[int, str]] = [(0, metrics.render_cache())]
+    if state.shards == 1 or state.smp is None:
+        texts.append((0, metrics.render_local()))
+    else:
+        parts = await asyncio.gather(*(state.smp.call(i, "shard", "metrics_text")
+                                       for i in range(state.shards)), return_exceptions=True)
+        texts += [(i, str(p)) for i, p in enumerate(parts) if not isinstance(p, BaseException)]
+    resp = web.Response(body=merge(texts).encode())
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp
 

@@ -3,17 +3,23 @@
 The key is taken from ``request.raw_path`` (never aiohttp's normalised path), so ``a/../b`` is
 refused rather than silently becoming ``b``; ``%2F`` decodes to ``/`` and is the same key as a
 literal slash. A malformed escape or bytes that are not UTF-8 are ``400 invalid_key``, and so is
-anything :func:`validate_key` (the one key validator, shared with the cache) refuses.
+anything :func:`validate_key` (the one key validator, shared with the cache) refuses, and any
+key whose first segment begins with ``.cachedaemon``: those are reserved for the daemon's own
+objects (:mod:`cachedaemon.namespace`), so no object route reads, writes or deletes them or
+their cached copies. The check is made on the decoded key, so ``%2Ecachedaemon/x`` is refused
+too. (The cache itself accepts reserved keys: the metastore keeps its SSTs there.)
 Pure; used on every shard.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 
 from cachedaemon.cache.keys import validate_key as cache_validate_key
 from cachedaemon.errors import InvalidArgument, InvalidKey
 from cachedaemon.metastore.registry import check_domain_name
+from cachedaemon.namespace import RESERVED_PREFIX, is_reserved
 from cachedaemon.server.context import Call
 
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
@@ -33,12 +39,25 @@ def percent_decode(raw: str, *, what: str = "key") -> bytes:
 
 
 def validate_key(key: str) -> str:
-    """The object key rules of shared/API.md (the cache's one validator); InvalidKey if broken."""
-    return cache_validate_key(key)
+    """The object key rules of shared/API.md (the cache's one validator) plus the reserved
+    prefix; InvalidKey if broken."""
+    cache_validate_key(key)
+    check_not_reserved(key, "key")
+    return key
 
 
+def check_not_reserved(text: str, what: str) -> None:
+    """InvalidKey if ``text`` (a key, or a listing prefix) begins with the reserved prefix."""
+    if is_reserved(text):
+        raise InvalidKey(
+            f"{what} {text[:80]!r} is reserved: keys whose first segment begins with "
+            f"{RESERVED_PREFIX!r} hold the daemon's own objects")
+
+
+@functools.lru_cache(maxsize=16384)
 def decode_key(raw: str) -> str:
-    """The object key of a raw (still percent-encoded) path tail."""
+    """The object key of a raw (still percent-encoded) path tail. Memoized (pure; hot keys
+    are decoded and checked once; refused ones raise every time)."""
     data = percent_decode(raw)
     try:
         key = data.decode("utf-8")

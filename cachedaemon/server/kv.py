@@ -90,7 +90,10 @@ async def kv_get(call: Call) -> web.StreamResponse:
     value = await call_domain(metastore_domains(call), name, DomainService.get, key)
     if value is None:
         raise NotFound(f"no key {call.params['key'][:80]!r} in domain {name}")
-    return web.Response(body=value, content_type="application/octet-stream")
+    return web.Response(body=value, raw=_OCTET_STREAM)
+
+
+_OCTET_STREAM = b"Content-Type: application/octet-stream\r\n"  # encoded once
 
 
 @ROUTES.route("DELETE", _KV, "Delete a key (204, also when absent).", tag="kv",

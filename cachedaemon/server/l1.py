@@ -15,6 +15,7 @@ The JSON schemas of bodies and answers are added to ``/openapi.json`` by :func:`
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +25,7 @@ import msgspec
 from cachedaemon.errors import InvalidArgument, NotFound
 from cachedaemon.metastore.l1 import TopicIdPartition
 from cachedaemon.metastore.l1 import types as t
-from cachedaemon.metastore.l1.service import L1Config, l1_call, l1_collect_garbage
+from cachedaemon.metastore.l1.service import L1Config, l1_call, l1_collect_garbage, l1_config
 from cachedaemon.metastore.service import call_domain
 from cachedaemon.server import http as web
 from cachedaemon.server.context import Call, metastore_domains
@@ -55,20 +56,24 @@ def _route(method: str, template: str, summary: str, body: type[Any] | None, ans
 
 
 def _config(call: Call) -> L1Config:
-    m = call.ctx.settings.metastore
-    return L1Config(gc_interval_s=m.gc_interval, deletion_delay_s=m.file_deletion_delay,
-                    preregistration_ttl_s=m.l1_preregistration_ttl)
+    return l1_config(call.ctx.settings)
 
 
 def _tidp(call: Call) -> TopicIdPartition:
-    raw_topic = decode_text(call.params["topic_id"], "topic_id")
+    params = call.params
+    return TopicIdPartition(_topic_id(params["topic_id"]),
+                            _int_text(decode_text(params["partition"], "partition"), "partition",
+                                      0, 2**31 - 1))
+
+
+@functools.lru_cache(maxsize=4096)
+def _topic_id(raw: str) -> uuid.UUID:
+    """The ``{topic_id}`` path parameter (memoized: a client asks about few topics, often)."""
+    raw_topic = decode_text(raw, "topic_id")
     try:
-        topic = uuid.UUID(raw_topic)
+        return uuid.UUID(raw_topic)
     except ValueError as exc:
         raise InvalidArgument(f"topic_id: {raw_topic[:80]!r} is not a UUID") from exc
-    partition = _int_text(decode_text(call.params["partition"], "partition"), "partition",
-                          0, 2**31 - 1)
-    return TopicIdPartition(topic, partition)
 
 
 def _int_text(text: str, name: str, lo: int, hi: int) -> int:
@@ -108,8 +113,12 @@ async def _body(call: Call, kind: type[Any]) -> Any:
         raise InvalidArgument(f"body is not valid JSON: {exc}") from exc
 
 
+_JSON = b"Content-Type: application/json\r\n"  # encoded once
+_encode = msgspec.json.Encoder().encode
+
+
 def _answer(value: Any) -> web.Response:
-    return web.Response(body=msgspec.json.encode(value), content_type="application/json")
+    return web.Response(body=_encode(value), raw=_JSON)
 
 
 async def _op(call: Call, name: str, op: str, *args: Any, **kwargs: Any) -> Any:
@@ -131,8 +140,8 @@ def _epochs(d: dict[TopicIdPartition, int]) -> t.EpochsResponse:
 # --- writes --------------------------------------------------------------------------------------
 
 
-@_route("POST", _BASE + "/objects/add", "Register new objects, their extents and term starts.",
-        t.AddObjectsRequest, t.AddObjectsResponse)
+@_route("POST", _BASE + "/objects/add", "Register preregistered objects, their extents and "
+        "term starts.", t.AddObjectsRequest, t.AddObjectsResponse)
 async def add_objects(call: Call) -> web.StreamResponse:
     name = domain_param(call)
     req: t.AddObjectsRequest = await _body(call, t.AddObjectsRequest)
@@ -162,12 +171,22 @@ async def compact_objects(call: Call) -> web.StreamResponse:
     return _answer(_epochs(await _op(call, name, "compact_objects", req.objects, req.updates)))
 
 
-@_route("POST", _BASE + "/objects/preregister", "Reserve object ids before uploading.",
-        t.PreregisterRequest, t.ObjectIds)
+@_route("POST", _BASE + "/compaction/commit", "Record compaction outcomes without replacing "
+        "extents (optimistic on compaction epochs).", t.CommitCompactionRequest,
+        t.EpochsResponse)
+async def commit_compaction_metadata(call: Call) -> web.StreamResponse:
+    name = domain_param(call)
+    req: t.CommitCompactionRequest = await _body(call, t.CommitCompactionRequest)
+    return _answer(_epochs(await _op(call, name, "commit_compaction_metadata", req.updates)))
+
+
+@_route("POST", _BASE + "/objects/preregister", "Reserve object ids before uploading: `count` "
+        "fresh ones, or the caller's `oids`.", t.PreregisterRequest, t.ObjectIds)
 async def preregister_objects(call: Call) -> web.StreamResponse:
     name = domain_param(call)
     req: t.PreregisterRequest = await _body(call, t.PreregisterRequest)
-    return _answer(t.ObjectIds(oids=await _op(call, name, "preregister_objects", req.count)))
+    oids = await _op(call, name, "preregister_objects", req.count, oids=req.oids)
+    return _answer(t.ObjectIds(oids=oids))
 
 
 @_route("POST", _BASE + "/objects/remove", "Delete the rows of dead objects (not the bucket "
@@ -231,7 +250,8 @@ async def get_size(call: Call) -> web.StreamResponse:
 
 
 @_route("GET", _PART + "/first", "The first extent at or after an offset, or with a max "
-        "timestamp at or after a timestamp.", None, t.ExtentMetadata,
+        "timestamp at or after a timestamp, with its object's footer position and size.", None,
+        t.ExtentLocation,
         params=(Param("offset", "query", "find by offset", {"type": "integer", "minimum": 0}),
                 Param("timestamp", "query", "find by timestamp (ms)", {"type": "integer"}),
                 Param("min_offset", "query", "with timestamp: start here",
@@ -288,6 +308,19 @@ async def get_compaction_info(call: Call) -> web.StreamResponse:
     name, tidp = domain_param(call), _tidp(call)
     bound = _query_int(call, "tombstone_removal_upper_bound", -1, lo=-(2**63))
     return _answer(await _op(call, name, "get_compaction_info", tidp, bound))
+
+
+@_route("POST", _BASE + "/compaction/infos", "Compaction state of many partitions, from one "
+        "snapshot.", t.CompactionInfosRequest, t.CompactionInfos)
+async def get_compaction_infos(call: Call) -> web.StreamResponse:
+    name = domain_param(call)
+    req: t.CompactionInfosRequest = await _body(call, t.CompactionInfosRequest)
+    tidps = [TopicIdPartition(p.topic_id, p.partition) for p in req.partitions]
+    infos = await _op(call, name, "get_compaction_infos", tidps,
+                      req.tombstone_removal_upper_bound)
+    return _answer(t.CompactionInfos(infos=[
+        t.PartitionCompactionInfo(topic_id=k.topic_id, partition=k.partition, info=v)
+        for k, v in infos.items()]))
 
 
 @_route("GET", _PART + "/extents", "Extents overlapping [min_offset, max_offset], forwards or "

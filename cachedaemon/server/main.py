@@ -1,27 +1,30 @@
 """Running the daemon: ``run(settings) -> exit status``, called by ``cachedaemon serve``.
 
-Start-up, bottom up: data directory (created, checked writable), the listening sockets (bound
-before anything slow, so "port in use" fails fast), the shards (:class:`Smp`; shard 0 is the
-main uvloop loop), one object store per shard (S3 clients are loop-bound) and a reachability
-probe of the bucket, one HTTP server per shard on the same port (``SO_REUSEPORT``; until
-recovery ends ``/readyz`` is 503 and ``/v1`` requests 503 ``unavailable``), the cache service
-on every shard (shard 0 coordinates the accounting; start-up recovery: tracker load, walk,
-``.part`` clean-up), the metastore domains. Then ``/readyz`` turns 200, the line
+Shards are processes (``docs/shards.md``). This module is shard 0's side — the main process,
+the one systemd, Docker and signals see — and the worker's entry (:func:`run_worker`).
+
+Start-up (shard 0), bottom up: data directory (created, checked writable), the descriptor
+budget (``server/fdlimit``), the listening sockets of every shard (bound before anything slow,
+so "port in use" fails fast; with ``server.s3_listen`` a second set for the S3 endpoint, and
+each shard's connection budget split between its two listeners), the shard links and the worker processes (they start in
+parallel and wait for shard 0's services by message), shard 0's own store and a reachability
+probe of the bucket, its HTTP server (``/readyz`` 503 and ``/v1`` 503 ``unavailable`` until
+ready), the bucket identity check, its cache (the coordinator: start-up recovery) and
+domains. When every worker has reported ready, every shard is told it is ready, the line
 ``cachedaemon listening on http://HOST:PORT`` is printed on stdout and systemd is told
 ``READY=1``.
 
-Shut-down on SIGTERM/SIGINT, top down: ``STOPPING=1``; ``/readyz`` 503 and new ``/v1`` requests
-503 ``unavailable``; in-flight requests get up to ``server.shutdown_timeout`` to finish, then
-the HTTP servers close (still-running handlers are cancelled, and their cleanup discards partial
-work); then the cache services stop (the tracker is saved), the stores close, the shards stop.
-Exit 0. A start-up failure prints one ``cachedaemon: cannot start: ...`` line naming the cause
-and exits 1 (invalid configuration never gets here: the CLI exits 2 first).
+Shut-down on SIGTERM/SIGINT, top down: ``STOPPING=1``; every shard drains (``/readyz`` 503, new
+``/v1`` requests 503 ``unavailable``, in-flight requests get up to ``server.shutdown_timeout``);
+the workers are told to stop and exit (a worker still running a moment later is killed), then
+shard 0 stops its services (the cache index is written out). Exit 0. A worker that dies is
+restarted (``server/supervisor``); a death loop, or a failed start, exits 1 with one
+``cachedaemon: cannot start: ...`` line (invalid configuration never gets here: the CLI exits
+2 first).
 
-SIGHUP (systemd's ``ExecReload=``) reloads: the settings are read again and the cache's limits
-and the log level applied on every shard (:meth:`Daemon.reload`); anything else waits for a
-restart, and a bad file changes nothing (logged).
-
-Runs on the main thread; the signal handlers are installed on shard 0's loop.
+SIGHUP (systemd's ``ExecReload=``) reloads: shard 0 reads the settings again and applies the
+cache's and the log level on itself, then tells every worker by message (:meth:`Daemon.reload`,
+:meth:`Shard.reload`); anything else waits for a restart, and a bad file changes nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -40,26 +44,22 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cachedaemon.config import Settings, merge_reloadable, reload_settings
+from cachedaemon.config import (
+    Settings,
+    merge_reloadable,
+    reload_settings,
+    settings_from_dict,
+    settings_to_dict,
+)
+from cachedaemon.core.channel import ShardLinks
 from cachedaemon.core.failpoints import failpoint
-from cachedaemon.core.sharded import Sharded
-from cachedaemon.core.smp import Smp
+from cachedaemon.core.smp import Smp, new_link_dir
 from cachedaemon.errors import CacheDaemonError, ConfigError
 from cachedaemon.server import sdnotify
-from cachedaemon.server.app import start_shard_server
-from cachedaemon.server.context import ServerState, ShardContext
-from cachedaemon.server.fdlimit import BudgetError, per_shard, plan
-from cachedaemon.server.http import HttpServer
-from cachedaemon.server.services import (
-    check_bucket_identity,
-    open_shard_store,
-    probe_store,
-    reload_cache,
-    start_cache,
-    start_domains,
-    stop_cache,
-    stop_domains,
-)
+from cachedaemon.server.fdlimit import Budget, BudgetError, per_shard, plan
+from cachedaemon.server.services import check_bucket_identity, probe_store
+from cachedaemon.server.shard import Shard
+from cachedaemon.server.supervisor import Supervisor, WorkerSpec
 
 log = logging.getLogger("cachedaemon.server")
 
@@ -67,6 +67,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 PROBE_TIMEOUT_S = 15.0
+#: How long shard 0 waits for the workers to start (a cold Python import is most of it).
+WORKER_START_TIMEOUT_S = 60.0
 
 
 class StartupError(Exception):
@@ -75,7 +77,7 @@ class StartupError(Exception):
 
 def run(settings: Settings) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the process exit status."""
-    configure_logging(settings)
+    configure_logging(settings, shard=0)
     # Register every handler module's routes before any shard serves.
     import cachedaemon.server.handlers  # noqa: F401
 
@@ -88,23 +90,28 @@ def run(settings: Settings) -> int:
 
 
 class _JsonFormatter(logging.Formatter):
+    def __init__(self, shard: int) -> None:
+        super().__init__()
+        self.shard = shard
+
     def format(self, record: logging.LogRecord) -> str:
         if record.name == "cachedaemon.access":
             return record.getMessage()
-        out = {"ts": record.created, "level": record.levelname.lower(), "logger": record.name,
-               "msg": record.getMessage()}
+        out = {"ts": record.created, "level": record.levelname.lower(), "shard": self.shard,
+               "logger": record.name, "msg": record.getMessage()}
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)
 
 
-def configure_logging(settings: Settings) -> None:
+def configure_logging(settings: Settings, shard: int = 0) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if settings.server.log_format == "json":
-        handler.setFormatter(_JsonFormatter())
+        handler.setFormatter(_JsonFormatter(shard))
     else:
+        tag = f" shard {shard}" if settings.server.shards > 1 else ""
         handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            f"%(asctime)s %(levelname)s{tag} %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.server.log_level.upper())
@@ -171,46 +178,24 @@ def check_data_dir(path: Path) -> None:
             f"data directory {path} is not usable: {exc.strerror or exc}") from exc
 
 
-class _ShardServer:
-    """One shard's HTTP server and context (lives on that shard)."""
-
-    def __init__(self, ctx: ShardContext, server: HttpServer) -> None:
-        self.ctx = ctx
-        self.server = server
-
-    async def drain(self, deadline: float) -> int:
-        """Stop accepting, close idle connections, and wait until no request runs (or the
-        deadline); return how many still run."""
-        self.server.begin_shutdown()
-        remaining = deadline - time.monotonic()
-        if self.ctx.inflight and remaining > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.ctx.idle.wait(), remaining)
-        return self.ctx.inflight
-
-    def reload(self, settings: Settings, max_object_bytes: int) -> None:
-        self.ctx.settings = settings
-        self.ctx.max_object_bytes = max_object_bytes
-
-    async def stop(self) -> None:
-        """Drop what is left: running handlers are cancelled and clean up after themselves."""
-        self.server.abort_all()
-        if self.ctx.inflight:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.ctx.idle.wait(), 5.0)
-
-
 class Daemon:
+    """Shard 0: the daemon's main process (see the module doc)."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.state = ServerState(settings.server.shards)
-        self.smp: Smp | None = None
-        self.stores: Sharded[Any] | None = None
-        self.cache: Sharded[Any] | None = None
-        self.domains: Sharded[Any] | None = None
-        self.servers: Sharded[_ShardServer] | None = None
+        self.count = settings.server.shards
         self.sockets: list[socket.socket] = []
+        self.s3_sockets: list[socket.socket] = []
+        self.s3_url = ""
+        self.smp: Smp | None = None
+        self.links_dir: str | None = None
+        self.secret = b""
+        self.supervisor: Supervisor | None = None
+        self.shard: Shard | None = None
+        self.budget: Budget | None = None
+        self.ready = False
         self.stop_requested = asyncio.Event()
+        self.fatal: str | None = None
         self._reloads: set[asyncio.Task[None]] = set()
 
     async def main(self) -> int:
@@ -224,28 +209,33 @@ class Daemon:
             print(f"cachedaemon: {exc}", file=sys.stderr, flush=True)
             await self.stop()
             return EXIT_USAGE
-        except (StartupError, CacheDaemonError, OSError) as exc:
-            print(f"cachedaemon: cannot start: {exc}", file=sys.stderr, flush=True)
+        except (StartupError, CacheDaemonError, OSError, TimeoutError) as exc:
+            print(f"cachedaemon: cannot start: {exc or 'timed out'}", file=sys.stderr,
+                  flush=True)
             await self.stop()
             return EXIT_FAILED
         if not self.stop_requested.is_set():  # a signal during start-up: just stop
             print(f"cachedaemon listening on {url}", flush=True)
-            log.info("ready: %s, %d shard(s), bucket %s, cache %s", url, self.state.shards,
+            if self.s3_url:
+                print(f"cachedaemon S3 endpoint on {self.s3_url}", flush=True)
+            log.info("ready: %s, %d shard(s), bucket %s, cache %s", url, self.count,
                      self.settings.remote.url, self.settings.cache_dir)
             sdnotify.notify("READY=1")
         await self.stop_requested.wait()
-        log.info("stopping: draining in-flight requests (up to %.1fs)",
-                 self.settings.server.shutdown_timeout)
+        if self.fatal is None:
+            log.info("stopping: draining in-flight requests (up to %.1fs)",
+                     self.settings.server.shutdown_timeout)
         sdnotify.notify("STOPPING=1")
         await self.stop()
         log.info("stopped")
-        return EXIT_OK
+        return EXIT_FAILED if self.fatal is not None else EXIT_OK
 
     def _on_signal(self, sig: int) -> None:
         if self.stop_requested.is_set():
             log.warning("second %s: already stopping", signal.Signals(sig).name)
             return
-        self.state.draining = True
+        if self.shard is not None:
+            self.shard.state.draining = True
         self.stop_requested.set()
 
     def _on_reload(self) -> None:
@@ -254,130 +244,180 @@ class Daemon:
         task.add_done_callback(self._reloads.discard)
 
     async def reload(self) -> None:
-        """SIGHUP (systemd ``ExecReload=``): read the settings again (the config file, the
-        environment, the same flags) and apply the cache's and the log level on every shard;
-        a bad file changes nothing."""
+        """SIGHUP: read the settings again (the config file, the environment, the same flags);
+        shard 0 applies the cache's and the log level, then every worker does (by message,
+        plain data). A bad file changes nothing."""
         try:
             reread = reload_settings(self.settings)
         except ConfigError as exc:
             log.error("reload refused, the running settings stay: %s", exc)
             return
         merged, applied, later = merge_reloadable(self.settings, reread)
-        logging.getLogger().setLevel(merged.server.log_level.upper())
-        if self.cache is not None and self.servers is not None:
-            await reload_cache(self.cache, merged)
-            limit: int = await self.cache.invoke_on(0, _max_object_bytes, merged)
-            await self.servers.invoke_on_all(_ShardServer.reload, merged, limit)
-        self.settings = merged
+        self.settings = merged  # restarted workers get these too
+        if self.shard is not None and self.smp is not None:
+            await self.shard.reload(settings_to_dict(merged))  # shard 0 first: the limits
+            for i in range(1, self.count):
+                with contextlib.suppress(CacheDaemonError):
+                    await self.smp.call(i, "shard", "reload", settings_to_dict(merged),
+                                        deadline=time.monotonic() + 10.0)
         log.info("reload: applied %s%s", ", ".join(applied) or "nothing (no change)",
                  f"; a restart applies {', '.join(later)}" if later else "")
+
+    def _on_fatal(self, reason: str) -> None:
+        self.fatal = reason
+        print(f"cachedaemon: {reason}", file=sys.stderr, flush=True)
+        self.stop_requested.set()
+
+    def _on_worker_death(self, shard: int) -> None:
+        if self.shard is not None and self.shard.cache is not None:
+            self.shard.cache.local().release_shard(shard)
 
     async def start(self) -> str:
         s = self.settings
         check_data_dir(s.storage.data_dir)
         try:
-            budget = plan(s)
+            self.budget = budget = plan(s, shards_per_process=1)
         except BudgetError as exc:
             raise StartupError(str(exc)) from exc
-        max_connections = per_shard(budget.connections, s.server.shards)
-        self.sockets = bind_sockets(s.server.host, s.server.port, s.server.shards)
+        max_connections = per_shard(budget.connections, self.count)
+        self.sockets = bind_sockets(s.server.host, s.server.port, self.count)
         port = self.sockets[0].getsockname()[1]
         host = s.server.host
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        if s.server.s3_listen is not None:
+            self.s3_sockets = bind_sockets(s.server.s3_host, s.server.s3_port, self.count)
+            max_connections = max(1, max_connections // 2)
+            s3_host, s3_port = s.server.s3_host, self.s3_sockets[0].getsockname()[1]
+            self.s3_url = f"http://{'[' + s3_host + ']' if ':' in s3_host else s3_host}:{s3_port}"
 
-        self.smp = Smp(s.server.shards)
-        await self.smp.start()
-        self.stores = Sharded(self.smp, "object-store")
-        await self.stores.start(lambda shard: open_shard_store(s, shard))
+        if self.count > 1:
+            self.links_dir, self.secret = new_link_dir()
+            links = ShardLinks(0, self.links_dir, self.secret)
+            await links.listen()
+            self.smp = Smp(0, self.count, links)
+            self.supervisor = Supervisor(
+                self.count, self._worker_spec, self._worker_sockets,
+                on_death=self._on_worker_death, on_fatal=self._on_fatal,
+                state=lambda: (self.ready and not self.stop_requested.is_set(),
+                               self.stop_requested.is_set()))
+            self.smp.register("shards", self.supervisor)
+            await self.supervisor.start()  # they load and link while shard 0 starts
+        else:
+            self.smp = Smp.single()
+        self.shard = shard = Shard(s, self.smp, self.sockets[0], max_connections, budget,
+                                   self.s3_sockets[0] if self.s3_sockets else None)
+        await shard.open()
         try:
-            probe: Any = probe_store
-            await asyncio.wait_for(self.stores.invoke_on(0, probe), PROBE_TIMEOUT_S)
+            await asyncio.wait_for(probe_store(shard.store), PROBE_TIMEOUT_S)
         except (TimeoutError, CacheDaemonError, OSError) as exc:
             raise StartupError(f"cannot reach the bucket {s.remote.url}: {exc or 'timed out'}") \
                 from exc
-
-        # The HTTP servers come up first: /healthz answers and /readyz says 503 while the
-        # cache and the metastore recover; /v1 requests get 503 unavailable until then.
-        self.state.smp = self.smp
-        self.servers = Sharded(self.smp, "http")
-        sockets = self.sockets
-        stores = self.stores
-        state = self.state
-
-        async def make(shard: int) -> _ShardServer:
-            ctx = ShardContext(shard=shard, settings=s, state=state,
-                               store=stores.instance(shard), cache=None, max_object_bytes=0)
-            ctx.idle.set()
-            state.contexts[shard] = ctx
-            server = await start_shard_server(ctx, sockets[shard], max_connections)
-            return _ShardServer(ctx, server)
-
-        await self.servers.start(make)
         await failpoint("server.start.before_recovery")
+        await check_bucket_identity(shard.store, s)
+        if self.s3_sockets:
+            from cachedaemon.server.s3.app import prepare_uploads
 
-        # A cache left by another bucket (or by this one before it was created again) is
-        # dropped, not served.
-        await check_bucket_identity(self.stores, s)
-        self.cache = await start_cache(self.smp, s)
-        # Metastore domains start after the cache (their SSTs go through it), stop before it.
-        self.domains = await start_domains(self.smp, self.stores, self.cache, s,
-                                           max_open_domains=budget.max_open_domains,
-                                           max_open_files=budget.max_open_files)
-        limit_fn: Any = _max_object_bytes
-        max_object_bytes: int = await self.cache.invoke_on(0, limit_fn, s)
-        cache = self.cache
-        domains = self.domains
-
-        def attach(srv: _ShardServer) -> None:
-            srv.ctx.cache = cache
-            srv.ctx.max_object_bytes = max_object_bytes
-            srv.ctx.extensions["metastore"] = domains
-
-        await self.servers.invoke_on_all(attach)
-        self.state.ready = True
+            await prepare_uploads(s.storage.data_dir)  # no shard serves S3 before ready
+        await shard.start_services()
+        if self.supervisor is not None:
+            await self.supervisor.wait_ready(WORKER_START_TIMEOUT_S)
+        self.ready = True
+        await self._tell_all("set_state", True, False)
         return url
 
+    def _worker_sockets(self, shard: int) -> dict[str, socket.socket]:
+        socks = {"http": self.sockets[shard]}
+        if self.s3_sockets:
+            socks["s3"] = self.s3_sockets[shard]
+        return socks
+
+    def _worker_spec(self, shard: int) -> WorkerSpec:
+        assert self.links_dir is not None and self.budget is not None
+        settings = settings_to_dict(self.settings)
+        settings["_budget"] = [self.budget.limit, self.budget.connections,
+                               self.budget.max_open_domains, self.budget.max_open_files,
+                               self.budget.own_files]
+        return WorkerSpec(shard, self.count, self.links_dir, self.secret.hex(), settings)
+
+    async def _tell_all(self, method: str, *args: Any, deadline: float | None = None
+                        ) -> list[Any]:
+        """The ``shard`` service's ``method`` on every shard, each bounded by ``deadline``
+        (default: 10 s from now); a shard that is down or starting is skipped."""
+        assert self.smp is not None
+        if deadline is None:
+            deadline = time.monotonic() + 10.0
+        results = await asyncio.gather(
+            *(self.smp.call(i, "shard", method, *args, deadline=deadline)
+              for i in range(self.count)),
+            return_exceptions=True)
+        for i, r in enumerate(results):
+            if isinstance(r, BaseException) and i and not isinstance(r, CacheDaemonError):
+                log.warning("shard %d: %s failed: %r", i, method, r)
+        return [0 if isinstance(r, BaseException) else r for r in results]
+
     async def stop(self) -> None:
-        self.state.draining = True
-        self.state.ready = False
-        if self.servers is not None:
-            deadline = time.monotonic() + self.settings.server.shutdown_timeout
-            left = await self.servers.invoke_on_all(lambda srv: srv.drain(deadline))
+        s = self.settings
+        if self.shard is not None and self.smp is not None:
+            deadline = time.monotonic() + s.server.shutdown_timeout
+            left = await self._tell_all("drain", deadline, deadline=deadline + 1.0)
             if sum(left):
                 log.warning("%d request(s) still running after %.1fs: aborting them",
-                            sum(left), self.settings.server.shutdown_timeout)
-            await self.servers.stop()
-            self.servers = None
-        for sock in self.sockets:
+                            sum(left), s.server.shutdown_timeout)
+        if self.supervisor is not None and self.smp is not None:
+            self.supervisor.stopping_soon()
+            for i in range(1, self.count):
+                with contextlib.suppress(CacheDaemonError):
+                    self.smp.post(i, "shard", "stop")
+            await self.supervisor.stop(timeout=10.0)
+        if self.shard is not None:
+            await self.shard.close()
+            self.shard = None
+        for sock in (*self.sockets, *self.s3_sockets):
             with contextlib.suppress(OSError):
                 sock.close()
-        if self.domains is not None:
-            try:
-                await stop_domains(self.domains)
-            except Exception as exc:
-                log.error("stopping the metastore domains failed: %s", exc, exc_info=exc)
-            self.domains = None
-        if self.cache is not None:
-            try:
-                await stop_cache(self.cache)
-            except Exception as exc:
-                log.error("stopping the cache failed: %s", exc, exc_info=exc)
-            self.cache = None
-        if self.stores is not None:
-            try:
-                await self.stores.invoke_on_all(lambda store: store.close())
-            except Exception as exc:
-                log.error("closing the object stores failed: %s", exc)
-            self.stores = None
         if self.smp is not None:
             await self.smp.stop()
             self.smp = None
+        if self.links_dir is not None:
+            shutil.rmtree(self.links_dir, ignore_errors=True)
+            self.links_dir = None
 
 
-async def _max_object_bytes(svc: Any, settings: Settings) -> int:
-    limit = settings.cache.max_object_bytes
-    cache_max = int((await svc.stats()).max_bytes)
-    return cache_max if limit is None else min(limit, cache_max)
+async def run_worker(spec: dict[str, Any]) -> int:
+    """A worker shard's life: link to shard 0, start the shard's services, report ready, serve
+    until shard 0 says stop (or goes away: then the process exits at once)."""
+    from cachedaemon.server.worker import link_to_shard0
+
+    raw = dict(spec["settings"])
+    limit, connections, domains, files, own = raw.pop("_budget")
+    settings = settings_from_dict(raw)
+    shard_id, count = spec["shard"], spec["count"]
+    configure_logging(settings, shard=shard_id)
+    import cachedaemon.server.handlers  # noqa: F401
+
+    sock = socket.socket(fileno=spec["fds"]["http"])
+    sock.setblocking(False)
+    s3_sock = None
+    if "s3" in spec["fds"]:
+        s3_sock = socket.socket(fileno=spec["fds"]["s3"])
+        s3_sock.setblocking(False)
+    links = await link_to_shard0(spec)
+    smp = Smp(shard_id, count, links)
+    budget = Budget(limit, connections, domains, files, own)
+    max_connections = per_shard(connections, count)
+    if s3_sock is not None:
+        max_connections = max(1, max_connections // 2)  # as shard 0 splits it
+    shard = Shard(settings, smp, sock, max_connections, budget, s3_sock)
+    try:
+        await shard.open()
+        await shard.start_services()
+        state = await smp.call(0, "shards", "ready", shard_id)
+        shard.set_state(bool(state[0]), bool(state[1]))
+        await shard.stopped.wait()
+    finally:
+        await shard.close()
+        await smp.stop()
+    return 0
 
 
 def main() -> int:  # pragma: no cover - manual use

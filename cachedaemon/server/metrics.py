@@ -1,29 +1,80 @@
-"""Prometheus metrics of the daemon (prometheus_client's process-global default registry).
+"""Prometheus metrics of the daemon: one registry per shard process, added up at scrape time.
 
-Counters and histograms are incremented on whichever shard's thread handles the request;
-prometheus_client's metrics are thread-safe, so the exposition covers the whole process. The
-cache gauges (bytes, objects, reserved, limits) and the hit/miss/trim counters come from a snapshot of shard 0's cache stats
-taken by the ``/metrics`` handler just before rendering (:func:`set_cache_snapshot`), read by
-a custom collector. Route labels are route templates, never keys.
+Counters and histograms live in prometheus_client's default registry of each shard process
+(:func:`render_local`). ``/metrics`` on any shard asks every shard for its text and adds them up
+(:mod:`cachedaemon.server.metrics_merge`), so a scrape covers the whole daemon. The cache gauges
+(bytes, objects, reserved, limits) and the hit/miss/trim counters are the daemon's, not a
+shard's: they come from a snapshot of shard 0's cache stats taken by the scraping shard just
+before rendering (:func:`set_cache_snapshot`), kept in a registry of their own
+(:func:`render_cache`) so they are counted once. Route labels are route templates, never keys.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
-HTTP_REQUESTS = Counter("cachedaemon_http_requests", "HTTP requests served.",
-                        ["method", "route", "status"])
-HTTP_DURATION = Histogram("cachedaemon_http_request_duration_seconds",
-                          "HTTP request latency (until the handler returned).",
-                          ["method", "route"], buckets=_BUCKETS)
+
+
+class RequestStats(Collector):
+    """``cachedaemon_http_requests_total{method,route,status}`` and
+    ``cachedaemon_http_request_duration_seconds{method,route}``, kept as plain numbers.
+
+    Recording one request is a dict lookup, a bisect and three additions: every request pays
+    it, and a shard process has one loop, so prometheus_client's per-sample locks and label
+    lookups (a few µs a request) buy nothing here. Rendered like any collector at scrape time.
+    """
+
+    def __init__(self, buckets: tuple[float, ...] = _BUCKETS) -> None:
+        self.bounds = buckets
+        self.counts: dict[tuple[str, str, int], int] = {}
+        # (method, route) -> [count per bucket (+Inf last), sum of seconds]
+        self.durations: dict[tuple[str, str], list[float]] = {}
+
+    def record(self, method: str, route: str, status: int, elapsed: float) -> None:
+        key = (method, route, status)
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
+        hist = self.durations.get((method, route))
+        if hist is None:
+            hist = self.durations[(method, route)] = [0.0] * (len(self.bounds) + 2)
+        hist[bisect.bisect_left(self.bounds, elapsed)] += 1
+        hist[-1] += elapsed
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("cachedaemon_http_requests", "HTTP requests served.",
+                                       labels=["method", "route", "status"])
+        for (method, route, status), total in sorted(self.counts.items()):
+            requests.add_metric([method, route, str(status)], total)
+        yield requests
+        durations = HistogramMetricFamily(
+            "cachedaemon_http_request_duration_seconds",
+            "HTTP request latency (until the handler returned).", labels=["method", "route"])
+        for (method, route), hist in sorted(self.durations.items()):
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*self.bounds, math.inf), hist[:-1], strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), cumulative))
+            durations.add_metric([method, route], buckets, hist[-1])
+        yield durations
+
+
+REQUEST_STATS = RequestStats()
+REGISTRY.register(REQUEST_STATS)
 TRIM_DURATION = Histogram("cachedaemon_cache_trim_duration_seconds",
                           "Duration of requested trims.", buckets=_BUCKETS)
 UPLOAD_BYTES = Counter("cachedaemon_upload_bytes", "Bytes uploaded to the bucket by PUTs.")
@@ -37,6 +88,9 @@ RESERVATION_WAIT = Histogram("cachedaemon_cache_reservation_wait_seconds",
 RESERVATION_DEADLINE_FAILURES = Counter(
     "cachedaemon_cache_reservation_deadline_failures",
     "PUTs refused with 503 cache_full because space did not free up before the deadline.")
+FORWARDED = Counter("cachedaemon_http_forwarded_requests",
+                    "Domain requests handed to the domain's owner shard by the shard that "
+                    "accepted them.")
 STREAM_THROUGH = Counter("cachedaemon_cache_stream_through",
                          "Miss GETs streamed without caching (object could not fit).")
 
@@ -90,7 +144,8 @@ class _CacheCollector(Collector):
 
 
 CACHE_COLLECTOR = _CacheCollector()
-REGISTRY.register(CACHE_COLLECTOR)
+CACHE_REGISTRY = CollectorRegistry(auto_describe=True)
+CACHE_REGISTRY.register(CACHE_COLLECTOR)
 
 
 def set_cache_snapshot(snapshot: dict[str, Any]) -> None:
@@ -99,3 +154,13 @@ def set_cache_snapshot(snapshot: dict[str, Any]) -> None:
 
 def registry() -> CollectorRegistry:
     return REGISTRY
+
+
+def render_local() -> str:
+    """This shard process's own metrics."""
+    return generate_latest(REGISTRY).decode()
+
+
+def render_cache() -> str:
+    """The cache's figures from the latest snapshot (the scraping shard's)."""
+    return generate_latest(CACHE_REGISTRY).decode()

@@ -1,76 +1,66 @@
 """Object routes: ``PUT/GET/HEAD/DELETE /v1/objects/{key}`` and the listing ``GET /v1/objects``.
 
-PUT streams the body into a cache :class:`StagingFile` (its reservation grows as bytes arrive,
-bounded by the request's deadline), uploads it to the bucket (from memory up to 8 MiB, else
-from the staged file: the store goes multipart when large; the staged file is synced to disk
-meanwhile), then commits the staged file as the cache entry, replacing any older
-copy. ``201`` only after the bucket holds the object. Any failure (body too large, client gone,
-upload error, reservation deadline, shut-down cancelling the handler) closes the staging file:
-no entry, no ``.part``, no reservation, no object (the store aborts a failed multipart upload).
+Keys whose first segment begins with ``.cachedaemon`` are the daemon's own
+(:mod:`cachedaemon.namespace`): every route refuses them (``400 invalid_key``,
+:func:`~cachedaemon.server.keys.decode_key`), a listing prefix that begins with it is refused
+too, and listings skip the daemon's objects whatever the page.
 
-GET serves a hit straight from the cached file (small files read inline, larger ones in big
-reads off the loop); a miss downloads the object once per shard (single flight), streaming it
-to the client while it fills the cache, or streams it through uncached when it cannot fit.
-Ranges are served from the cache when the object is cached; a ranged miss is answered from
-the bucket's range (and does not fill the cache). The ETag of a cached entry is kept in an
-extended attribute of its file (``user.cachedaemon.etag``, set before the commit's link, so
-it is atomic with the entry); if it is missing the bucket is asked once.
+The operations themselves are the object path, :mod:`cachedaemon.server.objectops`, which the
+S3 endpoint runs too; these routes parse ``/v1``'s requests and format its answers.
+
+Per key, reads follow writes (``docs/cache.md``): every PUT and DELETE registers with shard 0's
+key table before it touches the bucket and finishes there after; a cache-filling GET registers
+before its download and publishes its staged copy through the table, which keeps it only if no
+write of the key overlapped it. A hit never leaves its shard.
+
+PUT streams the body into a cache :class:`StagingFile` (its reservation grows as bytes arrive,
+bounded by the request's deadline), registers the write, uploads (from memory up to 8 MiB, else
+from the staged file: the store goes multipart when large; the staged file is synced to disk
+meanwhile), then publishes the staged file: shard 0 renames it over the entry if no other write
+of the key overlapped this one, else removes the key's copy. ``201`` only after the bucket holds
+the object and the finish is done. Any failure (body too large, client gone, upload error,
+reservation deadline, shut-down cancelling the handler) closes the staging file: no entry, no
+``.part``, no reservation, no object (the store aborts a failed multipart upload); a write whose
+upload may have landed removes the key's copy.
+
+GET serves a hit from one open descriptor of the cached file (its size from ``fstat``, its ETag
+from the file's extended attribute ``user.cachedaemon.etag``, set before the publish; the bytes
+inline when small, else by ``sendfile``), so a concurrent replace never mixes two versions. A
+miss registers a fill, downloads the object once per shard (single flight), streams it to the
+client while staging it, and publishes it before the last chunk leaves; when a write of the key
+is in flight, or the object cannot fit, it streams through uncached. A ranged miss is answered
+from the bucket's range (and does not fill the cache).
 
 HEAD answers from the cache or the bucket without filling the cache or counting hit/miss.
-DELETE removes from the bucket, then drops the cached copy.
+DELETE registers, deletes from the bucket, then removes the cached copy as it finishes.
 
-Runs on every shard; uses only that shard's store and cache service.
+Runs on every shard; uses only that shard's store and cache service (and shard 0's key table,
+through the cache service, with plain data).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
 import time
 from typing import Any
 
-from cachedaemon.core.failpoints import failpoint
-from cachedaemon.errors import (
-    CacheDaemonError,
-    CacheFull,
-    InvalidArgument,
-    NotFound,
-    RequestTimeout,
-    TooLarge,
-    Unavailable,
-)
+from cachedaemon.errors import InvalidArgument, PreconditionFailed, TooLarge
+from cachedaemon.namespace import RESERVED_PREFIX, is_reserved
+from cachedaemon.remote.base import ListPage, ObjectInfo
 from cachedaemon.server import http as web
-from cachedaemon.server import metrics
-from cachedaemon.server.context import Call, ShardContext
-from cachedaemon.server.keys import decode_key, decode_text
-from cachedaemon.server.ranges import parse_range
+from cachedaemon.server import objectops
+from cachedaemon.server.conditionals import ANY, parse_etag_list, strong_match, weak_match
+from cachedaemon.server.context import Call
+from cachedaemon.server.keys import check_not_reserved, decode_key, decode_text
+from cachedaemon.server.objectops import ETAG_XATTR, quote_etag
 from cachedaemon.server.routes import ROUTES, Param
 
-ETAG_XATTR = "user.cachedaemon.etag"
-READ_INLINE_BYTES = 64 * 1024
-READ_CHUNK_BYTES = 4 * 1024 * 1024
-UPLOAD_FROM_MEMORY_BYTES = 8 * 1024 * 1024
+__all__ = ["ETAG_XATTR", "quote_etag", "visible_page"]
+
 LIST_DEFAULT = 1000
-FILL_APPEND_WAIT_S = 5.0
-FILL_RESERVE_WAIT_S = 0.05
 LIST_MAX = 10000
 
 _KEY = "/v1/objects/{key+}"
-
-
-def quote_etag(etag: str) -> str:
-    return etag if etag.startswith('"') or etag.startswith('W/"') else f'"{etag}"'
-
-
-def unquote_etag(value: str) -> str:
-    value = value.strip()
-    if value.startswith("W/"):
-        value = value[2:]
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        value = value[1:-1]
-    return value
 
 
 def _json(payload: object, status: int = 200, headers: dict[str, str] | None = None
@@ -96,11 +86,42 @@ def _deadline(call: Call) -> float:
 # --- PUT ------------------------------------------------------------------------------------
 
 
+async def _put_preconditions(call: Call, key: str) -> tuple[bool, str | None]:
+    """RFC 9110 preconditions of a PUT, checked before the body is read, as what the store's
+    conditional put enforces atomically: ``(if_none_match, if_match)`` (``if_match`` the ETag
+    that must still be current when the upload lands). ``If-None-Match: *`` creates only; an
+    ``If-Match`` list (or ``*``) replaces only a matching current version; an
+    ``If-None-Match`` list refuses a matching one."""
+    headers = call.request.headers
+    im = parse_etag_list(headers.get("If-Match"))
+    inm = parse_etag_list(headers.get("If-None-Match"))
+    if im is None and inm is None:
+        return False, None
+    if im is not None and inm is not None:
+        raise InvalidArgument("If-Match and If-None-Match cannot be combined on PUT")
+    if inm == ANY:
+        return True, None
+    current = await call.ctx.store.head(key)
+    etag = None if current is None else current.etag
+    if im is not None:
+        if not strong_match(im, etag):
+            raise PreconditionFailed(
+                "If-Match: the object does not exist" if etag is None else
+                f'If-Match: the object\'s ETag is "{etag}"')
+        return False, etag
+    assert inm is not None
+    if weak_match(inm, etag):
+        raise PreconditionFailed(f'If-None-Match: the object\'s ETag is "{etag}"')
+    return etag is None, etag
+
+
 @ROUTES.route(
     "PUT", _KEY, "Store an object: staged into the cache, uploaded, committed.", tag="objects",
     params=(
-        Param("If-None-Match", "header", "`*`: create only (412 if the object exists)."),
-        Param("If-Match", "header", "Replace only this version (412 if it differs or is missing)."),
+        Param("If-None-Match", "header", "`*`: create only (412 if the object exists); a list "
+              "of ETags: 412 if the current version is one of them."),
+        Param("If-Match", "header", "ETags (a list, compared strongly) or `*`: replace only a "
+              "matching current version (412 if none matches or the object is missing)."),
         Param("X-Deadline-Ms", "header", "How long to wait for cache space (default from config).",
               {"type": "integer", "minimum": 0}),
     ),
@@ -115,110 +136,24 @@ async def put_object(call: Call) -> web.StreamResponse:
     clen = request.content_length
     if clen is not None and clen > limit:
         raise TooLarge(f"object of {clen} bytes is over the limit of {limit} bytes")
-    if_none_match = False
-    inm = request.headers.get("If-None-Match")
-    if inm is not None:
-        if inm.strip() != "*":
-            raise InvalidArgument("on PUT, If-None-Match supports only '*'")
-        if_none_match = True
-    if_match: str | None = None
-    im = request.headers.get("If-Match")
-    if im is not None:
-        if if_none_match:
-            raise InvalidArgument("If-Match and If-None-Match cannot be combined")
-        if_match = unquote_etag(im)
-        if not if_match:
-            raise InvalidArgument("If-Match needs an ETag")
+    if_none_match, if_match = await _put_preconditions(call, key)
     deadline = _deadline(call)
-    cache = ctx.cache.local()
-
-    t_wait = time.perf_counter()
-    try:
-        staging = await cache.create_staging_file(
-            key, deadline, None if clen is None else max(clen, 1))
-    except CacheFull:
-        metrics.RESERVATION_DEADLINE_FAILURES.inc()
-        raise
-    metrics.RESERVATION_WAIT.observe(time.perf_counter() - t_wait)
-    committed = False
-    try:
-        total = 0
-        kept: list[bytes] | None = []  # the body, while it is small enough to upload from memory
-        content = request.content
-        while True:
-            try:
-                chunk = await content.readany()
-            except (asyncio.CancelledError, TooLarge, RequestTimeout, InvalidArgument):
-                raise
-            except Exception as exc:  # client went away / malformed chunking
-                raise InvalidArgument(f"request body incomplete: {exc}") from exc
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > limit:
-                raise TooLarge(f"object is over the limit of {limit} bytes")
-            # The staging file buffers references (no copy) and writes them out in big
-            # thread jobs; its reservation grows as bytes arrive.
-            await staging.append(chunk, deadline)
-            if kept is not None:
-                if total <= UPLOAD_FROM_MEMORY_BYTES:
-                    kept.append(chunk)
-                else:
-                    kept = None
-        if clen is not None and total != clen:
-            raise InvalidArgument(f"request body has {total} bytes, Content-Length said {clen}")
-        body: Any
-        if kept is not None:
-            body = kept[0] if len(kept) == 1 else b"".join(kept)
-        else:
-            await staging.flush()  # the upload reads the staged file
-            body = staging.path
-        await failpoint("server.put.before_upload")
-        t0 = time.perf_counter()
-        # The staged bytes are written and synced (one thread job) while the upload runs, so
-        # the commit has no disk wait of its own.
-        sync = asyncio.ensure_future(staging.sync())
-        try:
-            info = await ctx.store.put(key, body, if_none_match=if_none_match,
-                                       if_match=if_match)
-        finally:
-            await asyncio.wait([sync])
-            if not sync.cancelled():
-                sync.exception()  # retrieved here; raised below only if the upload worked
-        metrics.UPLOAD_DURATION.observe(time.perf_counter() - t0)
-        metrics.UPLOAD_BYTES.inc(total)
-        await failpoint("server.put.after_upload")
-        try:
-            sync.result()
-            await staging.commit(replace=True, xattrs={ETAG_XATTR: info.etag.encode()})
-            committed = True
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await forget_everywhere(call, key)
-            raise
-        except Exception:
-            # The bucket has the new object; no older cached copy (nor a fill of one still
-            # running on another shard) may survive.
-            await forget_everywhere(call, key)
-        ctx.etags.pop(key, None)
-    finally:
-        if not committed:
-            await staging.close()
+    info = await objectops.put(ctx, key, request.content.readany, clen, deadline=deadline,
+                               if_none_match=if_none_match, if_match=if_match)
     return _json({"key": key, "size": info.size, "etag": quote_etag(info.etag)}, 201,
                  {"ETag": quote_etag(info.etag)})
-
-
-def _get_etag(path: Any) -> str | None:
-    try:
-        return os.getxattr(path, ETAG_XATTR).decode()
-    except OSError:
-        return None
 
 
 # --- GET / HEAD -----------------------------------------------------------------------------
 
 
-_GET_PARAMS = (Param("Range", "header", "bytes=a-b, a- or -n: 206 with Content-Range."),)
+_GET_PARAMS = (
+    Param("Range", "header", "bytes=a-b, a- or -n: 206 with Content-Range (the unit in any "
+          "case; several ranges: the whole object)."),
+    Param("If-Match", "header", "ETags (compared strongly) or `*`: 412 unless one matches."),
+    Param("If-None-Match", "header", "ETags (compared weakly) or `*`: 304 if one matches."),
+    Param("If-Range", "header", "An ETag: the Range applies only to that version (else 200)."),
+)
 
 
 @ROUTES.route("GET", _KEY, "Read an object (from the cache, or the bucket filling the cache).",
@@ -236,236 +171,15 @@ async def head_object(call: Call) -> web.StreamResponse:
 
 
 async def _get(call: Call, *, head: bool) -> web.StreamResponse:
-    request, ctx = call.request, call.ctx
     key = decode_key(call.params["key"])
-    range_header = request.headers.get("Range")
-    cache = ctx.cache.local()
-    entry = cache.peek(key) if head else await cache.get(key)
-    if entry is not None:
-        resp = await _serve_cached(call, key, entry, range_header, head=head)
-        if resp is not None:
-            return resp
+    get = dict.get  # the headers' keys are lower case: skip the case folding
+    headers = call.request.headers
+    range_header = get(headers, "range")
+    cond = objectops.Conditions(call.request.method, get(headers, "if-match"),
+                                get(headers, "if-none-match"), get(headers, "if-range"))
     if head:
-        info = await ctx.store.head(key)
-        if info is None:
-            raise NotFound(f"no object {key!r}")
-        byte_range = parse_range(range_header, info.size)
-        return _headers_only(info.size, info.etag, byte_range, "miss")
-    return await _serve_miss(call, key, range_header)
-
-
-def _headers_only(size: int, etag: str, byte_range: tuple[int, int] | None, xcache: str
-                  ) -> web.StreamResponse:
-    headers = _object_headers(size, etag, byte_range, xcache)
-    resp = web.Response(status=206 if byte_range else 200, headers=headers)
-    return resp
-
-
-def _object_headers(size: int, etag: str, byte_range: tuple[int, int] | None, xcache: str
-                    ) -> dict[str, str]:
-    headers = {"ETag": quote_etag(etag), "X-Cache": xcache, "Accept-Ranges": "bytes",
-               "Content-Type": "application/octet-stream"}
-    if byte_range is not None:
-        first, last = byte_range
-        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-        headers["Content-Length"] = str(last - first + 1)
-    else:
-        headers["Content-Length"] = str(size)
-    return headers
-
-
-async def _serve_cached(call: Call, key: str, entry: Any, range_header: str | None, *,
-                        head: bool) -> web.StreamResponse | None:
-    """Serve a cache hit; None if the file vanished meanwhile (treated as a miss)."""
-    path = str(entry.path)
-    size = int(entry.size)
-    etag = _get_etag(path) or call.ctx.etags.get(key)
-    if etag is None:
-        info = await call.ctx.store.head(key)
-        if info is None or info.size != size:
-            return None  # the cached copy does not match the bucket: serve as a miss
-        etag = info.etag
-        call.ctx.etags[key] = etag
-    byte_range = parse_range(range_header, size)
-    if head:
-        return _headers_only(size, etag, byte_range, "hit")
-    first, last = byte_range if byte_range is not None else (0, size - 1)
-    count = last - first + 1 if size else 0
-    headers = _object_headers(size, etag, byte_range, "hit")
-    status = 206 if byte_range else 200
-    if count <= READ_INLINE_BYTES:
-        try:
-            data = _read_inline(path, first, count)
-        except FileNotFoundError:
-            return None
-        return web.Response(status=status, body=data, headers=headers)
-    try:
-        # Opening a page-cached entry is a cheap syscall: done here, so a vanished file is
-        # still a miss (nothing has been sent yet).
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        resp = web.StreamResponse(status=status, headers=headers)
-        await resp.prepare(call.request)
-        await resp.sendfile(fd, first, count)
-        await resp.write_eof()
-        return resp
-    finally:
-        os.close(fd)
-
-
-def _read_inline(path: str, first: int, count: int) -> bytes:
-    if count == 0:
-        return b""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.pread(fd, count, first)
-    finally:
-        os.close(fd)
-
-
-async def _serve_miss(call: Call, key: str, range_header: str | None) -> web.StreamResponse:
-    ctx = call.ctx
-    store = ctx.store
-    if range_header is not None and range_header.strip():
-        info = await store.head(key)
-        if info is None:
-            raise NotFound(f"no object {key!r}")
-        byte_range = parse_range(range_header, info.size)
-        if byte_range is not None:
-            return await _stream_from_bucket(call, key, byte_range, info.size)
-    # Whole object: single flight per shard; the leader streams and fills, followers wait
-    # for the fill and then serve the cached file.
-    if ctx.flights.joinable(key):
-        with contextlib.suppress(Exception):
-            await ctx.flights.wait(key)
-        entry = await ctx.cache.local().get(key)
-        if entry is not None:
-            resp = await _serve_cached(call, key, entry, range_header, head=False)
-            if resp is not None:
-                return resp
-        return await _stream_from_bucket(call, key, None, None)
-    flight = ctx.flights.begin(key)
-    try:
-        return await _fill_and_stream(call, key)
-    finally:
-        ctx.flights.end(key, flight)
-
-
-async def _stream_from_bucket(call: Call, key: str, byte_range: tuple[int, int] | None,
-                              size: int | None) -> web.StreamResponse:
-    t0 = time.perf_counter()
-    result = await call.ctx.store.get(key, byte_range=byte_range)
-    if result is None:
-        raise NotFound(f"no object {key!r}")
-    async with result:
-        info = result.info
-        headers = _object_headers(info.size, info.etag, result.range, "miss")
-        resp = web.StreamResponse(status=206 if result.range else 200, headers=headers)
-        await resp.prepare(call.request)
-        n = 0
-        async for chunk in result.iter_chunks():
-            n += len(chunk)
-            await resp.write(chunk)
-        await resp.write_eof()
-    metrics.DOWNLOAD_BYTES.inc(n)
-    metrics.DOWNLOAD_DURATION.observe(time.perf_counter() - t0)
-    return resp
-
-
-async def _fill_and_stream(call: Call, key: str) -> web.StreamResponse:
-    ctx = call.ctx
-    cache = ctx.cache.local()
-    t0 = time.perf_counter()
-    result = await ctx.store.get(key)
-    if result is None:
-        raise NotFound(f"no object {key!r}")
-    fill = Fill()
-    async with result:
-        info = result.info
-        staging = None
-        if info.size <= ctx.max_object_bytes:
-            try:
-                # Never wait long for space on a read: fill only if it fits now (or after
-                # the in-memory trim the coordinator does at once).
-                staging = await cache.create_staging_file(
-                    key, time.monotonic() + FILL_RESERVE_WAIT_S, max(info.size, 1))
-            except (CacheFull, Unavailable):
-                staging = None
-        if staging is None:
-            metrics.STREAM_THROUGH.inc()
-        else:
-            ctx.fills.setdefault(key, []).append(fill)
-        headers = _object_headers(info.size, info.etag, None, "miss")
-        resp = web.StreamResponse(status=200, headers=headers)
-        committed = False
-        n = 0
-        try:
-            await resp.prepare(call.request)
-            # The last chunk is held back until the fill is committed, so a client that has
-            # the whole body can count on the next GET being a hit, on any shard.
-            held: bytes | None = None
-            async for chunk in result.iter_chunks():
-                n += len(chunk)
-                if staging is not None:
-                    try:
-                        await staging.append(chunk, time.monotonic() + FILL_APPEND_WAIT_S)
-                    except (CacheFull, Unavailable, OSError):
-                        await staging.close()
-                        staging = None
-                if held is not None:
-                    await resp.write(held)
-                held = chunk
-            if staging is not None and n == info.size and not fill.stale:
-                fill.committing = asyncio.get_running_loop().create_future()
-                try:
-                    # One thread job: write, set the ETag, sync, link.
-                    await staging.commit(replace=False, xattrs={ETAG_XATTR: info.etag.encode()})
-                    committed = True
-                except CacheDaemonError:
-                    pass
-                finally:
-                    fill.committing.set_result(None)
-            if held is not None:
-                await resp.write(held)
-            await resp.write_eof()
-        finally:
-            if staging is not None and not committed:
-                await staging.close()
-            fills = ctx.fills.get(key)
-            if fills is not None and fill in fills:
-                fills.remove(fill)
-                if not fills:
-                    del ctx.fills[key]
-    metrics.DOWNLOAD_BYTES.inc(n)
-    metrics.DOWNLOAD_DURATION.observe(time.perf_counter() - t0)
-    return resp
-
-
-class Fill:
-    """A cache fill in progress on this shard (see :func:`forget_everywhere`)."""
-
-    __slots__ = ("committing", "stale")
-
-    def __init__(self) -> None:
-        self.stale = False
-        self.committing: asyncio.Future[None] | None = None
-
-
-async def _forget_here(ctx: ShardContext, key: str) -> None:
-    ctx.etags.pop(key, None)
-    for fill in list(ctx.fills.get(key, ())):
-        fill.stale = True
-        if fill.committing is not None:
-            await asyncio.shield(fill.committing)
-
-
-async def forget_everywhere(call: Call, key: str) -> None:
-    """Make sure no fill that began before now commits ``key`` later, on any shard, then drop
-    the cached copy. Used when the bucket's object goes away (DELETE) or the local copy must."""
-    await call.ctx.broadcast(_forget_here, key)
-    await call.ctx.cache.local().invalidate(key)
+        return await objectops.head(call.ctx, key, range_header, cond=cond)
+    return await objectops.get(call.ctx, call.request, key, range_header, cond=cond)
 
 
 # --- DELETE ---------------------------------------------------------------------------------
@@ -474,9 +188,7 @@ async def forget_everywhere(call: Call, key: str) -> None:
 @ROUTES.route("DELETE", _KEY, "Delete an object from the bucket and the cache (204 also when "
               "absent).", tag="objects", responses={204: "deleted"})
 async def delete_object(call: Call) -> web.StreamResponse:
-    key = decode_key(call.params["key"])
-    await call.ctx.store.delete(key)
-    await forget_everywhere(call, key)
+    await objectops.delete(call.ctx, decode_key(call.params["key"]))
     return web.Response(status=204)
 
 
@@ -508,12 +220,47 @@ async def list_objects(call: Call) -> web.StreamResponse:
             raise InvalidArgument(f"limit must be from 1 to {LIST_MAX}, got {limit}")
     if "\x00" in prefix or (start_after and "\x00" in start_after):
         raise InvalidArgument("prefix and start_after may not contain NUL")
-    page = await call.ctx.store.list(prefix, start_after, limit)
+    check_not_reserved(prefix, "listing prefix")  # only the daemon's objects could match
+    page = await visible_page(call.ctx.store, prefix, start_after, limit)
     return _json({
         "objects": [{"key": o.key, "size": o.size, "etag": quote_etag(o.etag)}
                     for o in page.objects],
         "next": page.next,
     })
+
+
+#: A listing that meets a reserved key skips to here: every key that begins with the reserved
+#: prefix and is shorter than this (so every key the daemon writes) sorts before it.
+RESERVED_SKIP = RESERVED_PREFIX + "\U0010ffff" * 8
+
+
+async def visible_page(store: Any, prefix: str, start_after: str | None, limit: int
+                       ) -> ListPage:
+    """One page of at most ``limit`` objects that are not the daemon's own, in key order.
+
+    The reserved keys are one contiguous run in key order (all begin with
+    :data:`~cachedaemon.namespace.RESERVED_PREFIX`): a page that meets one continues the
+    listing from :data:`RESERVED_SKIP` (or past the last reserved key seen, should a key sort
+    beyond that), so a bucket full of metastore files costs one extra request, not one per
+    thousand files. ``next`` is the last key returned when more may follow."""
+    out: list[ObjectInfo] = []
+    cursor = start_after
+    while True:
+        page = await store.list(prefix, cursor, limit)
+        objects = page.objects
+        for i, obj in enumerate(objects):
+            if is_reserved(obj.key):
+                continue
+            out.append(obj)
+            if len(out) == limit:
+                rest = any(not is_reserved(o.key) for o in objects[i + 1:])
+                more = rest or page.next is not None
+                return ListPage(out, obj.key if more else None)
+        if page.next is None:
+            return ListPage(out, None)
+        cursor = page.next
+        if is_reserved(cursor) and cursor < RESERVED_SKIP:
+            cursor = RESERVED_SKIP
 
 
 def _query(call: Call) -> dict[str, str]:

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 Handler = Callable[["Call"], Awaitable["StreamResponse"]]
 
 
+#: Paths whose routing is remembered (cleared when full: cheap and bounded).
+MEMO_SIZE = 8192
+
+
 @dataclass(frozen=True)
 class Param:
     """A documented query parameter or header (for OpenAPI)."""
@@ -50,6 +54,9 @@ class Route:
     request_body: str | None = None  # content type of the body, if any
     handles_expect: bool = False  # no longer used: 100-continue is sent when the body is read
     segments: tuple[str, ...] = field(default=(), compare=False)
+    #: The routes of one metastore domain (``{domain}`` in the path): they run on the
+    #: domain's owner shard. Set by :meth:`RouteTable.add`.
+    domain_routed: bool = field(default=False, compare=False)
 
     @property
     def greedy(self) -> bool:
@@ -65,17 +72,20 @@ class Route:
 
 class RouteTable:
     def __init__(self) -> None:
+        self._memo: dict[tuple[str, str], tuple[Route | None, dict[str, str], bool]] = {}
         self._routes: list[Route] = []
         self._by_key: dict[tuple[str, str], Route] = {}
         # Routes by their first two path segments (None: a parameter there), for dispatch.
         self._index: dict[tuple[str | None, str | None], list[Route]] = {}
 
     def add(self, route: Route) -> Route:
+        self._memo.clear()
         segs = tuple(route.template.strip("/").split("/")) if route.template != "/" else ()
         for i, s in enumerate(segs):
             if s.startswith("{") and s.endswith("+}") and i != len(segs) - 1:
                 raise ValueError(f"{route.template}: a {{name+}} parameter must come last")
-        route = Route(**{**route.__dict__, "segments": segs})
+        route = Route(**{**route.__dict__, "segments": segs,
+                         "domain_routed": "{domain}" in segs})
         key = (route.method, route.template)
         if key in self._by_key:
             raise ValueError(f"route {route.method} {route.template} registered twice")
@@ -108,7 +118,19 @@ class RouteTable:
 
     def match(self, method: str, raw_path: str) -> tuple[Route | None, dict[str, str], bool]:
         """``(route, raw params, path_known)``; ``path_known`` is True when some route matches
-        the path with another method (for the ``Allow`` header)."""
+        the path with another method (for the ``Allow`` header). Remembered for the most
+        recent paths (hot keys are routed once); the params dict is shared: read it only."""
+        key = (method, raw_path)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._match_uncached(method, raw_path)
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = found
+        return found
+
+    def _match_uncached(self, method: str, raw_path: str
+                        ) -> tuple[Route | None, dict[str, str], bool]:
         stripped = raw_path.strip("/")
         parts = stripped.split("/") if stripped else []
         candidates = self._candidates(parts)

@@ -2,9 +2,9 @@
 
 ``open_shard_store(settings, shard)`` builds a shard's object store (the configured backend,
 wrapped in retries bounded by ``remote.retry_timeout``); ``probe_store`` is the start-up
-reachability check; ``start_cache``/``stop_cache`` start and stop the cache service on every
-shard. Called by :mod:`cachedaemon.server.main` during start-up and shut-down; each function
-runs on the shard it concerns.
+reachability check; ``start_cache``/``stop_cache`` and ``start_domains``/``stop_domains``
+start and stop this shard's cache service and metastore domains. Called by
+:mod:`cachedaemon.server.shard` during start-up and shut-down, on the shard they concern.
 """
 
 from __future__ import annotations
@@ -46,43 +46,40 @@ async def probe_store(store: Any) -> None:
     await check_bucket(inner)
 
 
-async def check_bucket_identity(stores: Sharded[Any], settings: Settings) -> None:
+async def check_bucket_identity(store: Any, settings: Settings) -> None:
     """Drop a cache that belongs to another bucket (see :mod:`cachedaemon.server.bucket_identity`);
     on shard 0, before the cache starts."""
     from cachedaemon.server.bucket_identity import check_bucket_identity as _check
 
-    async def check(store: Any) -> None:
-        await _check(store, settings.storage.data_dir, settings.remote.url,
-                     create=not settings.server.read_only)
-
-    checker: Any = check
-    await stores.invoke_on(0, checker)
+    await _check(store, settings.storage.data_dir, settings.remote.url,
+                 create=not settings.server.read_only)
 
 
 async def start_cache(smp: Smp, settings: Settings) -> Sharded[CacheService]:
-    """The cache service on every shard; shard 0 recovers first (tracker, walk, ``.part``)."""
+    """This shard's cache service; shard 0's recovers (tracker, walk, ``.part``)."""
     return await _start_cache(smp, settings.cache, settings.cache_dir)
 
 
 async def reload_cache(cache: Sharded[CacheService], settings: Settings) -> None:
-    """Apply reloaded cache settings on every shard (plain data); shard 0 recomputes the limits,
-    trims if now over them and lets waiting writers in if now under."""
-    applied: list[None] = await cache.invoke_on_all(CacheService.apply_settings, settings.cache)
-    del applied
+    """Apply reloaded cache settings on this shard (each shard is told by shard 0); shard 0's
+    recomputes the limits, trims if now over them and lets waiting writers in if now under."""
+    await cache.local().apply_settings(settings.cache)
 
 
 async def stop_cache(cache: Sharded[CacheService]) -> None:
-    """Stop every shard's cache service; shard 0 saves the tracker last."""
+    """Stop this shard's cache service (shard 0's saves the tracker)."""
     await _stop_cache(cache)
 
 
-async def start_domains(smp: Smp, stores: Sharded[Any], cache: Sharded[CacheService],
+async def start_domains(smp: Smp, cache: Sharded[CacheService], store: ObjectStore,
                         settings: Settings, *, max_open_domains: int | None = None,
                         max_open_files: int | None = None) -> Sharded[Any]:
-    """The metastore's DomainService on every shard (after the cache; see metastore.service).
-    ``max_open_domains``/``max_open_files``: the descriptor budget's figures, when it had to
-    lower the configured ones."""
+    """This shard's metastore DomainService (after the cache; see metastore.service), then
+    the L1 object GC loops of the L1 domains this shard writes (from start-up, not from each
+    domain's first L1 request). ``max_open_domains``/``max_open_files``: the descriptor
+    budget's figures, when it had to lower the configured ones."""
     from cachedaemon.metastore import metrics as metastore_metrics
+    from cachedaemon.metastore.l1.service import l1_config, start_l1
     from cachedaemon.metastore.service import config_from_settings
     from cachedaemon.metastore.service import start_domains as _start_domains
 
@@ -92,14 +89,15 @@ async def start_domains(smp: Smp, stores: Sharded[Any], cache: Sharded[CacheServ
         overrides["max_open_domains"] = max_open_domains
     if max_open_files is not None:
         overrides["max_open_files"] = max_open_files
-    return await _start_domains(smp, stores, cache, config_from_settings(settings, **overrides))
+    domains = await _start_domains(smp, store, cache, config_from_settings(settings, **overrides))
+    await start_l1(domains.local(), l1_config(settings))
+    return domains
 
 
 async def stop_domains(domains: Sharded[Any]) -> None:
-    """Stop every shard's domains (nothing to flush: the logs hold every acknowledged write)."""
+    """Stop this shard's domains (nothing to flush: the logs hold every acknowledged write)."""
     from cachedaemon.metastore.l1.service import stop_l1
 
     # The L1 object GC loops first: they use the domains.
-    stopped: list[None] = await domains.invoke_on_all(stop_l1)
-    del stopped
+    await stop_l1(domains.local())
     await domains.stop()

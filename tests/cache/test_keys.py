@@ -232,3 +232,30 @@ async def test_trim_does_not_delete_through_a_directory_swapped_for_a_link(
     async with await coord._trim_sem.get_units(1):
         await coord._trim_once(manual=False, fraction=0.0, all_dims=True)  # LRU phase only
     assert (outside / "x").read_bytes() == b"theirs"
+
+
+reserved_keys = st.tuples(
+    st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="/\x00"),
+            max_size=250),
+    st.lists(segment, max_size=3),
+).map(lambda t: "/".join([".cachedaemon" + t[0], *t[1]])).filter(
+    lambda k: not k.endswith(".part") and len(k.encode()) <= 1024
+    and all(len(s.encode()) <= 255 for s in k.split("/")))
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys, reserved_keys)
+def test_no_user_key_shares_a_file_or_directory_with_a_reserved_key(user: str, reserved: str
+                                                                    ) -> None:
+    """The daemon's own entries (reserved keys, ``.cachedaemon…``) all live under names that
+    begin with ``.cachedaemon`` in the cache root, and no other key's path does: a user key
+    can never reach, replace or shadow one of them, whatever its escapes or length."""
+    from cachedaemon.namespace import is_reserved
+
+    validate_key(reserved)
+    r = key_relpath(reserved)
+    assert r.split("/")[0].startswith(".cachedaemon")
+    if not is_reserved(user):
+        u = key_relpath(validate_key(user))
+        assert not u.split("/")[0].startswith(".cachedaemon")
+        assert u != r and not r.startswith(u + "/") and not u.startswith(r + "/")

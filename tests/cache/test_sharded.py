@@ -1,5 +1,7 @@
 """The cache across shards: reservations and staging files on shard 1 hop to shard 0's
-coordinator; releases, commits and hits are posted back in order; stats sum every shard."""
+coordinator by message; releases, commits and hits are posted in order; stats sum every shard;
+a dead shard's reservations are released. Two shards in this process, linked by messages as the
+daemon's processes are (only plain data crosses)."""
 
 from __future__ import annotations
 
@@ -12,29 +14,42 @@ import pytest
 from cachedaemon.cache import CacheService, start_cache, stop_cache
 from cachedaemon.clock import NO_DEADLINE, deadline_after
 from cachedaemon.core.sharded import Sharded
-from cachedaemon.core.smp import Smp, this_shard_id
+from cachedaemon.core.smp import start_local_shards
 from cachedaemon.errors import CacheFull
 from tests.cache.conftest import KiB, disk_entries, make_settings
 
 
+class Shards:
+    """Shard 0's and shard 1's cache, as seen from each shard."""
+
+    def __init__(self, caches: list[Sharded[CacheService]]) -> None:
+        self.caches = caches
+
+    def local(self) -> CacheService:
+        return self.caches[0].local()
+
+    def on(self, shard: int) -> CacheService:
+        return self.caches[shard].local()
+
+
 @pytest.fixture
-async def sharded_cache(tmp_path: Path) -> AsyncIterator[Sharded[CacheService]]:
-    smp = Smp(2)
-    await smp.start()
-    cache = await start_cache(smp, make_settings(max_bytes=64 * KiB, max_objects=50),
-                              tmp_path / "cache", fsync_commits=False)
+async def sharded_cache(tmp_path: Path) -> AsyncIterator[Shards]:
+    smps = await start_local_shards(2)
+    settings = make_settings(max_bytes=64 * KiB, max_objects=50)
+    caches = list(await asyncio.gather(*(
+        start_cache(smp, settings, tmp_path / "cache", fsync_commits=False) for smp in smps)))
     try:
-        yield cache
+        yield Shards(caches)
     finally:
-        await stop_cache(cache)
-        await smp.stop()
+        for cache in reversed(caches):
+            await stop_cache(cache)
+        for smp in smps:
+            await smp.stop()
 
 
-async def test_shard1_reserve_staging_commit_hop_to_shard0(
-    sharded_cache: Sharded[CacheService],
-) -> None:
+async def test_shard1_reserve_staging_commit_hop_to_shard0(sharded_cache: Shards) -> None:
     async def on_shard1(svc: CacheService) -> tuple[int, int, int]:
-        assert this_shard_id() == 1
+        assert svc.shard == 1
         guard = await svc.reserve_space(1000, 1, deadline_after(1.0))
         s1 = await svc.stats()
         guard.close()
@@ -48,7 +63,7 @@ async def test_shard1_reserve_staging_commit_hop_to_shard0(
         assert await svc.get("missing") is None
         return s1.bytes_reserved, s2.bytes_reserved, size
 
-    reserved, released, size = await sharded_cache.invoke_on(1, on_shard1)
+    reserved, released, size = await on_shard1(sharded_cache.on(1))
     assert (reserved, released, size) == (1000, 0, 5000)
     s = await sharded_cache.local().stats()
     assert (s.bytes_used, s.objects, s.bytes_reserved, s.objects_reserved) == (5000, 1, 0, 0)
@@ -57,10 +72,10 @@ async def test_shard1_reserve_staging_commit_hop_to_shard0(
 
 
 async def test_concurrent_writers_on_both_shards_keep_counters_exact(
-    sharded_cache: Sharded[CacheService],
+    sharded_cache: Shards,
 ) -> None:
     async def writers(svc: CacheService, n: int) -> int:
-        shard = this_shard_id()
+        shard = svc.shard
 
         async def one(i: int) -> int:
             try:
@@ -77,7 +92,8 @@ async def test_concurrent_writers_on_both_shards_keep_counters_exact(
 
         return sum(await asyncio.gather(*(one(i) for i in range(n))))
 
-    done = await sharded_cache.invoke_on_all(writers, 40)
+    done = await asyncio.gather(writers(sharded_cache.on(0), 40),
+                                writers(sharded_cache.on(1), 40))
     assert sum(done) > 0
     s = await sharded_cache.local().stats()
     on_disk = disk_entries(sharded_cache.local().root)
@@ -87,18 +103,38 @@ async def test_concurrent_writers_on_both_shards_keep_counters_exact(
     assert s.objects == len(on_disk) <= 50
 
 
-async def test_guard_dropped_on_shard1_is_released(sharded_cache: Sharded[CacheService]) -> None:
+async def test_guard_dropped_on_shard1_is_released(sharded_cache: Shards) -> None:
     async def leak(svc: CacheService) -> None:
         guard = await svc.reserve_space(777, 1, NO_DEADLINE)
         del guard  # garbage: the finalizer posts the release to shard 0
 
-    await sharded_cache.invoke_on(1, leak)
-    await sharded_cache.invoke_on(1, lambda s: None)  # let posts from shard 1 land first
-    s = await sharded_cache.local().stats()
+    await leak(sharded_cache.on(1))
+    await asyncio.sleep(0)  # the finalizer's release runs on the next loop turn
+    s = await sharded_cache.on(1).stats()  # a call from shard 1: after its posts
     assert (s.bytes_reserved, s.objects_reserved) == (0, 0)
 
 
-async def test_trim_and_invalidate_from_shard1(sharded_cache: Sharded[CacheService]) -> None:
+async def test_a_dead_shards_reservations_are_released(sharded_cache: Shards) -> None:
+    held = [await sharded_cache.on(1).reserve_space(1000, 1, NO_DEADLINE) for _ in range(3)]
+    staging = await sharded_cache.on(1).create_staging_file("dying/one", NO_DEADLINE, 5000)
+    s = await sharded_cache.local().stats()
+    assert (s.bytes_reserved, s.objects_reserved) == (8000, 4)
+    await staging.append(b"p" * 3000)
+    await staging.flush()
+    assert staging.path.exists()
+    sharded_cache.local().release_shard(1)  # what shard 0 does when shard 1's process dies
+    s = await sharded_cache.local().stats()
+    assert (s.bytes_reserved, s.objects_reserved) == (0, 0)
+    assert sharded_cache.local().coordinator.reservations == 0
+    for _ in range(100):  # its staging file goes too (deleted off the loop)
+        if not staging.path.exists():
+            break
+        await asyncio.sleep(0.01)
+    assert not staging.path.exists()
+    del held, staging
+
+
+async def test_trim_and_invalidate_from_shard1(sharded_cache: Shards) -> None:
     async def work(svc: CacheService) -> tuple[int, int]:
         for i in range(10):
             g = await svc.reserve_space(KiB, 1, deadline_after(1.0))
@@ -107,14 +143,12 @@ async def test_trim_and_invalidate_from_shard1(sharded_cache: Sharded[CacheServi
         result = await svc.trim()
         return result.bytes_freed, (await svc.stats()).objects
 
-    freed, objects = await sharded_cache.invoke_on(1, work)
+    freed, objects = await work(sharded_cache.on(1))
     assert freed == 0 and objects == 9  # 9 KiB is under 0.8 * 64 KiB: nothing to trim
     assert len(disk_entries(sharded_cache.local().root)) == 9
 
 
-async def test_cancelled_cross_shard_waiter_leaves_nothing(
-    sharded_cache: Sharded[CacheService],
-) -> None:
+async def test_cancelled_cross_shard_waiter_leaves_nothing(sharded_cache: Shards) -> None:
     svc0 = sharded_cache.local()
     held = await svc0.reserve_space(64 * KiB, 0, NO_DEADLINE)  # the whole byte limit
 
@@ -127,7 +161,7 @@ async def test_cancelled_cross_shard_waiter_leaves_nothing(
             await task
         return s.bytes_pending, s.objects_pending
 
-    pending = await sharded_cache.invoke_on(1, wait_then_cancel)
+    pending = await wait_then_cancel(sharded_cache.on(1))
     assert pending == (KiB, 1)
     for _ in range(100):  # the remote cancellation lands on shard 0 asynchronously
         s = await svc0.stats()
@@ -141,7 +175,7 @@ async def test_cancelled_cross_shard_waiter_leaves_nothing(
     assert (s.bytes_reserved, s.objects_reserved) == (0, 0)
 
 
-async def test_a_slow_trim_blocks_no_shard(sharded_cache: Sharded[CacheService]) -> None:
+async def test_a_slow_trim_blocks_no_shard(sharded_cache: Shards) -> None:
     from cachedaemon.core import failpoints
 
     svc0 = sharded_cache.local()
@@ -164,7 +198,7 @@ async def test_a_slow_trim_blocks_no_shard(sharded_cache: Sharded[CacheService])
         await staging.commit()
         return asyncio.get_running_loop().time() - t0
 
-    elapsed = await sharded_cache.invoke_on(1, reads)
+    elapsed = await reads(sharded_cache.on(1))
     t0 = asyncio.get_running_loop().time()
     await svc0.stats()
     stats_s = asyncio.get_running_loop().time() - t0

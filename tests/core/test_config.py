@@ -158,3 +158,39 @@ def test_format_size() -> None:
     assert format_size(512) == "512 B"
     assert format_size(1536) == "1.5 KiB"
     assert format_size(3 * 1024**3) == "3.0 GiB"
+
+
+def test_s3_endpoint_settings() -> None:
+    s = load_settings(env={})
+    assert s.server.s3_listen is None  # off by default
+    assert (s.s3.bucket_mode, s.s3.bucket) == ("single", "cachedaemon")
+    assert s.s3.credentials() is None  # open, as /v1 is without a token
+    s = load_settings(env={"CACHEDAEMON_REMOTE_URL": "s3://photos/team-a"},
+                      flags={"server.s3_listen": "127.0.0.1:9000", "s3.bucket_mode": "prefix"})
+    assert (s.server.s3_listen, s.s3.bucket_mode, s.s3.bucket) == \
+        ("127.0.0.1:9000", "prefix", "photos")
+    # The auth token doubles as the secret key; an explicit secret wins.
+    s = load_settings(env={"CACHEDAEMON_SERVER_AUTH_TOKEN": "tok"})
+    assert s.s3.credentials() == ("cachedaemon", "tok")
+    s = load_settings(env={"CACHEDAEMON_SERVER_AUTH_TOKEN": "tok",
+                           "CACHEDAEMON_S3_ACCESS_KEY_ID": "AK",
+                           "CACHEDAEMON_S3_SECRET_ACCESS_KEY": "SK"})
+    assert s.s3.credentials() == ("AK", "SK")
+    for bad in ({"CACHEDAEMON_S3_BUCKET": "Not_A_Bucket"},
+                {"CACHEDAEMON_SERVER_S3_LISTEN": "nope"},
+                {"CACHEDAEMON_S3_BUCKET_MODE": "many"}):
+        with pytest.raises(ConfigError):
+            load_settings(env=bad)
+
+
+def test_settings_round_trip_through_plain_data(tmp_path: Path) -> None:
+    import json
+
+    from cachedaemon.config import settings_from_dict, settings_to_dict
+
+    settings = load_settings(None, {"CACHEDAEMON_CACHE_MAX_BYTES": "1GiB"},
+                             {"storage.data_dir": str(tmp_path), "server.shards": "3"})
+    data = json.loads(json.dumps(settings_to_dict(settings)))  # what a worker receives
+    again = settings_from_dict(data)
+    assert again == settings
+    assert again.sources["cache.max_bytes"] == "env CACHEDAEMON_CACHE_MAX_BYTES"

@@ -46,8 +46,20 @@ async def test_delay() -> None:
     assert time.monotonic() - start >= 0.045
 
 
+async def test_jitter_is_a_random_delay_up_to_its_bound() -> None:
+    failpoints.arm("j", "jitter:0.02")
+    waits = []
+    for _ in range(20):
+        start = time.monotonic()
+        await failpoints.failpoint("j")
+        waits.append(time.monotonic() - start)
+    assert max(waits) < 0.2
+    assert len({round(w, 3) for w in waits}) > 1  # not one fixed delay
+    assert failpoints.hits("j") == 20
+
+
 def test_bad_specs_are_config_errors() -> None:
-    for spec in ("explode", "delay:x", "raise@0", "raise@x"):
+    for spec in ("explode", "delay:x", "jitter:", "raise@0", "raise@x"):
         with pytest.raises(ConfigError):
             failpoints.arm("p", spec)
     with pytest.raises(ConfigError):

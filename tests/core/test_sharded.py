@@ -1,117 +1,111 @@
-"""Smp and Sharded: per-shard instances, cross-shard calls, exceptions, stop."""
+"""``Sharded[S]`` over message links: each shard has its own instance, ``invoke_on`` runs a
+method on another shard by message (only method names and plain data cross), errors and
+cancellation travel, a stopped shard raises instead of hanging, one shard is a plain call."""
+
+from __future__ import annotations
 
 import asyncio
-import threading
+from collections.abc import AsyncIterator
 
 import pytest
 
 from cachedaemon.core.sharded import Sharded
-from cachedaemon.core.smp import Smp, this_shard_id
-from cachedaemon.errors import ShardStopped
+from cachedaemon.core.smp import Smp, start_local_shards
+from cachedaemon.errors import InvalidArgument, ShardStopped
 
 
 class Counter:
     def __init__(self, shard: int) -> None:
         self.shard = shard
-        self.thread = threading.get_ident()
         self.value = 0
-        self.stopped = False
+        self.started = asyncio.Event()
+        self.cancelled = False
 
-    async def add(self, n: int) -> int:
-        assert this_shard_id() == self.shard
-        assert threading.get_ident() == self.thread
+    def add(self, n: int) -> tuple[int, int]:
         self.value += n
-        return self.value
+        return self.shard, self.value
 
-    def fail(self) -> None:
-        raise KeyError(f"no such thing on shard {self.shard}")
+    def boom(self) -> None:
+        raise InvalidArgument(f"bad input on shard {self.shard}")
 
-    async def stop(self) -> None:
-        self.stopped = True
-
-
-async def test_instances_live_on_their_own_shard_threads() -> None:
-    smp = Smp(3)
-    await smp.start()
-    sharded: Sharded[Counter] = Sharded(smp, "counter")
-    try:
-        await sharded.start(Counter)
-        assert sharded.local().shard == 0
-        assert await sharded.invoke_on(2, Counter.add, 5) == 5
-        assert await sharded.invoke_on(2, Counter.add, 1) == 6
-        assert await sharded.invoke_on_all(lambda c: c.shard) == [0, 1, 2]
-        total = await sharded.map_reduce(lambda c: c.value, lambda a, b: a + b, 0)
-        assert total == 6
-        threads = {sharded.instance(i).thread for i in range(3)}
-        assert len(threads) == 3
-    finally:
-        instances = [sharded.instance(i) for i in range(3)]
-        await sharded.stop()
-        await smp.stop()
-    assert all(c.stopped for c in instances)
-
-
-async def test_cross_shard_exception_arrives_on_caller() -> None:
-    smp = Smp(2)
-    await smp.start()
-    sharded: Sharded[Counter] = Sharded(smp, "counter")
-    try:
-        await sharded.start(Counter)
-        with pytest.raises(KeyError, match="shard 1"):
-            await sharded.invoke_on(1, Counter.fail)
-    finally:
-        await sharded.stop()
-        await smp.stop()
-
-
-async def test_call_to_stopped_shard_raises_instead_of_hanging() -> None:
-    smp = Smp(2)
-    await smp.start()
-    started = asyncio.Event()
-
-    async def forever() -> None:
-        asyncio.get_running_loop().call_soon_threadsafe  # noqa: B018 - touch the loop
-        await asyncio.sleep(3600)
-
-    pending = asyncio.create_task(smp.submit_to(1, forever))
-    await asyncio.sleep(0.05)
-    started.set()
-    await smp.stop()
-    with pytest.raises(ShardStopped):
-        await asyncio.wait_for(pending, 2)
-    with pytest.raises(ShardStopped):
-        await smp.submit_to(1, lambda: 1)
-
-
-async def test_cancelling_caller_cancels_remote_task() -> None:
-    smp = Smp(2)
-    await smp.start()
-    remote_cancelled = threading.Event()
-
-    async def slow() -> None:
+    async def hang(self) -> None:
+        self.started.set()
         try:
-            await asyncio.sleep(3600)
+            await asyncio.sleep(60)
         except asyncio.CancelledError:
-            remote_cancelled.set()
+            self.cancelled = True
             raise
 
-    try:
-        call = asyncio.create_task(smp.submit_to(1, slow))
-        await asyncio.sleep(0.05)
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
-        assert await asyncio.to_thread(remote_cancelled.wait, 2)
-    finally:
+
+@pytest.fixture
+async def shards() -> AsyncIterator[list[tuple[Smp, Sharded[Counter]]]]:
+    out = []
+    for smp in await start_local_shards(3):
+        sharded: Sharded[Counter] = Sharded(smp, "counter")
+        await sharded.start(Counter)
+        out.append((smp, sharded))
+    yield out
+    for smp, sharded in out:
+        await sharded.stop()
         await smp.stop()
 
 
-async def test_single_shard_runs_on_callers_loop() -> None:
-    smp = Smp(1)
-    await smp.start()
-    sharded: Sharded[Counter] = Sharded(smp, "one")
+async def test_each_shard_has_its_own_instance_and_calls_travel(shards) -> None:  # type: ignore[no-untyped-def]
+    (_, s0), (_, s1), (_, s2) = shards
+    assert s0.local() is not s1.local()
+    assert await s0.invoke_on(1, Counter.add, 5) == [1, 5]  # by message: a tuple comes back a list
+    assert await s2.invoke_on(1, "add", 2) == [1, 7]
+    assert await s0.invoke_on(0, Counter.add, 1) == (0, 1)  # this shard: a direct call
+    assert s1.local().value == 7 and s0.local().value == 1
+    assert await s1.invoke_on_all(Counter.add, 1) == [[0, 2], (1, 8), [2, 1]]
+
+
+async def test_only_methods_and_plain_data_cross(shards) -> None:  # type: ignore[no-untyped-def]
+    (_, s0), _, _ = shards
+    with pytest.raises(TypeError, match="cannot cross shards"):
+        await s0.invoke_on(1, lambda c: c.add(1))
+    with pytest.raises(Exception, match="only plain data"):
+        await s0.invoke_on(1, Counter.add, object())
+
+
+async def test_errors_arrive_on_the_caller_as_themselves(shards) -> None:  # type: ignore[no-untyped-def]
+    (_, s0), _, _ = shards
+    with pytest.raises(InvalidArgument, match="bad input on shard 2"):
+        await s0.invoke_on(2, Counter.boom)
+
+
+async def test_cancelling_the_caller_cancels_the_remote_task(shards) -> None:  # type: ignore[no-untyped-def]
+    (_, s0), (_, s1), _ = shards
+    call = asyncio.ensure_future(s0.invoke_on(1, Counter.hang))
+    await asyncio.wait_for(s1.local().started.wait(), 5)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    for _ in range(100):
+        if s1.local().cancelled:
+            break
+        await asyncio.sleep(0.01)
+    assert s1.local().cancelled
+
+
+async def test_a_stopped_shard_raises_instead_of_hanging(shards) -> None:  # type: ignore[no-untyped-def]
+    (_, s0), (smp1, s1), _ = shards
+    pending = asyncio.ensure_future(s0.invoke_on(1, Counter.hang))
+    await asyncio.wait_for(s1.local().started.wait(), 5)
+    await smp1.stop()
+    with pytest.raises(ShardStopped):
+        await pending
+    with pytest.raises(ShardStopped):
+        await s0.invoke_on(1, Counter.add, 1)
+
+
+async def test_a_single_shard_is_a_plain_call() -> None:
+    smp = Smp.single()
+    sharded: Sharded[Counter] = Sharded(smp, "counter")
     await sharded.start(Counter)
-    assert sharded.local().thread == threading.get_ident()
-    assert await sharded.invoke_on(0, Counter.add, 2) == 2
+    assert await sharded.invoke_on(0, Counter.add, 3) == (0, 3)
+    with pytest.raises(ShardStopped):
+        await sharded.invoke_on(1, Counter.add, 3)
     await sharded.stop()
-    await smp.stop()
+    with pytest.raises(ShardStopped):
+        sharded.local()

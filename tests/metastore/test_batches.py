@@ -113,3 +113,23 @@ def test_a_huge_batch_does_not_stall_other_requests(tmp_path: Path) -> None:
     # Old code: ~1.5 s of JSON and base64 on the loop; now decoding is C (msgspec) and the
     # batch is built in steps that yield to the loop.
     assert worst < 0.75, f"/v1/cache waited {worst:.2f}s behind a {n}-op batch"
+
+
+def test_a_write_that_may_have_landed_says_so(tmp_path: Path) -> None:
+    """Issue 13: a kv write answered 5xx was sometimes applied all the same. A failure after the
+    log append began now answers ``"outcome": "unknown"``; a 5xx without it was not applied.
+    Here the record is written and its fdatasync fails: the restart replays it."""
+    env = {"CACHEDAEMON_FAILPOINTS": "metastore.wal.before_sync=raise@2"}
+    data = tmp_path / "d"
+    with start_daemon(data, env=env) as d:
+        async def writes() -> None:
+            assert (await fetch("PUT", f"{d.url}/v1/kv/out/a", data=b"1")).status == 204
+            r = await fetch("PUT", f"{d.url}/v1/kv/out/b", data=b"2")
+            assert r.status >= 500
+            assert r.json()["error"]["outcome"] == "unknown"
+            bad = await fetch("PUT", f"{d.url}/v1/kv/Bad!/b", data=b"2")
+            assert bad.status == 400 and "outcome" not in bad.json()["error"]
+        asyncio.run(writes())
+    with start_daemon(data) as d:
+        got = asyncio.run(fetch("GET", f"{d.url}/v1/kv/out/b"))
+        assert got.status == 200 and got.body == b"2"  # it was applied after all

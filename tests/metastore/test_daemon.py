@@ -234,7 +234,7 @@ async def _kill_loop(tmp_path: Path, session: aiohttp.ClientSession, iterations:
 async def test_kill_9_during_concurrent_writes_loses_nothing_acknowledged(
     tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
-    await _kill_loop(tmp_path, session, 20, ())
+    await _kill_loop(tmp_path, session, 10, ())  # more in test_kill_9_loop_long (slow)
 
 
 async def test_kill_9_with_the_remote_log(tmp_path: Path, session: aiohttp.ClientSession) -> None:

@@ -92,6 +92,12 @@ async def test_idle_domains_are_flushed_closed_and_reopened(make_service: Maker,
             break
         await asyncio.sleep(0.01)
     assert {d.name for d in svc.domains()} == {"busy"}
+    # Its metric series went with it (the collector reads the open domains).
+    from cachedaemon.metastore.metrics import DomainCollector
+
+    labels = {tuple(sample.labels.values()) for family in DomainCollector().collect()
+              for sample in family.samples}
+    assert ("busy",) in labels and ("idle",) not in labels
     # Closed after a flush: its write is in the bucket's manifest, not only in the log.
     info = await svc.info("idle")
     assert info["persisted_seqno"] == info["last_seqno"] == 1

@@ -160,7 +160,7 @@ def test_dockerignore_keeps_what_the_build_copies_and_nothing_else() -> None:
             assert not _ignored(src, patterns), f"{src} is copied but .dockerignore drops it"
     assert not _ignored("cachedaemon/server/main.py", patterns)
     for junk in (".git", "tests/conftest.py", ".venv-test/bin/python", "cachedaemon-data/x",
-                 "cachedaemon/__pycache__/x.pyc", "bench/http.py"):
+                 "cachedaemon/__pycache__/x.pyc", "bench/serving.py"):
         assert _ignored(junk, patterns), junk
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cachedaemon.errors import InvalidKey, InvalidRange, PreconditionFailed
-from cachedaemon.remote.base import Body, ObjectStore
+from cachedaemon.errors import InvalidArgument, InvalidKey, InvalidRange, PreconditionFailed
+from cachedaemon.remote.base import Body, ObjectMeta, ObjectStore
 
 MiB = 1024 * 1024
 
@@ -355,3 +355,98 @@ async def test_losing_stream_put_keeps_the_winner(object_store: ObjectStore) -> 
         await object_store.put_if_absent("k", failing_body(1 * MiB, 10 * MiB))
     assert await object_store.get_bytes("k") == b"v"
     assert [o.key for o in (await object_store.list()).objects] == ["k"]
+
+
+# --- metadata and part layouts (the S3 endpoint's needs) -------------------------------------
+
+
+def multipart_etag(data: bytes, sizes: list[int]) -> str:
+    """S3's ETag of a multipart upload: md5 of the parts' md5 digests, then -N."""
+    digests, offset = b"", 0
+    for size in sizes:
+        digests += hashlib.md5(data[offset : offset + size]).digest()
+        offset += size
+    return f"{hashlib.md5(digests).hexdigest()}-{len(sizes)}"
+
+
+META = ObjectMeta(
+    content_type="text/plain; charset=utf-8",
+    content_encoding="identity",
+    content_disposition='attachment; filename="a.txt"',
+    content_language="en",
+    cache_control="max-age=60",
+    expires="Wed, 21 Oct 2037 07:28:00 GMT",
+    user=(("colour", "blue"), ("owner", "team-a")),
+)
+
+
+@pytest.mark.parametrize("kind", ["bytes", "stream"])
+async def test_metadata_round_trips(object_store: ObjectStore, kind: str) -> None:
+    data = payload(1000)
+    body: Body = data if kind == "bytes" else chunked(data, 300)
+    info = await object_store.put("m/obj", body, meta=META)
+    assert info.meta == META
+    head = await object_store.head("m/obj")
+    assert head is not None and head.meta == META
+    result = await object_store.get("m/obj", byte_range=(0, 9))
+    assert result is not None
+    async with result:
+        assert result.info.meta == META
+    # A later put without metadata drops it (S3 replaces the whole object).
+    await object_store.put("m/obj", data)
+    head = await object_store.head("m/obj")
+    assert head is not None and head.meta == ObjectMeta()
+    # Listings do not carry metadata (as S3's ListObjectsV2).
+    (listed,) = (await object_store.list("m/")).objects
+    assert listed.meta is None
+
+
+@pytest.mark.parametrize("kind", ["bytes", "path"])
+async def test_single_part_layout_has_the_md5_etag(
+    object_store: ObjectStore, tmp_path: Path, kind: str
+) -> None:
+    data = payload(17 * MiB, seed=3)  # above the S3 backend's multipart threshold
+    body: Body = data
+    if kind == "path":
+        body = tmp_path / "src"
+        body.write_bytes(data)
+    info = await object_store.put("single", body, single_part=True)
+    assert info.etag == hashlib.md5(data).hexdigest()
+    head = await object_store.head("single")
+    assert head is not None and head.etag == info.etag
+
+
+@pytest.mark.parametrize("kind", ["bytes", "path", "stream"])
+async def test_part_sizes_give_the_multipart_etag(
+    object_store: ObjectStore, tmp_path: Path, kind: str
+) -> None:
+    sizes = [5 * MiB, 5 * MiB + 7, 1234]
+    data = payload(sum(sizes), seed=4)
+    body: Body
+    if kind == "bytes":
+        body = data
+    elif kind == "path":
+        body = tmp_path / "src"
+        body.write_bytes(data)
+    else:
+        body = chunked(data, 1 << 20)
+    info = await object_store.put("multi", body, part_sizes=sizes, meta=META)
+    assert info.etag == multipart_etag(data, sizes)
+    assert info.size == len(data)
+    head = await object_store.head("multi")
+    assert head is not None and (head.etag, head.meta) == (info.etag, META)
+    assert await object_store.get_bytes("multi") == data
+    (listed,) = (await object_store.list("multi")).objects
+    assert listed.etag == info.etag
+
+
+async def test_one_part_layout_is_still_multipart(object_store: ObjectStore) -> None:
+    data = b"just one part"
+    info = await object_store.put("one", data, part_sizes=[len(data)])
+    assert info.etag == multipart_etag(data, [len(data)])
+
+
+async def test_part_sizes_must_add_up(object_store: ObjectStore) -> None:
+    with pytest.raises(InvalidArgument):
+        await object_store.put("bad", b"12345", part_sizes=[2, 2])
+    assert await object_store.head("bad") is None

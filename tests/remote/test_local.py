@@ -116,7 +116,7 @@ async def test_failed_put_leaves_no_temp_files(tmp_path: Path) -> None:
     await store.put("exists", b"e")
     with pytest.raises(PreconditionFailed):
         await store.put_if_absent("exists", b"other")
-    assert list((root / TMP_DIR).iterdir()) == []
+    assert [p.name for p in (root / TMP_DIR).iterdir()] == ["lock"]  # the root lock's file
     assert regular_files(root) == {"exists": b"e"}
 
 
@@ -211,3 +211,42 @@ async def test_concurrent_mixed_layout_changes(tmp_path: Path) -> None:
 
     await asyncio.gather(reader(), writer(), reader())
     assert await store.get_bytes("p") == b"parent"
+
+
+def test_put_if_match_is_atomic_across_processes(tmp_path: Path) -> None:
+    """The daemon's shards are processes: a conditional put racing one from another process
+    must still have exactly one winner (the root lock holds across processes)."""
+    import subprocess
+    import sys
+
+    from tests.support.daemon import daemon_env
+
+    root = tmp_path / "bucket"
+    racer = (
+        "import asyncio, os, sys, time\n"
+        "from cachedaemon.errors import PreconditionFailed\n"
+        "from cachedaemon.remote.local import LocalObjectStore\n"
+        "s = LocalObjectStore(sys.argv[1])\n"
+        "print('ready', flush=True)\n"
+        "while not os.path.exists(sys.argv[3]):\n"
+        "    time.sleep(0.0005)\n"
+        "async def go():\n"
+        "    try:\n"
+        "        await s.put('k', os.urandom(1000), if_match=sys.argv[2])\n"
+        "        print('won')\n"
+        "    except PreconditionFailed:\n"
+        "        print('lost')\n"
+        "asyncio.run(go())\n")
+    bad = 0
+    for round_ in range(5):
+        info = asyncio.run(LocalObjectStore(root).put("k", b"base %d" % round_))
+        go = tmp_path / f"go-{round_}"
+        procs = [subprocess.Popen([sys.executable, "-c", racer, str(root), info.etag, str(go)],
+                                  stdout=subprocess.PIPE, env=daemon_env()) for _ in range(4)]
+        for p in procs:  # every racer is ready: start them together
+            assert p.stdout is not None and p.stdout.readline().strip() == b"ready"
+        go.touch()
+        outcomes = [p.communicate(timeout=60)[0].decode().strip() for p in procs]
+        if outcomes.count("won") != 1:
+            bad += 1
+    assert bad == 0, f"{bad} of 5 rounds had no or several winners"

@@ -21,7 +21,7 @@ from cachedaemon.remote import (
     MemoryObjectStore,
     RetryingObjectStore,
 )
-from cachedaemon.remote.base import ObjectStore
+from cachedaemon.remote.base import ObjectMeta, ObjectStore
 
 FAST = Backoff(initial_s=0.001, max_s=0.01)
 
@@ -173,3 +173,60 @@ async def test_body_fault_breaks_download(object_store: ObjectStore) -> None:
     assert bytes(got) == data[:100_000]
     assert faulty.injected["get"] == 1
     assert await faulty.get_bytes("b") == data  # the second get is whole
+
+
+async def test_wrappers_pass_metadata_and_part_layouts_on(object_store: ObjectStore) -> None:
+    meta = ObjectMeta.make({"k": "v"}, content_type="text/csv")
+    stack = RetryingObjectStore(
+        InstrumentedObjectStore(FaultInjectingObjectStore(object_store)), deadline_s=5)
+    data = b"x" * (5 * 1024 * 1024 + 3)  # S3's smallest part but the last is 5 MiB
+    info = await stack.put("layout", data, meta=meta, part_sizes=[5 * 1024 * 1024, 3])
+    assert info.etag.endswith("-2")
+    head = await object_store.head("layout")
+    assert head is not None and (head.etag, head.meta) == (info.etag, meta)
+    await stack.put("single", b"abcdef", single_part=True)
+    head = await object_store.head("single")
+    assert head is not None and not head.etag.endswith("-1")
+
+
+async def test_land_then_fail_aimed_at_keys() -> None:
+    inner = MemoryObjectStore()
+    faulty = FaultInjectingObjectStore(inner)
+    rule = faulty.land_then_fail("put", key="wal/")
+    with pytest.raises(TransientUpstreamError):
+        await faulty.put_if_absent("wal/0001.log", b"segment")
+    assert await inner.get_bytes("wal/0001.log") == b"segment"  # it landed
+    await faulty.put("manifest", b"m")  # other keys are not touched
+    with pytest.raises(PreconditionFailed):  # a retry meets its own landed write
+        await faulty.put_if_absent("wal/0001.log", b"segment")
+    assert rule.fired == 2 and faulty.injected["put"] == 1
+    faulty.clear()
+    # nth counts the calls the key filter matched; a predicate works as a filter too.
+    faulty.fail("delete", nth=2, key=lambda k: k.endswith(".log"))
+    await faulty.delete("manifest")
+    await faulty.delete("wal/0001.log")
+    await faulty.put("wal/0002.log", b"x")
+    with pytest.raises(TransientUpstreamError):  # the second .log delete: refused first
+        await faulty.delete("wal/0002.log")
+    assert await inner.get_bytes("wal/0002.log") == b"x"
+    faulty.clear()
+    faulty.land_then_fail("delete_many", key="wal/", times=1)
+    with pytest.raises(TransientUpstreamError):
+        await faulty.delete_many(["a", "wal/0002.log"])
+    assert await inner.head("wal/0002.log") is None
+
+
+async def test_first_fail_rule_decides_a_call() -> None:
+    inner = MemoryObjectStore()
+    faulty = FaultInjectingObjectStore(inner)
+    faulty.land_then_fail("put", key="m", nth=1)
+    faulty.fail("put", key="m")
+    for _ in range(3):
+        with pytest.raises(TransientUpstreamError):
+            await faulty.put("m", b"x")
+    assert await inner.get_bytes("m") == b"x"  # the first landed; the others never reached it
+    assert faulty.injected["put"] == 3
+    await inner.delete("m")
+    with pytest.raises(TransientUpstreamError):
+        await faulty.put("m", b"y")
+    assert await inner.head("m") is None

@@ -11,11 +11,14 @@ import pytest
 from tests.support.daemon import DaemonProcess, start_daemon
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    """A daemon on a local bucket with room for 40 MiB objects, shared by a test module."""
+@pytest.fixture(scope="module", params=[1, 2], ids=["shards1", "shards2"])
+def daemon(tmp_path_factory: pytest.TempPathFactory,
+           request: pytest.FixtureRequest) -> Iterator[DaemonProcess]:
+    """A daemon on a local bucket with room for 40 MiB objects, shared by a test module; every
+    test runs against one shard and against two (processes)."""
     data = tmp_path_factory.mktemp("daemon") / "data"
-    with start_daemon(data, "--cache-max-bytes", "256MiB", "--max-object-bytes", "48MiB") as d:
+    with start_daemon(data, "--cache-max-bytes", "256MiB", "--max-object-bytes", "48MiB",
+                      shards=request.param) as d:
         yield d
 
 

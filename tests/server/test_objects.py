@@ -233,9 +233,15 @@ async def test_too_large_streamed(small_daemon: DaemonProcess) -> None:
 async def test_bad_headers(daemon: DaemonProcess) -> None:
     r = await put(daemon, "hdr/k", b"x", **{"X-Deadline-Ms": "soon"})
     assert r.status == 400 and r.error_code == "invalid_argument"
-    r = await put(daemon, "hdr/k", b"x", **{"If-None-Match": '"abc"'})
-    assert r.status == 400
     assert (await fetch("GET", obj(daemon, "hdr/k"))).status == 404
+    # An ETag list on PUT is RFC 9110's: 412 only when the current version matches.
+    r = await put(daemon, "hdr/k", b"x", **{"If-None-Match": '"abc"'})
+    assert r.status == 201
+    etag = r.json()["etag"]
+    r = await put(daemon, "hdr/k", b"y", **{"If-None-Match": f'"abc", {etag}'})
+    assert r.status == 412
+    r = await put(daemon, "hdr/k", b"y", **{"If-Match": '"a"', "If-None-Match": "*"})
+    assert r.status == 400  # one or the other
 
 
 async def test_concurrent_misses_share_one_download(daemon: DaemonProcess) -> None:
@@ -266,7 +272,7 @@ async def test_cache_admin(daemon: DaemonProcess) -> None:
     assert set(st) == {"bytes_used", "objects", "bytes_reserved", "objects_reserved",
                        "max_bytes", "max_objects", "hits", "misses", "trims", "shards"}
     assert all(isinstance(v, int) for v in st.values())
-    assert st["max_bytes"] == 256 * 1024 * 1024 and st["shards"] == 1
+    assert st["max_bytes"] == 256 * 1024 * 1024 and st["shards"] == daemon.shards
     files = cache_files(daemon.data_dir)
     assert st["objects"] == len(files)
     assert st["bytes_used"] == sum(p.stat().st_size for p in files)

@@ -145,3 +145,40 @@ async def test_bucket_failure_is_502_and_leaves_nothing(tmp_path: object, moto_e
         assert st["bytes_reserved"] == 0 and st["objects_reserved"] == 0
         assert st["objects"] == 0
         assert not part_files(data_dir)
+
+
+async def test_listing_hides_the_daemons_objects_on_s3(tmp_path: object, moto_endpoint: str,
+                                                       s3_bucket: str) -> None:
+    """On S3 (with and without a bucket prefix) the reserved run of keys is skipped, whatever
+    the page size, and never shown; the metastore works under it."""
+    from pathlib import Path
+
+    user = ["-x", ".a", ".cache/x", ".cachedaemo/x", ".cachedaemoo", "m", "meta/registry/kv"]
+    for remote in (f"s3://{s3_bucket}", f"s3://{s3_bucket}/pre/fix"):
+        data_dir = Path(str(tmp_path)) / remote.rsplit("/", 1)[-1] / "d"
+        with start_daemon(data_dir, remote=remote, s3_endpoint=moto_endpoint, shards=2) as d:
+            for i in range(30):  # plenty of the daemon's own objects (one epoch claim each)
+                assert (await fetch("PUT", f"{d.url}/v1/kv/kv{i % 3}/k{i}", data=b"v")).status \
+                    == 204
+            for i in range(3):
+                assert (await fetch("POST", f"{d.url}/v1/domains/kv{i}/flush")).status == 204
+            for key in user:
+                assert (await fetch("PUT", f"{d.url}/v1/objects/{key}", data=b"u")).status == 201
+            for limit in (1, 2, 5, 1000):
+                seen: list[str] = []
+                after = ""
+                while True:
+                    page = (await fetch("GET", f"{d.url}/v1/objects?limit={limit}"
+                                        + (f"&start_after={after}" if after else ""))).json()
+                    seen += [o["key"] for o in page["objects"]]
+                    if page["next"] is None:
+                        break
+                    after = page["next"]
+                assert seen == sorted(user), (remote, limit, seen)
+            assert (await fetch("GET", f"{d.url}/v1/kv/kv1/k1")).body == b"v"
+        client = bare_s3_client(moto_endpoint)
+        listed = [o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
+        client.close()
+        prefix = remote.split(s3_bucket, 1)[1].strip("/")
+        prefix = prefix + "/" if prefix else ""
+        assert any(k.startswith(prefix + ".cachedaemon/meta/registry/kv") for k in listed)

@@ -92,6 +92,7 @@ class DaemonProcess:
         preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.shards = shards
         self._preexec_fn = preexec_fn
         args = ["serve", "--listen", listen, "--data-dir", str(self.data_dir)]
         args += ["--shards", str(shards)]

@@ -5,7 +5,8 @@ directory but through the cloud cache, so a freshly written SST is a local cache
 read of an older one fills the cache, under the cache's byte/object limits and trimming.
 
 Names: an SST ``h`` of a database with bucket prefix ``P`` is the object ``P/<h.name>`` and
-the cache entry ``lsm/P/<h.name>``. Manifests are bucket objects, exactly as in the cloud
+the cache entry ``.cachedaemon/lsm/P/<h.name>`` (:data:`cachedaemon.namespace.CACHE_ROOT`, a part
+of the cache no user key maps to). Manifests are bucket objects, exactly as in the cloud
 backend (:class:`~cachedaemon.lsm.io.cloud_base.CloudMetadataPersistence`).
 
 **Writer** (:class:`CloudCacheSequentialWriter`): a cache :class:`StagingFile` for the SST's
@@ -16,8 +17,9 @@ never overwrites the object), then commits the file into the cache. A failed app
 makes ``close()`` raise and leaves nothing behind: the staging file is closed (its reservation
 released), its ``.part`` deleted, and no object exists. (Redpanda's writer returned quietly
 from ``close()`` after a failed append; that silently lost an SST.) If only the commit fails,
-the SST *is* safe in the bucket: ``close()`` still cleans up locally and raises, saying so;
-the orphaned object is collected by the engine's file GC like any unreferenced SST.
+the SST *is* safe in the bucket, which is what the engine asked for: ``close()`` cleans up
+locally, logs a warning and succeeds; the next read downloads the SST into the cache. (Failing
+there would stop the database for a cache problem while its data was durable.)
 
 **Reader**: a cache hit is read with positional reads on its file (the open descriptor keeps
 it readable even if a trim evicts the entry meanwhile). On a miss the object is downloaded
@@ -67,6 +69,7 @@ from cachedaemon.lsm.io.persistence import (
     RandomAccessReader,
     SequentialWriter,
 )
+from cachedaemon.namespace import CACHE_ROOT
 from cachedaemon.remote.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -77,8 +80,8 @@ WRITE_DEADLINE_S = 30.0
 READ_RESERVE_DEADLINE_S = 30.0
 #: How many times a reader tries to get the object into the cache before reading the bucket.
 READ_ATTEMPTS = 3
-#: Cache keys of LSM files start with this segment.
-CACHE_KEY_ROOT = "lsm"
+#: Cache keys of LSM files start with this (reserved: no object route reaches them).
+CACHE_KEY_ROOT = CACHE_ROOT.rstrip("/")
 
 
 def _cache_error(what: str, exc: BaseException) -> BaseException:
@@ -149,13 +152,14 @@ class CloudCacheSequentialWriter:
         try:
             await failpoint("lsm.cloud_cache.commit")
             await self._staging.commit()
-        except BaseException as exc:
+        except Exception as exc:
+            await self._discard("closed")
+            log.warning("%s was uploaded to %s but committing it into the cache failed (%s); "
+                        "it will be read from the bucket", name,
+                        self._owner.object_key(self._handle), exc)
+            return
+        except BaseException:
             await self._discard("failed")
-            if isinstance(exc, Exception):
-                raise IOFailure(
-                    f"{name} was uploaded to {self._owner.object_key(self._handle)} (the data "
-                    f"is safe in the bucket) but committing it into the cache failed: {exc}"
-                ) from exc
             raise
         self._state = "closed"
         self._owner._release_writer(self._handle)

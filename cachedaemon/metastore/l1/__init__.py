@@ -1,9 +1,12 @@
 """The L1 metastore: the catalogue of objects holding tiered partitions' offset ranges, with
 object GC (Redpanda's cloud-topics ``level_one/metastore``), on the rows of a metastore domain.
 
-Start at :class:`L1Metastore` (operations and queries), :class:`DatabaseRowStore` (run it on an
-``lsm.Database``) and :class:`ObjectGC` (delete objects whose data is all dead). Row layouts are
-in ``docs/l1-format.md``; the HTTP API in ``docs/l1-api.md``.
+Start at :class:`L1Metastore` (operations and queries; the request checks are in
+:mod:`~cachedaemon.metastore.l1.validate`), :class:`DatabaseRowStore` (run it on an
+``lsm.Database``) and :class:`ObjectGC` (expire preregistrations, delete objects whose data is
+all dead). Objects live in the bucket at :func:`object_bucket_key` (``l1/<domain>/objects/<oid>``).
+Row layouts and the validation rules are in ``docs/l1-format.md``; the HTTP API in
+``docs/l1-api.md``.
 """
 
 from cachedaemon.metastore.l1.errors import (
@@ -12,8 +15,8 @@ from cachedaemon.metastore.l1.errors import (
     OutOfRange,
     TransportError,
 )
-from cachedaemon.metastore.l1.gc import ObjectGC, default_object_name
-from cachedaemon.metastore.l1.keys import TopicIdPartition
+from cachedaemon.metastore.l1.gc import ObjectGC
+from cachedaemon.metastore.l1.keys import TopicIdPartition, object_bucket_key
 from cachedaemon.metastore.l1.metastore import L1Metastore
 from cachedaemon.metastore.l1.store import DatabaseRowStore, RowReader, RowStore
 
@@ -28,5 +31,5 @@ __all__ = [
     "RowStore",
     "TopicIdPartition",
     "TransportError",
-    "default_object_name",
+    "object_bucket_key",
 ]

@@ -14,6 +14,10 @@ numbers). The layout (``docs/l1-format.md``) is Redpanda's ``metastore/lsm/keys.
 So all extents of one partition are one contiguous key range, in offset order; all partitions of
 a topic are one contiguous range of metadata rows; and the object rows form one range the GC walks.
 
+The bucket keys of the L1 objects themselves are here too (:func:`object_bucket_key`): each domain's
+objects live under their own prefix ``l1/<domain>/objects/``, so one domain's GC can only ever
+delete its own objects, whatever ids other domains use.
+
 Pure functions; no state, usable from any shard.
 """
 
@@ -71,6 +75,23 @@ def compaction_key(tidp: TopicIdPartition) -> bytes:
 
 def object_key(oid: uuid.UUID) -> bytes:
     return OBJECT + oid.hex.encode("ascii")
+
+
+# --- bucket keys of the objects ---------------------------------------------------------------
+
+#: Where objects registered before per-domain keys lived (shared by every domain).
+LEGACY_OBJECTS_PREFIX = "l1/objects/"
+
+
+def object_bucket_key(domain: str, oid: uuid.UUID) -> str:
+    """The bucket key of L1 object ``oid`` of domain ``domain``: ``l1/<domain>/objects/<oid>``
+    (the writer uploads it there; the domain's GC deletes it from there)."""
+    return f"l1/{domain}/objects/{oid}"
+
+
+def legacy_object_bucket_key(oid: uuid.UUID) -> str:
+    """The key of an object registered under the previous, shared layout."""
+    return f"{LEGACY_OBJECTS_PREFIX}{oid}"
 
 
 # --- ranges ----------------------------------------------------------------------------------

@@ -6,16 +6,22 @@ partition's offsets, size, term starts and compaction state, and per object how 
 bytes are still referenced — so the object GC (:mod:`cachedaemon.metastore.l1.gc`) knows when an
 object is all dead and may be deleted.
 
-Every write is one atomic batch built from a consistent snapshot (:class:`StagedRows`) under the
-lock order domain → topic → partition → object (:mod:`locks`): the partition locks keep a
-partition's rows still while the update is computed; object locks are taken last, in one sorted
-call. An operation that discovers the objects it touches only by reading (truncation,
-replacement, topic removal) computes twice: once to learn the objects, then again under their
-locks from a fresh snapshot, and applies that. Queries read one snapshot and take no locks.
+Every write is checked twice, as Redpanda's ``state_update.cc`` does: first against the request
+alone (:mod:`~cachedaemon.metastore.l1.validate`, no lock, no read), then against one consistent
+snapshot, from which it builds its rows (:class:`StagedRows`); a rejected request changes
+nothing. The rules are listed in ``docs/l1-format.md``. The lock order is domain → topic →
+partition → object (:mod:`locks`): the partition locks keep a partition's rows still while the
+update is computed; object locks are taken last, in one sorted call. An operation that discovers
+the objects it touches only by reading (truncation, replacement, topic removal) computes twice:
+once to learn the objects, then again under their locks from a fresh snapshot, and applies that.
+Queries read one snapshot and take no locks.
 
 Errors: :class:`MissingPartition` (404), :class:`InvalidRequest` with the reason (400),
-:class:`OutOfRange` (416); failures of the row store pass through (translated to
-:class:`TransportError` at the store adapter).
+:class:`OutOfRange` (416); an inconsistency of the stored catalogue (removed bytes above an
+object's total, an extent of a preregistered or missing object) is
+:class:`~cachedaemon.errors.Corruption` (500), counted and logged by :mod:`accounting`, never
+repaired. Failures of the row store pass through (translated to :class:`TransportError` at the
+store adapter).
 
 One instance per domain, on the shard that owns the domain; not thread-safe.
 """
@@ -25,24 +31,23 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from itertools import pairwise
 from typing import TypeVar
 
 from cachedaemon.clock import Clock, SystemClock
 from cachedaemon.errors import Corruption
-from cachedaemon.metastore.l1 import intervals, keys, values
+from cachedaemon.metastore.l1 import compaction, intervals, keys, validate, values
+from cachedaemon.metastore.l1.accounting import corruption
 from cachedaemon.metastore.l1.errors import InvalidRequest, MissingPartition, OutOfRange
 from cachedaemon.metastore.l1.keys import TopicIdPartition
 from cachedaemon.metastore.l1.locks import LockManager
 from cachedaemon.metastore.l1.state import StagedRows
-from cachedaemon.metastore.l1.store import RowStore, scan_all
+from cachedaemon.metastore.l1.store import RowReader, RowStore, scan_all
 from cachedaemon.metastore.l1.types import (
     CompactionInfo,
     CompactionUpdate,
     ExtentList,
+    ExtentLocation,
     ExtentMetadata,
-    ExtentSpec,
     NewObject,
     ObjectInfo,
     OffsetRange,
@@ -50,96 +55,23 @@ from cachedaemon.metastore.l1.types import (
     TermStart,
     TombstoneRangeInfo,
 )
+from cachedaemon.metastore.l1.validate import Extent, Replacement
 from cachedaemon.metastore.l1.values import (
     CompactionState,
     ExtentValue,
     ObjectEntry,
     PartitionMetadata,
-    TombstoneRange,
 )
 
 T = TypeVar("T")
 
 #: Most extents one listing returns.
 MAX_LIST_LIMIT = 10000
+#: The domain name an L1Metastore gets when none is given (tests, benchmarks).
+DEFAULT_DOMAIN = "l1"
 
 
-@dataclass(frozen=True, slots=True)
-class _Extent:
-    base: int
-    last: int
-    oid: uuid.UUID
-    spec: ExtentSpec
-    where: str
-
-
-def tidp_of(e: ExtentSpec | TermStart) -> TopicIdPartition:
-    return TopicIdPartition(e.topic_id, e.partition)
-
-
-def _validate_objects(objects: Sequence[NewObject]) -> dict[TopicIdPartition, list[_Extent]]:
-    """Check what needs no state; group extents by partition in offset order."""
-    seen: set[uuid.UUID] = set()
-    parts: dict[TopicIdPartition, list[_Extent]] = defaultdict(list)
-    for i, obj in enumerate(objects):
-        where = f"objects[{i}]"
-        if obj.oid in seen:
-            raise InvalidRequest(f"{where}.oid: object {obj.oid} appears twice in the request")
-        seen.add(obj.oid)
-        if not obj.extents:
-            raise InvalidRequest(f"{where}.extents: an object must hold at least one extent")
-        if obj.footer_pos > obj.object_size:
-            raise InvalidRequest(f"{where}.footer_pos: {obj.footer_pos} is past object_size "
-                                 f"{obj.object_size}")
-        for j, e in enumerate(obj.extents):
-            w = f"{where}.extents[{j}]"
-            if e.base_offset > e.last_offset:
-                raise InvalidRequest(f"{w}.last_offset: {e.last_offset} is below base_offset "
-                                     f"{e.base_offset}")
-            if e.len == 0:
-                # An object whose data is all zero-length would look dead (removed == total)
-                # while its extents still reference it, and the GC would delete it.
-                raise InvalidRequest(f"{w}.len: an extent holds at least one byte")
-            if e.filepos + e.len > obj.footer_pos:
-                raise InvalidRequest(f"{w}.len: bytes [{e.filepos}, {e.filepos + e.len}) run "
-                                     f"past footer_pos {obj.footer_pos}")
-            parts[tidp_of(e)].append(_Extent(e.base_offset, e.last_offset, obj.oid, e, w))
-    for tidp, exts in parts.items():
-        exts.sort(key=lambda x: x.base)
-        for prev, cur in pairwise(exts):
-            if cur.base != prev.last + 1:
-                raise InvalidRequest(
-                    f"{cur.where}.base_offset: extents of partition {tidp} are not contiguous "
-                    f"({cur.base} follows last offset {prev.last})")
-    return dict(parts)
-
-
-def _validate_terms(terms: Sequence[TermStart], parts: Mapping[TopicIdPartition, list[_Extent]]
-                    ) -> dict[TopicIdPartition, list[tuple[int, int]]]:
-    out: dict[TopicIdPartition, list[tuple[int, int]]] = defaultdict(list)
-    for i, t in enumerate(terms):
-        w = f"terms[{i}]"
-        tidp = tidp_of(t)
-        exts = parts.get(tidp)
-        if exts is None:
-            raise InvalidRequest(f"{w}: partition {tidp} has no extents in the request")
-        if not exts[0].base <= t.start_offset <= exts[-1].last:
-            raise InvalidRequest(f"{w}.start_offset: {t.start_offset} is outside the added "
-                                 f"offsets [{exts[0].base}, {exts[-1].last}]")
-        prev = out[tidp][-1] if out[tidp] else None
-        if prev is not None and (t.term <= prev[0] or t.start_offset <= prev[1]):
-            raise InvalidRequest(f"{w}: terms of partition {tidp} must increase in term and "
-                                 f"start_offset")
-        out[tidp].append((t.term, t.start_offset))
-    return dict(out)
-
-
-def _new_object_entry(obj: NewObject, removed: int, now_ms: int) -> ObjectEntry:
-    total = sum(e.len for e in obj.extents)
-    return ObjectEntry(total, min(total, removed), obj.footer_pos, obj.object_size, now_ms, False)
-
-
-def _extent_value(x: _Extent) -> ExtentValue:
+def _extent_value(x: Extent) -> ExtentValue:
     return ExtentValue(x.last, x.spec.max_timestamp, x.spec.filepos, x.spec.len, x.oid)
 
 
@@ -148,40 +80,45 @@ def _extent_metadata(base: int, e: ExtentValue) -> ExtentMetadata:
                           max_timestamp=e.max_timestamp, filepos=e.filepos, len=e.len, oid=e.oid)
 
 
-def _object_info(oid: uuid.UUID, o: ObjectEntry) -> ObjectInfo:
-    return ObjectInfo(oid=oid, total_data_size=o.total_data_size,
-                      removed_data_size=o.removed_data_size, footer_pos=o.footer_pos,
-                      object_size=o.object_size, last_updated=o.last_updated,
-                      is_preregistration=o.is_preregistration)
-
-
-async def _check_new_objects(s: StagedRows, objects: Sequence[NewObject]) -> None:
-    for i, obj in enumerate(objects):
-        existing = await s.object(obj.oid)
-        if existing is not None and not existing.is_preregistration:
-            raise InvalidRequest(f"objects[{i}].oid: object {obj.oid} is already registered")
-
-
 class L1Metastore:
     """The L1 operations over one domain's rows (see the module docstring)."""
 
     def __init__(self, store: RowStore, *, clock: Clock | None = None,
-                 locks: LockManager | None = None) -> None:
+                 locks: LockManager | None = None, domain: str = DEFAULT_DOMAIN) -> None:
         self.store = store
         self.clock: Clock = clock or SystemClock()
         self.locks = locks or LockManager()
+        #: The domain's name: it names the objects' bucket keys and labels corruption reports.
+        self.domain = domain
 
     def now_ms(self) -> int:
         return int(self.clock.time() * 1000)
+
+    def staged(self, reader: RowReader) -> StagedRows:
+        return StagedRows(reader, self.domain)
+
+    def bucket_key(self, oid: uuid.UUID, entry: ObjectEntry | None = None) -> str:
+        """Where object ``oid`` lives in the bucket (the shared legacy key for a row written
+        before per-domain keys)."""
+        if entry is not None and entry.legacy_key:
+            return keys.legacy_object_bucket_key(oid)
+        return keys.object_bucket_key(self.domain, oid)
+
+    def _object_info(self, oid: uuid.UUID, o: ObjectEntry) -> ObjectInfo:
+        return ObjectInfo(oid=oid, total_data_size=o.total_data_size,
+                          removed_data_size=o.removed_data_size, footer_pos=o.footer_pos,
+                          object_size=o.object_size, last_updated=o.last_updated,
+                          is_preregistration=o.is_preregistration,
+                          object_key=self.bucket_key(oid, o))
 
     async def _two_phase(self, compute: Callable[[StagedRows], Awaitable[tuple[T, set[uuid.UUID]]]]
                          ) -> T:
         """Compute once to learn the objects touched, then again under their locks; apply.
         REQUIRES: the caller holds the locks of every partition ``compute`` reads."""
         async with self.store.snapshot(for_write=True) as reader:
-            _, oids = await compute(StagedRows(reader))
+            _, oids = await compute(self.staged(reader))
         async with self.locks.objects(oids), self.store.snapshot(for_write=True) as reader:
-            staged = StagedRows(reader)
+            staged = self.staged(reader)
             result, again = await compute(staged)
             if not again <= oids:
                 raise Corruption("L1: the objects of a locked partition changed under its lock")
@@ -190,177 +127,182 @@ class L1Metastore:
                 await self.store.apply(ops)
         return result
 
+    @staticmethod
+    async def _preregistered(s: StagedRows, objects: Sequence[NewObject]
+                             ) -> dict[uuid.UUID, ObjectEntry]:
+        """The preregistration row of every new object; anything else is refused: an id never
+        preregistered, one already added, one whose preregistration expired."""
+        rows = {}
+        for i, obj in enumerate(objects):
+            row = await s.object(obj.oid)
+            if row is None or not row.is_preregistration:
+                why = ("preregister its id before uploading it" if row is None else
+                       "its preregistration expired" if row.total_data_size == 0 else
+                       "it was already added")
+                raise InvalidRequest(f"objects[{i}].oid: object {obj.oid} is not pre-registered "
+                                     f"({why})")
+            rows[obj.oid] = row
+        return rows
+
     # --- writes ------------------------------------------------------------------------------
 
-    async def add_objects(self, objects: Sequence[NewObject], terms: Sequence[TermStart] = ()
+    async def add_objects(self, objects: Sequence[NewObject], terms: Sequence[TermStart]
                           ) -> dict[TopicIdPartition, int]:
-        """Register new objects and their extents, and term starts.
+        """Register preregistered objects, their extents and term starts.
 
-        Per partition the request's extents must be contiguous; a new partition starts at its
-        first extent. A partition whose extents do not begin at its current next offset is left
-        alone (its bytes count as removed in their objects) and is returned with its real next
-        offset — the *corrected next offsets* — so the writer can resume from there.
+        Per partition the request's extents are contiguous and start at the partition's next
+        offset (0 for a new partition); a partition whose extents do not is left alone (its
+        bytes count as removed in their objects) and is returned with its real next offset —
+        the *corrected next offsets* — so the writer can resume from there.
         """
-        parts = _validate_objects(objects)
-        term_map = _validate_terms(terms, parts)
-        async with (self.locks.partitions(parts), self.locks.objects(o.oid for o in objects),
+        req = validate.add_request(objects, terms)
+        async with (self.locks.partitions(req.parts),
+                    self.locks.objects(o.oid for o in objects),
                     self.store.snapshot(for_write=True) as reader):
-            s = StagedRows(reader)
-            await _check_new_objects(s, objects)
+            s = self.staged(reader)
+            prereg = await self._preregistered(s, objects)
             now = self.now_ms()
             corrected: dict[TopicIdPartition, int] = {}
             removed: dict[uuid.UUID, int] = defaultdict(int)
-            for tidp, exts in parts.items():
+            for tidp in sorted(req.parts):
+                exts = req.parts[tidp]
                 m = await s.metadata(tidp)
-                if m is not None and exts[0].base != m.next_offset:
-                    corrected[tidp] = m.next_offset
+                expected = 0 if m is None else m.next_offset
+                if exts[0].base != expected:
+                    corrected[tidp] = expected
                     for x in exts:
-                        removed[x.oid] += x.spec.len
+                        removed[x.oid] += x.len
                     continue
-                new_terms = term_map.get(tidp, [])
-                last_term = (await s.last_term(tidp)
-                             if m is not None and new_terms else None)
-                for term, start in new_terms:
-                    if last_term is not None and term < last_term[0]:
-                        raise InvalidRequest(f"term {term} of partition {tidp} is below its "
-                                             f"latest term {last_term[0]}")
-                    if last_term is not None and term == last_term[0]:
-                        continue  # the latest term goes on
-                    s.put_term(tidp, term, start)
+                await self._add_terms(s, tidp, req.terms[tidp])
                 for x in exts:
                     s.put_extent(tidp, x.base, _extent_value(x))
-                added = sum(x.spec.len for x in exts)
                 if m is None:
-                    m = PartitionMetadata(exts[0].base, exts[0].base, 0, 0, 0)
+                    m = PartitionMetadata(0, 0, 0, 0, 0)
                 s.put_metadata(tidp, PartitionMetadata(
-                    m.start_offset, exts[-1].last + 1, m.compaction_epoch, m.size + added,
-                    m.num_extents + len(exts)))
+                    m.start_offset, exts[-1].last + 1, m.compaction_epoch,
+                    m.size + sum(x.len for x in exts), m.num_extents + len(exts)))
             for obj in objects:
-                s.put_object(obj.oid, _new_object_entry(obj, removed.get(obj.oid, 0), now))
+                s.put_object(obj.oid, ObjectEntry(
+                    sum(e.len for e in obj.extents), removed.get(obj.oid, 0), obj.footer_pos,
+                    obj.object_size, now, False, prereg[obj.oid].legacy_key))
             await self.store.apply(s.ops())
         return corrected
+
+    @staticmethod
+    async def _add_terms(s: StagedRows, tidp: TopicIdPartition,
+                         new_terms: list[tuple[int, int]]) -> None:
+        """Stage the request's terms of an accepted partition: the first is at least its highest
+        stored term and starts after that term's start; if it is that term, it goes on."""
+        last = await s.last_term(tidp)
+        if last is not None:
+            term, start = new_terms[0]
+            if term < last[0]:
+                raise InvalidRequest(f"terms: partition {tidp}: term {term} is below its "
+                                     f"highest term {last[0]} (which starts at {last[1]})")
+            if start <= last[1]:
+                raise InvalidRequest(f"terms: partition {tidp}: term {term} starts at {start}, "
+                                     f"not after its highest term {last[0]}, which starts at "
+                                     f"{last[1]}")
+            if term == last[0]:
+                new_terms = new_terms[1:]
+        for term, start in new_terms:
+            s.put_term(tidp, term, start)
 
     async def replace_objects(self, objects: Sequence[NewObject],
                               expected_epochs: Mapping[TopicIdPartition, int]
                               ) -> dict[TopicIdPartition, int]:
-        """Replace, per partition, the extents covering exactly the new extents' range with the
-        new ones (e.g. after re-packing objects). Optimistic: each partition's compaction epoch
-        must equal ``expected_epochs``; each success bumps it. Returns the new epochs."""
-        parts = _validate_objects(objects)
-        for tidp in expected_epochs:
-            if tidp not in parts:
-                raise InvalidRequest(f"expected_epochs: partition {tidp} has no extents in the "
-                                     f"request")
-        return await self._replace(objects, parts, dict(expected_epochs), {})
+        """Replace runs of existing extents with new (preregistered) objects' extents, e.g.
+        after re-packing. Per partition the new extents may form several disjoint runs; each
+        covers exactly a run of existing extents (runs below the start offset are dropped, one
+        straddling it is trimmed). Optimistic: each partition's compaction epoch must equal
+        ``expected_epochs``; each success bumps it. Returns the new epochs."""
+        return await self._replace(validate.replace_request(objects, expected_epochs))
 
     async def compact_objects(self, objects: Sequence[NewObject],
                               updates: Sequence[CompactionUpdate]
                               ) -> dict[TopicIdPartition, int]:
-        """Replace extents with compacted objects (as :meth:`replace_objects`) and record the
-        compaction outcome per partition; an update without objects only commits compaction
-        metadata. Every partition with extents in ``objects`` needs an update."""
-        parts = _validate_objects(objects)
-        by_tidp: dict[TopicIdPartition, CompactionUpdate] = {}
-        for i, u in enumerate(updates):
-            tidp = TopicIdPartition(u.topic_id, u.partition)
-            if tidp in by_tidp:
-                raise InvalidRequest(f"updates[{i}]: partition {tidp} appears twice")
-            ranges = [] if u.cleaned_range is None else [("cleaned_range", u.cleaned_range)]
-            ranges += [(f"removed_tombstone_ranges[{j}]", r)
-                       for j, r in enumerate(u.removed_tombstone_ranges)]
-            for name, r in ranges:
-                if r.base > r.last:
-                    raise InvalidRequest(f"updates[{i}].{name}: base {r.base} > last {r.last}")
-            if u.has_tombstones and u.cleaned_range is None:
-                raise InvalidRequest(f"updates[{i}].has_tombstones: needs a cleaned_range")
-            by_tidp[tidp] = u
-        epochs = {t: u.expected_epoch for t, u in by_tidp.items()}
-        return await self._replace(objects, parts, epochs, by_tidp)
+        """Replace extents with compacted objects (as :meth:`replace_objects`) and record each
+        partition's compaction outcome; every partition with new extents needs an update and
+        every update new extents."""
+        return await self._replace(validate.compact_request(objects, updates))
 
-    async def _replace(self, objects: Sequence[NewObject],
-                       parts: dict[TopicIdPartition, list[_Extent]],
-                       epochs: dict[TopicIdPartition, int],
-                       updates: dict[TopicIdPartition, CompactionUpdate],
-                       ) -> dict[TopicIdPartition, int]:
-        for tidp in parts:
-            if tidp not in epochs:
-                raise InvalidRequest(f"partition {tidp} has extents in the request but no "
-                                     f"expected compaction epoch")
-        new_oids = {o.oid for o in objects}
+    async def commit_compaction_metadata(self, updates: Sequence[CompactionUpdate]
+                                         ) -> dict[TopicIdPartition, int]:
+        """Record compaction outcomes without replacing extents (a job that installed its
+        objects in earlier compact_objects calls); one epoch bump per partition."""
+        return await self._replace(validate.commit_request(updates))
+
+    async def _replace(self, req: Replacement) -> dict[TopicIdPartition, int]:
+        new_oids = {o.oid for o in req.objects}
 
         async def compute(s: StagedRows) -> tuple[dict[TopicIdPartition, int], set[uuid.UUID]]:
-            await _check_new_objects(s, objects)
+            prereg = await self._preregistered(s, req.objects)
             now = self.now_ms()
             touched = set(new_oids)
-            removed: dict[uuid.UUID, int] = defaultdict(int)
+            removed_old: dict[uuid.UUID, int] = defaultdict(int)
+            removed_new: dict[uuid.UUID, int] = defaultdict(int)
+            added = 0
             result: dict[TopicIdPartition, int] = {}
-            for tidp in sorted(epochs):
+            for tidp in sorted(req.epochs):
                 m = await s.metadata(tidp)
                 if m is None:
                     raise MissingPartition(f"partition {tidp} is not in the L1 metastore")
-                if m.compaction_epoch != epochs[tidp]:
+                if m.compaction_epoch != req.epochs[tidp]:
                     raise InvalidRequest(
                         f"stale compaction epoch for partition {tidp}: expected "
-                        f"{epochs[tidp]}, current {m.compaction_epoch}")
+                        f"{req.epochs[tidp]}, current {m.compaction_epoch}")
                 size, count = m.size, m.num_extents
-                exts = parts.get(tidp)
-                if exts:
-                    base, last = exts[0].base, exts[-1].last
+                for run in req.runs.get(tidp, []):
+                    base, last = run[0].base, run[-1].last
+                    if last < m.start_offset:  # wholly below the start: dropped
+                        for x in run:
+                            removed_new[x.oid] += x.len
+                        continue
                     if last >= m.next_offset:
-                        raise OutOfRange(f"replacement [{base}, {last}] of partition {tidp} "
-                                         f"runs past its next offset {m.next_offset}")
-                    old = await s.extents(tidp, base, last + 1)
-                    if not old or old[0][0] != base or old[-1][1].last_offset != last:
-                        raise InvalidRequest(
-                            f"replacement [{base}, {last}] of partition {tidp} does not match "
-                            f"the boundaries of its extents")
+                        raise OutOfRange(f"partition {tidp}: replacement [{base}, {last}] runs "
+                                         f"past its next offset {m.next_offset}")
+                    lo = base
+                    if base < m.start_offset:  # straddles the start: trimmed to what is left
+                        first = await s.first_extent(tidp)
+                        lo = first[0] if first is not None else m.start_offset
+                    old = await s.extents(tidp, lo, last + 1)
+                    if not old or old[0][0] != lo or old[-1][1].last_offset != last:
+                        raise InvalidRequest(f"partition {tidp} has no extents spanning exactly "
+                                             f"[{lo}, {last}] (the replacement must start and "
+                                             f"end on extent boundaries)")
                     for b, e in old:
-                        removed[e.oid] += e.len
-                        touched.add(e.oid)
                         s.delete_extent(tidp, b)
+                        removed_old[e.oid] += e.len
+                        touched.add(e.oid)
                         size -= e.len
-                    for x in exts:
+                        count -= 1
+                    for x in run:
+                        if x.last < m.start_offset:
+                            removed_new[x.oid] += x.len
+                            continue
                         s.put_extent(tidp, x.base, _extent_value(x))
-                        size += x.spec.len
-                    count += len(exts) - len(old)
-                u = updates.get(tidp)
-                if u is not None:
-                    s.put_compaction(tidp, await self._compaction_update(s, tidp, m, u))
+                        size += x.len
+                        count += 1
+                        added += 1
+                change = req.changes.get(tidp)
+                if change is not None:
+                    s.put_compaction(tidp, compaction.merge(tidp, m, await s.compaction(tidp),
+                                                            change))
                 result[tidp] = m.compaction_epoch + 1
                 s.put_metadata(tidp, PartitionMetadata(m.start_offset, m.next_offset,
                                                        m.compaction_epoch + 1, size, count))
-            for obj in objects:
-                s.put_object(obj.oid, _new_object_entry(obj, 0, now))
-            await s.remove_bytes({o: n for o, n in removed.items() if o not in new_oids}, now)
+            if req.runs and not added:
+                raise InvalidRequest("replacement extents all filtered out: every interval is "
+                                     "below its partition's start offset")
+            for obj in req.objects:
+                s.put_object(obj.oid, ObjectEntry(
+                    sum(e.len for e in obj.extents), removed_new.get(obj.oid, 0), obj.footer_pos,
+                    obj.object_size, now, False, prereg[obj.oid].legacy_key))
+            await s.remove_bytes(dict(removed_old), now)
             return result, touched
 
-        async with self.locks.partitions(epochs):
+        async with self.locks.partitions(req.epochs):
             return await self._two_phase(compute)
-
-    @staticmethod
-    async def _compaction_update(s: StagedRows, tidp: TopicIdPartition, m: PartitionMetadata,
-                                 u: CompactionUpdate) -> CompactionState:
-        cs = await s.compaction(tidp)
-        cleaned = cs.cleaned_ranges
-        tombs = list(cs.cleaned_ranges_with_tombstones)
-        if u.cleaned_range is not None:
-            r = u.cleaned_range
-            if r.last >= m.next_offset:
-                raise OutOfRange(f"cleaned_range [{r.base}, {r.last}] of partition {tidp} runs "
-                                 f"past its next offset {m.next_offset}")
-            clipped = intervals.clip_below([(r.base, r.last)], m.start_offset)
-            for b, last in clipped:
-                cleaned = intervals.add(cleaned, (b, last))
-                if u.has_tombstones:
-                    tombs.append(TombstoneRange(b, last, u.cleaned_at))
-        for r in u.removed_tombstone_ranges:
-            kept: list[TombstoneRange] = []
-            for t in tombs:
-                for b, last in intervals.subtract([(t.base, t.last)], (r.base, r.last)):
-                    kept.append(TombstoneRange(b, last, t.cleaned_at))
-            tombs = kept
-        tombs.sort(key=lambda t: (t.base, t.last))
-        return CompactionState(cleaned, tuple(tombs))
 
     async def set_start_offset(self, tidp: TopicIdPartition, start_offset: int) -> Offsets:
         """Prefix truncation: extents wholly below ``start_offset`` go (their bytes become removed
@@ -386,11 +328,8 @@ class L1Metastore:
             below = [t for t, start in terms if start <= start_offset]
             for t in below[:-1]:
                 s.delete_term(tidp, t)
-            cs = await s.compaction(tidp)
-            s.put_compaction(tidp, CompactionState(
-                intervals.clip_below(cs.cleaned_ranges, start_offset),
-                tuple(TombstoneRange(b, last, t.cleaned_at) for t in cs.cleaned_ranges_with_tombstones
-                      for b, last in intervals.clip_below([(t.base, t.last)], start_offset))))
+            s.put_compaction(tidp, compaction.clip_to_start(await s.compaction(tidp),
+                                                            start_offset))
             s.put_metadata(tidp, PartitionMetadata(start_offset, m.next_offset,
                                                    m.compaction_epoch, size, count))
             await s.remove_bytes(removed, self.now_ms())
@@ -425,20 +364,50 @@ class L1Metastore:
         async with self.locks.partitions(exclusive_topics=topics):
             return await self._two_phase(compute)
 
-    async def preregister_objects(self, count: int) -> list[uuid.UUID]:
-        """Reserve ``count`` fresh object ids before uploading; an id not added within the TTL is
-        expired by the GC (which also deletes any bucket object of that name)."""
-        if not 1 <= count <= 10000:
-            raise InvalidRequest(f"count: {count} is not within 1..10000")
-        oids = [uuid.uuid4() for _ in range(count)]
-        async with (self.locks.partitions(), self.locks.objects(oids),
+    async def preregister_objects(self, count: int | None = None, *,
+                                  oids: Iterable[uuid.UUID] | None = None) -> list[uuid.UUID]:
+        """Reserve object ids before uploading: ``count`` fresh ones, or the caller's ``oids``
+        (Redpanda's ``preregister_objects``). An id that exists in any form — preregistered,
+        added, dead or expired — is refused. An id not added within the TTL is expired by the
+        GC: rewritten as a zero-size object that can never be added, deleted after the
+        deletion delay (with whatever was uploaded under its key)."""
+        wanted = validate.preregister_request(count, oids)
+        ids = [uuid.uuid4() for _ in range(wanted)] if isinstance(wanted, int) else wanted
+        async with (self.locks.partitions(), self.locks.objects(ids),
                     self.store.snapshot(for_write=True) as reader):
-            s = StagedRows(reader)
+            s = self.staged(reader)
+            for i, oid in enumerate(ids):
+                if await s.object(oid) is not None:
+                    # (For fresh ids this is a uuid4 collision: never seen in practice.)
+                    raise InvalidRequest(f"oids[{i}]: object {oid} already exists")
             now = self.now_ms()
-            for oid in oids:
+            for oid in ids:
                 s.put_object(oid, ObjectEntry(0, 0, 0, 0, now, True))
             await self.store.apply(s.ops())
-        return oids
+        return ids
+
+    async def expire_preregistrations(self, oids: Iterable[uuid.UUID], cutoff_ms: int
+                                      ) -> list[uuid.UUID]:
+        """Expire the preregistrations among ``oids`` still last updated at or before
+        ``cutoff_ms``: each becomes an ordinary zero-size object stamped now, which the GC
+        deletes (bucket object first) only after the deletion delay, and which can never be
+        added. Returns the ids expired. (Redpanda's ``expire_preregistered_objects``.)"""
+        wanted = sorted(set(oids))
+        expired: list[uuid.UUID] = []
+        async with (self.locks.partitions(), self.locks.objects(wanted),
+                    self.store.snapshot(for_write=True) as reader):
+            s = self.staged(reader)
+            now = self.now_ms()
+            for oid in wanted:
+                o = await s.object(oid)
+                if o is None or not o.is_preregistration or o.last_updated > cutoff_ms:
+                    continue
+                s.put_object(oid, ObjectEntry(0, 0, o.footer_pos, o.object_size, now, False,
+                                              o.legacy_key))
+                expired.append(oid)
+            if expired:
+                await self.store.apply(s.ops())
+        return expired
 
     async def remove_objects(self, oids: Iterable[uuid.UUID]) -> int:
         """Delete the rows of objects that hold no live data (or are preregistrations).
@@ -447,7 +416,7 @@ class L1Metastore:
         wanted = sorted(set(oids))
         async with (self.locks.partitions(), self.locks.objects(wanted),
                     self.store.snapshot(for_write=True) as reader):
-            s = StagedRows(reader)
+            s = self.staged(reader)
             n = 0
             for oid in wanted:
                 obj = await s.object(oid)
@@ -474,7 +443,7 @@ class L1Metastore:
 
     async def get_partition(self, tidp: TopicIdPartition) -> PartitionMetadata:
         async with self.store.snapshot() as reader:
-            return await self._metadata(StagedRows(reader), tidp)
+            return await self._metadata(self.staged(reader), tidp)
 
     async def get_offsets(self, tidp: TopicIdPartition) -> Offsets:
         m = await self.get_partition(tidp)
@@ -485,10 +454,25 @@ class L1Metastore:
         below the start offset)."""
         return (await self.get_partition(tidp)).size
 
-    async def get_first_ge(self, tidp: TopicIdPartition, offset: int) -> ExtentMetadata:
-        """The extent holding ``offset`` (or the first one, if ``offset`` is below the start)."""
+    async def _located(self, s: StagedRows, tidp: TopicIdPartition, base: int, e: ExtentValue
+                       ) -> ExtentLocation:
+        """The extent with its object's footer position, size and key, from the same snapshot.
+        An extent whose object is missing or still a preregistration is corruption."""
+        o = await s.object(e.oid)
+        if o is None or o.is_preregistration:
+            what = "has no row" if o is None else "is still a preregistration"
+            raise corruption(self.domain, f"extent [{base}, {e.last_offset}] of partition "
+                                          f"{tidp} points at object {e.oid}, which {what}")
+        return ExtentLocation(base_offset=base, last_offset=e.last_offset,
+                              max_timestamp=e.max_timestamp, filepos=e.filepos, len=e.len,
+                              oid=e.oid, footer_pos=o.footer_pos, object_size=o.object_size,
+                              object_key=self.bucket_key(e.oid, o))
+
+    async def get_first_ge(self, tidp: TopicIdPartition, offset: int) -> ExtentLocation:
+        """The extent holding ``offset`` (or the first one, if ``offset`` is below the start),
+        with its object's footer position and size."""
         async with self.store.snapshot() as reader:
-            s = StagedRows(reader)
+            s = self.staged(reader)
             m = await self._metadata(s, tidp)
             if offset >= m.next_offset:
                 raise OutOfRange(f"offset {offset} is at or past the next offset "
@@ -496,19 +480,20 @@ class L1Metastore:
             at = max(offset, m.start_offset)
             found = await s.extent_at_or_below(tidp, at)
             if found is not None and found[1].last_offset >= at:
-                return _extent_metadata(*found)
+                return await self._located(s, tidp, *found)
             _, end = keys.extents_range(tidp)
             later = await reader.scan(keys.extent_key(tidp, at), end, limit=1)
             if later:
-                return _extent_metadata(keys.decode_suffix(later[0][0]),
-                                        values.decode_extent(later[0][1]))
+                return await self._located(s, tidp, keys.decode_suffix(later[0][0]),
+                                           values.decode_extent(later[0][1]))
             raise OutOfRange(f"no extent of partition {tidp} at or after offset {offset}")
 
     async def get_first_ge_timestamp(self, tidp: TopicIdPartition, timestamp: int,
-                                     min_offset: int = 0) -> ExtentMetadata:
-        """The first extent at or after ``min_offset`` whose max timestamp is ``>= timestamp``."""
+                                     min_offset: int = 0) -> ExtentLocation:
+        """The first extent at or after ``min_offset`` whose max timestamp is ``>= timestamp``,
+        with its object's footer position and size."""
         async with self.store.snapshot() as reader:
-            s = StagedRows(reader)
+            s = self.staged(reader)
             m = await self._metadata(s, tidp)
             at = max(min_offset, m.start_offset)
             first = await s.extent_at_or_below(tidp, at)
@@ -517,7 +502,7 @@ class L1Metastore:
             async for k, v in scan_all(reader, keys.extent_key(tidp, lo), end, page=256):
                 e = values.decode_extent(v)
                 if e.last_offset >= at and e.max_timestamp >= timestamp:
-                    return _extent_metadata(keys.decode_suffix(k), e)
+                    return await self._located(s, tidp, keys.decode_suffix(k), e)
             raise OutOfRange(f"no extent of partition {tidp} has a timestamp >= {timestamp}")
 
     async def get_first_offset_for_bytes(self, tidp: TopicIdPartition, nbytes: int) -> int:
@@ -525,7 +510,7 @@ class L1Metastore:
         from ``o`` to the end hold at most ``nbytes`` bytes; the next offset if even the last
         extent is larger. For size-based retention: truncate to ``o``."""
         async with self.store.snapshot() as reader:
-            s = StagedRows(reader)
+            s = self.staged(reader)
             m = await self._metadata(s, tidp)
             start, end = keys.extents_range(tidp)
             total = 0
@@ -545,7 +530,7 @@ class L1Metastore:
 
     async def get_term_for_offset(self, tidp: TopicIdPartition, offset: int) -> int:
         async with self.store.snapshot() as reader:
-            s = StagedRows(reader)
+            s = self.staged(reader)
             m = await self._metadata(s, tidp)
             if not m.start_offset <= offset < m.next_offset:
                 raise OutOfRange(f"offset {offset} is outside [{m.start_offset}, "
@@ -559,7 +544,7 @@ class L1Metastore:
         """The offset after the last one of ``term`` (the next term's start, or the next
         offset for the latest term)."""
         async with self.store.snapshot() as reader:
-            s = StagedRows(reader)
+            s = self.staged(reader)
             m = await self._metadata(s, tidp)
             terms = await s.terms(tidp)
             if not terms or term < terms[0][0]:
@@ -570,33 +555,47 @@ class L1Metastore:
                     return start
             return m.next_offset
 
+
+    @staticmethod
+    def _compaction_info(m: PartitionMetadata, cs: CompactionState,
+                         tombstone_removal_upper_bound: int) -> CompactionInfo:
+        return CompactionInfo(
+            start_offset=m.start_offset, next_offset=m.next_offset,
+            compaction_epoch=m.compaction_epoch,
+            cleaned_ranges=[OffsetRange(base=b, last=e) for b, e in cs.cleaned_ranges],
+            cleaned_ranges_with_tombstones=[
+                TombstoneRangeInfo(base=t.base, last=t.last, cleaned_at=t.cleaned_at)
+                for t in cs.cleaned_ranges_with_tombstones],
+            dirty_ranges=[OffsetRange(base=b, last=e) for b, e in intervals.complement(
+                cs.cleaned_ranges, m.start_offset, m.next_offset - 1)],
+            removable_tombstone_ranges=[
+                OffsetRange(base=t.base, last=t.last)
+                for t in cs.cleaned_ranges_with_tombstones
+                if t.cleaned_at <= tombstone_removal_upper_bound])
+
     async def get_compaction_info(self, tidp: TopicIdPartition,
                                   tombstone_removal_upper_bound: int = -1) -> CompactionInfo:
         """Compaction state; tombstone ranges cleaned at or before the bound (ms) are listed as
         removable."""
         async with self.store.snapshot() as reader:
-            s = StagedRows(reader)
+            s = self.staged(reader)
             m = await self._metadata(s, tidp)
-            cs = await s.compaction(tidp)
-            return CompactionInfo(
-                start_offset=m.start_offset, next_offset=m.next_offset,
-                compaction_epoch=m.compaction_epoch,
-                cleaned_ranges=[OffsetRange(base=b, last=e) for b, e in cs.cleaned_ranges],
-                cleaned_ranges_with_tombstones=[
-                    TombstoneRangeInfo(base=t.base, last=t.last, cleaned_at=t.cleaned_at)
-                    for t in cs.cleaned_ranges_with_tombstones],
-                dirty_ranges=[OffsetRange(base=b, last=e) for b, e in intervals.complement(
-                    cs.cleaned_ranges, m.start_offset, m.next_offset - 1)],
-                removable_tombstone_ranges=[
-                    OffsetRange(base=t.base, last=t.last)
-                    for t in cs.cleaned_ranges_with_tombstones
-                    if t.cleaned_at <= tombstone_removal_upper_bound])
+            return self._compaction_info(m, await s.compaction(tidp),
+                                         tombstone_removal_upper_bound)
 
     async def get_compaction_infos(self, tidps: Iterable[TopicIdPartition],
                                    tombstone_removal_upper_bound: int = -1
-                                   ) -> dict[TopicIdPartition, CompactionInfo]:
-        return {t: await self.get_compaction_info(t, tombstone_removal_upper_bound)
-                for t in tidps}
+                                   ) -> dict[TopicIdPartition, CompactionInfo | None]:
+        """:meth:`get_compaction_info` of many partitions from one snapshot; a partition not in
+        the metastore maps to None."""
+        out: dict[TopicIdPartition, CompactionInfo | None] = {}
+        async with self.store.snapshot() as reader:
+            s = self.staged(reader)
+            for tidp in tidps:
+                m = await s.metadata(tidp)
+                out[tidp] = None if m is None else self._compaction_info(
+                    m, await s.compaction(tidp), tombstone_removal_upper_bound)
+        return out
 
     async def get_extents(self, tidp: TopicIdPartition, min_offset: int = 0,
                           max_offset: int | None = None, *, limit: int = 1000,
@@ -606,7 +605,7 @@ class L1Metastore:
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise InvalidRequest(f"limit: {limit} is not within 1..{MAX_LIST_LIMIT}")
         async with self.store.snapshot() as reader:
-            s = StagedRows(reader)
+            s = self.staged(reader)
             m = await self._metadata(s, tidp)
             lo = max(min_offset, m.start_offset)
             hi = m.next_offset - 1 if max_offset is None else min(max_offset, m.next_offset - 1)
@@ -624,8 +623,8 @@ class L1Metastore:
 
     async def get_object(self, oid: uuid.UUID) -> ObjectInfo | None:
         async with self.store.snapshot() as reader:
-            obj = await StagedRows(reader).object(oid)
-            return None if obj is None else _object_info(oid, obj)
+            obj = await self.staged(reader).object(oid)
+            return None if obj is None else self._object_info(oid, obj)
 
     async def list_objects(self, start_after: uuid.UUID | None = None, limit: int = 1000
                            ) -> list[ObjectInfo]:
@@ -636,5 +635,5 @@ class L1Metastore:
             start = keys.object_key(start_after) + b"\x00"
         async with self.store.snapshot() as reader:
             rows = await reader.scan(start, end, limit=limit)
-        return [_object_info(keys.decode_object_key(k), values.decode_object(v))
+        return [self._object_info(keys.decode_object_key(k), values.decode_object(v))
                 for k, v in rows]

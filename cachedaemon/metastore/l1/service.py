@@ -10,6 +10,13 @@ manifest it has refreshed to; writes get 409 ``read_only``). The domain is looke
 operation, so a domain reopened after a failure is picked up; the lock tables live here, so
 they outlive such a reopen. The GC decides from the domain's persisted seqno (its manifest).
 
+**The GC runs from start-up for every L1 domain this node writes.** The first L1 write a
+writer daemon serves for a domain leaves a marker file ``<data_dir>/l1-domains/<name>``;
+:func:`start_l1`, run on every shard when the daemon starts (``server/services.py``), starts the
+GC loop of each marked domain the shard owns, so a restart does not wait for the domain's next
+L1 request. (A loop's round opens its domain like any request does; a loop whose domain turned
+out fenced by another writer stops.) A read-only daemon runs no GC.
+
 :func:`l1_call` is what the HTTP handlers run on the domain's owner shard (through
 ``call_domain``); :func:`stop_l1` stops that shard's GC loops (the daemon calls it before it stops
 the domains; a loop also ends by itself once its service has stopped).
@@ -20,15 +27,18 @@ service is only touched from its own shard.
 
 from __future__ import annotations
 
-import uuid
+import asyncio
+import logging
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from cachedaemon.errors import CacheDaemonError, ReadOnly
-from cachedaemon.metastore.l1.gc import ObjectGC, default_object_name
+from cachedaemon.config import Settings
+from cachedaemon.errors import CacheDaemonError, InvalidArgument, ReadOnly
+from cachedaemon.metastore.l1.gc import ObjectGC
 from cachedaemon.metastore.l1.metastore import L1Metastore
 from cachedaemon.metastore.l1.store import (
     RowOp,
@@ -37,7 +47,17 @@ from cachedaemon.metastore.l1.store import (
     write_batch_of,
 )
 from cachedaemon.metastore.l1.types import GcResult
+from cachedaemon.metastore.registry import check_domain_name, owner_shard
 from cachedaemon.metastore.service import SERVICES, DomainService
+
+log = logging.getLogger(__name__)
+
+#: Under the data directory: one empty file per L1 domain this node has written.
+MARKER_DIR = "l1-domains"
+#: The operations that write (a writer that serves one for a domain marks it).
+WRITE_OPS = frozenset({"add_objects", "replace_objects", "compact_objects",
+                       "commit_compaction_metadata", "set_start_offset", "remove_topics",
+                       "preregister_objects", "remove_objects"})
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,13 @@ class L1Config:
     gc_batch_size: int = 1000
 
 
+def l1_config(settings: Settings) -> L1Config:
+    """The L1 settings of the daemon's ``[metastore]`` section."""
+    m = settings.metastore
+    return L1Config(gc_interval_s=m.gc_interval, deletion_delay_s=m.file_deletion_delay,
+                    preregistration_ttl_s=m.l1_preregistration_ttl)
+
+
 class DomainRowStore:
     """:class:`~cachedaemon.metastore.l1.store.RowStore` over one domain of a DomainService."""
 
@@ -58,22 +85,21 @@ class DomainRowStore:
         self.service = service
         self.name = name
 
-    async def _domain(self, create: bool) -> Any:
-        return await self.service.domain(self.name,
-                                         create=create and not self.service.read_only)
-
     @asynccontextmanager
     async def snapshot(self, *, for_write: bool = False) -> AsyncIterator[RowReader]:
+        # The domain counts as in use while the snapshot lives: the idle closer and the
+        # open-domain cap never close it under a reader (docs/concurrency.md).
         if for_write and self.service.read_only:
             raise ReadOnly(f"domain {self.name}: this daemon is a read-only replica")
-        domain = await self._domain(for_write)
-        async with snapshot_reader(domain.db) as reader:
+        create = for_write and not self.service.read_only
+        async with self.service.use(self.name, create=create) as domain, \
+                snapshot_reader(domain.db) as reader:
             yield reader
 
     @asynccontextmanager
     async def persisted_snapshot(self) -> AsyncIterator[RowReader]:
-        domain = await self._domain(False)
-        async with snapshot_reader(domain.db, domain.db.max_persisted_seqno) as reader:
+        async with self.service.use(self.name, create=False) as domain, \
+                snapshot_reader(domain.db, domain.db.max_persisted_seqno) as reader:
             yield reader
 
     async def apply(self, ops: Sequence[RowOp]) -> None:
@@ -81,7 +107,9 @@ class DomainRowStore:
 
 
 class _CachedObjectDeleter:
-    """Deletes an object from the bucket, then drops this node's cached copy of it."""
+    """Deletes an object from the bucket as an object DELETE does: registered with the cache's
+    per-key ordering first (``docs/cache.md``), so no cached copy of it, and no fill racing the
+    delete, outlives it on any shard."""
 
     def __init__(self, service: DomainService) -> None:
         self.store = service.io.store
@@ -90,19 +118,31 @@ class _CachedObjectDeleter:
         self.cache = getattr(service, "_cache", None)
 
     async def delete(self, key: str) -> None:
-        await self.store.delete(key)
-        if self.cache is not None:
-            await self.cache.invalidate(key)
+        if self.cache is None:
+            await self.store.delete(key)
+            return
+        ticket, _ = await self.cache.register(key, write=True)
+        try:
+            await self.store.delete(key)
+        finally:
+            await self.cache.finish(ticket, remove=True)
 
 
 @dataclass
 class L1Domain:
     metastore: L1Metastore
     gc: ObjectGC | None
+    #: This process has made sure the domain's marker file exists.
+    marked: bool = False
 
 
 _TABLES: weakref.WeakKeyDictionary[DomainService, dict[str, L1Domain]] = (
     weakref.WeakKeyDictionary())
+
+
+def _fenced(service: DomainService, name: str) -> bool:
+    """Another writer took the domain over from this node."""
+    return any(d.name == name and d.fenced is not None for d in service.domains())
 
 
 def l1_domain(service: DomainService, name: str, config: L1Config) -> L1Domain:
@@ -112,17 +152,62 @@ def l1_domain(service: DomainService, name: str, config: L1Config) -> L1Domain:
     found = table.get(name)
     if found is not None:
         return found
-    metastore = L1Metastore(DomainRowStore(service, name), clock=service.config.clock)
+    metastore = L1Metastore(DomainRowStore(service, name), clock=service.config.clock,
+                            domain=name)
     gc = None
     if not service.read_only:
         gc = ObjectGC(metastore, _CachedObjectDeleter(service), interval_s=config.gc_interval_s,
                       deletion_delay_s=config.deletion_delay_s,
                       preregistration_ttl_s=config.preregistration_ttl_s,
-                      batch_size=config.gc_batch_size, object_name=default_object_name,
-                      domain=name, alive=lambda: service in SERVICES)
+                      batch_size=config.gc_batch_size, domain=name,
+                      alive=lambda: service in SERVICES and not _fenced(service, name))
         gc.start()
     table[name] = found = L1Domain(metastore, gc)
     return found
+
+
+def _marker_dir(service: DomainService) -> Path:
+    return Path(service.config.data_dir) / MARKER_DIR
+
+
+def _write_marker(directory: Path, name: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).touch()
+
+
+def _read_markers(directory: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in directory.iterdir() if p.is_file())
+    except FileNotFoundError:
+        return []
+
+
+async def _mark(service: DomainService, d: L1Domain, name: str) -> None:
+    """Remember (once per process) that this node writes L1 domain ``name``."""
+    if d.marked or service.read_only:
+        return
+    await asyncio.to_thread(_write_marker, _marker_dir(service), name)
+    d.marked = True
+
+
+async def start_l1(service: DomainService, config: L1Config) -> list[str]:
+    """Start the GC loop of every L1 domain this node writes that this shard owns (the marked
+    ones); returns their names. Nothing on a read-only daemon."""
+    if service.read_only:
+        return []
+    started = []
+    for name in await asyncio.to_thread(_read_markers, _marker_dir(service)):
+        try:
+            check_domain_name(name)
+        except InvalidArgument:
+            log.warning("ignoring %s: not a domain name", _marker_dir(service) / name)
+            continue
+        if owner_shard(name, service.shards) == service.shard:
+            l1_domain(service, name, config).marked = True
+            started.append(name)
+    if started:
+        log.info("shard %d: L1 object GC running for %s", service.shard, ", ".join(started))
+    return started
 
 
 async def l1_call(service: DomainService, name: str, config: L1Config, op: str,
@@ -130,10 +215,13 @@ async def l1_call(service: DomainService, name: str, config: L1Config, op: str,
     """Run ``L1Metastore.<op>(*args, **kwargs)`` of domain ``name`` (on its owner shard; the
     arguments travel as two values because ``call_domain`` passes positionals only)."""
     kwargs = kwargs or {}
-    metastore = l1_domain(service, name, config).metastore
+    d = l1_domain(service, name, config)
     if not hasattr(L1Metastore, op) or op.startswith("_"):
         raise CacheDaemonError(f"no L1 operation {op!r}")
-    return await getattr(metastore, op)(*args, **kwargs)
+    result = await getattr(d.metastore, op)(*args, **kwargs)
+    if op in WRITE_OPS:
+        await _mark(service, d, name)
+    return result
 
 
 async def l1_collect_garbage(service: DomainService, name: str, config: L1Config) -> GcResult:
@@ -149,8 +237,3 @@ async def stop_l1(service: DomainService) -> None:
     for d in _TABLES.pop(service, {}).values():
         if d.gc is not None:
             await d.gc.stop()
-
-
-def object_name(oid: uuid.UUID) -> str:
-    """Where an L1 object lives in the bucket (and under which key to upload it)."""
-    return default_object_name(oid)

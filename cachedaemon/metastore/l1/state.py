@@ -3,7 +3,9 @@
 An operation builds its update with one :class:`StagedRows`: it reads rows (its own staged
 writes first — read-your-writes, as Redpanda's state updates do through a write batch), stages
 puts and deletes, and finally hands :meth:`StagedRows.ops` to ``RowStore.apply`` as one atomic
-batch. Typed accessors decode values (:mod:`values`) and raise :class:`Corruption` on damage.
+batch. Typed accessors decode values (:mod:`values`) and raise :class:`Corruption` on damage;
+:meth:`StagedRows.remove_bytes` checks the object accounting and reports a violation through
+:func:`~cachedaemon.metastore.l1.accounting.corruption` instead of clamping it.
 
 Lives for one operation on the shard that owns the domain; not shared.
 """
@@ -12,8 +14,8 @@ from __future__ import annotations
 
 import uuid
 
-from cachedaemon.errors import Corruption
 from cachedaemon.metastore.l1 import keys, values
+from cachedaemon.metastore.l1.accounting import corruption
 from cachedaemon.metastore.l1.keys import TopicIdPartition
 from cachedaemon.metastore.l1.store import RowOp, RowReader, scan_all
 from cachedaemon.metastore.l1.values import (
@@ -25,8 +27,10 @@ from cachedaemon.metastore.l1.values import (
 
 
 class StagedRows:
-    def __init__(self, reader: RowReader) -> None:
+    def __init__(self, reader: RowReader, domain: str = "") -> None:
         self.reader = reader
+        #: The domain's name, for corruption reports.
+        self.domain = domain
         self._ops: dict[bytes, bytes | None] = {}
 
     def ops(self) -> list[RowOp]:
@@ -66,6 +70,14 @@ class StagedRows:
         hi = end if end_base is None else keys.extent_key(tidp, end_base)
         return [(keys.decode_suffix(k), values.decode_extent(v))
                 async for k, v in scan_all(self.reader, max(start, lo), hi)]
+
+    async def first_extent(self, tidp: TopicIdPartition) -> tuple[int, ExtentValue] | None:
+        """The partition's extent with the lowest base."""
+        start, end = keys.extents_range(tidp)
+        rows = await self.reader.scan(start, end, limit=1)
+        if not rows:
+            return None
+        return keys.decode_suffix(rows[0][0]), values.decode_extent(rows[0][1])
 
     async def extent_at_or_below(self, tidp: TopicIdPartition, offset: int
                                  ) -> tuple[int, ExtentValue] | None:
@@ -132,11 +144,21 @@ class StagedRows:
         self._delete(keys.object_key(oid))
 
     async def remove_bytes(self, removed: dict[uuid.UUID, int], now_ms: int) -> None:
-        """Add ``removed[oid]`` bytes to each object's removed size (its extents went away)."""
-        for oid, nbytes in removed.items():
+        """Add ``removed[oid]`` bytes to each object's removed size (its extents went away) and
+        stamp it ``now_ms``. An object without a row, still preregistered, or whose removed size
+        would pass its total is corruption (reported, nothing staged for it)."""
+        for oid, nbytes in sorted(removed.items()):
             obj = await self.object(oid)
             if obj is None:
-                raise Corruption(f"L1: an extent refers to object {oid}, which has no row")
+                raise corruption(self.domain, f"extents of object {oid} ({nbytes} bytes) were "
+                                              f"removed, but the object has no row")
+            if obj.is_preregistration:
+                raise corruption(self.domain, f"object {oid} is still a preregistration, yet "
+                                              f"{nbytes} bytes of its extents were removed")
+            if obj.removed_data_size + nbytes > obj.total_data_size:
+                raise corruption(self.domain, f"object {oid}: removing {nbytes} more bytes "
+                                              f"would count {obj.removed_data_size + nbytes} "
+                                              f"bytes removed of its {obj.total_data_size}")
             self.put_object(oid, ObjectEntry(
-                obj.total_data_size, min(obj.total_data_size, obj.removed_data_size + nbytes),
-                obj.footer_pos, obj.object_size, now_ms, obj.is_preregistration))
+                obj.total_data_size, obj.removed_data_size + nbytes, obj.footer_pos,
+                obj.object_size, now_ms, False, obj.legacy_key))

@@ -70,14 +70,25 @@ class PartitionOffset(_Struct):
     next_offset: NonNegative
 
 
+class CleanedRange(_Struct):
+    """An offset range whose keys are now deduplicated from the start of the log; with
+    ``has_tombstones`` it still holds tombstones (removable once ``cleaned_at`` is old enough)."""
+
+    base: NonNegative
+    last: NonNegative
+    has_tombstones: bool = False
+
+
 class CompactionUpdate(_Struct):
-    """The outcome of compacting one partition: the range now clean, whether that range still
-    holds tombstones (to be removed after ``cleaned_at`` + retention), and tombstone ranges whose
-    tombstones have now been removed. Optimistic on ``expected_epoch``."""
+    """The outcome of compacting one partition: the ranges now clean (``cleaned_ranges``; the
+    older one-range form ``cleaned_range`` + ``has_tombstones`` is still accepted and joins
+    them), when they were cleaned (``cleaned_at``, ms), and tombstone ranges whose tombstones
+    have now been removed. Optimistic on ``expected_epoch``."""
 
     topic_id: uuid.UUID
     partition: PartitionId
     expected_epoch: NonNegative
+    cleaned_ranges: list[CleanedRange] = []
     cleaned_range: OffsetRange | None = None
     has_tombstones: bool = False
     cleaned_at: Timestamp = 0
@@ -89,7 +100,8 @@ class CompactionUpdate(_Struct):
 
 class AddObjectsRequest(_Struct):
     objects: list[NewObject]
-    terms: list[TermStart] = []
+    #: Required: the term of every partition's first added extent (and any later term starts).
+    terms: list[TermStart]
 
 
 class AddObjectsResponse(_Struct):
@@ -106,6 +118,10 @@ class CompactObjectsRequest(_Struct):
     objects: list[NewObject] = []
 
 
+class CommitCompactionRequest(_Struct):
+    updates: list[CompactionUpdate]
+
+
 class EpochsResponse(_Struct):
     compaction_epochs: list[PartitionEpoch]
 
@@ -120,8 +136,18 @@ class RemoveTopicsRequest(_Struct):
     topic_ids: list[uuid.UUID]
 
 
+#: Most object ids one preregistration (or removal) names.
+MAX_OBJECT_IDS = 10000
+
+
+ObjectIdList = Annotated[list[uuid.UUID], msgspec.Meta(min_length=1, max_length=MAX_OBJECT_IDS)]
+
+
 class PreregisterRequest(_Struct):
-    count: Annotated[int, msgspec.Meta(ge=1, le=10000)]
+    """Exactly one of: ``count`` fresh ids chosen by the daemon, or the caller's ``oids``."""
+
+    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_OBJECT_IDS)] | None = None
+    oids: ObjectIdList | None = None
 
 
 class ObjectIds(_Struct):
@@ -143,6 +169,15 @@ class ExtentMetadata(_Struct):
     filepos: int
     len: int
     oid: uuid.UUID
+
+
+class ExtentLocation(ExtentMetadata):
+    """An extent and where to read it: its object's footer position and size, and the object's
+    key in the bucket (``get_first_ge``)."""
+
+    footer_pos: int
+    object_size: int
+    object_key: str
 
 
 class ExtentList(_Struct):
@@ -177,6 +212,8 @@ class ObjectInfo(_Struct):
     object_size: int
     last_updated: int
     is_preregistration: bool
+    #: Where the object lives in the bucket (``l1/<domain>/objects/<oid>``).
+    object_key: str
 
 
 class GcResult(_Struct):
@@ -217,6 +254,27 @@ class CountAnswer(_Struct):
 class ObjectList(_Struct):
     objects: list[ObjectInfo]
     next: uuid.UUID | None
+
+
+class PartitionRef(_Struct):
+    topic_id: uuid.UUID
+    partition: PartitionId
+
+
+class CompactionInfosRequest(_Struct):
+    partitions: Annotated[list[PartitionRef], msgspec.Meta(max_length=10000)]
+    tombstone_removal_upper_bound: Timestamp = -1
+
+
+class PartitionCompactionInfo(_Struct):
+    topic_id: uuid.UUID
+    partition: int
+    #: None when the partition is not in the metastore.
+    info: CompactionInfo | None
+
+
+class CompactionInfos(_Struct):
+    infos: list[PartitionCompactionInfo]
 
 
 class StartOffsetBody(_Struct):

@@ -8,8 +8,12 @@ Layouts (little-endian; ``docs/l1-format.md`` has the table)::
     term start  u8 v=1 ‖ u64 start_offset
     compaction  u8 v=1 ‖ u32 n ‖ n × (u64 base ‖ u64 last)
                 ‖ u32 m ‖ m × (u64 base ‖ u64 last ‖ i64 cleaned_at_ms)
-    object      u8 v=1 ‖ u64 total_data_size ‖ u64 removed_data_size ‖ u64 footer_pos
+    object      u8 v=2 ‖ u64 total_data_size ‖ u64 removed_data_size ‖ u64 footer_pos
                 ‖ u64 object_size ‖ i64 last_updated_ms ‖ u8 is_preregistration
+
+An object row's version also says where its object lives: version 2 at the domain's own key
+(``l1/<domain>/objects/<oid>``), version 1 (rows written before per-domain keys) at the shared
+legacy key ``l1/objects/<oid>`` (:attr:`ObjectEntry.legacy_key`; kept through every rewrite).
 
 Any decoding problem (length, version, a flag out of range) raises :class:`Corruption`: rows are
 never half-read. Records are frozen dataclasses; code builds new ones with ``replace``.
@@ -25,6 +29,9 @@ from dataclasses import dataclass, field
 from cachedaemon.errors import Corruption
 
 VERSION = 1
+#: Object rows: 2 = the object lives at its domain's key; 1 = at the shared legacy key.
+OBJECT_VERSION = 2
+LEGACY_OBJECT_VERSION = 1
 
 _METADATA = struct.Struct("<BQQQQQ")
 _EXTENT = struct.Struct("<BQqQQ16s")
@@ -74,22 +81,31 @@ class ObjectEntry:
     object_size: int
     last_updated: int  # ms since the epoch
     is_preregistration: bool
+    #: The object lives at the shared legacy key (a row written before per-domain keys).
+    legacy_key: bool = False
 
     @property
     def is_dead(self) -> bool:
-        """Every byte of data it held has been removed (so the object may be deleted)."""
-        return not self.is_preregistration and self.removed_data_size >= self.total_data_size
+        """Every byte of data it held has been removed (so the object may be deleted).
+        A row whose removed size is above its total is corrupt, not dead."""
+        return not self.is_preregistration and self.removed_data_size == self.total_data_size
+
+    @property
+    def over_removed(self) -> bool:
+        """More bytes removed than it ever held: an accounting bug (reported, never clamped)."""
+        return self.removed_data_size > self.total_data_size
 
 
-def _check_version(data: bytes, what: str) -> None:
+def _check_version(data: bytes, what: str, versions: tuple[int, ...] = (VERSION,)) -> None:
     if not data:
         raise Corruption(f"L1 {what} value is empty")
-    if data[0] != VERSION:
+    if data[0] not in versions:
         raise Corruption(f"L1 {what} value has unknown version {data[0]}")
 
 
-def _unpack(s: struct.Struct, data: bytes, what: str) -> tuple[object, ...]:
-    _check_version(data, what)
+def _unpack(s: struct.Struct, data: bytes, what: str,
+            versions: tuple[int, ...] = (VERSION,)) -> tuple[object, ...]:
+    _check_version(data, what, versions)
     if len(data) != s.size:
         raise Corruption(f"L1 {what} value is {len(data)} bytes, expected {s.size}")
     return s.unpack(data)
@@ -156,12 +172,15 @@ def decode_compaction(data: bytes) -> CompactionState:
 
 
 def encode_object(o: ObjectEntry) -> bytes:
-    return _OBJECT.pack(VERSION, o.total_data_size, o.removed_data_size, o.footer_pos,
+    version = LEGACY_OBJECT_VERSION if o.legacy_key else OBJECT_VERSION
+    return _OBJECT.pack(version, o.total_data_size, o.removed_data_size, o.footer_pos,
                         o.object_size, o.last_updated, 1 if o.is_preregistration else 0)
 
 
 def decode_object(data: bytes) -> ObjectEntry:
-    _, total, removed, footer, size, updated, prereg = _unpack(_OBJECT, data, "object")
+    version, total, removed, footer, size, updated, prereg = _unpack(
+        _OBJECT, data, "object", (OBJECT_VERSION, LEGACY_OBJECT_VERSION))
     if prereg not in (0, 1):
         raise Corruption(f"L1 object value has preregistration flag {prereg}")
-    return ObjectEntry(total, removed, footer, size, updated, bool(prereg))  # type: ignore[arg-type]
+    return ObjectEntry(total, removed, footer, size, updated, bool(prereg),  # type: ignore[arg-type]
+                       version == LEGACY_OBJECT_VERSION)

@@ -204,8 +204,12 @@ class HttpConnection(asyncio.Protocol):
         self._headers = Headers()
         self._head_bytes = 0
         if self._head_started is None:
-            self._head_started = self._loop.time()
-            if self._active is None:
+            self._head_started = now = self._loop.time()
+            timer = self._timer
+            if self._active is None and (
+                    timer is None or timer.when() > now + self._server.header_timeout):
+                # Usually a timer is pending that fires before these headers' deadline
+                # (_rearm sets idle ones within header_timeout): nothing to arm per request.
                 self._rearm()
 
     def on_url(self, url: bytes) -> None:
@@ -311,7 +315,8 @@ class HttpConnection(asyncio.Protocol):
         body = resp.body
         head = encode_head(status, resp.headers,
                            None if status in NO_BODY_STATUSES else len(body),
-                           chunked=False, keep_alive=keep, http10=req.version == "1.0")
+                           chunked=False, keep_alive=keep, http10=req.version == "1.0",
+                           raw=resp.raw)
         if req.method == "HEAD" or not body or status in NO_BODY_STATUSES:
             self._transport.write(head)
         elif len(body) <= 16384:
@@ -332,7 +337,8 @@ class HttpConnection(asyncio.Protocol):
             chunked = False
         self._response = resp
         self._transport.write(encode_head(resp.status, resp.headers, length, chunked=chunked,
-                                          keep_alive=keep, http10=req.version == "1.0"))
+                                          keep_alive=keep, http10=req.version == "1.0",
+                                          raw=resp.raw))
         if not keep:
             self._close_after = True
 
@@ -384,8 +390,10 @@ class HttpConnection(asyncio.Protocol):
         if self._queue:
             self._start(self._queue.popleft())
         else:
-            self._idle_since = self._loop.time()
-            self._rearm()
+            self._idle_since = now = self._loop.time()
+            timer = self._timer
+            if timer is None or timer.when() > now + self._server.idle_timeout:
+                self._rearm()
         self._set_reading()
 
     def _set_reading(self) -> None:
@@ -554,6 +562,10 @@ class HttpConnection(asyncio.Protocol):
         timer = self._timer
         if kind == _NONE:
             return  # a pending timer finds nothing to do when it fires
+        if kind == _IDLE:
+            # Wake up within header_timeout anyway: the next request's header deadline then
+            # never needs a timer of its own (the hot path arms nothing).
+            deadline = min(deadline, self._loop.time() + self._server.header_timeout)
         if timer is not None:
             if timer.when() <= deadline:
                 return  # fires earlier and re-arms itself for the later deadline
@@ -568,7 +580,7 @@ class HttpConnection(asyncio.Protocol):
         if kind == _NONE:
             return
         if self._loop.time() < deadline:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._rearm()
             return
         if kind == _BODY:
             assert self._active is not None

@@ -75,7 +75,17 @@ class Body:
     __slots__ = ("_chunks", "_conn", "_continue", "_eof", "_exc", "_waiter", "buffered",
                  "length", "received")
 
-    def __init__(self, conn: HttpConnection, length: int | None, expect_continue: bool) -> None:
+    @classmethod
+    def complete_body(cls, data: bytes) -> Body:
+        """A body that arrived whole elsewhere (a request forwarded from another shard)."""
+        body = cls(None, len(data), False)
+        if data:
+            body.feed(data)
+        body.feed_eof()
+        return body
+
+    def __init__(self, conn: HttpConnection | None, length: int | None,
+                 expect_continue: bool) -> None:
         self._conn = conn
         self._chunks: list[bytes] = []
         self._eof = False
@@ -133,17 +143,19 @@ class Body:
         return self._eof
 
     async def _wait(self) -> None:
+        conn = self._conn
+        assert conn is not None, "a complete body never waits"
         if self._continue:
             self._continue = False
-            self._conn.send_continue()
+            conn.send_continue()
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
-        self._conn.body_wait_started()
+        conn.body_wait_started()
         try:
             await self._waiter
         finally:
             self._waiter = None
-            self._conn.body_wait_ended()
+            conn.body_wait_ended()
 
     async def readany(self) -> bytes:
         """The next bytes received (all that are buffered), or ``b""`` at the end."""
@@ -209,7 +221,7 @@ class Body:
     def _consumed(self, n: int) -> None:
         before = self.buffered
         self.buffered = before - n
-        if before >= BODY_LOW_WATER > self.buffered:
+        if before >= BODY_LOW_WATER > self.buffered and self._conn is not None:
             self._conn.body_drained()
 
 
@@ -219,7 +231,7 @@ class Request:
     __slots__ = ("_query", "conn", "content", "headers", "keep_alive", "method", "path",
                  "query_string", "raw_path", "remote", "version")
 
-    def __init__(self, conn: HttpConnection, method: str, target: str, headers: Headers,
+    def __init__(self, conn: HttpConnection | None, method: str, target: str, headers: Headers,
                  version: str, keep_alive: bool, content: Body, remote: str) -> None:
         self.conn = conn
         self.method = method
@@ -233,6 +245,14 @@ class Request:
         self.content = content
         self.remote = remote
         self._query: Query | None = None
+
+    @classmethod
+    def forwarded(cls, method: str, target: str, headers: dict[str, str], body: bytes,
+                  remote: str) -> Request:
+        """A request received by another shard and handed to this one whole (no connection:
+        its handler must answer with a complete :class:`Response`)."""
+        return cls(None, method, target, Headers(headers), "1.1", True,
+                   Body.complete_body(body), remote)
 
     @property
     def query(self) -> Query:

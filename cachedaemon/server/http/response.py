@@ -67,7 +67,8 @@ DATE = _DateHeader()
 
 
 def encode_head(status: int, headers: Mapping[str, str], length: int | None, *,
-                chunked: bool, keep_alive: bool, http10: bool = False) -> bytes:
+                chunked: bool, keep_alive: bool, http10: bool = False, raw: bytes = b""
+                ) -> bytes:
     """The status line and header block of a response.
 
     ``length`` is the Content-Length to announce (None: chunked or no body); a
@@ -85,8 +86,8 @@ def encode_head(status: int, headers: Mapping[str, str], length: int | None, *,
         tail += b"Connection: close\r\n"
     elif http10:
         tail += b"Connection: keep-alive\r\n"
-    return b"".join((status_line(status), DATE.get(), text.encode("latin-1", "replace"), tail,
-                     b"\r\n"))
+    return b"".join((status_line(status), DATE.get(), text.encode("latin-1", "replace"), raw,
+                     tail, b"\r\n"))
 
 
 class StreamResponse:
@@ -94,11 +95,12 @@ class StreamResponse:
     :class:`Response`, as in aiohttp, so a handler is typed ``-> StreamResponse`` either way."""
 
     __slots__ = ("_chunked", "_conn", "_eof", "_head", "body", "content_length", "headers",
-                 "sent", "status")
+                 "raw", "sent", "status")
 
     def __init__(self, *, status: int = 200, headers: Mapping[str, str] | None = None) -> None:
         self.status = status
         self.headers: dict[str, str] = dict(headers) if headers else {}
+        self.raw = b""  # header lines already encoded (hot paths), sent after ``headers``
         self.body = b""
         self.content_length: int | None = None
         self._conn: HttpConnection | None = None
@@ -120,6 +122,8 @@ class StreamResponse:
         if self._conn is not None:
             return
         conn = request.conn
+        if conn is None:
+            raise RuntimeError("a forwarded request is answered with a complete Response")
         self._head = request.method == "HEAD"
         length = self.content_length
         declared = self.headers.get("Content-Length")  # canonical spelling, as encode_head
@@ -187,8 +191,9 @@ class Response(StreamResponse):
 
     def __init__(self, *, status: int = 200, body: bytes | None = None, text: str | None = None,
                  content_type: str | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, raw: bytes = b"") -> None:
         super().__init__(status=status, headers=headers)
+        self.raw = raw
         if text is not None:
             body = text.encode("utf-8")
         if body is not None:

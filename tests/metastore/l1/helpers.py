@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
-from cachedaemon.metastore.l1 import TopicIdPartition
+from cachedaemon.metastore.l1 import L1Metastore, TopicIdPartition
 from cachedaemon.metastore.l1.types import ExtentSpec, NewObject, TermStart
 
 T1 = uuid.UUID(int=1)
@@ -35,3 +36,25 @@ def obj(*extents: ExtentSpec, oid: uuid.UUID | None = None, size: int | None = N
 
 def term(tidp: TopicIdPartition, t: int, start: int) -> TermStart:
     return TermStart(topic_id=tidp.topic_id, partition=tidp.partition, term=t, start_offset=start)
+
+
+def terms_for(objects: Sequence[NewObject], t: int = 1) -> list[TermStart]:
+    """Term ``t`` starting at the first base offset of every partition the objects hold."""
+    first: dict[TopicIdPartition, int] = {}
+    for o in objects:
+        for e in o.extents:
+            tidp = TopicIdPartition(e.topic_id, e.partition)
+            first[tidp] = min(first.get(tidp, e.base_offset), e.base_offset)
+    return [term(tidp, t, base) for tidp, base in sorted(first.items())]
+
+
+async def prereg(l1: L1Metastore, *objects: NewObject) -> None:
+    """Preregister the objects' ids (as a writer does before uploading them)."""
+    await l1.preregister_objects(oids=[o.oid for o in objects])
+
+
+async def add(l1: L1Metastore, objects: Sequence[NewObject],
+              terms: Sequence[TermStart] | None = None) -> dict[TopicIdPartition, int]:
+    """Preregister, then add ``objects`` (terms: term 1 from each partition's first base)."""
+    await prereg(l1, *objects)
+    return await l1.add_objects(objects, terms_for(objects) if terms is None else terms)

@@ -58,7 +58,7 @@ def test_object_key_round_trip(oid: uuid.UUID) -> None:
        st.builds(CompactionState,
                  st.lists(st.tuples(u64, u64)).map(tuple),
                  st.lists(st.builds(TombstoneRange, u64, u64, i64)).map(tuple)),
-       st.builds(ObjectEntry, u64, u64, u64, u64, i64, st.booleans()))
+       st.builds(ObjectEntry, u64, u64, u64, u64, i64, st.booleans(), st.booleans()))
 def test_value_round_trips(m: PartitionMetadata, e: ExtentValue, term_start: int,
                            c: CompactionState, o: ObjectEntry) -> None:
     assert values.decode_metadata(values.encode_metadata(m)) == m
@@ -79,9 +79,13 @@ def test_damaged_values_are_corruption() -> None:
         (values.decode_extent, m),
         (values.decode_term, m),
         (values.decode_object, o[:-1] + b"\x07"),
+        (values.decode_object, b"\x03" + o[1:]),
         (values.decode_compaction, c[:-1]),
         (values.decode_compaction, c + b"\x00"),
     ]
+    # object rows: version 2 (the domain's own key), version 1 (the shared legacy key)
+    assert o[0] == 2 and not values.decode_object(o).legacy_key
+    assert values.decode_object(b"\x01" + o[1:]).legacy_key
     for decode, data in bad:
         with pytest.raises(Corruption):
             decode(data)  # type: ignore[operator]

@@ -14,7 +14,7 @@ from cachedaemon.lsm import Database
 from cachedaemon.metastore.l1 import DatabaseRowStore, L1Metastore
 from cachedaemon.metastore.l1.locks import LockManager, RWLock
 from cachedaemon.metastore.l1.store import RowOp, RowReader
-from tests.metastore.l1.helpers import P0, P1, Q0, ext, obj
+from tests.metastore.l1.helpers import P0, P1, Q0, add, ext, obj, prereg, terms_for
 
 
 class SlowApply:
@@ -45,7 +45,7 @@ async def test_concurrent_truncations_sharing_objects_count_every_byte(
         slow: L1Metastore) -> None:
     objects = [obj(ext(P0, i * 10, i * 10 + 9), ext(P1, i * 10, i * 10 + 9, length=30),
                    ext(Q0, i * 10, i * 10 + 9, length=7)) for i in range(6)]
-    await slow.add_objects(objects)
+    await add(slow, objects)
     await asyncio.gather(
         slow.set_start_offset(P0, 30), slow.set_start_offset(P1, 40),
         slow.set_start_offset(Q0, 60), slow.set_start_offset(P0, 50),
@@ -59,9 +59,10 @@ async def test_concurrent_truncations_sharing_objects_count_every_byte(
 
 
 async def test_concurrent_adds_at_one_offset_add_once(slow: L1Metastore) -> None:
-    await slow.add_objects([obj(ext(P0, 0, 9))])
+    await add(slow, [obj(ext(P0, 0, 9))])
     racing = [obj(ext(P0, 10, 19)) for _ in range(5)]
-    results = await asyncio.gather(*(slow.add_objects([o]) for o in racing))
+    await prereg(slow, *racing)
+    results = await asyncio.gather(*(slow.add_objects([o], terms_for([o])) for o in racing))
     assert sorted(map(len, results)) == [0, 1, 1, 1, 1]
     assert all(r == {P0: 20} for r in results if r)
     m = await slow.get_partition(P0)
@@ -72,8 +73,10 @@ async def test_concurrent_adds_at_one_offset_add_once(slow: L1Metastore) -> None
 
 
 async def test_concurrent_replaces_one_wins_the_epoch(slow: L1Metastore) -> None:
-    await slow.add_objects([obj(ext(P0, 0, 9)), obj(ext(P0, 10, 19))])
-    tries = [slow.replace_objects([obj(ext(P0, 0, 19))], {P0: 0}) for _ in range(3)]
+    await add(slow, [obj(ext(P0, 0, 9)), obj(ext(P0, 10, 19))])
+    merged = [obj(ext(P0, 0, 19)) for _ in range(3)]
+    await prereg(slow, *merged)
+    tries = [slow.replace_objects([o], {P0: 0}) for o in merged]
     outcomes = await asyncio.gather(*tries, return_exceptions=True)
     assert sum(1 for o in outcomes if o == {P0: 1}) == 1
     assert sum(1 for o in outcomes if isinstance(o, Exception)) == 2

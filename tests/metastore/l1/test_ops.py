@@ -16,15 +16,15 @@ from cachedaemon.metastore.l1 import (
     TopicIdPartition,
 )
 from cachedaemon.metastore.l1.types import CompactionUpdate, OffsetRange
-from tests.metastore.l1.helpers import P0, P1, Q0, T1, T2, ext, obj, term
+from tests.metastore.l1.helpers import P0, P1, Q0, T1, T2, add, ext, obj, prereg, term, terms_for
 
 
 async def seed(l1: L1Metastore) -> list[uuid.UUID]:
     """P0: [0,9] in o1 (100 B), [10,19] in o2 (100 B); P1: [0,4] in o1 (50 B)."""
     o1 = obj(ext(P0, 0, 9), ext(P1, 0, 4, length=50))
     o2 = obj(ext(P0, 10, 19))
-    assert await l1.add_objects([o1], [term(P0, 1, 0), term(P1, 1, 0)]) == {}
-    assert await l1.add_objects([o2], [term(P0, 2, 15)]) == {}
+    assert await add(l1, [o1], [term(P0, 1, 0), term(P1, 1, 0)]) == {}
+    assert await add(l1, [o2], [term(P0, 1, 10), term(P0, 2, 15)]) == {}
     return [o1.oid, o2.oid]
 
 
@@ -51,7 +51,7 @@ async def test_add_objects_builds_partition_and_object_rows(l1: L1Metastore,
 async def test_add_objects_misaligned_partition_is_corrected_not_added(l1: L1Metastore) -> None:
     await seed(l1)
     late = obj(ext(P0, 30, 39), ext(Q0, 0, 9))
-    corrected = await l1.add_objects([late])
+    corrected = await add(l1, [late])
     assert corrected == {P0: 20}
     assert (await l1.get_offsets(P0)).next_offset == 20
     assert (await l1.get_offsets(Q0)).next_offset == 10
@@ -59,14 +59,9 @@ async def test_add_objects_misaligned_partition_is_corrected_not_added(l1: L1Met
     assert info is not None and info.removed_data_size == 100 and info.total_data_size == 200
     # A duplicate (already added) range is corrected too.
     again = obj(ext(P0, 10, 19))
-    assert await l1.add_objects([again]) == {P0: 20}
+    assert await add(l1, [again]) == {P0: 20}
     info = await l1.get_object(again.oid)
     assert info is not None and info.removed_data_size == info.total_data_size
-
-
-async def test_add_objects_new_partition_may_start_anywhere(l1: L1Metastore) -> None:
-    await l1.add_objects([obj(ext(Q0, 500, 509))])
-    assert (await l1.get_offsets(Q0)).start_offset == 500
 
 
 @pytest.mark.parametrize("case", [
@@ -88,8 +83,9 @@ async def test_add_objects_rejects_bad_objects(l1: L1Metastore, case: str) -> No
         "overlap": [obj(ext(P0, 0, 9), ext(P0, 5, 12))],
         "zero_length": [obj(ext(P0, 0, 9, length=0))],
     }[case]
+    await l1.preregister_objects(oids=list(dict.fromkeys(o.oid for o in bad)))
     with pytest.raises(InvalidRequest) as info:
-        await l1.add_objects(bad)
+        await l1.add_objects(bad, terms_for(bad) or [term(P0, 1, 0)])
     assert info.value.http_status == 400 and info.value.reason
     with pytest.raises(MissingPartition):
         await l1.get_offsets(P0)  # nothing was written
@@ -97,8 +93,8 @@ async def test_add_objects_rejects_bad_objects(l1: L1Metastore, case: str) -> No
 
 async def test_add_objects_rejects_registered_oid(l1: L1Metastore) -> None:
     o1, _ = await seed(l1)
-    with pytest.raises(InvalidRequest, match="already registered"):
-        await l1.add_objects([obj(ext(P0, 20, 29), oid=o1)])
+    with pytest.raises(InvalidRequest, match="not pre-registered"):
+        await l1.add_objects([obj(ext(P0, 20, 29), oid=o1)], [term(P0, 2, 20)])
     assert (await l1.get_offsets(P0)).next_offset == 20
 
 
@@ -106,21 +102,23 @@ async def test_add_objects_rejects_registered_oid(l1: L1Metastore) -> None:
 async def test_add_objects_rejects_bad_terms(l1: L1Metastore, case: str) -> None:
     await seed(l1)  # P0 latest term is 2
     o = obj(ext(P0, 20, 29))
+    await prereg(l1, o)
     terms = {
-        "no_extents": [term(P1, 3, 5)],
-        "outside": [term(P0, 3, 30)],
-        "not_increasing": [term(P0, 4, 22), term(P0, 3, 25)],
+        "no_extents": [term(P0, 3, 20), term(P1, 3, 5)],
+        "outside": [term(P0, 3, 20), term(P0, 4, 30)],
+        "not_increasing": [term(P0, 4, 20), term(P0, 3, 25)],
         "regression": [term(P0, 1, 20)],
     }[case]
     with pytest.raises(InvalidRequest):
         await l1.add_objects([o], terms)
     assert (await l1.get_offsets(P0)).next_offset == 20
-    assert await l1.get_object(o.oid) is None
+    info = await l1.get_object(o.oid)
+    assert info is not None and info.is_preregistration  # still waiting to be added
 
 
 async def test_add_objects_same_term_continues(l1: L1Metastore) -> None:
     await seed(l1)
-    await l1.add_objects([obj(ext(P0, 20, 29))], [term(P0, 2, 20), term(P0, 3, 25)])
+    await add(l1, [obj(ext(P0, 20, 29))], [term(P0, 2, 20), term(P0, 3, 25)])
     assert await l1.get_term_for_offset(P0, 21) == 2
     assert await l1.get_term_for_offset(P0, 25) == 3
     assert await l1.get_end_offset_for_term(P0, 2) == 25
@@ -142,8 +140,7 @@ async def test_offset_queries(l1: L1Metastore) -> None:
 
 
 async def test_timestamp_query(l1: L1Metastore) -> None:
-    await l1.add_objects([obj(ext(P0, 0, 9, ts=100), ext(P0, 10, 19, ts=200),
-                              ext(P0, 20, 29, ts=300))])
+    await add(l1, [obj(ext(P0, 0, 9, ts=100), ext(P0, 10, 19, ts=200), ext(P0, 20, 29, ts=300))])
     assert (await l1.get_first_ge_timestamp(P0, 150)).base_offset == 10
     assert (await l1.get_first_ge_timestamp(P0, 50)).base_offset == 0
     assert (await l1.get_first_ge_timestamp(P0, 50, min_offset=21)).base_offset == 20
@@ -169,13 +166,10 @@ async def test_term_queries(l1: L1Metastore) -> None:
         await l1.get_term_for_offset(P0, 20)
     with pytest.raises(OutOfRange):
         await l1.get_end_offset_for_term(P0, 0)
-    await l1.add_objects([obj(ext(Q0, 0, 3))])
-    with pytest.raises(OutOfRange):
-        await l1.get_term_for_offset(Q0, 1)
 
 
 async def test_extent_listing(l1: L1Metastore) -> None:
-    await l1.add_objects([obj(*(ext(P0, i * 10, i * 10 + 9) for i in range(10)))])
+    await add(l1, [obj(*(ext(P0, i * 10, i * 10 + 9) for i in range(10)))])
     got = await l1.get_extents(P0, 25, 61)
     assert [e.base_offset for e in got.extents] == [20, 30, 40, 50, 60] and not got.more
     got = await l1.get_extents(P0, 25, 61, limit=2)
@@ -239,6 +233,7 @@ async def test_set_start_offset_rejections(l1: L1Metastore) -> None:
 async def test_replace_objects_swaps_extents_and_bumps_epoch(l1: L1Metastore) -> None:
     o1, o2 = await seed(l1)
     merged = obj(ext(P0, 0, 19, length=150))
+    await prereg(l1, merged)
     assert await l1.replace_objects([merged], {P0: 0}) == {P0: 1}
     m = await l1.get_partition(P0)
     assert (m.size, m.num_extents, m.compaction_epoch, m.next_offset) == (150, 1, 1, 20)
@@ -247,8 +242,10 @@ async def test_replace_objects_swaps_extents_and_bumps_epoch(l1: L1Metastore) ->
     assert info1 is not None and info1.removed_data_size == 100  # P1's 50 B still live
     assert info2 is not None and info2.removed_data_size == 100 and info2.total_data_size == 100
     # stale epoch
+    late = obj(ext(P0, 0, 19))
+    await prereg(l1, late)
     with pytest.raises(InvalidRequest, match="stale compaction epoch"):
-        await l1.replace_objects([obj(ext(P0, 0, 19))], {P0: 0})
+        await l1.replace_objects([late], {P0: 0})
 
 
 @pytest.mark.parametrize("case", ["boundaries", "past_next", "missing", "no_epoch",
@@ -268,6 +265,8 @@ async def test_replace_objects_rejections(l1: L1Metastore, case: str) -> None:
         args = ([obj(ext(P0, 0, 9))], {P0: 0, P1: 0})
     else:
         args = ([obj(ext(P0, 0, 9), oid=o1)], {P0: 0})
+    if case != "registered":
+        await prereg(l1, *args[0])
     with pytest.raises(exc):
         await l1.replace_objects(*args)
     m = await l1.get_partition(P0)
@@ -277,6 +276,7 @@ async def test_replace_objects_rejections(l1: L1Metastore, case: str) -> None:
 async def test_compact_objects_records_cleaned_ranges(l1: L1Metastore) -> None:
     await seed(l1)
     compacted = obj(ext(P0, 0, 9, length=40))
+    await prereg(l1, compacted)
     up = CompactionUpdate(topic_id=T1, partition=0, expected_epoch=0,
                           cleaned_range=OffsetRange(base=0, last=9), has_tombstones=True,
                           cleaned_at=1000)
@@ -293,7 +293,7 @@ async def test_compact_objects_records_cleaned_ranges(l1: L1Metastore) -> None:
     up2 = CompactionUpdate(topic_id=T1, partition=0, expected_epoch=1,
                            cleaned_range=OffsetRange(base=10, last=19),
                            removed_tombstone_ranges=[OffsetRange(base=0, last=4)])
-    assert await l1.compact_objects([], [up2]) == {P0: 2}
+    assert await l1.commit_compaction_metadata([up2]) == {P0: 2}
     info = await l1.get_compaction_info(P0)
     assert [(r.base, r.last) for r in info.cleaned_ranges] == [(0, 19)]
     assert info.dirty_ranges == []
@@ -334,7 +334,11 @@ async def test_compact_objects_rejections(l1: L1Metastore, case: str) -> None:
     else:
         objects, updates = [obj(ext(P0, 0, 9))], [up(partition=1)]
     with pytest.raises(exc):
-        await l1.compact_objects(objects, updates)
+        if objects:
+            await prereg(l1, *objects)
+            await l1.compact_objects(objects, updates)
+        else:
+            await l1.commit_compaction_metadata(updates)
     assert (await l1.get_partition(P0)).compaction_epoch == 0
     assert (await l1.get_compaction_info(P0)).cleaned_ranges == []
 
@@ -345,7 +349,7 @@ async def test_compact_objects_rejections(l1: L1Metastore, case: str) -> None:
 async def test_remove_topics(l1: L1Metastore) -> None:
     o1, o2 = await seed(l1)
     o3 = obj(ext(Q0, 0, 9))
-    await l1.add_objects([o3])
+    await add(l1, [o3])
     assert await l1.remove_topics([T1, uuid.uuid4()]) == 2
     for tidp in (P0, P1):
         with pytest.raises(MissingPartition):
@@ -356,12 +360,13 @@ async def test_remove_topics(l1: L1Metastore) -> None:
         assert info is not None and info.removed_data_size == info.total_data_size
     info3 = await l1.get_object(o3.oid)
     assert info3 is not None and info3.removed_data_size == 0
-    # nothing of T1 is left at all: a fresh partition restarts from scratch
-    await l1.add_objects([obj(ext(P0, 100, 109))])
+    # nothing of T1 is left at all: a fresh partition restarts from scratch, at 0
+    assert await add(l1, [obj(ext(P0, 20, 29))]) == {P0: 0}
+    await add(l1, [obj(ext(P0, 0, 9))], [term(P0, 9, 0)])
     m = await l1.get_partition(P0)
-    assert (m.start_offset, m.num_extents, m.size) == (100, 1, 100)
-    with pytest.raises(OutOfRange):
-        await l1.get_term_for_offset(P0, 100)
+    assert (m.start_offset, m.num_extents, m.size) == (0, 1, 100)
+    assert await l1.get_term_for_offset(P0, 5) == 9
+    assert await l1.get_end_offset_for_term(P0, 9) == 10
     assert await l1.remove_topics([uuid.uuid4()]) == 0
 
 
@@ -369,7 +374,7 @@ async def test_preregistration_then_add(l1: L1Metastore) -> None:
     (oid,) = await l1.preregister_objects(1)
     info = await l1.get_object(oid)
     assert info is not None and info.is_preregistration and info.total_data_size == 0
-    await l1.add_objects([obj(ext(P0, 0, 9), oid=oid)])
+    await l1.add_objects([obj(ext(P0, 0, 9), oid=oid)], [term(P0, 1, 0)])
     info = await l1.get_object(oid)
     assert info is not None and not info.is_preregistration and info.total_data_size == 100
     with pytest.raises(InvalidRequest):
@@ -393,7 +398,7 @@ async def test_remove_objects(l1: L1Metastore) -> None:
 
 
 async def test_partitions_of_other_topics_are_independent(l1: L1Metastore) -> None:
-    await l1.add_objects([obj(ext(TopicIdPartition(T2, 7), 0, 4))])
-    await l1.add_objects([obj(ext(TopicIdPartition(T2, 70), 0, 9))])
+    await add(l1, [obj(ext(TopicIdPartition(T2, 7), 0, 4))])
+    await add(l1, [obj(ext(TopicIdPartition(T2, 70), 0, 9))])
     assert (await l1.get_offsets(TopicIdPartition(T2, 7))).next_offset == 5
     assert (await l1.get_offsets(TopicIdPartition(T2, 70))).next_offset == 10
