@@ -524,16 +524,33 @@ class CacheService:
                 if not self._contained(dest):
                     raise InvalidKey(f"key path {rel!r} leads outside the cache directory")
             return path, os.open(path, flags, 0o644)
-        except FileExistsError as exc:
-            if not parent.is_dir() or parent.is_symlink():
+        except (FileExistsError, FileNotFoundError, NotADirectoryError) as exc:
+            # The name is taken (another process?), or a trim removed an empty parent meanwhile
+            # (also between mkdir's own steps, which then raises FileExistsError): try again,
+            # unless a file or a link stands where a directory of the key's path must be.
+            if self._blocked(parent):
                 raise InvalidKey(
                     f"key path {rel!r} is blocked by a non-directory in the cache"
                 ) from exc
-            return None  # the name is taken (another process?): next counter
-        except (FileNotFoundError, NotADirectoryError):
-            return None  # a trim removed the empty parent meanwhile: again
+            return None
         except OSError as exc:
             raise IOFailure(f"cannot create staging file {path}: {exc}") from exc
+
+    def _blocked(self, parent: Path) -> bool:
+        """Whether a non-directory (a file, a link) stands at ``parent`` or one of its
+        ancestors below the root."""
+        path = self.root
+        for part in parent.relative_to(self.root).parts:
+            path = path / part
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                return False  # nothing further down exists either
+            except NotADirectoryError:
+                return True
+            if not stat.S_ISDIR(st.st_mode):
+                return True
+        return False
 
     async def _stage_begin(self, part: str) -> None:
         if self._on_coordinator:

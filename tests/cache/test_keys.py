@@ -259,3 +259,34 @@ def test_no_user_key_shares_a_file_or_directory_with_a_reserved_key(user: str, r
         u = key_relpath(validate_key(user))
         assert not u.split("/")[0].startswith(".cachedaemon")
         assert u != r and not r.startswith(u + "/") and not u.startswith(r + "/")
+
+
+async def test_a_parent_removed_by_a_trim_during_mkdir_is_made_again(
+    cache: CacheService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen in the suite (a tiny cache, concurrent fills): pathlib's ``mkdir(exist_ok=True)``
+    found the directory there (EEXIST), a trim removed it as empty, and its ``is_dir()`` check
+    then raised FileExistsError; the key was refused as "blocked by a non-directory". A parent
+    that is simply gone is made again."""
+    real_mkdir = Path.mkdir
+    raced: list[Path] = []
+
+    def mkdir(self: Path, mode: int = 0o777, parents: bool = False,
+              exist_ok: bool = False) -> None:
+        if not raced and self.name == key_relpath("d/x").split("/")[0]:
+            raced.append(self)  # the directory existed, then vanished before the is_dir check
+            raise FileExistsError(17, "File exists", str(self))
+        real_mkdir(self, mode, parents, exist_ok)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    f = await cache.create_staging_file("d/x", deadline_after(1.0))
+    await f.append(b"data")
+    await f.commit()
+    entry = await cache.get("d/x")
+    assert raced and entry is not None and entry.path.read_bytes() == b"data"
+
+
+async def test_a_file_in_place_of_a_parent_still_blocks_the_key(cache: CacheService) -> None:
+    (cache.root / key_relpath("d/x").split("/")[0]).write_bytes(b"not a directory")
+    with pytest.raises(InvalidKey, match="blocked by a non-directory"):
+        await cache.create_staging_file("d/y", deadline_after(1.0))
