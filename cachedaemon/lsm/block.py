@@ -190,6 +190,16 @@ class Block:
 
     def _decode_run(self, r: int) -> Run:
         pos, end = self._bounds(r)
+        return self._decode_entries(pos, end, "its run")
+
+    def _decode(self) -> None:
+        keys, values = self._decode_entries(0, self._limit, "the block")
+        self._values = values
+        self._keys = keys
+
+    def _decode_entries(self, pos: int, end: int, span: str) -> Run:
+        """The keys and values of the entries from ``pos`` to ``end`` (a restart interval, or
+        every entry of the block); an entry reaching past ``end`` (``span``) is Corruption."""
         data = self._data
         where = self._where
         keys: list[bytes] = []
@@ -211,48 +221,13 @@ class Block:
                     last = data[pos:kend]
                 vend = kend + vlen
                 if vend > end:
-                    raise Corruption(f"{where}: entry at block offset {pos - 12} overruns its run")
+                    raise Corruption(f"{where}: entry at block offset {pos - 12} overruns {span}")
                 kappend(last)
                 vappend(data[kend:vend])
                 pos = vend
         except struct.error as e:
             raise Corruption(f"{where}: truncated entry at block offset {pos}") from e
         return keys, values
-
-    def _decode(self) -> None:
-        data = self._data
-        limit = self._limit
-        where = self._where
-        keys: list[bytes] = []
-        values: list[bytes] = []
-        kappend = keys.append
-        vappend = values.append
-        pos = 0
-        last = b""
-        unpack = _unpack_entry
-        try:
-            while pos < limit:
-                shared, unshared, vlen = unpack(data, pos)
-                pos += 12
-                end = pos + unshared
-                if shared:
-                    if shared > len(last):
-                        raise Corruption(f"{where}: entry at block offset {pos - 12} shares too much")
-                    last = last[:shared] + data[pos:end]
-                else:
-                    last = data[pos:end]
-                vend = end + vlen
-                if vend > limit:
-                    raise Corruption(f"{where}: entry at block offset {pos - 12} overruns the block")
-                kappend(last)
-                vappend(data[end:vend])
-                pos = vend
-        except struct.error as e:
-            raise Corruption(f"{where}: truncated entry at block offset {pos}") from e
-        if pos != limit:
-            raise Corruption(f"{where}: entries overrun the restart array")
-        self._values = values
-        self._keys = keys
 
 
 def decode_block(data: bytes, where: str) -> Block:
