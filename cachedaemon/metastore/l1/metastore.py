@@ -31,6 +31,7 @@ One instance per domain, on the shard that owns the domain; not thread-safe.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -528,12 +529,10 @@ class L1Metastore:
         o = cache.object(oid_bytes)
         if o is None or o[2]:
             return None  # no row, or a preregistration: the LSM path reports the corruption
-        oid = uuid.UUID(bytes=oid_bytes)
+        oid, key = _oid_and_key(oid_bytes, self._object_prefix, o[3])
         return ExtentLocation(base_offset=base, last_offset=last, max_timestamp=ts,
                               filepos=filepos, len=length, oid=oid, footer_pos=o[0],
-                              object_size=o[1],
-                              object_key=(keys.legacy_object_bucket_key(oid) if o[3]
-                                          else f"{self._object_prefix}{oid}"))
+                              object_size=o[1], object_key=key)
 
     async def get_first_ge(self, tidp: TopicIdPartition, offset: int) -> ExtentLocation:
         """The extent holding ``offset`` (or the first one, if ``offset`` is below the start),
@@ -721,3 +720,11 @@ class L1Metastore:
             rows = await reader.scan(start, end, limit=limit)
         return [self._object_info(keys.decode_object_key(k), values.decode_object(v))
                 for k, v in rows]
+
+
+@functools.lru_cache(maxsize=8192)
+def _oid_and_key(oid_bytes: bytes, object_prefix: str, legacy: bool) -> tuple[uuid.UUID, str]:
+    """An object id's UUID and bucket key (memoized: a cached lookup's answer names one of the
+    objects queried recently, and making the UUID and its text was a tenth of its cost)."""
+    oid = uuid.UUID(bytes=oid_bytes)
+    return oid, (keys.legacy_object_bucket_key(oid) if legacy else f"{object_prefix}{oid}")
