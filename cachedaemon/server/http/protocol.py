@@ -29,15 +29,19 @@ request body is still arriving *lingers* as nginx's does: it stops writing and r
 the rest of the body for up to :data:`LINGER_S` (and :data:`LINGER_BYTES`), so the client reads
 the early answer (a ``413``, a ``408``) instead of a reset.
 
-**Sending files**: ``sendfile(2)`` runs on the loop with the socket non-blocking; when the
-socket is full the connection waits for it to be writable (through a ``dup`` of the socket's
-descriptor, since uvloop keeps its own registration), so a client that stops reading holds
-nothing but its own connection.
+**Sending files**: ``sendfile(2)`` runs with the socket non-blocking; when the socket is full
+the connection waits for it to be writable (through a ``dup`` of the socket's descriptor,
+since uvloop keeps its own registration), so a client that stops reading holds nothing but its
+own connection. While at least :data:`OFFLOAD_BYTES` are left, each ``sendfile`` runs in a
+small per-process copy pool instead of on the loop, so one shard's large hits use every core
+for the kernel's copying; being non-blocking, a copy ends as soon as the socket is full, and
+no client can hold a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -73,6 +77,8 @@ WRITE_HIGH_WATER = 256 << 10
 WRITE_LOW_WATER = 64 << 10
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+#: A file send with at least this much left copies in a thread (see :func:`_copy_pool`).
+OFFLOAD_BYTES = 4 << 20
 
 App = Callable[[Request], Awaitable[StreamResponse]]
 
@@ -113,6 +119,7 @@ class HttpConnection(asyncio.Protocol):
         self._flush_waiter: asyncio.Future[None] | None = None
         self._sock_fd = -1
         self._dup_fd = -1
+        self._offloading = False  # a thread is copying into the dup: it closes after that
         # The timer.
         self._timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
@@ -493,7 +500,10 @@ class HttpConnection(asyncio.Protocol):
             if self._closed:
                 raise ConnectionResetError("the client closed the connection")
             try:
-                n = os.sendfile(sock_fd, fd, offset, count)
+                if count >= OFFLOAD_BYTES:
+                    n = await self._sendfile_offloaded(fd, offset, count)
+                else:
+                    n = os.sendfile(sock_fd, fd, offset, count)
             except BlockingIOError:
                 await self._writable()
                 continue
@@ -504,6 +514,28 @@ class HttpConnection(asyncio.Protocol):
             offset += n
             count -= n
             self._write_progress = self._loop.time()
+
+    async def _sendfile_offloaded(self, fd: int, offset: int, count: int) -> int:
+        """One non-blocking ``sendfile(2)`` in the copy pool: it copies what the socket takes
+        now (never waits for the client, so a slow reader holds no thread) while the loop
+        serves others. Through the dup of the socket, which is not closed while the copy runs;
+        a cancelled caller waits for the copy, so ``fd`` outlives it."""
+        if self._dup_fd < 0:
+            self._dup_fd = os.dup(self._sock_fd)
+        self._offloading = True
+        copy = self._loop.run_in_executor(_copy_pool(), os.sendfile, self._dup_fd, fd,
+                                          offset, count)
+        try:
+            return await asyncio.shield(copy)
+        except asyncio.CancelledError:
+            if not copy.done():
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait([copy])
+            raise
+        finally:
+            self._offloading = False
+            if self._closed:
+                self._close_dup()
 
     async def _writable(self) -> None:
         if self._dup_fd < 0:
@@ -528,7 +560,7 @@ class HttpConnection(asyncio.Protocol):
             self._write_waiting = False
 
     def _close_dup(self) -> None:
-        if self._dup_fd >= 0:
+        if self._dup_fd >= 0 and not self._offloading:
             self._loop.remove_writer(self._dup_fd)
             os.close(self._dup_fd)
             self._dup_fd = -1
@@ -648,3 +680,18 @@ def _reason(exc: BaseException) -> str:
     """llhttp's reason, printable and short (never the request's bytes)."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return "".join(c if " " <= c <= "~" else "?" for c in text)[:120]
+
+
+_COPY_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _copy_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """This process's threads for copying large files into sockets (one per CPU): one shard
+    can then keep every core's page-cache-to-socket copy busy, as the kernel allows. A copy
+    is one non-blocking ``sendfile(2)``, bounded by the socket's buffer, so no client can
+    hold a thread."""
+    global _COPY_POOL
+    if _COPY_POOL is None:
+        _COPY_POOL = concurrent.futures.ThreadPoolExecutor(
+            max_workers=os.cpu_count() or 2, thread_name_prefix="http-sendfile")
+    return _COPY_POOL
