@@ -336,17 +336,11 @@ async def test_max_connections_closes_new_connections_at_once() -> None:
         h.server.abort_all()
 
 
-async def test_a_client_that_never_reads_a_sendfile_response_is_cut_off_and_blocks_nobody(
-        tmp_path: Path) -> None:
-    big = tmp_path / "big"
-    big.write_bytes(os.urandom(1 << 20) * 32)
-    small = tmp_path / "small"
-    small.write_bytes(b"s" * 200_000)
-    outcomes: list[str] = []
-
+async def _file_app(path_of: Callable[[Request], Path], outcomes: list[str]) -> App:
+    """An app that sends the file ``path_of(request)`` with ``sendfile``, noting in
+    ``outcomes`` whether each send was cut (the client went away) or sent."""
     async def app(req: Request) -> Response:
-        path = big if req.path == "/big" else small
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path_of(req), os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
             resp = StreamResponse(status=200)
@@ -358,9 +352,21 @@ async def test_a_client_that_never_reads_a_sendfile_response_is_cut_off_and_bloc
                 outcomes.append("cut")
                 raise
             await resp.write_eof()
-            return resp
+            outcomes.append("sent")
+            return resp  # type: ignore[return-value]
         finally:
             os.close(fd)
+    return app
+
+
+async def test_a_client_that_never_reads_a_sendfile_response_is_cut_off_and_blocks_nobody(
+        tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(1 << 20) * 32)
+    small = tmp_path / "small"
+    small.write_bytes(b"s" * 200_000)
+    outcomes: list[str] = []
+    app = await _file_app(lambda req: big if req.path == "/big" else small, outcomes)
 
     h = Harness()
     h.app = app
@@ -447,27 +453,6 @@ async def test_shutdown_closes_idle_connections_and_lets_busy_ones_finish(http: 
         await asyncio.wait_for(http.connect(), 1)
 
 
-async def _file_app(path: Path, outcomes: list[str]) -> App:
-    async def app(req: Request) -> Response:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            size = os.fstat(fd).st_size
-            resp = StreamResponse(status=200)
-            resp.content_length = size
-            await resp.prepare(req)
-            try:
-                await resp.sendfile(fd, 0, size)
-            except ConnectionError:
-                outcomes.append("cut")
-                raise
-            await resp.write_eof()
-            outcomes.append("sent")
-            return resp  # type: ignore[return-value]
-        finally:
-            os.close(fd)
-    return app
-
-
 async def test_a_large_file_is_copied_in_the_pool_whole_and_in_order(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 13's measurement: a 16 MiB hit on one shard ran at 0.73x the old server, whose
@@ -489,7 +474,7 @@ async def test_a_large_file_is_copied_in_the_pool_whole_and_in_order(
     monkeypatch.setattr(os, "sendfile", spy)
     outcomes: list[str] = []
     h = Harness()
-    h.app = await _file_app(big, outcomes)
+    h.app = await _file_app(lambda req: big, outcomes)
     await h.start(body_timeout=5, idle_timeout=10, header_timeout=10)
     try:
         r, w = await h.connect()
@@ -512,7 +497,7 @@ async def test_a_client_gone_during_a_pooled_copy_leaks_no_descriptor(tmp_path: 
     big.write_bytes(os.urandom(1 << 20) * 24)
     outcomes: list[str] = []
     h = Harness()
-    h.app = await _file_app(big, outcomes)
+    h.app = await _file_app(lambda req: big, outcomes)
     await h.start(body_timeout=5, idle_timeout=10, header_timeout=10)
     fds = len(os.listdir("/proc/self/fd"))
     try:
