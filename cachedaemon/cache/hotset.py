@@ -24,15 +24,15 @@ shortened (a segment over 240 bytes) has no key to recover and is left out. A da
 raises :class:`~cachedaemon.errors.Corruption`; a body that inflates past
 :data:`MAX_BODY_BYTES` is refused the same way.
 
-**Node ids** (``server.node_id``): 1-63 characters of ``[A-Za-z0-9._-]``, starting with a
-letter or digit, so a node id is always one key segment.
+**Node ids** (``server.node_id``, checked by
+:func:`cachedaemon.namespace.validate_node_id`): 1-63 characters of ``[A-Za-z0-9._-]``,
+starting with a letter or digit, so a node id is always one key segment.
 
 Pure functions; any shard may call them.
 """
 
 from __future__ import annotations
 
-import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -43,27 +43,22 @@ import zstandard
 
 from cachedaemon.cache.keys import relpath_key
 from cachedaemon.errors import Corruption
-from cachedaemon.namespace import CACHE_ROOT, HOTSET_ROOT, is_reserved
+from cachedaemon.namespace import (
+    CACHE_ROOT,
+    HOTSET_ROOT,
+    hotset_key,
+    is_reserved,
+    validate_node_id,
+)
+
+__all__ = ["HotEntry", "HotSet", "decode", "encode", "entries_from_lru", "hotset_key",
+           "node_of", "plan", "validate_node_id", "warmable"]
 
 MAGIC = b"CDHOTSET"
 VERSION = 1
 _HEADER = struct.Struct("<8sIIQ")
 #: Largest body :func:`decode` inflates (a million entries of 200-byte keys fit).
 MAX_BODY_BYTES = 256 * 1024 * 1024
-NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-
-
-def validate_node_id(node_id: str) -> str | None:
-    """None if ``node_id`` is a valid node id, else what is wrong with it."""
-    if NODE_ID.fullmatch(node_id):
-        return None
-    return ("a node id is 1-63 letters, digits, '.', '_' or '-', starting with a letter or a "
-            f"digit; got {node_id!r}")
-
-
-def hotset_key(node_id: str) -> str:
-    """The bucket key of ``node_id``'s hot set."""
-    return HOTSET_ROOT + node_id
 
 
 def node_of(key: str) -> str | None:
