@@ -1,7 +1,8 @@
 # ruff: noqa: E402
-"""Benchmark: the cache service: staging writes, reservations, startup recovery, trim.
+"""Benchmark: the cache service: staging writes, reservations, restart to ready, trim.
 
-    .venv/bin/python bench/cache.py [--dir DIR] [--objects N] [--big] [--quick]
+    .venv/bin/python bench/cache.py [--dir DIR] [--sizes 100000,1000000,5000000]
+                                    [--only staging,reserve,restart,trim] [--quick]
 
 1. **Staging write + commit** throughput (MB/s, 10^6 bytes/s) for 64 KiB, 1 MiB and 16 MiB
    objects, appended in 64 KiB chunks (an HTTP body's usual chunk), against a plain blocking
@@ -12,10 +13,17 @@
 2. ``reserve_space`` + release round trips per second, from shard 0 and from shard 1 of an
    pair of shards linked by messages as the daemon's processes are (every reservation from
    shard 1 is a call to shard 0 and a release posted back).
-3. Startup (recovery) time with N cached objects (default 100,000; ``--big`` adds 1,000,000):
-   cold (no tracker file: rebuilt from the walk) and warm (tracker saved at the last stop).
-4. Trim time with N objects: a manual trim (walk + LRU delete of 20 %) and an LRU-only trim
-   (in memory, deletes in thread batches), with the worst event-loop stall seen meanwhile.
+3. **Restart to ready** with N entries (``--sizes``), before and after in the same run on the
+   same files: *before* is the code of ``--before-rev`` (extracted with ``git archive``; its
+   start loads the access-time tracker and walks the directory), *after* this checkout's (its
+   start reads the index). Each start runs in a fresh process and is timed from the
+   ``open_single`` call to its return (ready), cold (page, dentry and inode caches dropped
+   first: root only, and machine-wide) and warm (right after another start). After a cold start
+   of *after*, the background walk that checks the index runs while a probe does one hit per
+   millisecond: its latency and the loop's lateness, during the walk and after it. Also the
+   index's bytes per entry against the tracker's (tracemalloc).
+4. Trim time with N objects (``--objects``): a manual trim (walk + LRU delete of 20 %) and an
+   LRU-only trim (in memory, deletes in thread batches), with the worst event-loop stall.
 
 Files are created in a temporary directory under ``--dir`` (default: the system's temporary
 directory; point it at the data disk) and deleted at the end.
@@ -32,13 +40,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 import asyncio
 import dataclasses
+import gc
+import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
+from typing import Any
 
 from cachedaemon.cache import CacheService, start_cache, stop_cache
-from cachedaemon.cache.keys import TRACKER_NAME, key_relpath
+from cachedaemon.cache.keys import key_relpath
 from cachedaemon.clock import NO_DEADLINE
 from cachedaemon.config import CacheSettings, load_settings
 from cachedaemon.core.smp import start_local_shards
@@ -46,6 +58,9 @@ from cachedaemon.core.smp import start_local_shards
 KiB = 1024
 MiB = 1024 * KiB
 CHUNK = 64 * KiB
+REPO = Path(__file__).resolve().parents[1]
+#: The last revision whose cache walked the directory at every start (before issue 16).
+BEFORE_REV = "71845ed"
 
 
 def settings(**kw: object) -> CacheSettings:
@@ -157,12 +172,66 @@ async def bench_reserve(root: Path, quick: bool) -> tuple[float, float]:
     return shard0, shard1
 
 
-# --- 3 and 4. startup and trim -------------------------------------------------------------------
+# --- 3. restart to ready: the walk of before against the index, before/after in one run --------
+
+#: Runs in a fresh interpreter (``python -c``) with PYTHONPATH set to the tree under test (this
+#: checkout, or the code from before the index, extracted with ``git archive``), so both are
+#: measured on the same files in the same run. Prints one JSON line.
+DRIVER = r"""
+import asyncio, dataclasses, json, random, resource, sys, time
+root, probe = sys.argv[1], sys.argv[2] == "1"
+from cachedaemon.cache import CacheService
+from cachedaemon.cache.keys import relpath_key
+from cachedaemon.config import load_settings
+base = load_settings(env={}).cache
+names = {f.name for f in dataclasses.fields(base)}
+kw = {"max_bytes": 1 << 40, "max_objects": 10_000_000}
+if "min_free_bytes" in names:
+    kw["min_free_bytes"] = 0
+settings = dataclasses.replace(base, **kw)
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000 if xs else 0.0
+
+async def hits(svc, keys, stop, limit):
+    # One hit (get) per millisecond: its latency, and how late the loop woke for it.
+    lat, lag = [], []
+    loop = asyncio.get_running_loop()
+    while not stop() and len(lat) < limit:
+        t = loop.time()
+        await asyncio.sleep(0.001)
+        t1 = time.perf_counter()
+        lag.append(max(0.0, loop.time() - t - 0.001))
+        assert await svc.get(random.choice(keys)) is not None
+        lat.append(time.perf_counter() - t1)
+    return {"n": len(lat), "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99),
+            "max_ms": pct(lat, 1.0), "lag_p99_ms": pct(lag, 0.99), "lag_max_ms": pct(lag, 1.0)}
+
+async def main():
+    t0 = time.perf_counter()
+    svc = await CacheService.open_single(root, settings, fsync_commits=False)
+    out = {"ready_s": time.perf_counter() - t0}
+    out["objects"] = (await svc.stats()).objects
+    out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    coord = svc.coordinator
+    if probe and getattr(coord, "reconciling", False):
+        keys = [relpath_key(e[0]) for e, _ in zip(coord.index.lru(), range(5000))]
+        t1 = time.perf_counter()
+        out["during"] = await hits(svc, keys, lambda: not coord.reconciling, 10**9)
+        await coord.wait_reconciled()
+        out["walk_s"] = time.perf_counter() - t1
+        out["after"] = await hits(svc, keys, lambda: False, out["during"]["n"])
+    await svc.stop()
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
 
 
-def populate(root: Path, n: int) -> None:
-    """``n`` 100-byte entries in 100 directories, written with plain syscalls."""
-    payload = b"p" * 100
+def populate(root: Path, n: int, size: int) -> None:
+    """``n`` entries of ``size`` bytes in 100 directories, written with plain syscalls."""
+    payload = b"p" * size
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     made: set[str] = set()
     for i in range(n):
@@ -172,8 +241,110 @@ def populate(root: Path, n: int) -> None:
             (root / parent).mkdir(parents=True, exist_ok=True)
             made.add(parent)
         fd = os.open(root / rel, flags, 0o644)
-        os.write(fd, payload)
+        if payload:
+            os.write(fd, payload)
         os.close(fd)
+
+
+def drop_page_cache() -> bool:
+    """Write back and drop the page, dentry and inode caches (root only; machine-wide)."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def run_driver(tree: Path, root: Path, probe: bool = False) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    env.pop("CACHEDAEMON_FAILPOINTS", None)
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(root), "1" if probe else "0"],
+                          env=env, cwd=tree, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"driver failed in {tree}: {proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def before_tree(work: Path, rev: str) -> Path:
+    """The code of ``rev`` (before the index), extracted next to the data."""
+    tree = work / f"before-{rev}"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "cachedaemon"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def bench_restart(work: Path, n: int, before: Path, entry_bytes: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": n}
+
+    def note(what: str) -> None:
+        print(f"#   {n:,} entries: {what}", flush=True)
+
+    d = work / f"restart-{n}"
+    d.mkdir()
+    t0 = time.perf_counter()
+    populate(d, n, entry_bytes)
+    out["populate_s"] = time.perf_counter() - t0
+    note(f"populated in {out['populate_s']:.0f}s")
+    cold = drop_page_cache()
+    out["cold_measured"] = cold
+    # Before: the walk at every start (with the tracker saved by the previous stop).
+    run_driver(before, d)  # first start: writes its tracker at stop
+    if cold:
+        drop_page_cache()
+    out["before_cold"] = run_driver(before, d)
+    note(f"before, cold: ready in {out['before_cold']['ready_s']:.2f}s")
+    out["before_warm"] = run_driver(before, d)
+    note(f"before, warm: ready in {out['before_warm']['ready_s']:.2f}s")
+    for stale in d.glob("%tracker*"):
+        stale.unlink()
+    # After: the first start walks (no index yet) and writes the index; then restarts read it.
+    first = run_driver(REPO, d)
+    out["after_first_s"] = first["ready_s"]
+    note(f"after, first start (walk, no index yet): {first['ready_s']:.2f}s")
+    if cold:
+        drop_page_cache()
+    out["after_cold"] = run_driver(REPO, d, probe=True)
+    note(f"after, cold: ready in {out['after_cold']['ready_s']:.2f}s, background walk "
+         f"{out['after_cold'].get('walk_s', 0):.1f}s")
+    out["after_warm"] = run_driver(REPO, d)
+    note(f"after, warm: ready in {out['after_warm']['ready_s']:.2f}s")
+    t0 = time.perf_counter()
+    shutil.rmtree(d, ignore_errors=True)
+    out["delete_s"] = time.perf_counter() - t0
+    return out
+
+
+def index_memory(n: int) -> tuple[float, float]:
+    """Bytes per entry of the index (path -> size) and of the tracker it replaced (path ->
+    (atime, size)), for ``n`` entries with the benchmark's paths, by tracemalloc."""
+    import tracemalloc
+
+    from cachedaemon.cache.index import CacheIndex
+
+    def measure(build: Any) -> float:
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        kept = build()
+        used = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        del kept
+        return used / n
+
+    def paths() -> list[str]:
+        return [key_relpath(f"d{i % 100}/obj{i}") for i in range(n)]
+
+    tracker = measure(lambda: {p: (1.7e9 + i, 100) for i, p in enumerate(paths())})
+    index = measure(lambda: CacheIndex({p: 100 for p in paths()}))
+    return index, tracker
+
+
+# --- 4. trim -------------------------------------------------------------------------------------
 
 
 class StallMeter:
@@ -200,32 +371,12 @@ class StallMeter:
         self._task.cancel()
 
 
-async def bench_startup_and_trim(root: Path, n: int) -> dict[str, float]:
+async def bench_trim(work: Path, n: int) -> dict[str, float]:
     out: dict[str, float] = {}
-
-    def note(what: str) -> None:
-        print(f"#   {n:,} objects: {what}", flush=True)
-
-    d = root / f"startup-{n}"
+    d = work / f"trim-{n}"
     d.mkdir()
-    t0 = time.perf_counter()
-    await asyncio.to_thread(populate, d, n)
-    out["populate_s"] = time.perf_counter() - t0
-    note(f"populated in {out['populate_s']:.1f}s")
-    # Cold: no tracker file.
-    t0 = time.perf_counter()
+    await asyncio.to_thread(populate, d, n, 100)
     svc = await CacheService.open_single(d, settings(max_objects=n))
-    out["cold_s"] = time.perf_counter() - t0
-    note(f"cold start {out['cold_s']:.2f}s")
-    st = await svc.stats()
-    assert st.objects == n, st
-    await svc.stop()
-    assert (d / TRACKER_NAME).exists()
-    # Warm: tracker saved at stop.
-    t0 = time.perf_counter()
-    svc = await CacheService.open_single(d, settings(max_objects=n))
-    out["warm_s"] = time.perf_counter() - t0
-    note(f"warm start {out['warm_s']:.2f}s")
     # Manual trim: walk + LRU down to 0.8 n objects.
     with StallMeter() as meter:
         t0 = time.perf_counter()
@@ -233,14 +384,14 @@ async def bench_startup_and_trim(root: Path, n: int) -> dict[str, float]:
         out["trim_manual_s"] = time.perf_counter() - t0
     out["trim_manual_stall_ms"] = meter.worst * 1000
     out["trim_manual_objects"] = result.objects_freed
-    note(f"manual trim {out['trim_manual_s']:.2f}s")
     # LRU-only trim (walks throttled: one just ran): 0.8 n -> 0.64 n objects.
     coord = svc.coordinator
     coord.max_objects = int(n * 0.8)
+    coord.limits = dataclasses.replace(coord.limits, max_objects=coord.max_objects)
     with StallMeter() as meter:
         t0 = time.perf_counter()
         async with await coord._trim_sem.get_units(1):
-            result = await coord._trim_once(manual=False, fraction=0.8)
+            result = await coord._trim_once(manual=False, fraction=0.8, all_dims=True)
         out["trim_lru_s"] = time.perf_counter() - t0
     out["trim_lru_stall_ms"] = meter.worst * 1000
     out["trim_lru_objects"] = result.objects_freed
@@ -253,40 +404,84 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
                     help="where to create the temporary files (use the data disk)")
-    ap.add_argument("--objects", type=int, default=100_000)
-    ap.add_argument("--big", action="store_true", help="also startup/trim with 1,000,000 objects")
+    ap.add_argument("--objects", type=int, default=100_000, help="entries for the trim part")
+    ap.add_argument("--sizes", default="100000,1000000",
+                    help="entry counts for the restart part (e.g. 100000,1000000,5000000)")
+    ap.add_argument("--entry-bytes", type=int, default=0,
+                    help="size of each entry of the restart part (0: empty files; a start "
+                         "reads no file's data, and 5M entries of 100 bytes would take 20 GB)")
+    ap.add_argument("--before-rev", default=BEFORE_REV,
+                    help="the revision whose cache walks at every start (before the index)")
     ap.add_argument("--quick", action="store_true", help="fewer rounds (smoke test)")
-    ap.add_argument("--only", default="staging,reserve,startup",
-                    help="comma-separated parts to run: staging, reserve, startup")
+    ap.add_argument("--only", default="staging,reserve,restart,trim",
+                    help="comma-separated parts to run: staging, reserve, restart, trim")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     root = Path(tempfile.mkdtemp(prefix=".bench-cache-", dir=args.dir))
+    started = time.perf_counter()
     try:
         print(f"# bench/cache.py  (python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
               f"dir {root})")
-        rows = await bench_staging(root, args.quick) if "staging" in parts else []
-        print("\n## staging write + commit (64 KiB appends) vs open/write/[fsync]/rename")
-        print(f"{'object size':<22}{'ours MB/s':>12}{'plain MB/s':>12}{'ratio':>8}")
-        for label, ours, plain in rows:
-            print(f"{label:<22}{ours:>12.1f}{plain:>12.1f}{ours / plain:>8.2f}")
+        if "staging" in parts:
+            rows = await bench_staging(root, args.quick)
+            print("\n## staging write + commit (64 KiB appends) vs open/write/[fsync]/rename")
+            print(f"{'object size':<22}{'ours MB/s':>12}{'plain MB/s':>12}{'ratio':>8}")
+            for label, ours, plain in rows:
+                print(f"{label:<22}{ours:>12.1f}{plain:>12.1f}{ours / plain:>8.2f}")
         if "reserve" in parts:
             s0, s1 = await bench_reserve(root, args.quick)
             print("\n## reserve_space + release round trips")
             print(f"from shard 0: {s0:,.0f}/s   from shard 1 (hop to shard 0): {s1:,.0f}/s")
-        sizes = ([args.objects] if "startup" in parts else []) + (
-            [1_000_000] if args.big else [])
-        print("\n## startup (recovery) and trim")
-        print(f"{'objects':>10}{'populate s':>12}{'cold start s':>14}{'warm start s':>14}"
-              f"{'manual trim s':>15}{'(stall ms)':>11}{'LRU trim s':>12}{'(stall ms)':>11}")
-        for n in sizes:
-            r = await bench_startup_and_trim(root, n)
-            print(f"{n:>10,}{r['populate_s']:>12.1f}{r['cold_s']:>14.2f}{r['warm_s']:>14.2f}"
-                  f"{r['trim_manual_s']:>15.2f}{r['trim_manual_stall_ms']:>11.1f}"
-                  f"{r['trim_lru_s']:>12.2f}{r['trim_lru_stall_ms']:>11.1f}")
-            print(f"{'':>10}  (manual trim freed {r['trim_manual_objects']:,.0f} objects, "
-                  f"LRU trim {r['trim_lru_objects']:,.0f})")
+        if "restart" in parts:
+            sizes = [int(x) for x in args.sizes.split(",") if x]
+            before = before_tree(root, args.before_rev)
+            print(f"\n## restart to ready: before ({args.before_rev}: the walk) vs after (the "
+                  f"index); {args.entry_bytes}-byte entries")
+            results = []
+            for n in sizes:
+                results.append(bench_restart(root, n, before, args.entry_bytes))
+            print(f"{'entries':>10}{'before cold':>13}{'before warm':>13}{'after cold':>12}"
+                  f"{'after warm':>12}{'walk (bg) s':>13}{'RSS MB b/a':>13}")
+            for r in results:
+                bc, bw, ac, aw = (r["before_cold"], r["before_warm"], r["after_cold"],
+                                  r["after_warm"])
+                print(f"{r['n']:>10,}{bc['ready_s']:>13.2f}{bw['ready_s']:>13.2f}"
+                      f"{ac['ready_s']:>12.2f}{aw['ready_s']:>12.2f}"
+                      f"{ac.get('walk_s', 0.0):>13.1f}"
+                      f"{bw['rss_mb']:>7.0f}/{aw['rss_mb']:<5.0f}")
+            print("(seconds from the start call to ready, in a fresh process; cold: page, "
+                  "dentry and inode caches dropped first" + (
+                      ")" if all(r["cold_measured"] for r in results)
+                      else "; NOT measured: cannot write /proc/sys/vm/drop_caches)"))
+            print("\n## hits (one get per ms) during the background walk after a cold start, "
+                  "and after it")
+            print(f"{'entries':>10}{'':>8}{'hits':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+                  f"{'lag p99':>9}{'lag max':>9}")
+            for r in results:
+                for when in ("during", "after"):
+                    h = r["after_cold"].get(when)
+                    if h:
+                        print(f"{r['n']:>10,}{when:>8}{h['n']:>8}{h['p50_ms']:>9.3f}"
+                              f"{h['p99_ms']:>9.3f}{h['max_ms']:>9.2f}{h['lag_p99_ms']:>9.2f}"
+                              f"{h['lag_max_ms']:>9.2f}")
+            for r in results:
+                print(f"# {r['n']:,} entries: populate {r['populate_s']:.0f}s, first start "
+                      f"after (walk + index) {r['after_first_s']:.2f}s, delete "
+                      f"{r['delete_s']:.0f}s")
+            mem_n = min(max(sizes), 1_000_000)
+            idx, trk = index_memory(mem_n)
+            print(f"\nindex memory: {idx:.0f} bytes per entry (the tracker before it: "
+                  f"{trk:.0f}), {mem_n:,} entries, tracemalloc")
+        if "trim" in parts:
+            r = await bench_trim(root, args.objects)
+            print(f"\n## trim with {args.objects:,} entries")
+            print(f"manual (walk + LRU): {r['trim_manual_s']:.2f}s, freed "
+                  f"{r['trim_manual_objects']:,.0f}, worst loop stall "
+                  f"{r['trim_manual_stall_ms']:.1f} ms; LRU only: {r['trim_lru_s']:.2f}s, "
+                  f"freed {r['trim_lru_objects']:,.0f}, stall {r['trim_lru_stall_ms']:.1f} ms")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        print(f"\n# total {time.perf_counter() - started:.0f}s")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ Parts:
     1 MiB and 16 MiB hits, the daemon (one shard) against nginx (one worker).
 ``shards``
     ``--shards 2`` against ``--shards 1`` for ``/healthz``, the 4 KiB and 1 MiB hits, kv GET
-    and L1 ``get_first_ge``.
+    and L1 ``get_first_ge`` on one domain (its owner shard does all its work) and spread over
+    8 kv / 4 L1 domains.
 ``kv``
     In-process point gets, 64 callers: our metastore (``DomainService.get``) and slatedb
     (``pip install -e '.[bench]'``), each on 10,000 keys flushed to a local file store; the
@@ -79,19 +80,26 @@ L1_PARTITIONS = 100
 L1_OBJECTS = 2_000  # 8 extents each: 16,000 extents, 160 per partition
 HIT_SIZES = {"4KiB": 4 * KiB, "64KiB": 64 * KiB, "1MiB": MiB, "16MiB": 16 * MiB}
 
+#: Domains the "spread" rows use: a domain's requests run on its owner shard, so one domain
+#: is one shard's work; several spread it.
+KV_SPREAD = 8
+L1_SPREAD = 4
+
 _KV_LUA = """
 math.randomseed(7)
 request = function()
-  return wrk.format("GET", string.format("/v1/kv/bench/key-%%010d", math.random(0, %d)))
+  local d = %s
+  return wrk.format("GET", string.format("/v1/kv/%%s/key-%%010d", d, math.random(0, %d)))
 end
 """
 
 _L1_LUA = """
 math.randomseed(7)
 request = function()
+  local d = %s
   local p = math.random(0, %d)
   local o = math.random(0, %d)
-  return wrk.format("GET", "/v1/l1/bench/partitions/%s/" .. p .. "/first?offset=" .. o)
+  return wrk.format("GET", "/v1/l1/" .. d .. "/partitions/%s/" .. p .. "/first?offset=" .. o)
 end
 """
 
@@ -179,21 +187,25 @@ async def populate(url: str, work: Path) -> str:
             async with s.get(f"{url}/v1/objects/hit-{name}") as r:
                 assert r.headers["X-Cache"] == "hit"
                 await r.read()
-        for start in range(0, KV_KEYS, 1000):
-            ops = [{"op": "put", "key": base64.b64encode(kv_key(i)).decode(),
-                    "value": base64.b64encode(KV_VALUE).decode()}
-                   for i in range(start, start + 1000)]
-            async with s.post(f"{url}/v1/domains/bench/batch", json={"ops": ops}) as r:
+        kv_domains = [("bench", KV_KEYS)] + [(f"kv{i}", KV_KEYS // KV_SPREAD)
+                                             for i in range(KV_SPREAD)]
+        for domain, keys in kv_domains:
+            for start in range(0, keys, 1000):
+                ops = [{"op": "put", "key": base64.b64encode(kv_key(i)).decode(),
+                        "value": base64.b64encode(KV_VALUE).decode()}
+                       for i in range(start, min(keys, start + 1000))]
+                async with s.post(f"{url}/v1/domains/{domain}/batch", json={"ops": ops}) as r:
+                    assert r.status == 204, await r.text()
+            async with s.post(f"{url}/v1/domains/{domain}/flush") as r:
                 assert r.status == 204, await r.text()
-        async with s.post(f"{url}/v1/domains/bench/flush") as r:
-            assert r.status == 204, await r.text()
-    layout = Layout(L1_PARTITIONS)
     async with AsyncClient(url) as client:
-        l1 = L1Client(client, "bench")
-        for _ in range(0, L1_OBJECTS, 100):
-            objects = [layout.new_object() for _ in range(100)]
-            await l1.preregister_objects(oids=[o.oid for o in objects])
-            assert not await l1.add_objects(objects, terms_of(objects))
+        for domain in ["bench"] + [f"l1d{i}" for i in range(L1_SPREAD)]:
+            layout = Layout(L1_PARTITIONS)
+            l1 = L1Client(client, domain)
+            for _ in range(0, L1_OBJECTS, 100):
+                objects = [layout.new_object() for _ in range(100)]
+                await l1.preregister_objects(oids=[o.oid for o in objects])
+                assert not await l1.add_objects(objects, terms_of(objects))
     return str(layout.tidps[0].topic_id)
 
 
@@ -207,9 +219,22 @@ def route_paths(topic: str) -> dict[str, tuple[str, str | None]]:
         "GET /healthz": ("/healthz", None),
         "hit 4KiB": ("/v1/objects/hit-4KiB", None),
         "hit 64KiB": ("/v1/objects/hit-64KiB", None),
-        "kv GET": ("/v1/kv/bench/" + kv_key(0).decode(), _KV_LUA % (KV_KEYS - 1)),
+        "kv GET": ("/v1/kv/bench/" + kv_key(0).decode(), _KV_LUA % ('"bench"', KV_KEYS - 1)),
         "L1 get_first_ge": (f"/v1/l1/bench/partitions/{topic}/0/first?offset=0",
-                            _L1_LUA % (L1_PARTITIONS - 1, l1_max_offset(), topic)),
+                            _L1_LUA % ('"bench"', L1_PARTITIONS - 1, l1_max_offset(), topic)),
+    }
+
+
+def spread_paths(topic: str) -> dict[str, tuple[str, str | None]]:
+    """The kv and L1 routes over several domains (see KV_SPREAD)."""
+    return {
+        f"kv GET, {KV_SPREAD} domains": (
+            "/v1/kv/kv0/" + kv_key(0).decode(),
+            _KV_LUA % (f'"kv" .. math.random(0, {KV_SPREAD - 1})', KV_KEYS // KV_SPREAD - 1)),
+        f"L1 get_first_ge, {L1_SPREAD} domains": (
+            f"/v1/l1/l1d0/partitions/{topic}/0/first?offset=0",
+            _L1_LUA % (f'"l1d" .. math.random(0, {L1_SPREAD - 1})', L1_PARTITIONS - 1,
+                       l1_max_offset(), topic)),
     }
 
 
@@ -330,6 +355,7 @@ def part_shards(one: Daemon, two: Daemon, rounds: int, duration: float,
     paths = route_paths(one.topic)
     paths["hit 1MiB"] = ("/v1/objects/hit-1MiB", None)
     del paths["hit 64KiB"]
+    paths.update(spread_paths(one.topic))
     rows.append("| route (c=32) | 1 shard req/s | 1 shard CPU µs/req | 2 shards req/s "
                 "| 2 shards CPU µs/req | **2 vs 1** |")
     rows.append("|---|---|---|---|---|---|")

@@ -17,9 +17,11 @@ Pure and loop-free: loaded once on the main thread before any shard starts.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
+import textwrap
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -49,6 +51,7 @@ class Setting:
     validate: Callable[[Any], str | None] | None = None
     aliases: tuple[str, ...] = ()
     default_doc: str | None = None  # how to show a computed default
+    why: str = ""  # why the default is what it is (a comment in config/cachedaemon.toml)
 
     @property
     def key(self) -> str:
@@ -189,16 +192,42 @@ SCHEMA: tuple[Setting, ...] = (
             "Minimum time between throttled (directory-walking) trims."),
     Setting("cache", "low_watermark", "float", 0.8,
             "Trim down to this fraction of the limits.", minimum=0.05, maximum=0.99),
-    Setting("cache", "disk_reservation_percent", "float", 0.0,
-            "Percent of the disk never counted as usable for max_bytes_percent.",
-            minimum=0.0, maximum=99.0),
-    Setting("cache", "min_free_bytes", "size", 0,
-            "Trim further when the data disk has less free space than this (0: off)."),
+    Setting("cache", "disk_reservation_percent", "float", 25.0,
+            "Percent of the data disk the cache never counts as usable: max_bytes_percent is "
+            "a percent of the rest, and an explicit max_bytes larger than the rest is lowered "
+            "to it.", minimum=0.0, maximum=99.0,
+            why="25 as in Redpanda: with the default max_bytes_percent the cache takes at most "
+                "15 % of the disk, and a max_bytes typed for a bigger disk cannot fill this "
+                "one. It only ever lowers the limit, so it never stops the daemon from running "
+                "on a small disk."),
+    Setting("cache", "min_free_bytes", "size", None,
+            "Free space the data disk keeps: below it trims go further and new reservations "
+            "wait (503 cache_full after their deadline) until trims or the disk recover; 0 "
+            "turns it off.", optional=True, minimum=0,
+            default_doc="2 % of the data disk, at most 5GiB",
+            why="A fixed figure cannot suit both a server and a laptop: Redpanda's 5 GiB is "
+                "right for a server's data disk (it is what 2 % comes to on a 250 GB disk) "
+                "but would block every write on a small, nearly full laptop disk, where 2 % "
+                "(1.3 GB of 64 GB) still leaves the system room to work. The filesystem's own "
+                "root reserve is not counted as free, so this is on top of it."),
+    Setting("cache", "may_exceed", "bool", True,
+            "When a trim cannot free enough, let a reservation's bytes (never its objects) go "
+            "over max_bytes if the disk has more than 10 times the request free and "
+            "min_free_bytes left after it (Redpanda's may_exceed); false: the writer waits "
+            "until its deadline."),
     Setting("cache", "background_trim_threshold_percent", "float", None,
             "Trim in the background when usage passes this percent of a limit (unset: off).",
             optional=True, minimum=1.0, maximum=100.0),
-    Setting("cache", "tracker_save_interval", "duration", 60.0,
-            "How often the access-time tracker is saved when it changed."),
+    Setting("cache", "tracker_save_interval", "duration", 10.0,
+            "How often the access order of hits is written to the cache index's journal "
+            "(commits and removals are journaled at once).", minimum=0.001),
+    Setting("cache", "sync_interval", "duration", 6 * 3600.0,
+            "How often a background walk of the cache directory corrects the index (adopts "
+            "untracked files, forgets missing ones); 0: never. One also runs after every "
+            "start.", minimum=0.0),
+    Setting("cache", "walk_rate", "int", 50_000,
+            "Files per second a background walk (after start, and every sync_interval) may "
+            "visit; 0: as fast as the disk allows.", minimum=0),
     Setting("cache", "disk_poll_interval", "duration", 5.0,
             "How often free disk space is polled."),
     Setting("cache", "staging_initial_bytes", "size", 1024**2,
@@ -355,9 +384,12 @@ class CacheSettings:
     trim_interval: float
     low_watermark: float
     disk_reservation_percent: float
-    min_free_bytes: int
+    min_free_bytes: int | None  # None: 2 % of the data disk, at most 5 GiB (at start)
+    may_exceed: bool
     background_trim_threshold_percent: float | None
     tracker_save_interval: float
+    sync_interval: float
+    walk_rate: int
     disk_poll_interval: float
     staging_initial_bytes: int
     staging_chunk_bytes: int
@@ -409,6 +441,15 @@ class S3Settings:
 
 
 @dataclass(frozen=True)
+class SettingsOrigin:
+    """What :func:`load_settings` was given: the file is read again on reload, with the same
+    flags (a flag still beats the file)."""
+
+    config_file: Path | None
+    flags: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings
     storage: StorageSettings
@@ -417,6 +458,8 @@ class Settings:
     metastore: MetastoreSettings
     s3: S3Settings
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    #: Where these settings came from (the file path and the flags), for :func:`reload_settings`.
+    origin: SettingsOrigin | None = field(default=None, compare=False)
 
     @property
     def cache_dir(self) -> Path:
@@ -604,7 +647,45 @@ def load_settings(
     for section, cls in _SECTION_CLASSES.items():
         kwargs = {f.name: values[f"{section}.{f.name}"] for f in fields(cls)}
         sections[section] = cls(**kwargs)
-    return Settings(**sections, sources=sources)
+    origin = SettingsOrigin(None if config_file is None else Path(config_file),
+                            dict(flags or {}))
+    return Settings(**sections, sources=sources, origin=origin)
+
+
+#: Settings a running daemon applies on reload (SIGHUP); any other change needs a restart.
+RELOADABLE = frozenset(
+    {f"cache.{f.name}" for f in fields(CacheSettings)} | {"server.log_level"}
+)
+
+
+def reload_settings(current: Settings, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings again from where ``current`` came from (its config file, the
+    environment, its flags). Raises :class:`ConfigError` like :func:`load_settings`."""
+    origin = current.origin or SettingsOrigin(None, {})
+    return load_settings(origin.config_file, env, origin.flags,
+                         cpu_count=current.server.shards)
+
+
+def changed_settings(old: Settings, new: Settings) -> list[str]:
+    """The keys (``section.name``) whose value differs between ``old`` and ``new``."""
+    out: list[str] = []
+    for section in _SECTION_CLASSES:
+        a, b = getattr(old, section), getattr(new, section)
+        out += [f"{section}.{f.name}" for f in fields(a) if getattr(a, f.name) != getattr(b, f.name)]
+    return out
+
+
+def merge_reloadable(running: Settings, reread: Settings) -> tuple[Settings, list[str], list[str]]:
+    """``running`` with the :data:`RELOADABLE` settings taken from ``reread``; also the keys
+    that changed and are applied, and those that changed but wait for a restart."""
+    changed = changed_settings(running, reread)
+    applied = [k for k in changed if k in RELOADABLE]
+    later = [k for k in changed if k not in RELOADABLE]
+    merged = dataclasses.replace(
+        running, cache=reread.cache,
+        server=dataclasses.replace(running.server, log_level=reread.server.log_level),
+    )
+    return merged, applied, later
 
 
 def default_node_id() -> str:
@@ -648,6 +729,7 @@ def render_example() -> str:
         lines += ["", f"[{section}]"]
         for s in (s for s in SCHEMA if s.section == section):
             lines.append(f"# {s.help}")
+            lines += [f"# {line}" for line in textwrap.wrap(f"Why: {s.why}", 94) if s.why]
             flags = ", ".join((s.flag, *s.aliases))
             lines.append(f"# env {s.env}; flag {flags}")
             if s.default is None:

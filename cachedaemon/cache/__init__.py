@@ -1,4 +1,4 @@
-"""The bounded local-disk cache: keys, reservations, staging files, trim, tracker, service.
+"""The bounded local-disk cache: keys, reservations, staging files, trim, index, service.
 
 Public API (see ``docs/cache.md``)::
 
@@ -12,10 +12,12 @@ Public API (see ``docs/cache.md``)::
     await staging.publish(ticket, replace=True, remove=True)   # ... or svc.finish(ticket, ...)
 
 Modules: :mod:`.keys` (validation, on-disk names), :mod:`.reservation` (ReservationGuard),
-:mod:`.tracker` (access-time tracker), :mod:`.walker` (blocking directory work),
-:mod:`.coordinator` (shard-0 accounting and trim), :mod:`.coherence` (shard-0 per-key
-ordering of object writes and fills), :mod:`.staging` (StagingFile),
-:mod:`.service` (CacheService, start/stop).
+:mod:`.pressure` (limits, trim target, over-commit, degraded disk), :mod:`.index` (the index
+in memory), :mod:`.index_format` / :mod:`.journal` / :mod:`.index_load` (its files: bytes,
+writer, reader), :mod:`.index_store` (start-up, journaling, compaction, staging files),
+:mod:`.walker` (blocking directory work), :mod:`.coordinator` (shard-0 accounting and trim),
+:mod:`.coherence` (shard-0 per-key ordering of object writes and fills), :mod:`.staging`
+(StagingFile), :mod:`.service` (CacheService, start/stop).
 """
 
 from cachedaemon.cache.coherence import KeyTable

@@ -1,51 +1,62 @@
-"""CacheCoordinator: the cache's accounting, limits, reservations, trims and tracker (shard 0).
+"""CacheCoordinator: the cache's accounting, limits, reservations, trims and index (shard 0).
 
 One coordinator per cache, owned by shard 0's :class:`~cachedaemon.cache.service.CacheService`
 and touched only from shard 0's loop. Other shards reach it through their own CacheService,
-which sends messages to shard 0's (``docs/shards.md``):
+which sends messages to shard 0's (``docs/shards.md``), always with plain data (names, paths,
+numbers):
 
-* awaited calls (``reserve``, ``trim``, ``stats``);
+* awaited calls (``reserve``, ``trim``, ``stats``, ``stage_begin``);
 * fire-and-forget *posts* (``release_reservation``, ``merge_reservations``, ``commit_entry``,
-  ``forget``, ``touch_batch``). Posts from one shard run in order, before any later call from
-  that shard.
+  ``forget``, ``touch_batch``, ``stage_end``). Posts from one shard run in order, before any
+  later call from that shard.
 
 **Reservations** are kept by id with the shard that holds them (:meth:`reserve_id`); a
 :class:`~cachedaemon.cache.reservation.ReservationGuard` names its id. :meth:`release_shard`
-releases every reservation of a shard that died.
+releases every reservation of a shard that died, and deletes its staging files.
 
-**Accounting.** ``current`` = committed entries: the tracker's totals (plus usage reported
+**Accounting.** ``current`` = committed entries: the index's totals (plus usage reported
 through a bare ``ReservationGuard.wrote_data``, until the next walk recounts). ``reserved`` =
 the sum over live guards. ``pending`` = what queued reservation requests ask for. A request is
-granted when ``current + reserved + request <= limit`` in both bytes and objects; the limits are
-never exceeded by a grant (a request larger than a limit fails at once with ``CacheFull``).
-``current`` alone can pass a limit only when a replace commit lands a bigger file than was
-reserved, or a concurrent writer outside the cache's knowledge adds files; the next trim fixes
-it.
+granted when ``current + reserved + request <= limit`` in both bytes and objects, or, bytes
+only, by an over-commit (below).
 
-**Limits.** ``max_bytes`` if set, else ``max_bytes_percent`` of the disk's usable size, where
-usable = total * (1 - ``disk_reservation_percent``/100); ``max_objects``. Free space is polled
-off the loop every ``disk_poll_interval``; when it drops below ``min_free_bytes`` trims go
-further (down to ``current - shortfall``) and a background trim starts.
+**Limits and pressure** (:mod:`cachedaemon.cache.pressure`). ``max_bytes`` (lowered to the
+usable disk) or ``max_bytes_percent`` of it, ``max_objects``, ``min_free_bytes``. Free space is
+polled off the loop every ``disk_poll_interval``. Below ``min_free_bytes``, or after a write
+hit ENOSPC, the disk is *degraded*: new reservations wait (``puts_blocked``) until a poll finds
+room again, and trims go further (to ``current - min_free_bytes``).
 
-**Reservation.** Fast path when nothing is queued and the request fits. Otherwise the request
-joins a FIFO queue (``pending`` grows), one *trimmer* task (which takes the named
-``cache-trim`` semaphore per trim: one trim at a time) trims and grants from the head as space
-appears, and the requester waits until granted or its deadline passes (then ``CacheFull``,
-naming the request and the cache state; a waiter that gives up leaves no pending units).
+**Reservation.** Fast path when nothing is queued, puts are not blocked and the request fits.
+Otherwise the request joins a FIFO queue (``pending`` grows), one *trimmer* task (which takes
+the named ``cache-trim`` semaphore per trim: one trim at a time) trims and grants from the
+head as space appears, and the requester waits until granted or its deadline passes (then
+``CacheFull``, naming the request and the cache state or the disk; a waiter that gives up
+leaves no pending units). When a trim has done all it could and the head still does not fit,
+the head may **over-commit** (Redpanda's ``may_exceed``: bytes over ``max_bytes`` while the
+disk has room), and later requests may too without waiting for the walk throttle, until a trim
+makes room again.
 
-**Trim** to the low watermark (``low_watermark`` x limit, minus reserved and pending units):
+**Trim** to the target (:func:`~cachedaemon.cache.pressure.trim_target`: the limit minus
+pending units, times the low watermark on each dimension over it):
 
-1. LRU: evict from the tracker's least-recently-used end. In memory, **never throttled**.
+1. LRU: evict from the index's least-recently-used end. In memory, **never throttled**.
 2. Walk (throttled by ``trim_interval`` unless manual): a directory walk that re-syncs the
-   tracker with the disk (drops vanished entries, adopts untracked files, corrects sizes and
+   index with the disk (drops vanished entries, adopts untracked files, corrects sizes and
    ``current``), then LRU again.
 3. Exhaustive: if still above the goal, delete from the walk's listing in access-time order,
-   whatever the tracker says.
+   whatever the index says.
 
-``.part`` files and the tracker's files are never deleted by trim (the walk does not list them
-as entries); empty parent directories are removed. Directory work runs in worker threads, one
-job per walk or per delete batch; the loop stays free for other requests meanwhile. Entries
-that change while a job runs (a commit of a path being deleted, say) are re-checked after it.
+Phases 2 and 3 wait until the walk after a start from the index has checked it: until then a
+trim never deletes anything the index does not know. ``.part`` files and the index's files are
+never deleted by trim; empty parent directories are removed. Directory work runs in worker
+threads, one job per walk or per delete batch; the loop stays free for other requests
+meanwhile. Entries that change while a job runs (a commit of a path being deleted, say) are
+re-checked after it.
+
+**Index.** :class:`~cachedaemon.cache.index_store.IndexStore` keeps it on disk (snapshot and
+journal, written by its own thread). A start reads it and serves at once; a background walk
+(:meth:`sync_walk`, paced to ``walk_rate``) then corrects it, and again every
+``sync_interval``.
 """
 
 from __future__ import annotations
@@ -57,35 +68,40 @@ import itertools
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cachedaemon.cache.keys import TRACKER_NAME, TRACKER_TMP_NAME
-from cachedaemon.cache.reservation import ReservationGuard
-from cachedaemon.cache.tracker import VERSION as TRACKER_VERSION
-from cachedaemon.cache.tracker import (
-    AccessTimeTracker,
-    load_file,
-    reconcile,
-    save_file,
-    stored_version,
+from cachedaemon.cache.index import CacheIndex
+from cachedaemon.cache.index_store import IndexStore
+from cachedaemon.cache.pressure import (
+    Limits,
+    Usage,
+    compute_limits,
+    could_ever_exceed,
+    disk_degraded,
+    may_exceed,
+    over_target,
+    trim_target,
 )
+from cachedaemon.cache.reservation import ReservationGuard
 from cachedaemon.cache.walker import (
-    LEGACY_SST_DIR,
+    Pacer,
+    WalkAborted,
     WalkResult,
     delete_entries,
-    drop_legacy_layout,
     remove_empty_parents,
+    sync_walk,
     walk_and_diff,
-    walk_cache,
 )
 from cachedaemon.clock import Clock, Deadline, expired, remaining
 from cachedaemon.config import CacheSettings
+from cachedaemon.core.failpoints import failpoint
 from cachedaemon.core.semaphore import Semaphore
-from cachedaemon.errors import CacheFull, Corruption, GateClosed, InvalidArgument
+from cachedaemon.errors import CacheFull, GateClosed, InvalidArgument
 
 log = logging.getLogger("cachedaemon.cache")
 
@@ -111,8 +127,20 @@ class CacheMetrics:
     bytes_trimmed: int = 0
     objects_trimmed: int = 0
     walks: int = 0
-    tracker_saves: int = 0
-    tracker_save_failures: int = 0
+    sync_walks: int = 0
+    sync_walk_seconds: float = 0.0
+    reconcile_seconds: float = 0.0
+    stale_parts_deleted: int = 0
+    recovered_from_index: int = 0
+    recovery_seconds: float = 0.0
+    leftover_parts_deleted: int = 0
+    index_snapshots: int = 0
+    index_journal_records: int = 0
+    index_journal_bytes: int = 0
+    index_journal_failures: int = 0
+    overcommits: int = 0
+    bytes_overcommitted: int = 0
+    puts_blocked_events: int = 0
 
     def as_dict(self) -> dict[str, int | float]:
         return asdict(self)
@@ -157,11 +185,18 @@ class CacheCoordinator:
         self.root = root
         self.settings = settings
         self.clock = clock
-        self.tracker = AccessTimeTracker()
+        self.store = IndexStore(root, self.on_disk_full)
+        self.index: CacheIndex = self.store.index
         self.metrics = CacheMetrics()
         self.max_bytes = settings.max_bytes or 0
         self.max_objects = settings.max_objects
+        self.min_free_bytes = settings.min_free_bytes or 0
+        self.limits = Limits(self.max_bytes, self.max_objects, self.min_free_bytes, 0, False)
         self.disk: DiskStatus | None = None
+        self.puts_blocked = False
+        self._enospc = False  # a write hit ENOSPC; blocked until the disk reports room again
+        self._last_trim_failed = False
+        self._trim_settled = False  # the last trim reached its goal (a walk would not help)
         self.reserved_bytes = 0
         self.reserved_objects = 0
         self.pending_bytes = 0
@@ -175,8 +210,11 @@ class CacheCoordinator:
         self._last_walk = -math.inf
         self._generation = 0  # bumped on every change of usage or reservations
         self._watches: list[set[str]] = []
-        self._saving: asyncio.Future[int] | None = None
+        self._reconciling = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers: list[asyncio.Task[Any]] = []
+        self._syncing: asyncio.Future[None] | None = None
+        self._walk_abort = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         # Live reservations: id -> [shard, bytes, objects]; and the staging file (``.part``,
         # relative to the root) a reservation pays for, so a dead shard's can be deleted.
@@ -189,7 +227,8 @@ class CacheCoordinator:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the root, compute limits, recover from the directory, arm the timers."""
+        """Create the root, compute limits, read the index (or walk), arm the timers; with
+        an index read, the background walk that checks it starts (see :meth:`sync_walk`)."""
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
@@ -197,55 +236,77 @@ class CacheCoordinator:
         self._compute_limits()
         await self.recover()
         self._running = True
-        self._spawn(self._tracker_save_loop())
-        self._spawn(self._disk_poll_loop())
+        self._arm_timers()
+        self._check_disk()
+        if self._reconciling:
+            self._spawn(self._reconcile())
         if self.current_bytes > self.max_bytes or self.current_objects > self.max_objects:
             self._spawn_background_trim(self.settings.low_watermark)
 
+    def _arm_timers(self) -> None:
+        for task in self._timers:
+            task.cancel()
+        self._timers = [self._spawn(self._touch_loop()), self._spawn(self._disk_poll_loop())]
+        if self.settings.sync_interval > 0:
+            self._timers.append(self._spawn(self._sync_loop()))
+
     def _compute_limits(self) -> None:
-        s = self.settings
-        if s.max_bytes is not None:
-            self.max_bytes = s.max_bytes
-        else:
-            assert self.disk is not None
-            usable = self.disk.total_bytes * (1.0 - s.disk_reservation_percent / 100.0)
-            self.max_bytes = max(1, int(usable * s.max_bytes_percent / 100.0))
-        self.max_objects = s.max_objects
+        assert self.disk is not None
+        limits = compute_limits(self.settings, self.disk.total_bytes)
+        if limits.clamped and limits != self.limits:
+            log.info("cache: max_bytes %d is more than the usable %d bytes of the disk "
+                     "(disk_reservation_percent %.1f): using %d", self.settings.max_bytes,
+                     limits.usable_bytes, self.settings.disk_reservation_percent,
+                     limits.max_bytes)
+        self.limits = limits
+        self.max_bytes = limits.max_bytes
+        self.max_objects = limits.max_objects
+        self.min_free_bytes = limits.min_free_bytes
+
+    async def apply_settings(self, settings: CacheSettings) -> None:
+        """Take new settings (a reload): recompute the limits, re-arm the timers with their
+        intervals, trim if now over a limit, and grant waiters if now under. Shard 0."""
+        old = (self.max_bytes, self.max_objects, self.min_free_bytes)
+        intervals = (self.settings.tracker_save_interval, self.settings.disk_poll_interval,
+                     self.settings.sync_interval)
+        self.settings = settings
+        if self.disk is not None:
+            self._compute_limits()
+        new = (self.max_bytes, self.max_objects, self.min_free_bytes)
+        if new != old:
+            log.info("cache: limits are now %d bytes, %d objects, %d bytes kept free (were %d, "
+                     "%d, %d)", *new, *old)
+        if self._running and intervals != (settings.tracker_save_interval,
+                                           settings.disk_poll_interval, settings.sync_interval):
+            self._arm_timers()
+        self._check_disk()
+        if self.current_bytes > self.max_bytes or self.current_objects > self.max_objects:
+            self._spawn_background_trim(self.settings.low_watermark)
+        self._after_change()
 
     async def recover(self) -> None:
-        """Load the tracker and walk the directory (deleting ``.part`` leftovers and empty
-        dirs) in two concurrent thread jobs, then reconcile in a third: every walked file is an
-        entry, with its saved access time if the tracker knew it."""
-        started = time.monotonic()
-        version = await asyncio.to_thread(stored_version, self.root / TRACKER_NAME)
-        dropped = 0
-        if version != TRACKER_VERSION:
-            # Not (known to be) a cache of this layout: drop layout 1's SST copies, which sit
-            # where user keys live now (see tracker.py).
-            dropped = await asyncio.to_thread(drop_legacy_layout, self.root)
-            if dropped:
-                log.warning("cache: dropped %d metastore SST copies of the previous cache "
-                            "layout (%s/; they are fetched again under .cachedaemon/lsm/)",
-                            dropped, LEGACY_SST_DIR)
-        loading = asyncio.ensure_future(asyncio.to_thread(load_file, self.root / TRACKER_NAME))
-        walk = await asyncio.to_thread(walk_cache, self.root, delete_parts=True)
-        saved: list[tuple[str, float, int]] | None
-        try:
-            saved = await loading
-        except (Corruption, OSError) as exc:
-            log.warning("cache: access-time tracker %s is unusable (%s); rebuilding it from a "
-                        "directory walk", self.root / TRACKER_NAME, exc)
-            saved = None
-        entries, total = await asyncio.to_thread(reconcile, saved or [], walk.files)
-        self.tracker.install(entries, total)
-        self.tracker.dirty = (saved is None or len(saved) != len(entries)
-                              or version != TRACKER_VERSION)
+        """Read the index (or, without a usable one, walk the directory); see
+        :class:`~cachedaemon.cache.index_store.IndexStore`."""
+        await self.store.open()
         self._extra_bytes = self._extra_objects = 0
-        log.info(
-            "cache: recovered %d entries, %d bytes in %.2fs (%d .part leftovers and %d empty "
-            "directories deleted)", len(entries), total, time.monotonic() - started,
-            walk.parts_deleted, walk.empty_dirs_removed,
-        )
+        self._reconciling = self.store.needs_reconcile
+        self._copy_index_figures()
+
+    def _copy_index_figures(self) -> None:
+        f, m = self.store.figures, self.metrics
+        m.recovered_from_index = f.recovered_from_index
+        m.recovery_seconds = f.recovery_seconds
+        m.leftover_parts_deleted = f.leftover_parts_deleted
+        m.index_snapshots = f.snapshots
+        m.index_journal_records = f.journal_records
+        m.index_journal_bytes = f.journal_bytes
+        m.index_journal_failures = f.journal_failures
+        journal = self.store.journal
+        if journal is not None:  # live figures
+            m.index_snapshots = journal.snapshots
+            m.index_journal_records = journal.records
+            m.index_journal_bytes = journal.journal_bytes
+            m.index_journal_failures = journal.failures
 
     def begin_stop(self) -> None:
         """Refuse new reservations and fail the queued ones (GateClosed), so that gates holding
@@ -259,11 +320,12 @@ class CacheCoordinator:
                 w.future.set_exception(GateClosed("the cache is stopping"))
 
     async def stop(self) -> None:
-        """Fail waiters, stop timers and trims, save the tracker. Idempotent."""
+        """Fail waiters, stop timers, trims and walks, write the index out. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
         self.begin_stop()
+        self._walk_abort.set()
         tasks = list(self._tasks)
         if self._trimmer is not None:
             tasks.append(self._trimmer)
@@ -272,10 +334,8 @@ class CacheCoordinator:
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
-        try:
-            await self.save_tracker()
-        except OSError:
-            pass  # logged by _saved
+        await self.store.close()
+        self._copy_index_figures()
 
     @property
     def running(self) -> bool:
@@ -307,11 +367,11 @@ class CacheCoordinator:
 
     @property
     def current_bytes(self) -> int:
-        return self.tracker.total_bytes + self._extra_bytes
+        return self.index.total_bytes + self._extra_bytes
 
     @property
     def current_objects(self) -> int:
-        return len(self.tracker) + self._extra_objects
+        return len(self.index) + self._extra_objects
 
     def fits(self, nbytes: int, nobjects: int) -> bool:
         return (
@@ -375,7 +435,8 @@ class CacheCoordinator:
 
     def release_shard(self, shard: int) -> tuple[int, int]:
         """Release every reservation held by ``shard`` (it died) and delete its staging files
-        (in the background); return the units freed."""
+        (in the background; every one it announced, whether a reservation names it or not) and
+        end them in the index journal; return the units freed."""
         freed_b = freed_o = 0
         parts: list[str] = []
         for rid in [rid for rid, h in self._held.items() if h[0] == shard]:
@@ -386,12 +447,21 @@ class CacheCoordinator:
             self._unreserve(b, o)
             freed_b += b
             freed_o += o
-        if freed_b or freed_o:
+        for part in self.store.shard_parts(shard):
+            if part not in parts:
+                parts.append(part)
+        if freed_b or freed_o or parts:
             log.warning("cache: released %d bytes and %d objects reserved by shard %d, and "
                         "%d staging file(s)", freed_b, freed_o, shard, len(parts))
             self._after_change()
         if parts:
-            self._spawn(asyncio.to_thread(delete_parts, self.root, parts))
+            task = self._spawn(asyncio.to_thread(delete_parts, self.root, parts))
+
+            def ended(_: asyncio.Task[Any]) -> None:
+                for part in parts:
+                    self.store.stage_end(part)
+
+            task.add_done_callback(ended)
         return freed_b, freed_o
 
     @property
@@ -412,37 +482,91 @@ class CacheCoordinator:
         """A file landed at ``path``: release reservation ``rid``'s units and track it
         (replacing any previous entry at that path, whose size and object leave the counters)."""
         self._drop(rid)
-        self.tracker.add(path, self.clock.time(), size)
+        self.index.add(path, size)
         self._watch(path)
         if self.current_bytes > self.max_bytes or self.current_objects > self.max_objects:
-            log.warning("cache: over its limit after a commit: %s", self.describe())
+            log.info("cache: over its limit after a commit (an over-commit, or a replace "
+                     "larger than its reservation): %s", self.describe())
             self._spawn_background_trim(self.settings.low_watermark)
         self._after_change()
 
     def forget(self, path: str) -> None:
         """The entry at ``path`` was deleted (invalidate, or found missing)."""
-        self.tracker.remove(path)
+        self.index.remove(path)
         self._watch(path)
         self._after_change()
 
     def on_disk_full(self) -> None:
-        """A write failed with ENOSPC: refresh the disk status and trim in the background."""
+        """A write failed with ENOSPC: block new reservations, re-read the disk, trim (as far
+        as a degraded disk asks), and unblock once the disk reports room again."""
         if not self._running:
             return
+        self._enospc = True
+        self._set_blocked(True, "a write failed: the data disk is full")
 
         async def run() -> None:
-            try:
-                self.disk = await asyncio.to_thread(disk_status, self.root)
-            except OSError:
-                pass
-            self._spawn_background_trim(self.settings.low_watermark)
+            await self._poll_disk()
+            async with await self._trim_sem.get_units(1):
+                await self._trim_once(manual=False, fraction=self.settings.low_watermark)
+            await self._poll_disk()
+            self._grant()
 
-        log.warning("cache: the disk is full; trimming")
         self._spawn(run())
 
+    async def _poll_disk(self) -> None:
+        try:
+            self.disk = await asyncio.to_thread(disk_status, self.root)
+        except OSError as exc:
+            log.warning("cache: cannot read free disk space: %s", exc)
+            return
+        self._compute_limits()
+        if self._enospc and self.disk.free_bytes > 0 and not disk_degraded(
+                self.disk.free_bytes, self.min_free_bytes):
+            self._enospc = False
+        self._check_disk()
+
+    def _check_disk(self) -> None:
+        """Block or unblock new reservations from the last disk figures."""
+        free = self.disk.free_bytes if self.disk is not None else None
+        if disk_degraded(free, self.min_free_bytes):
+            self._set_blocked(True, f"the data disk has {free} bytes free, less than "
+                                    f"min_free_bytes ({self.min_free_bytes})")
+        elif not self._enospc:
+            self._set_blocked(False, "")
+
+    def _set_blocked(self, blocked: bool, why: str) -> None:
+        if blocked == self.puts_blocked:
+            return
+        self.puts_blocked = blocked
+        if blocked:
+            self.metrics.puts_blocked_events += 1
+            log.warning("cache: new writes wait: %s; trimming", why)
+            self._maybe_background_trim()
+        else:
+            log.info("cache: the data disk has room again: new writes go on")
+            self._after_change()
+
     def touch_batch(self, items: list[tuple[str, float]]) -> None:
-        for path, atime in items:
-            self.tracker.touch(path, atime)
+        """Entries read (hits), in order: each moves to the most-recent end. The order reaches
+        the journal every ``tracker_save_interval``."""
+        touch = self.index.touch
+        for path, _ in items:
+            touch(path)
+
+    async def stage_begin(self, part: str, shard: int) -> None:
+        """``shard`` is about to create the staging file ``part`` (relative to the root): once
+        this returns, its BEGIN record is in the index journal, so a restart finds the file
+        if it is left behind. Awaited (``invoke_on(0, ...)`` from other shards)."""
+        self._check_running()
+        await self.store.stage_begin(part, shard)
+
+    def stage_end(self, part: str) -> None:
+        """The staging file ``part`` was committed or aborted (posted)."""
+        self.store.stage_end(part)
+
+    def staging_of(self, shard: int) -> list[str]:
+        """The live staging files of ``shard``: what to delete if that shard dies."""
+        return self.store.shard_parts(shard)
 
     def _after_change(self) -> None:
         self._generation += 1
@@ -450,7 +574,9 @@ class CacheCoordinator:
         if self._changed is not None:
             self._changed.set()
 
-    def _grant(self) -> None:
+    def _grant(self, overcommit: bool = False) -> None:
+        """Grant queued requests in order while they fit; with ``overcommit`` (the trimmer,
+        after a failed trim), also those that may exceed the byte limit."""
         while self._waiters:
             head = self._waiters[0]
             if head.future.done():
@@ -458,14 +584,49 @@ class CacheCoordinator:
                 self.pending_bytes -= head.nbytes
                 self.pending_objects -= head.nobjects
                 continue
-            if not self.fits(head.nbytes, head.nobjects):
+            if self.puts_blocked:
                 return
+            if not self.fits(head.nbytes, head.nobjects):
+                if not (overcommit and self._may_exceed(head.nbytes, head.nobjects)):
+                    return
+                self._overcommit(head.nbytes)
             self._waiters.popleft()
             self.pending_bytes -= head.nbytes
             self.pending_objects -= head.nobjects
             head.future.set_result(self._hold(head.nbytes, head.nobjects, head.shard))
 
     # --- reservation -----------------------------------------------------------------------
+
+    def _usage(self) -> Usage:
+        return Usage(self.current_bytes, self.current_objects, self.reserved_bytes,
+                     self.reserved_objects, self.pending_bytes, self.pending_objects)
+
+    def _may_exceed(self, nbytes: int, nobjects: int) -> bool:
+        return (
+            self.settings.may_exceed and not self.puts_blocked
+            and may_exceed(self._usage(), self.limits,
+                           self.disk.free_bytes if self.disk else None, nbytes, nobjects)
+        )
+
+    def _overcommit(self, nbytes: int) -> None:
+        """Grant ``nbytes`` over ``max_bytes``: count it, and take it off the free-space
+        estimate until the next poll (so that many requests cannot all skip the limit on the
+        strength of one figure), as Redpanda does."""
+        if self.disk is not None:
+            self.disk = DiskStatus(self.disk.total_bytes, self.disk.free_bytes - nbytes)
+        self.metrics.overcommits += 1
+        self.metrics.bytes_overcommitted += nbytes
+        log.info("cache: a trim could not free enough: %d bytes go over the %d-byte limit "
+                 "(%s)", nbytes, self.max_bytes, self.describe())
+
+    def _refusal(self, request: str, how: str) -> CacheFull:
+        self.metrics.cache_full += 1
+        if self.puts_blocked:
+            free = self.disk.free_bytes if self.disk is not None else 0
+            return CacheFull(f"{request} {how}: the data disk is low on space ({free} bytes "
+                             f"free, min_free_bytes {self.min_free_bytes}); writes wait until "
+                             f"trims or the disk recover: {self.describe()}")
+        return CacheFull(f"{request} {how}: {self.describe()}")
 
     def _check_running(self) -> None:
         if not self._running:
@@ -488,14 +649,15 @@ class CacheCoordinator:
             raise InvalidArgument(f"cannot reserve {nbytes} bytes and {nobjects} objects")
         request = f"reservation of {nbytes} bytes and {nobjects} objects{what}"
         self._maybe_background_trim()
-        if not self._waiters and self.fits(nbytes, nobjects):
+        if not self._waiters and not self.puts_blocked and self.fits(nbytes, nobjects):
             return self._hold(nbytes, nobjects, shard)
-        if nbytes > self.max_bytes or nobjects > self.max_objects:
+        if nobjects > self.max_objects or (nbytes > self.max_bytes and not (
+                self.settings.may_exceed and could_ever_exceed(
+                    self.limits, self.disk.free_bytes if self.disk else None, nbytes))):
             self.metrics.cache_full += 1
             raise CacheFull(f"{request} can never fit: {self.describe()}")
         if expired(deadline, self.clock):
-            self.metrics.cache_full += 1
-            raise CacheFull(f"{request} timed out before it could wait: {self.describe()}")
+            raise self._refusal(request, "timed out before it could wait")
         assert self._loop is not None
         waiter = _Waiter(nbytes, nobjects, shard, self._loop.create_future())
         self._waiters.append(waiter)
@@ -512,8 +674,7 @@ class CacheCoordinator:
                     await waiter.future
         except TimeoutError:
             self._abandon(waiter)
-            self.metrics.cache_full += 1
-            raise CacheFull(f"{request} ran out of time: {self.describe()}") from None
+            raise self._refusal(request, "ran out of time") from None
         except BaseException:
             self._abandon(waiter)
             raise
@@ -545,9 +706,20 @@ class CacheCoordinator:
             if not self._waiters:
                 return
             generation = self._generation
+            walks = self.metrics.walks
             async with await self._trim_sem.get_units(1):
                 freed = await self._trim_once(manual=False, fraction=self.settings.low_watermark)
             self._grant()
+            if not self._waiters:
+                self._last_trim_failed = False  # the trim made room
+                return
+            if self.metrics.walks != walks or self._trim_settled:
+                # The trim did all it could (it walked, or reached its goal, and the head
+                # still does not fit): the head may over-commit (may_exceed), and so may later
+                # requests without waiting for the next walk, until a trim makes room again
+                # (Redpanda's _last_trim_failed).
+                self._last_trim_failed = True
+            self._grant(overcommit=self._last_trim_failed)
             if not self._waiters:
                 return
             if freed.bytes_freed or freed.objects_freed or self._generation != generation:
@@ -569,31 +741,32 @@ class CacheCoordinator:
     def _walk_throttle_left(self) -> float:
         return max(0.0, self._last_walk + self.settings.trim_interval - self.clock.monotonic())
 
-    def _goal(self, fraction: float) -> tuple[int, int]:
-        goal_b = int(self.max_bytes * fraction) - self.reserved_bytes - self.pending_bytes
-        goal_o = int(self.max_objects * fraction) - self.reserved_objects - self.pending_objects
-        min_free = self.settings.min_free_bytes
-        if min_free and self.disk is not None and self.disk.free_bytes < min_free:
-            goal_b = min(goal_b, self.current_bytes - (min_free - self.disk.free_bytes))
-        return max(0, goal_b), max(0, goal_o)
+    def _goal(self, fraction: float, scale: float = 1.0,
+              over: tuple[bool, bool] | None = None) -> tuple[int, int]:
+        """What committed usage must come down to (see :func:`pressure.trim_target`); the
+        watermark applies to the dimensions over their target now, unless ``over`` says."""
+        usage = self._usage()
+        return trim_target(usage, self.limits,
+                           self.disk.free_bytes if self.disk is not None else None,
+                           watermark=fraction, scale=scale,
+                           over=over_target(usage, self.limits, scale) if over is None else over)
 
     def _over(self, goal: tuple[int, int]) -> bool:
         return self.current_bytes > goal[0] or self.current_objects > goal[1]
 
     async def trim(self) -> TrimResult:
-        """Manual trim (admin): unthrottled, to the low watermark."""
+        """Manual trim (admin): unthrottled, both dimensions to the low watermark."""
         self._check_running()
         async with await self._trim_sem.get_units(1):
             result = await self._trim_once(manual=True, fraction=self.settings.low_watermark)
+            await self._poll_disk()
         self._grant()
         return result
 
     def _maybe_background_trim(self) -> None:
         pct = self.settings.background_trim_threshold_percent
-        low_disk = (
-            self.settings.min_free_bytes > 0 and self.disk is not None
-            and self.disk.free_bytes < self.settings.min_free_bytes
-        )
+        low_disk = disk_degraded(self.disk.free_bytes if self.disk else None,
+                                 self.min_free_bytes)
         if pct is None and not low_disk:
             return
         if pct is not None:
@@ -603,28 +776,40 @@ class CacheCoordinator:
                 or self.current_objects + self.reserved_objects > frac * self.max_objects
             )
             if over:
-                self._spawn_background_trim(frac * self.settings.low_watermark)
+                self._spawn_background_trim(self.settings.low_watermark, scale=frac)
                 return
         if low_disk:
             self._spawn_background_trim(self.settings.low_watermark)
 
-    def _spawn_background_trim(self, fraction: float) -> None:
-        if not self._trim_sem.try_wait(1):
+    def _spawn_background_trim(self, fraction: float, scale: float = 1.0) -> None:
+        if not self._running or not self._trim_sem.try_wait(1):
             return  # a trim is running already
 
         async def run() -> None:
             try:
-                await self._trim_once(manual=False, fraction=fraction)
+                await self._trim_once(manual=False, fraction=fraction, scale=scale)
             finally:
                 self._trim_sem.signal(1)
+            if self.puts_blocked:
+                await self._poll_disk()
             self._grant()
 
         self._spawn(run())
 
-    async def _trim_once(self, *, manual: bool, fraction: float) -> TrimResult:
-        """One trim, all phases as needed. A manual trim always walks (to recount).
+    async def _trim_once(self, *, manual: bool, fraction: float, scale: float = 1.0,
+                         all_dims: bool | None = None) -> TrimResult:
+        """One trim, all phases as needed. A manual trim always walks (to recount) and applies
+        the watermark to both dimensions (``all_dims``, default: ``manual``).
         REQUIRES: the caller holds ``cache-trim``."""
-        goal = self._goal(fraction)
+        both = manual if all_dims is None else all_dims
+        # Which dimensions the watermark applies to is decided once, from the state now.
+        over = (True, True) if both else over_target(self._usage(), self.limits, scale)
+
+        def goal_now() -> tuple[int, int]:
+            return self._goal(fraction, scale, over)
+
+        goal = goal_now()
+        self._trim_settled = not self._over(goal)
         if not manual and not self._over(goal):
             return TrimResult(0, 0)
         started = time.monotonic()
@@ -633,18 +818,22 @@ class CacheCoordinator:
         # Phase 1: LRU from memory, never throttled.
         if self._over(goal):
             freed_b, freed_o = await self._trim_lru(goal)
-        goal = self._goal(fraction)
-        if manual or (self._over(goal) and self._walk_throttle_left() == 0.0):
+        goal = goal_now()
+        # Until the walk after a start from the index has checked it, a trim deletes nothing
+        # the index does not know: no walk phase, no exhaustive phase.
+        if not self._reconciling and (
+                manual or (self._over(goal) and self._walk_throttle_left() == 0.0)):
             # Phase 2: walk, correct drift, LRU again.
             walk = await self._walk_and_sync()
-            goal = self._goal(fraction)
+            goal = goal_now()
             b, o = await self._trim_lru(goal)
             freed_b, freed_o = freed_b + b, freed_o + o
-            goal = self._goal(fraction)
+            goal = goal_now()
             if self._over(goal):
                 # Phase 3: exhaustive, from the walk's listing, whatever the tracker says.
                 b, o = await self._trim_exhaustive(walk, goal)
                 freed_b, freed_o = freed_b + b, freed_o + o
+        self._trim_settled = not self._over(goal_now())
         elapsed = time.monotonic() - started
         if not (manual or freed_b or freed_o or self.metrics.walks != walks_before):
             return TrimResult(0, 0)  # nothing could be done (a waiter retries): not a trim
@@ -660,7 +849,7 @@ class CacheCoordinator:
     async def _trim_lru(self, goal: tuple[int, int]) -> tuple[int, int]:
         victims: list[str] = []
         cur_b, cur_o = self.current_bytes, self.current_objects
-        for path, (_, size) in self.tracker.lru():
+        for path, size in self.index.lru():
             if cur_b <= goal[0] and cur_o <= goal[1]:
                 break
             victims.append(path)
@@ -669,14 +858,14 @@ class CacheCoordinator:
         return await self._delete(victims)
 
     async def _delete(self, victims: list[str]) -> tuple[int, int]:
-        """Drop ``victims`` from the tracker and delete their files (thread jobs)."""
+        """Drop ``victims`` from the index and delete their files (thread jobs)."""
         freed_b = freed_o = 0
         for i in range(0, len(victims), DELETE_BATCH):
             batch = victims[i : i + DELETE_BATCH]
             for path in batch:
-                entry = self.tracker.remove(path)
-                if entry is not None:
-                    freed_b += entry[1]
+                size = self.index.remove(path)
+                if size is not None:
+                    freed_b += size
                     freed_o += 1
             watch: set[str] = set()
             self._watches.append(watch)
@@ -687,43 +876,136 @@ class CacheCoordinator:
             # A path committed again while its old file was being deleted may have lost the new
             # file too: re-check those against the disk.
             for path in watch:
-                if path in self.tracker and not os.path.lexists(self.root / path):
-                    self.tracker.remove(path)
+                if path in self.index and not os.path.lexists(self.root / path):
+                    self.index.remove(path)
             self._after_change()
         return freed_b, freed_o
 
     async def _walk_and_sync(self) -> WalkResult:
-        """Phase 2: walk the directory and make the tracker and counters match it. The walk
-        and the comparison with a snapshot of the tracker run in one thread job; the loop only
+        """Phase 2: walk the directory and make the index and counters match it. The walk
+        and the comparison with a copy of the index run in one thread job; the loop only
         applies the differences (and skips paths that changed meanwhile)."""
         watch: set[str] = set()
         self._watches.append(watch)
-        snapshot = self.tracker.copy_entries()
+        indexed = self.index.copy()
         try:
-            walk, diff = await asyncio.to_thread(walk_and_diff, self.root, snapshot)
+            walk, diff = await asyncio.to_thread(walk_and_diff, self.root, indexed)
         finally:
             self._watches.remove(watch)
         self._last_walk = self.clock.monotonic()
         self.metrics.walks += 1
+        self._apply_walk(diff.vanished, diff.resized, diff.untracked, watch, "trim walk")
+        return walk
+
+    def _apply_walk(self, vanished: list[str], resized: list[tuple[str, int]],
+                    untracked: list[tuple[str, float, int]], watch: set[str], what: str) -> None:
+        """Correct the index from a walk: forget vanished entries, fix sizes, adopt untracked
+        files (oldest first, at the least-recently-used end), skipping every path that changed
+        while the walk ran (``watch``); then recount. Bulk changes: the next snapshot carries
+        them."""
         before = (self.current_bytes, self.current_objects)
-        for path in diff.vanished:
+        forgotten = self.index.forget(p for p in vanished if p not in watch)
+        for path, size in resized:
             if path not in watch:
-                self.tracker.remove(path)
-        for path, size in diff.resized:
-            entry = self.tracker.get(path)
-            if path not in watch and entry is not None:
-                self.tracker.add(path, entry[0], size)
-        adopted = [f for f in diff.untracked if f[0] not in watch and f[0] not in self.tracker]
-        if adopted:
-            # Untracked files found: rebuild so they take their place in access-time order.
-            self.tracker.replace_all(self.tracker.snapshot() + adopted)
-            log.info("cache: trim walk adopted %d untracked files", len(adopted))
+                self.index.set_size(path, size)
+        adopted = self.index.adopt([f for f in untracked if f[0] not in watch])
         self._extra_bytes = self._extra_objects = 0
+        if forgotten or adopted:
+            log.info("cache: %s adopted %d untracked files and forgot %d missing ones", what,
+                     adopted, forgotten)
+        if self.index.bulk_dirty:
+            self.store.compact()
         if (self.current_bytes, self.current_objects) != before:
             log.info("cache: walk corrected usage from %d bytes, %d objects to %d bytes, %d "
                      "objects", *before, self.current_bytes, self.current_objects)
             self._after_change()
-        return walk
+
+    async def sync_walk(self) -> None:
+        """A background walk, paced to ``walk_rate``, that corrects the index and the counters
+        from the disk (adopts untracked files, forgets vanished ones, fixes sizes) and deletes
+        ``.part`` files no shard has in flight. The one after a start from the index, and the
+        periodic one (every ``sync_interval``). One at a time: a second call waits for the
+        first. Shard 0."""
+        if self._syncing is not None and not self._syncing.done():
+            await asyncio.wait([self._syncing])
+            return
+        assert self._loop is not None
+        self._syncing = done = self._loop.create_future()
+        try:
+            await self._sync_walk_once()
+        finally:
+            done.set_result(None)
+
+    async def _sync_walk_once(self) -> None:
+        watch: set[str] = set()
+        self._watches.append(watch)
+        indexed = self.index.copy()  # the walk consumes it
+        pacer = Pacer(self.settings.walk_rate, self._walk_abort)
+        try:
+            diff = await asyncio.to_thread(sync_walk, self.root, indexed, pacer)
+        except WalkAborted:
+            return
+        finally:
+            self._watches.remove(watch)
+        self.metrics.sync_walks += 1
+        self.metrics.sync_walk_seconds = diff.seconds
+        self._apply_walk(diff.vanished, diff.resized, diff.untracked, watch, "sync walk")
+        # A .part no shard has in flight is a leftover (its BEGIN record was lost, or its
+        # commit could not remove it): every live one is in the staging set, since a shard
+        # announces a staging file before creating it.
+        stale = [p for p in diff.parts if p not in self.store.staging]
+        if stale:
+            results = await asyncio.to_thread(delete_entries, self.root, stale)
+            gone = sum(1 for _, size in results if size is not None)
+            self.metrics.stale_parts_deleted += gone
+            log.info("cache: sync walk deleted %d .part leftovers", gone)
+        log.info("cache: sync walk of %d files in %.1fs (%.1fs of it paced to %d files/s); "
+                 "usage %d bytes, %d objects", diff.files, diff.seconds, pacer.slept_s,
+                 self.settings.walk_rate, self.current_bytes, self.current_objects)
+        if self.current_bytes > self.max_bytes or self.current_objects > self.max_objects:
+            self._spawn_background_trim(self.settings.low_watermark)
+
+    async def _reconcile(self) -> None:
+        """After a start from the index: the background walk that checks it against the disk.
+        Until it ends, trims work from the index alone (never deleting what it does not know).
+        A walk that fails is tried again after ``trim_interval``."""
+        started = time.monotonic()
+        while self._running:
+            try:
+                await failpoint("cache.reconcile.walk")
+                await self.sync_walk()
+            except Exception as exc:
+                log.warning("cache: the walk that checks the index failed (%s); trying again "
+                            "in %.1fs", exc, self.settings.trim_interval)
+                await self.clock.sleep(max(self.settings.trim_interval, 0.1))
+                continue
+            break
+        self._reconciling = False
+        self.metrics.reconcile_seconds = time.monotonic() - started
+
+    async def _sync_loop(self) -> None:
+        """Redpanda's tracker sync: every ``sync_interval``, postponed while a trim runs."""
+        while True:
+            await self.clock.sleep(self.settings.sync_interval)
+            while self._trim_sem.available_units < 1:
+                await self.clock.sleep(max(self.settings.trim_interval, 0.1))
+            try:
+                await self.sync_walk()
+            except OSError as exc:
+                log.warning("cache: the sync walk failed: %s", exc)
+
+    @property
+    def reconciling(self) -> bool:
+        """True from a start from the index until its background walk has checked it."""
+        return self._reconciling
+
+    async def wait_reconciled(self) -> None:
+        """Wait until no background walk is correcting the index (for tests and tools)."""
+        while self._reconciling or (self._syncing is not None and not self._syncing.done()):
+            if self._syncing is not None and not self._syncing.done():
+                await asyncio.wait([self._syncing])
+            else:
+                await asyncio.sleep(0.01)
 
     async def _trim_exhaustive(self, walk: WalkResult, goal: tuple[int, int]) -> tuple[int, int]:
         candidates = sorted(walk.files, key=lambda f: f[1])
@@ -740,12 +1022,12 @@ class CacheCoordinator:
             batch = victims[i : i + DELETE_BATCH]
             results = await asyncio.to_thread(delete_entries, self.root, batch)
             for path, deleted in results:
-                entry = self.tracker.remove(path)
+                known = self.index.remove(path)
                 if deleted is not None:
                     freed_b += deleted
                     freed_o += 1
-                elif entry is not None:
-                    freed_b += entry[1]
+                elif known is not None:
+                    freed_b += known
                     freed_o += 1
             self._after_change()
         return freed_b, freed_o
@@ -753,50 +1035,33 @@ class CacheCoordinator:
     # --- timers ----------------------------------------------------------------------------
 
     async def save_tracker(self) -> None:
-        """Save the tracker if it changed (snapshot here, write in a thread). Saves never
-        overlap: a save waits for the one in flight, even one whose caller was cancelled."""
-        while self._saving is not None and not self._saving.done():
-            await asyncio.wait([self._saving])
-        if not self.tracker.dirty:
-            return
-        items = self.tracker.copy_entries()  # C-speed copy; encoded in the thread
-        self.tracker.dirty = False
-        saving = asyncio.ensure_future(asyncio.to_thread(
-            save_file, self.root / TRACKER_NAME, self.root / TRACKER_TMP_NAME, items
-        ))
-        self._saving = saving
-        saving.add_done_callback(self._saved)
-        await asyncio.shield(saving)
+        """Write the index out now: the access order gathered so far, a snapshot if one is due,
+        and the journal synced. (The name is the tracker's, which the index replaced.)"""
+        await self.store.flush()
+        self._copy_index_figures()
 
-    def _saved(self, saving: asyncio.Future[int]) -> None:
-        exc = saving.exception() if not saving.cancelled() else None
-        if exc is None:
-            self.metrics.tracker_saves += 1
-            return
-        self.tracker.dirty = True
-        self.metrics.tracker_save_failures += 1
-        log.warning("cache: cannot save the access-time tracker: %s", exc)
-
-    async def _tracker_save_loop(self) -> None:
+    async def _touch_loop(self) -> None:
+        """Every ``tracker_save_interval``: the access order of hits goes to the journal, and
+        a snapshot is taken if bulk changes or a failed write call for one."""
         while True:
             await self.clock.sleep(self.settings.tracker_save_interval)
-            with contextlib.suppress(OSError):
-                await self.save_tracker()
+            self.store.push_touches()
+            if self.store.wants_snapshot:
+                self.store.compact()
+            self._copy_index_figures()
 
     async def _disk_poll_loop(self) -> None:
         while True:
             await self.clock.sleep(self.settings.disk_poll_interval)
-            try:
-                self.disk = await asyncio.to_thread(disk_status, self.root)
-            except OSError as exc:
-                log.warning("cache: cannot read free disk space: %s", exc)
-                continue
-            if self.settings.max_bytes is None:
-                self._compute_limits()
+            await self._poll_disk()
             self._maybe_background_trim()
 
     def state(self) -> dict[str, int]:
+        over = self.current_bytes + self.reserved_bytes - self.max_bytes
         return {
+            "bytes_over_limit": max(0, over),
+            "puts_blocked": int(self.puts_blocked),
+            "min_free_bytes": self.min_free_bytes,
             "bytes_used": self.current_bytes,
             "objects": self.current_objects,
             "bytes_reserved": self.reserved_bytes,
@@ -806,4 +1071,5 @@ class CacheCoordinator:
             "max_bytes": self.max_bytes,
             "max_objects": self.max_objects,
             "free_disk_bytes": self.disk.free_bytes if self.disk else 0,
+            "reconciling": int(self._reconciling),
         }

@@ -52,7 +52,10 @@ HASH_MARK = "%h"
 #: The tracker's files, in the cache root. Unreachable from any key (see the encoding above).
 TRACKER_NAME = "%tracker"
 TRACKER_TMP_NAME = "%tracker.tmp"
-INTERNAL_NAMES = frozenset({TRACKER_NAME, TRACKER_TMP_NAME})
+#: The index's journal (``cachedaemon.cache.index_format``) and the one a compaction prepares.
+JOURNAL_NAME = "%tracker.journal"
+JOURNAL_TMP_NAME = "%tracker.journal.tmp"
+INTERNAL_NAMES = frozenset({TRACKER_NAME, TRACKER_TMP_NAME, JOURNAL_NAME, JOURNAL_TMP_NAME})
 #: How much of the destination's name a staging file keeps (its name must stay < 255 bytes).
 STAGING_NAME_BYTES = 120
 

@@ -6,10 +6,11 @@ shard for itself), or a single instance for tests and embedded use
 in-progress set and its hit/miss counters, and runs local file operations (open, stat, staging
 writes, commit, invalidate) on its own shard, in worker threads where they may block. Shard 0's
 instance also owns the :class:`~cachedaemon.cache.coordinator.CacheCoordinator` (accounting,
-reservations, trims, tracker); other shards reach it only by message (``docs/shards.md``): calls
-for what they wait on (``reserve_space``, ``trim``, ``stats``) and posts for what they do not
-(releases, merges and commits of reservations, forgets, and access-time touches, batched per
-loop iteration). The ``_coord_*`` methods are that message surface; they run on shard 0.
+reservations, trims, the index); other shards reach it only by message (``docs/shards.md``):
+calls for what they wait on (``reserve_space``, ``trim``, ``stats``, announcing a staging file
+before creating it) and posts for what they do not (releases, merges and commits of
+reservations, forgets, ends of staging files, and access-time touches, gathered for
+``TOUCH_BATCH_S``). The ``_coord_*`` methods are that message surface; they run on shard 0.
 
 Shard 0's instance also owns the :class:`~cachedaemon.cache.coherence.KeyTable` that orders
 object writes, fills and cache drops per key (``docs/cache.md``, "Per key, reads follow
@@ -19,7 +20,7 @@ does.
 
 Every public operation holds the shard's gate; a staging file holds it until it is committed or
 closed. ``stop()`` closes the gate (waiting for those), and on shard 0 stops the coordinator and
-saves the tracker. Operations after ``stop()`` raise :class:`~cachedaemon.errors.GateClosed`.
+writes the index out. Operations after ``stop()`` raise :class:`~cachedaemon.errors.GateClosed`.
 
 Every entry point validates its key with :func:`cachedaemon.cache.keys.checked_relpath` and
 refuses paths that would leave the cache directory through a symbolic link: entries are
@@ -61,6 +62,10 @@ T = TypeVar("T")
 
 #: Ranges up to this size are read on the loop; larger ones in a worker thread.
 INLINE_READ_BYTES = 64 * 1024
+#: How long a shard other than 0 gathers access-time touches before posting them to shard 0
+#: in one message (a hot key touched a thousand times meanwhile is one entry). Stats and admin
+#: trims flush every shard's touches first; automatic trims may see them this much late.
+TOUCH_BATCH_S = 0.05
 
 
 class CacheStatus(enum.Enum):
@@ -93,6 +98,15 @@ class CacheStats:
     bytes_pending: int = 0
     objects_pending: int = 0
     free_disk_bytes: int = 0
+    #: Bytes committed and reserved over ``max_bytes`` (over-commit, see ``may_exceed``).
+    bytes_over_limit: int = 0
+    overcommits: int = 0
+    bytes_overcommitted: int = 0
+    #: 1 while new reservations wait for the disk (below ``min_free_bytes``, or ENOSPC).
+    puts_blocked: int = 0
+    min_free_bytes: int = 0
+    #: 1 from a start from the index until the background walk has checked it.
+    reconciling: int = 0
     metrics: CacheMetrics | None = None
 
     def as_api(self) -> dict[str, int]:
@@ -190,8 +204,8 @@ class CacheService:
 
     async def stop(self) -> None:
         """Fail queued reservations (the whole cache is stopping), close the gate (waiting for
-        operations and staging files); shard 0 then stops the coordinator and saves the
-        tracker."""
+        operations and staging files); shard 0 then stops the coordinator and writes the
+        index out."""
         if self._started and self._coordinator is not None:
             self._coordinator.begin_stop()
         await self._gate.close()
@@ -373,7 +387,7 @@ class CacheService:
         self._touches[rel] = now
         if not self._touch_scheduled:
             self._touch_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_touches)
+            asyncio.get_running_loop().call_later(TOUCH_BATCH_S, self._flush_touches)
 
     def _flush_touches(self) -> None:
         self._touch_scheduled = False
@@ -453,13 +467,14 @@ class CacheService:
         reservation: ReservationGuard | None = None
         try:
             initial = self.settings.staging_initial_bytes if initial_bytes is None else initial_bytes
+            initial = min(initial, self.max_object_bytes)  # never more than an object can take
             if guard is not None:
                 # The caller reserved already: top up only the object if it lacks one.
                 reservation = await self.reserve_space(0, 0 if guard.objects else 1, deadline)
                 reservation.merge(guard)
             else:
                 reservation = await self.reserve_space(initial, 1, deadline)
-            path, fd = self._create_part(rel, dest)
+            path, fd = await self._create_part(rel, dest)
             if reservation.rid:
                 self._post(CacheService._coord_note_part, reservation.rid,
                            str(path.relative_to(self.root)))
@@ -477,32 +492,59 @@ class CacheService:
             self._in_progress[staging.relpath] = n
         else:
             self._in_progress.pop(staging.relpath, None)
+        self._stage_end(_part_relpath(staging.relpath, staging.path.name))
 
-    def _create_part(self, rel: str, dest: Path) -> tuple[Path, int]:
+    async def _create_part(self, rel: str, dest: Path) -> tuple[Path, int]:
         """Create the ``.part`` file exclusively beside ``dest`` (mkdir -p, containment check,
-        retries if the parent vanished or the name is taken)."""
-        parent = dest.parent
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        retries if the parent vanished or the name is taken). Each name is announced to shard
+        0 first (the index journals it before the file exists: a restart finds leftovers
+        without walking the tree), and its end announced if the file is not made."""
         for _ in range(16):
             name = staging_name(rel, self.shard, next(self._counter))
-            path = parent / name
+            part = _part_relpath(rel, name)
+            await self._stage_begin(part)
             try:
-                if parent != self.root:
-                    parent.mkdir(parents=True, exist_ok=True)
-                    if not self._contained(dest):
-                        raise InvalidKey(f"key path {rel!r} leads outside the cache directory")
-                return path, os.open(path, flags, 0o644)
-            except FileExistsError as exc:
-                if not parent.is_dir() or parent.is_symlink():
-                    raise InvalidKey(
-                        f"key path {rel!r} is blocked by a non-directory in the cache"
-                    ) from exc
-                continue  # the name is taken (another process?): next counter
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # a trim removed the empty parent meanwhile: again
-            except OSError as exc:
-                raise IOFailure(f"cannot create staging file {path}: {exc}") from exc
+                made = self._open_part(rel, dest, name)
+            except BaseException:
+                self._stage_end(part)
+                raise
+            if made is not None:
+                return made
+            self._stage_end(part)
         raise IOFailure(f"cannot create a staging file beside {dest}")
+
+    def _open_part(self, rel: str, dest: Path, name: str) -> tuple[Path, int] | None:
+        """One attempt of :meth:`_create_part`; ``None`` to try another name."""
+        parent = dest.parent
+        path = parent / name
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            if parent != self.root:
+                parent.mkdir(parents=True, exist_ok=True)
+                if not self._contained(dest):
+                    raise InvalidKey(f"key path {rel!r} leads outside the cache directory")
+            return path, os.open(path, flags, 0o644)
+        except FileExistsError as exc:
+            if not parent.is_dir() or parent.is_symlink():
+                raise InvalidKey(
+                    f"key path {rel!r} is blocked by a non-directory in the cache"
+                ) from exc
+            return None  # the name is taken (another process?): next counter
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # a trim removed the empty parent meanwhile: again
+        except OSError as exc:
+            raise IOFailure(f"cannot create staging file {path}: {exc}") from exc
+
+    async def _stage_begin(self, part: str) -> None:
+        if self._on_coordinator:
+            await self.coordinator.stage_begin(part, self.shard)
+            return
+        assert self._sharded is not None
+        begin: Any = CacheService._coord_stage_begin
+        await self._sharded.invoke_on(0, begin, part, self.shard)
+
+    def _stage_end(self, part: str) -> None:
+        self._post(CacheService._coord_stage_end, part)
 
     async def put(
         self,
@@ -626,8 +668,11 @@ class CacheService:
     # --- administration --------------------------------------------------------------------
 
     async def trim(self) -> TrimResult:
-        """Trim now, unthrottled, to the low watermark (admin)."""
+        """Trim now, unthrottled, to the low watermark (admin), after every shard's touches
+        so far have reached shard 0."""
         with self._gate.hold():
+            if self._sharded is not None:
+                await self._sharded.invoke_on_all(CacheService._hit_counts)
             if self._on_coordinator:
                 return await self.coordinator.trim()
             assert self._sharded is not None
@@ -635,8 +680,20 @@ class CacheService:
                 0, CacheService._coord_trim, result_type=TrimResult)
             return result
 
+    async def apply_settings(self, settings: CacheSettings) -> None:
+        """Take reloaded settings on this shard (staging sizes, deadlines, the object limit);
+        shard 0's coordinator also applies the new limits, and the other shards then learn the
+        byte limit from it. Each shard is told by the daemon (plain data), shard 0 first."""
+        self.settings = settings
+        if self._coordinator is not None:
+            await self._coordinator.apply_settings(settings)
+            self._max_bytes = self._coordinator.max_bytes
+        elif self._sharded is not None:
+            self._max_bytes = int(await self._sharded.invoke_on(0, CacheService._coord_limits))
+
     async def save_tracker(self) -> None:
-        """Save the access-time tracker now if it changed (on shard 0)."""
+        """Write the cache index out now (the access order, a snapshot if due, the journal
+        synced; on shard 0). The name is the access-time tracker's, which the index replaced."""
         if self._on_coordinator:
             await self.coordinator.save_tracker()
         else:
@@ -677,6 +734,12 @@ class CacheService:
                 bytes_pending=state["bytes_pending"],
                 objects_pending=state["objects_pending"],
                 free_disk_bytes=state["free_disk_bytes"],
+                bytes_over_limit=state["bytes_over_limit"],
+                overcommits=metrics.overcommits,
+                bytes_overcommitted=metrics.bytes_overcommitted,
+                puts_blocked=state["puts_blocked"],
+                min_free_bytes=state["min_free_bytes"],
+                reconciling=state["reconciling"],
                 metrics=metrics,
             )
 
@@ -710,6 +773,13 @@ class CacheService:
     def _coord_note_part(self, rid: int, part: str) -> None:
         self.coordinator.note_part(rid, part)
 
+    async def _coord_stage_begin(self, part: str, shard: int) -> None:
+        await self._coordinator_ready.wait()
+        await self.coordinator.stage_begin(part, shard)
+
+    def _coord_stage_end(self, part: str) -> None:
+        self.coordinator.stage_end(part)
+
     def _coord_merge(self, into: int, frm: int) -> None:
         self.coordinator.merge_reservations(into, frm)
 
@@ -735,6 +805,12 @@ class CacheService:
     def _coord_state(self) -> tuple[dict[str, int], CacheMetrics]:
         c = self.coordinator
         return c.state(), CacheMetrics(**c.metrics.as_dict())  # type: ignore[arg-type]
+
+
+def _part_relpath(rel: str, name: str) -> str:
+    """The path, relative to the cache root, of staging file ``name`` beside entry ``rel``."""
+    head, sep, _ = rel.rpartition("/")
+    return f"{head}/{name}" if sep else name
 
 
 async def complete(call: Awaitable[T]) -> T:
@@ -786,5 +862,5 @@ async def start_cache(
 
 
 async def stop_cache(cache: Sharded[CacheService]) -> None:
-    """Stop this shard's service (shard 0's saves the tracker)."""
+    """Stop this shard's service (shard 0's writes the cache index out)."""
     await cache.stop()

@@ -5,7 +5,8 @@ that shard. It lives at ``<dir of the destination>/<name>_<shard>_<counter>.part
 exclusively, never visible as an entry, never trimmed, deleted at the next start if left behind)
 and holds, for its whole life, a holder of the shard's cache gate and **one** reservation
 guard: the initial reservation (``staging_initial_bytes`` + 1 object) topped up by ``append``
-in chunks of at least ``staging_chunk_bytes``, each merged into that guard.
+in chunks of at least ``staging_chunk_bytes``, each merged into that guard. Both are clamped to
+what one object can ever take (``max_object_bytes``, by default the byte limit).
 
 Appends are buffered in memory (references to immutable chunks, copies of mutable ones) and
 reach the file with ``writev`` in one worker-thread job once more than
@@ -198,7 +199,10 @@ class StagingFile:
                 f"object {self.key!r} is over the {limit}-byte limit ({need} bytes so far)"
             )
         if need > self._guard.bytes:
-            extra = max(need - self._guard.bytes, self._service.settings.staging_chunk_bytes)
+            # At least a chunk, but never more than the object could ever take: with a byte
+            # limit below the chunk size, a full chunk could never be granted.
+            chunk = min(self._service.settings.staging_chunk_bytes, limit - self._guard.bytes)
+            extra = max(need - self._guard.bytes, chunk)
             more = await self._service.reserve_space(
                 extra, 0, self._service.default_deadline() if deadline is None else deadline
             )

@@ -17,6 +17,8 @@ import logging
 import os
 import shutil
 import stat
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,30 +140,139 @@ def _walk_dir(
 
 @dataclass
 class WalkDiff:
-    """How the disk differs from a tracker snapshot."""
+    """How the disk differs from a copy of the index."""
 
     vanished: list[str] = field(default_factory=list)  # tracked, not on disk
     untracked: list[tuple[str, float, int]] = field(default_factory=list)  # on disk only
     resized: list[tuple[str, int]] = field(default_factory=list)  # (path, size on disk)
 
 
-def walk_and_diff(
-    root: Path, tracked: dict[str, tuple[float, int]]
-) -> tuple[WalkResult, WalkDiff]:
-    """Walk ``root`` (leaving ``.part`` files) and compare with ``tracked`` (path -> (atime,
-    size)). One thread job for the trim's walk phase."""
+def walk_and_diff(root: Path, indexed: dict[str, int]) -> tuple[WalkResult, WalkDiff]:
+    """Walk ``root`` (leaving ``.part`` files) and compare with ``indexed`` (path -> size).
+    One thread job for the trim's walk phase."""
     walk = walk_cache(root, delete_parts=False)
     diff = WalkDiff()
     seen: set[str] = set()
     for path, atime, size in walk.files:
         seen.add(path)
-        entry = tracked.get(path)
-        if entry is None:
+        known = indexed.get(path)
+        if known is None:
             diff.untracked.append((path, atime, size))
-        elif entry[1] != size:
+        elif known != size:
             diff.resized.append((path, size))
-    diff.vanished = [p for p in tracked if p not in seen]
+    diff.vanished = [p for p in indexed if p not in seen]
     return walk, diff
+
+
+class WalkAborted(Exception):
+    """A paced walk was told to stop (the cache is stopping)."""
+
+
+class Pacer:
+    """Keeps a background walk to ``rate`` files per second (0: no limit) by sleeping in the
+    walking thread (which also hands the GIL to the event loop), and stops it when ``abort``
+    is set. One per walk; used from the walking thread only."""
+
+    def __init__(self, rate: int, abort: threading.Event | None = None) -> None:
+        self.rate = rate
+        self.abort = abort or threading.Event()
+        self.files = 0
+        self.slept_s = 0.0
+        self._started = time.monotonic()
+
+    def tick(self, files: int = 1) -> None:
+        self.files += files
+        if self.abort.is_set():
+            raise WalkAborted("the walk was stopped")
+        if self.rate <= 0 or self.files % 64:
+            return
+        ahead = self.files / self.rate - (time.monotonic() - self._started)
+        if ahead > 0:
+            self.abort.wait(ahead)  # a sleep that ends early when the walk is stopped
+            self.slept_s += ahead
+            if self.abort.is_set():
+                raise WalkAborted("the walk was stopped")
+
+
+@dataclass
+class SyncDiff:
+    """How the disk differs from the index, found by :func:`sync_walk`."""
+
+    files: int = 0
+    total_bytes: int = 0
+    vanished: list[str] = field(default_factory=list)  # indexed, not on disk
+    untracked: list[tuple[str, float, int]] = field(default_factory=list)  # on disk only
+    resized: list[tuple[str, int]] = field(default_factory=list)  # (path, size on disk)
+    parts: list[str] = field(default_factory=list)  # every ``.part`` file seen
+    empty_dirs_removed: int = 0
+    seconds: float = 0.0
+
+
+def sync_walk(root: Path, indexed: dict[str, int], pacer: Pacer) -> SyncDiff:
+    """Walk ``root`` at the pacer's rate and compare it with ``indexed`` (path -> size), a copy
+    the walk consumes: every file found is popped from it, so what is left has vanished. Lean
+    on memory: only the differences are kept, never the whole listing. Blocking: one thread
+    job. Raises :class:`WalkAborted` if the pacer is aborted."""
+    started = time.monotonic()
+    diff = SyncDiff()
+    _sync_dir(os.fspath(root), "", indexed, diff, pacer)
+    diff.vanished = list(indexed)
+    indexed.clear()
+    diff.seconds = time.monotonic() - started
+    return diff
+
+
+def _sync_dir(path: str, rel: str, indexed: dict[str, int], diff: SyncDiff,
+              pacer: Pacer) -> bool:
+    """One directory of :func:`sync_walk`; True if it is empty afterwards."""
+    remaining = 0
+    seen: set[str] = set()  # readdir may return a name twice while the directory changes
+    try:
+        it = os.scandir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    with it:
+        for entry in it:
+            pacer.tick()
+            name = entry.name
+            child = f"{rel}/{name}" if rel else name
+            try:
+                if entry.is_symlink():
+                    remaining += 1
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    if _sync_dir(entry.path, child, indexed, diff, pacer):
+                        try:
+                            os.rmdir(entry.path)
+                            diff.empty_dirs_removed += 1
+                            continue
+                        except OSError:
+                            pass
+                    remaining += 1
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            remaining += 1
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if name.endswith(PART_SUFFIX):
+                diff.parts.append(child)
+                continue
+            if not rel and name in INTERNAL_NAMES:
+                continue
+            if name in seen:
+                remaining -= 1
+                continue
+            seen.add(name)
+            size = indexed.pop(child, None)
+            if size is None:
+                diff.untracked.append((child, max(st.st_atime, st.st_mtime), st.st_size))
+            elif size != st.st_size:
+                diff.resized.append((child, st.st_size))
+            diff.files += 1
+            diff.total_bytes += st.st_size
+    return remaining == 0
 
 
 def remove_empty_parents(root: Path, path: Path) -> None:
@@ -226,6 +337,7 @@ def delete_entries(root: Path, relpaths: list[str]) -> list[tuple[str, int | Non
             out.append((rel, None))
             continue
         out.append((rel, size))
+        failpoint_sync("cache.remove.after_unlink")
         if p.parent != root:
             parents.setdefault(p.parent, p)
     # Once per directory, deepest first: most parents still hold other entries.

@@ -120,7 +120,7 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check-config", action="store_true", default=argparse.SUPPRESS,
                         help="check the settings and the data directory, print them and exit"
                              " (0 fine, 2 invalid settings, 1 unusable data directory); starts"
-                             " nothing. The systemd unit's ExecReload runs it.")
+                             " nothing. The systemd unit's ExecReload runs it before its SIGHUP.")
     _add_setting_flags(parser)
 
 
@@ -151,8 +151,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except StartupError as exc:
             _die(str(exc), EXIT_FAILED)
         _print(f"configuration OK: listen {settings.server.listen}, data_dir "
-               f"{settings.storage.data_dir}, remote {settings.remote.url}; settings are read"
-               " at start, a restart applies them")
+               f"{settings.storage.data_dir}, remote {settings.remote.url}; a running daemon"
+               " applies the cache limits and the log level on SIGHUP (systemctl reload), the"
+               " rest at a restart")
         return EXIT_OK
     status: int = run(settings)
     return status

@@ -1,18 +1,19 @@
 """``cachedaemon fsck --data-dir DIR``: an offline, read-only check of a stopped daemon's
 local state.
 
-Checks ``<data-dir>/cache`` against the rules of :mod:`cachedaemon.cache.keys` and the saved
-access-time tracker (:mod:`cachedaemon.cache.tracker`):
+Checks ``<data-dir>/cache`` against the rules of :mod:`cachedaemon.cache.keys` and the cache
+index (its snapshot ``%tracker`` and journal ``%tracker.journal``, read as the daemon reads
+them at start: :mod:`cachedaemon.cache.index_load`):
 
 * ``*.part`` leftovers (in-flight files of a daemon that did not stop cleanly; the daemon
-  deletes them at start) and a leftover ``%tracker.tmp``;
+  deletes them at start) and a leftover ``%tracker.tmp`` or ``%tracker.journal.tmp``;
 * names that no key maps to, symbolic links, and files that are neither regular files nor
   directories (nothing in the cache directory should be any of these);
-* a tracker that does not decode (bad magic, version, length or checksum);
-* tracker consistency: entries the tracker lists that are not on disk, entries on disk it does
-  not list, and sizes that differ (the daemon reconciles these at start; after a clean stop
-  there are none);
-* zero-byte entries the tracker records as non-empty (a torn write); other zero-byte entries
+* an index that cannot be trusted (a damaged snapshot or journal: the daemon would walk);
+* index consistency: entries the index lists that are not on disk, entries on disk it does not
+  list, and sizes that differ (the daemon's background walk corrects these after a start; after
+  a clean stop there are none);
+* zero-byte entries the index records as non-empty (a torn write); other zero-byte entries
   are reported as notes, since an empty object is legal.
 
 Nothing is modified. Runs on the CLI's main thread; the daemon must not be running on the
@@ -26,17 +27,17 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cachedaemon.cache.index_load import IndexUnusable, load_index
 from cachedaemon.cache.keys import (
     DIR_SUFFIX,
     HASH_MARK,
     INTERNAL_NAMES,
+    JOURNAL_TMP_NAME,
     PART_SUFFIX,
     TRACKER_NAME,
     TRACKER_TMP_NAME,
     relpath_key,
 )
-from cachedaemon.cache.tracker import load_file
-from cachedaemon.errors import Corruption
 from cachedaemon.units import format_size
 
 
@@ -91,7 +92,7 @@ def _valid_entry_name(relpath: str) -> bool:
 
 
 def check_data_dir(data_dir: Path) -> FsckReport:
-    """Walk ``<data_dir>/cache`` and compare it with the saved tracker."""
+    """Walk ``<data_dir>/cache`` and compare it with the index."""
     report = FsckReport()
     if not data_dir.is_dir():
         report.problems.append(f"{data_dir} is not a directory")
@@ -109,35 +110,36 @@ def check_data_dir(data_dir: Path) -> FsckReport:
     report.entries = len(on_disk)
     report.bytes = sum(on_disk.values())
 
-    if (cache / TRACKER_TMP_NAME).exists():
-        report.problems.append(
-            f"leftover {TRACKER_TMP_NAME}: a tracker save was interrupted")
+    for tmp in (TRACKER_TMP_NAME, JOURNAL_TMP_NAME):
+        if (cache / tmp).exists():
+            report.problems.append(f"leftover {tmp}: an index snapshot was interrupted")
     try:
-        saved = load_file(cache / TRACKER_NAME)
-    except Corruption as exc:
-        report.problems.append(f"tracker {cache / TRACKER_NAME} is damaged: {exc}")
-        saved = None
-    except OSError as exc:
-        report.problems.append(f"cannot read the tracker {cache / TRACKER_NAME}: {exc}")
-        saved = None
+        loaded = load_index(cache)
+    except IndexUnusable as exc:
+        report.problems.append(f"the index {cache / TRACKER_NAME} is damaged: {exc.reason}")
+        loaded = None
     tracked: dict[str, int] = {}
-    if saved is not None:
-        report.tracked = len(saved)
-        tracked = {path: size for path, _atime, size in saved}
+    if loaded is not None:
+        report.tracked = len(loaded.entries)
+        tracked = loaded.entries
+        if loaded.torn_tail:
+            report.notes.append(f"the index journal ends in an interrupted append "
+                                f"({loaded.torn_tail}); the daemon cuts it off at start")
         for path, size in sorted(tracked.items()):
             if path not in on_disk:
-                report.problems.append(f"tracker lists {path!r} ({size} bytes) but it is not on disk")
+                report.problems.append(f"the index lists {path!r} ({size} bytes) but it is "
+                                       f"not on disk")
             elif on_disk[path] != size:
                 if on_disk[path] == 0:
                     report.problems.append(
-                        f"zero-byte entry {path!r}: the tracker records {size} bytes (torn write)")
+                        f"zero-byte entry {path!r}: the index records {size} bytes (torn write)")
                 else:
                     report.problems.append(
-                        f"entry {path!r} is {on_disk[path]} bytes, the tracker records {size}")
+                        f"entry {path!r} is {on_disk[path]} bytes, the index records {size}")
         for path in sorted(on_disk.keys() - tracked.keys()):
-            report.problems.append(f"entry {path!r} is on disk but not in the tracker")
+            report.problems.append(f"entry {path!r} is on disk but not in the index")
     elif on_disk and (cache / TRACKER_NAME).exists() is False:
-        report.notes.append("no saved tracker: the daemon rebuilds it from a walk at start")
+        report.notes.append("no index: the daemon rebuilds it from a walk at start")
     for path, size in sorted(on_disk.items()):
         if size == 0 and tracked.get(path, 0) == 0:
             report.notes.append(f"zero-byte entry {path!r} (an empty object)")

@@ -85,6 +85,11 @@ def disarm(name: str | None = None) -> None:
             _armed.pop(name, None)
 
 
+def armed(name: str) -> bool:
+    """Whether fail point ``name`` is armed (for a step that is only split when it is)."""
+    return bool(_armed) and name in _armed
+
+
 def hits(name: str) -> int:
     """How many times an armed fail point has been reached."""
     with _lock:

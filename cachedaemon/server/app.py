@@ -157,7 +157,14 @@ async def serve_forwarded(ctx: ShardContext, method: str, target: str, headers: 
     assert ctx.app is not None
     resp = await ctx.app(Request.forwarded(method, target, headers, body, remote),
                          forwarded=True)
-    return resp.status, resp.headers, resp.body
+    out = resp.headers
+    if resp.raw:  # header lines a hot path encoded once: they travel as plain headers
+        out = dict(out)
+        for line in resp.raw.decode("latin-1").split("\r\n"):
+            if line:
+                name, _, value = line.partition(": ")
+                out[name] = value
+    return resp.status, out, resp.body
 
 
 def _authorized(request: Request, expected: bytes) -> bool:

@@ -17,10 +17,14 @@ domains. When every worker has reported ready, every shard is told it is ready, 
 Shut-down on SIGTERM/SIGINT, top down: ``STOPPING=1``; every shard drains (``/readyz`` 503, new
 ``/v1`` requests 503 ``unavailable``, in-flight requests get up to ``server.shutdown_timeout``);
 the workers are told to stop and exit (a worker still running a moment later is killed), then
-shard 0 stops its services (the tracker is saved). Exit 0. A worker that dies is restarted
-(``server/supervisor``); a death loop, or a failed start, exits 1 with one
+shard 0 stops its services (the cache index is written out). Exit 0. A worker that dies is
+restarted (``server/supervisor``); a death loop, or a failed start, exits 1 with one
 ``cachedaemon: cannot start: ...`` line (invalid configuration never gets here: the CLI exits
 2 first).
+
+SIGHUP (systemd's ``ExecReload=``) reloads: shard 0 reads the settings again and applies the
+cache's and the log level on itself, then tells every worker by message (:meth:`Daemon.reload`,
+:meth:`Shard.reload`); anything else waits for a restart, and a bad file changes nothing.
 """
 
 from __future__ import annotations
@@ -40,7 +44,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cachedaemon.config import Settings, settings_from_dict, settings_to_dict
+from cachedaemon.config import (
+    Settings,
+    merge_reloadable,
+    reload_settings,
+    settings_from_dict,
+    settings_to_dict,
+)
 from cachedaemon.core.channel import ShardLinks
 from cachedaemon.core.failpoints import failpoint
 from cachedaemon.core.smp import Smp, new_link_dir
@@ -186,11 +196,13 @@ class Daemon:
         self.ready = False
         self.stop_requested = asyncio.Event()
         self.fatal: str | None = None
+        self._reloads: set[asyncio.Task[None]] = set()
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         try:
             url = await self.start()
         except ConfigError as exc:
@@ -225,6 +237,31 @@ class Daemon:
         if self.shard is not None:
             self.shard.state.draining = True
         self.stop_requested.set()
+
+    def _on_reload(self) -> None:
+        task = asyncio.ensure_future(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> None:
+        """SIGHUP: read the settings again (the config file, the environment, the same flags);
+        shard 0 applies the cache's and the log level, then every worker does (by message,
+        plain data). A bad file changes nothing."""
+        try:
+            reread = reload_settings(self.settings)
+        except ConfigError as exc:
+            log.error("reload refused, the running settings stay: %s", exc)
+            return
+        merged, applied, later = merge_reloadable(self.settings, reread)
+        self.settings = merged  # restarted workers get these too
+        if self.shard is not None and self.smp is not None:
+            await self.shard.reload(settings_to_dict(merged))  # shard 0 first: the limits
+            for i in range(1, self.count):
+                with contextlib.suppress(CacheDaemonError):
+                    await self.smp.call(i, "shard", "reload", settings_to_dict(merged),
+                                        deadline=time.monotonic() + 10.0)
+        log.info("reload: applied %s%s", ", ".join(applied) or "nothing (no change)",
+                 f"; a restart applies {', '.join(later)}" if later else "")
 
     def _on_fatal(self, reason: str) -> None:
         self.fatal = reason

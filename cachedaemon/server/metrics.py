@@ -117,6 +117,12 @@ class _CacheCollector(Collector):
                                  "Objects reserved by writers."),
             "max_bytes": ("cachedaemon_cache_max_bytes", "Cache byte limit."),
             "max_objects": ("cachedaemon_cache_max_objects", "Cache object limit."),
+            "bytes_over_limit": ("cachedaemon_cache_over_limit_bytes",
+                                 "Bytes committed and reserved over the byte limit "
+                                 "(over-commit, cache.may_exceed)."),
+            "puts_blocked": ("cachedaemon_cache_puts_blocked",
+                             "1 while new cache writes wait for disk space (below "
+                             "cache.min_free_bytes, or after ENOSPC)."),
         }
         for field_name, (metric, doc) in names.items():
             g = GaugeMetricFamily(metric, doc)
@@ -126,6 +132,10 @@ class _CacheCollector(Collector):
             "hits": ("cachedaemon_cache_hits", "Cache lookups that found the entry (all shards)."),
             "misses": ("cachedaemon_cache_misses", "Cache lookups that missed (all shards)."),
             "trims": ("cachedaemon_cache_trims", "Trims run (automatic and requested)."),
+            "overcommits": ("cachedaemon_cache_overcommits",
+                            "Reservations granted over the byte limit (cache.may_exceed)."),
+            "bytes_overcommitted": ("cachedaemon_cache_overcommitted_bytes",
+                                    "Bytes of the reservations granted over the byte limit."),
         }
         for field_name, (metric, doc) in counters.items():
             c = CounterMetricFamily(metric, doc)

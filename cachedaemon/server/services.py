@@ -60,6 +60,12 @@ async def start_cache(smp: Smp, settings: Settings) -> Sharded[CacheService]:
     return await _start_cache(smp, settings.cache, settings.cache_dir)
 
 
+async def reload_cache(cache: Sharded[CacheService], settings: Settings) -> None:
+    """Apply reloaded cache settings on this shard (each shard is told by shard 0); shard 0's
+    recomputes the limits, trims if now over them and lets waiting writers in if now under."""
+    await cache.local().apply_settings(settings.cache)
+
+
 async def stop_cache(cache: Sharded[CacheService]) -> None:
     """Stop this shard's cache service (shard 0's saves the tracker)."""
     await _stop_cache(cache)

@@ -14,7 +14,7 @@ from the same settings and runs the same steps (``docs/shards.md``):
 
 A :class:`Shard` is also the ``shard`` service the other shards call: ``set_state`` (ready,
 draining), ``drain``, ``stop``, ``forward`` (a domain request for a domain this shard owns),
-and ``metrics_text``. Lives on its shard's loop.
+``metrics_text`` and ``reload`` (SIGHUP's settings). Lives on its shard's loop.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import socket
 import time
 from typing import Any
 
-from cachedaemon.config import Settings
+from cachedaemon.config import Settings, settings_from_dict
 from cachedaemon.core.sharded import Sharded
 from cachedaemon.core.smp import Smp
 from cachedaemon.server import metrics
@@ -36,6 +36,7 @@ from cachedaemon.server.fdlimit import Budget
 from cachedaemon.server.http import HttpServer
 from cachedaemon.server.services import (
     open_shard_store,
+    reload_cache,
     start_cache,
     start_domains,
     stop_cache,
@@ -164,6 +165,20 @@ class Shard:
     def stop(self) -> None:
         """A worker: stop now (shard 0 drained it first)."""
         self.stopped.set()
+
+    async def reload(self, raw: dict[str, Any]) -> None:
+        """Reloaded settings (SIGHUP, from shard 0; plain data): this process's log level and
+        this shard's cache settings (shard 0's recomputes the limits first), object limit and
+        settings for the handlers."""
+        settings = settings_from_dict(raw)
+        logging.getLogger().setLevel(settings.server.log_level.upper())
+        self.settings = settings
+        if self.cache is not None:
+            await reload_cache(self.cache, settings)
+            if self.ctx is not None:
+                self.ctx.max_object_bytes = await self.cache.local().object_limit()
+        if self.ctx is not None:
+            self.ctx.settings = settings
 
     async def forward(self, method: str, target: str, headers: dict[str, str], body: bytes,
                       remote: str) -> tuple[int, dict[str, str], bytes]:

@@ -33,6 +33,8 @@ def make_settings(**overrides: Any) -> CacheSettings:
         "staging_initial_bytes": 4 * KiB,
         "staging_chunk_bytes": 4 * KiB,
         "reserve_deadline": 2.0,
+        # Tests set their own: the default depends on the disk the tests run on.
+        "min_free_bytes": 0,
     }
     defaults.update(overrides)
     return dataclasses.replace(base, **defaults)

@@ -193,9 +193,15 @@ async def test_guard_release_paths(cache: CacheService) -> None:
     assert (s.bytes_used, s.objects, s.bytes_reserved) == (7, 1, 0)
 
 
-async def test_request_larger_than_the_limit_fails_at_once(cache: CacheService) -> None:
+async def test_request_larger_than_the_limit_fails_at_once(open_cache: OpenCache) -> None:
+    """Without over-commit (``may_exceed = false``) a request over the byte limit never fits;
+    over the object limit it never does (with over-commit: tests/cache/test_pressure.py)."""
+    svc = await open_cache(may_exceed=False)
     with pytest.raises(CacheFull, match="never fit"):
-        await cache.reserve_space(cache.coordinator.max_bytes + 1, 1, deadline_after(10.0))
+        await svc.reserve_space(svc.coordinator.max_bytes + 1, 1, deadline_after(10.0))
+    svc = await open_cache(svc.root.parent / "other")
+    with pytest.raises(CacheFull, match="never fit"):
+        await svc.reserve_space(1, svc.coordinator.max_objects + 1, deadline_after(10.0))
 
 
 async def test_too_large_object(open_cache: OpenCache) -> None:
@@ -246,8 +252,9 @@ async def test_restart_recovers_and_deletes_leftovers(open_cache: OpenCache, tmp
     await svc.stop()
     (root / "empty%d" / "deeper%d").mkdir(parents=True)
     svc2 = await open_cache(root)
-    assert not leftover.exists()
-    assert not (root / "empty%d").exists()
+    assert not leftover.exists()  # found in the index's journal: gone before the cache serves
+    await svc2.coordinator.wait_reconciled()
+    assert not (root / "empty%d").exists()  # the background walk removes empty directories
     s = await svc2.stats()
     assert (s.bytes_used, s.objects, s.bytes_reserved) == (150, 2, 0)
     assert sum(disk_entries(root).values()) == 150
@@ -315,9 +322,10 @@ async def test_min_free_bytes_trims_further(open_cache: OpenCache, tmp_path: Pat
         await put(svc, f"k{i}", b"x" * 100)
     await svc.stop()
     svc = await open_cache(tmp_path / "c", min_free_bytes=1 << 60)  # the disk is never that free
-    g = await svc.reserve_space(1, 0, NO_DEADLINE)  # low free space: a background trim starts
-    g.close()
+    # Low free space: a background trim empties the cache, and new writes wait for the disk.
+    with pytest.raises(CacheFull, match="low on space"):
+        await svc.reserve_space(1, 0, deadline_after(0.1))
     await svc.coordinator.wait_idle()
     s = await svc.stats()
-    assert (s.objects, s.bytes_used) == (0, 0)
+    assert (s.objects, s.bytes_used, s.puts_blocked) == (0, 0, 1)
     assert disk_entries(svc.root) == {}

@@ -121,7 +121,7 @@ async def test_every_entry_point_rejects_every_bad_key(cache: CacheService) -> N
                 pytest.fail(f"{name} accepted {key!r}")
     s = await cache.stats()
     assert (s.bytes_used, s.objects, s.bytes_reserved, s.objects_reserved) == (0, 0, 0, 0)
-    assert list(cache.root.iterdir()) == []
+    assert [p for p in cache.root.iterdir() if p.name not in INTERNAL_NAMES] == []
 
 
 async def test_good_keys_round_trip_and_stay_inside(cache: CacheService) -> None:
@@ -135,11 +135,12 @@ async def test_good_keys_round_trip_and_stay_inside(cache: CacheService) -> None
         assert entry.path.read_bytes() == str(i).encode()
         assert root in entry.path.resolve().parents
     assert len(disk_entries(cache.root)) == len(GOOD_KEYS)
-    assert not any((cache.root / n).exists() for n in INTERNAL_NAMES - {"%tracker"})
     await cache.save_tracker()
-    # The tracker is not an entry and is untouched by keys named like it.
+    assert not (cache.root / "%tracker.tmp").exists()
+    # The index's files are not entries and are untouched by keys named like them.
     assert (await cache.get("%tracker")) is not None
-    assert (cache.root / "%tracker").read_bytes()[:8] == b"CDTRACK\n"
+    assert (cache.root / "%tracker").read_bytes()[:8] == b"CDINDEX\n"
+    assert (cache.root / "%tracker.journal").read_bytes()[:8] == b"CDJOURN\n"
 
 
 segment = st.text(
@@ -229,7 +230,7 @@ async def test_trim_does_not_delete_through_a_directory_swapped_for_a_link(
     os.symlink(outside, d)  # the tracker still lists d%d/x
     coord = cache.coordinator
     async with await coord._trim_sem.get_units(1):
-        await coord._trim_once(manual=False, fraction=0.0)  # LRU phase only
+        await coord._trim_once(manual=False, fraction=0.0, all_dims=True)  # LRU phase only
     assert (outside / "x").read_bytes() == b"theirs"
 
 

@@ -23,7 +23,7 @@ def clean_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         with Client(d.url) as c:
             for key in KEYS:
                 c.put(key, b"" if key == "empty" else key.encode() * 10)
-        assert d.terminate() == 0  # a clean stop saves the tracker
+        assert d.terminate() == 0  # a clean stop writes the index out
     yield data
 
 
@@ -53,7 +53,7 @@ def test_damaged_data_dir(data: Path) -> None:
     cache = data / "cache"
     a = cache / key_relpath("fsck/a")
     (a.parent / "a_0_7.part").write_bytes(b"half")  # a crash's leftover
-    (cache / key_relpath("fsck/b/c")).write_bytes(b"")  # torn: tracker says it had bytes
+    (cache / key_relpath("fsck/b/c")).write_bytes(b"")  # torn: the index says it had bytes
     (cache / key_relpath("top")).unlink()  # tracked but gone
     (cache / "stray%zz").write_bytes(b"?")  # no key maps to this name
     status, lines = fsck(data)
@@ -77,15 +77,15 @@ def test_damaged_or_missing_tracker(data: Path) -> None:
     assert status == 1
     assert any("tracker" in line and "damaged" in line for line in lines)
 
-    tracker.unlink()  # no tracker at all: the daemon rebuilds it, not a problem
+    tracker.unlink()  # no index at all: the daemon rebuilds it, not a problem
     status, lines = fsck(data)
     assert status == 0 and "tracked: none" in lines
 
 
 def test_untracked_entry_and_missing_dir(data: Path, tmp_path: Path) -> None:
-    (data / "cache" / "newkey").write_bytes(b"written after the tracker was saved")
+    (data / "cache" / "newkey").write_bytes(b"written behind the index's back")
     status, lines = fsck(data)
-    assert status == 1 and any("'newkey'" in line and "not in the tracker" in line
+    assert status == 1 and any("'newkey'" in line and "not in the index" in line
                                for line in lines)
     status, lines = fsck(tmp_path / "nowhere")
     assert status == 1 and any("not a directory" in line for line in lines)

@@ -79,7 +79,7 @@ def test_help_steers_secrets_to_the_environment(
     ("server.auth_token", "unset"), ("server.read_only", "false"),
     ("server.shutdown_timeout", "10s"), ("cache.max_objects", "100000"),
     ("cache.low_watermark", "0.8"), ("remote.multipart_threshold", "16MiB"),
-    ("cache.min_free_bytes", "0"), ("metastore.file_deletion_delay", "1h"),
+    ("cache.min_free_bytes", "2 % of the data disk, at most 5GiB"), ("metastore.file_deletion_delay", "1h"),
     ("remote.url", "file://<data_dir>/bucket"),
 ])
 def test_default_text(key: str, text: str) -> None:

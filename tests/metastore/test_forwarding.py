@@ -40,6 +40,10 @@ def test_domain_requests_answer_the_same_from_every_shard(tmp_path: Path) -> Non
                     assert (await fetch("GET", f"{d.url}/v1/kv/{name}/k%2F1")).status == 404
                     got = await fetch("GET", f"{d.url}/v1/kv/{name}/b")
                     assert got.status == 200 and got.body == b"2"
+                    assert got.headers["Content-Type"] == "application/octet-stream"
+                    l1 = await fetch("GET", f"{d.url}/v1/l1/{name}/objects")
+                    assert l1.status == 200 and l1.json() is not None
+                    assert l1.headers["Content-Type"] == "application/json"
                     scan = (await fetch("GET", f"{d.url}/v1/domains/{name}/scan")).json()
                     assert [i["key"] for i in scan["items"]] == [b64(b"b")]
                     info = await fetch("GET", f"{d.url}/v1/domains/{name}")

@@ -8,8 +8,8 @@ machine without a running systemd allows:
   umask and environment (no more), the configuration installed as the guide installs it
   (``root:<service group> 0640``), as an unprivileged user (uid 65534 via ``setpriv`` when the
   suite runs as root, else the suite's own user), with ``NOTIFY_SOCKET``: it sends ``READY=1``
-  from its main pid (``NotifyAccess=main``), serves, passes the ``ExecReload=`` check, and on
-  SIGTERM sends ``STOPPING=1`` and exits 0;
+  from its main pid (``NotifyAccess=main``), serves, passes the ``ExecReload=`` check and
+  reloads on the ``ExecReload=`` SIGHUP, and on SIGTERM sends ``STOPPING=1`` and exits 0;
 - the failure the guide's order of steps prevents: a configuration the service cannot read
   stops it with exit status 2, which ``RestartPreventExitStatus=2`` leaves down.
 """
@@ -70,7 +70,8 @@ def test_unit_runs_the_venv_script_with_the_config_file() -> None:
     unit = _unit()
     assert unit["Type"] == ["notify"] and unit["NotifyAccess"] == ["main"]
     assert unit["ExecStart"] == [f"{VENV_SCRIPT} serve --config {CONFIG_PATH}"]
-    assert unit["ExecReload"] == [f"{VENV_SCRIPT} serve --config {CONFIG_PATH} --check-config"]
+    assert unit["ExecReload"] == [f"{VENV_SCRIPT} serve --config {CONFIG_PATH} --check-config",
+                                  "/bin/kill -HUP $MAINPID"]
     for name, value in [("Restart", "on-failure"), ("User", "cachedaemon"),
                         ("Group", "cachedaemon"), ("StateDirectory", "cachedaemon"),
                         ("WorkingDirectory", STATE_DIR), ("ProtectSystem", "strict"),
@@ -184,12 +185,13 @@ class Service:
     def config(self) -> Path:
         return self.etc / "cachedaemon.toml"
 
-    def command(self, directive: str) -> list[str]:
-        """The unit's ``ExecStart=``/``ExecReload=`` with its paths mapped here, run as the
-        service user (``setpriv``, as systemd's ``User=``/``Group=``) when we are root."""
-        (line,) = _unit()[directive]
+    def command(self, directive: str, index: int = 0, mainpid: int = 0) -> list[str]:
+        """The unit's ``ExecStart=``/``ExecReload=`` (the ``index``-th line) with its paths
+        mapped here and ``$MAINPID`` set, run as the service user (``setpriv``, as systemd's
+        ``User=``/``Group=``) when we are root."""
+        line = _unit()[directive][index]
         argv = [a.replace(VENV_SCRIPT, str(_script())).replace(CONFIG_PATH, str(self.config))
-                for a in shlex.split(line)]
+                .replace("$MAINPID", str(mainpid)) for a in shlex.split(line)]
         if os.geteuid() == 0:
             argv = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
                     "--", *argv]
@@ -319,6 +321,15 @@ def test_the_daemon_starts_as_the_unit_starts_it() -> None:
                                         preexec_fn=_umask, check=False)
                 assert reload.returncode == 0, reload.stderr
                 assert reload.stdout.startswith("configuration OK: listen " + svc.listen)
+                # ... then its SIGHUP: the daemon reads the file again and runs on.
+                hup = subprocess.run(svc.command("ExecReload", 1, proc.pid), cwd=svc.state,
+                                     env=svc.env(), capture_output=True, text=True, timeout=60,
+                                     check=False)
+                assert hup.returncode == 0, hup.stderr
+                end = time.monotonic() + 10
+                while "reload: applied" not in log.read_text() and time.monotonic() < end:
+                    time.sleep(0.05)
+                assert "reload: applied nothing (no change)" in log.read_text()
                 assert proc.poll() is None
                 proc.send_signal(getattr(signal, _unit()["KillSignal"][0]))
                 assert notify.wait_for("STOPPING=1", 10) == proc.pid

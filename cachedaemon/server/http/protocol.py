@@ -337,7 +337,8 @@ class HttpConnection(asyncio.Protocol):
             chunked = False
         self._response = resp
         self._transport.write(encode_head(resp.status, resp.headers, length, chunked=chunked,
-                                          keep_alive=keep, http10=req.version == "1.0"))
+                                          keep_alive=keep, http10=req.version == "1.0",
+                                          raw=resp.raw))
         if not keep:
             self._close_after = True
 
