@@ -146,6 +146,12 @@ class MissRatioCurve:
         return self.threshold / HASH_SPACE
 
     @property
+    def calibration_references(self) -> int:
+        """References seen while measuring ``S`` (not in :attr:`references`: none of them
+        was sampled)."""
+        return self._calibration[0]
+
+    @property
     def sampled_keys(self) -> int:
         return len(self._keys)
 
