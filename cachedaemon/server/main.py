@@ -321,9 +321,26 @@ class Daemon:
         await shard.start_services()
         if self.supervisor is not None:
             await self.supervisor.wait_ready(WORKER_START_TIMEOUT_S)
+        await self._warm_at_start(shard)
         self.ready = True
         await self._tell_all("set_state", True, False)
         return url
+
+    async def _warm_at_start(self, shard: Shard) -> None:
+        """``--warm-from``: start the warm-up on shard 0 (every shard serves already, so the
+        warm-up's fills follow the per-key order); with ``cache.warm_before_ready``, wait for
+        it (bounded by ``cache.warm_timeout``) before reporting ready."""
+        source = self.settings.cache.warm_from
+        if not source:
+            return
+        _, status = shard.warm_start(source, None, None)
+        log.info("warm-up from %s started%s", source,
+                 "; ready once it is done" if self.settings.cache.warm_before_ready else
+                 " in the background")
+        if self.settings.cache.warm_before_ready:
+            status = await shard.warm_wait()
+            log.info("warm-up %s: %d objects, %d bytes", status["state"], status["keys_done"],
+                     status["bytes_done"])
 
     def _worker_sockets(self, shard: int) -> dict[str, socket.socket]:
         socks = {"http": self.sockets[shard]}
@@ -370,6 +387,8 @@ class Daemon:
                     self.smp.post(i, "shard", "stop")
             await self.supervisor.stop(timeout=10.0)
         if self.shard is not None:
+            # The hot set once more, for the next node to warm from (docs/cache.md).
+            await self.shard.stop_warm(publish=True)
             await self.shard.close()
             self.shard = None
         for sock in (*self.sockets, *self.s3_sockets):
