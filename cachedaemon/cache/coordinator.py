@@ -1171,9 +1171,9 @@ class CacheCoordinator:
     # --- seeing into the cache (issue 18; plain data out, it crosses shards) ----------------
 
     async def _stale_loop(self) -> None:
-        """Every quarter of ``reservation_warn_age`` (at most a minute): :meth:`check_stale`."""
+        """Every quarter of ``reservation_warn_age``, at least every 10 s: :meth:`check_stale`."""
         while True:
-            await self.clock.sleep(min(60.0, max(0.05, self.settings.reservation_warn_age / 4)))
+            await self.clock.sleep(min(10.0, max(0.05, self.settings.reservation_warn_age / 4)))
             self.check_stale()
 
     def check_stale(self) -> int:

@@ -278,6 +278,8 @@ class CloudCacheDataPersistence(CloudDataPersistenceBase):
             if result is None:
                 return None
             async with result:
+                # A miss of the cache's miss-ratio curve (the hit was its get()).
+                self._cache.note_miss(key, result.content_length)
                 deadline = deadline_after(self._read_reserve_deadline_s, self._io.clock)
                 try:
                     guard = await self._cache.reserve_space(
