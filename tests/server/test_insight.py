@@ -54,6 +54,8 @@ def test_mrc_route_and_metric(daemon: DaemonProcess) -> None:
     points = re.findall(r'cachedaemon_cache_mrc_hit_ratio\{size_bytes="(\d+)"\} (\S+)', text)
     assert len(points) == 32
     assert [int(s) for s, _ in points] == curve["sizes"]
+    assert re.search(r"^cachedaemon_cache_stale_reservations 0\.0$", text, re.M)
+    assert re.search(r'^cachedaemon_cache_evictions_total\{reason="lru_trim"\} 0\.0$', text, re.M)
 
 
 def test_explain(daemon: DaemonProcess) -> None:
