@@ -109,6 +109,8 @@ log = logging.getLogger("cachedaemon.cache")
 
 #: Entries deleted per thread job in a trim.
 DELETE_BATCH = 4096
+#: How long shard 0's own reads wait in a queue before the curve takes them in one loop.
+MRC_BATCH_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,8 @@ class CacheCoordinator:
         # most eviction_log_entries of them: explain's "last access" (the index keeps order,
         # not times).
         self.accesses: dict[str, float] = {}
+        self._mrc_queue: list[tuple[str, int]] = []  # shard 0's reads not yet in the curve
+        self._mrc_scheduled = False
         self._ids = itertools.count(1)
         self._running = False
         self._stopped = False
@@ -523,6 +527,7 @@ class CacheCoordinator:
         if old is not None:
             self.evictions.record(path, EvictionReason.replaced, old, self.clock.time())
         if self.mrc is not None:
+            self._feed_mrc()  # the reads queued before it go first
             self.mrc.access(path, size, 0)  # most recent now; not a read
         self._watch(path)
         if self.current_bytes > self.max_bytes or self.current_objects > self.max_objects:
@@ -538,6 +543,7 @@ class CacheCoordinator:
         if size is not None:
             self.evictions.record(path, reason, size, self.clock.time())
         if self.mrc is not None:
+            self._feed_mrc()
             self.mrc.forget(path)
         self._watch(path)
         self._after_change()
@@ -608,30 +614,39 @@ class CacheCoordinator:
             del accesses[next(iter(accesses))]
 
     def hit(self, path: str) -> None:
-        """Shard 0's own hit of ``path``: touched, and a reference for the curve."""
-        self.index.touch(path)
+        """Shard 0's own hit of ``path``: touched, and a reference for the curve, queued (one
+        append on the hit path; :meth:`_feed_mrc` filters the queue in one loop every
+        ``MRC_BATCH_S``)."""
+        size = self.index.touch_size(path)
         self._accessed(path, self.clock.time())
-        mrc = self.mrc
-        if mrc is not None:
-            size = self.index.get(path)
-            if size is not None:
-                mrc.access(path, size)
+        if size is not None and self.mrc is not None:
+            self._mrc_queue.append((path, size))
+            if not self._mrc_scheduled:
+                self._schedule_mrc()
+
+    def _schedule_mrc(self) -> None:
+        self._mrc_scheduled = True
+        asyncio.get_running_loop().call_later(MRC_BATCH_S, self._feed_mrc)
+
+    def _feed_mrc(self) -> None:
+        """The queued reads of shard 0 into the curve, in order."""
+        self._mrc_scheduled = False
+        if self._mrc_queue and self.mrc is not None:
+            queue, self._mrc_queue = self._mrc_queue, []
+            self.mrc.access_many(queue)
 
     def reads(self, refs: list[tuple[str, int]]) -> None:
         """Another shard's reads, in the order it served them: ``(path, -1)`` a hit (touched;
         its size is the index's), ``(path, size)`` a miss of an object of ``size`` bytes.
         Sent instead of :meth:`touch_batch` while the curve is on (every reference counts)."""
-        touch = self.index.touch
-        get = self.index.get
+        touch = self.index.touch_size
         mrc = self.mrc
         now = self.clock.time()
+        self._feed_mrc()  # shard 0's own reads so far go first
         for path, size in refs:
             if size < 0:
-                touch(path)
+                found = touch(path)
                 self._accessed(path, now)
-                if mrc is None:
-                    continue
-                found = get(path)
                 if found is None:
                     continue
                 size = found
@@ -639,9 +654,12 @@ class CacheCoordinator:
                 mrc.access(path, size)
 
     def miss(self, path: str, size: int) -> None:
-        """Shard 0's own miss of an object of ``size`` bytes: a reference for the curve."""
+        """Shard 0's own miss of an object of ``size`` bytes: a reference for the curve
+        (queued behind shard 0's hits)."""
         if self.mrc is not None:
-            self.mrc.access(path, size)
+            self._mrc_queue.append((path, size))
+            if not self._mrc_scheduled:
+                self._schedule_mrc()
 
     async def stage_begin(self, part: str, shard: int) -> None:
         """``shard`` is about to create the staging file ``part`` (relative to the root): once
@@ -1253,6 +1271,7 @@ class CacheCoordinator:
         """The curve at :func:`~cachedaemon.cache.mrc.curve_sizes` of the byte limit."""
         if self.mrc is None:
             return None
+        self._feed_mrc()
         return self.mrc.snapshot(curve_sizes(self.max_bytes))
 
     def hot_entries(self, limit: int) -> list[tuple[str, int]]:
