@@ -220,3 +220,58 @@ async def test_curve_off(open_cache: OpenCache) -> None:
     os.close(fd)
     curve = await svc.mrc()
     assert curve == {**curve, "enabled": False, "sizes": [], "hit_ratios": []}
+
+
+async def test_class_order_stress(open_cache: OpenCache) -> None:
+    """A bounded stress loop: rounds of 150 requests of random classes, sizes and deadlines
+    queue on a cache whose space is all reserved, then the space is handed on as grants are
+    released. Whenever a request is granted, no more urgent one is queued; within a class the
+    grants follow arrival order; a request whose deadline passes fails with CacheFull and
+    leaves nothing pending; at the end nothing is reserved or pending."""
+    import random
+
+    from cachedaemon.cache.classes import ReservationClass
+
+    svc = await open_cache(max_bytes=16 * KiB, max_objects=10_000)
+    coord = svc.coordinator
+    rng = random.Random(18)
+    for _ in range(5):
+        blocker = await svc.reserve_space(16 * KiB, 0, NO_DEADLINE)
+        granted: list[tuple[int, int]] = []  # (class, arrival) in grant order
+        failures = 0
+        violations: list[str] = []
+
+        async def want(arrival: int, klass: ReservationClass, size: int, wait_s: float,
+                       hold: int) -> None:
+            nonlocal failures
+            try:
+                guard = await svc.reserve_space(size, 0, deadline_after(wait_s),
+                                                klass=klass.name, owner=str(arrival))
+            except CacheFull:
+                failures += 1
+                return
+            queued = coord.reservations_listing()["waiters"]
+            urgent = [w for w in queued if ReservationClass[w["class"]] < klass]
+            if urgent:
+                violations.append(f"{klass.name} #{arrival} granted before {urgent}")
+            granted.append((int(klass), arrival))
+            for _ in range(hold):
+                await asyncio.sleep(0)
+            guard.close()
+
+        tasks = []
+        for arrival in range(150):
+            klass = rng.choice(list(ReservationClass))
+            wait_s = 0.05 if rng.random() < 0.1 else 20.0
+            tasks.append(asyncio.create_task(
+                want(arrival, klass, rng.randrange(1, 4) * KiB, wait_s, rng.randrange(0, 4))))
+            await asyncio.sleep(0)  # queued in arrival order
+        blocker.close()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30.0)
+        assert not violations, violations[:3]
+        for c in ReservationClass:
+            order = [a for k, a in granted if k == c]
+            assert order == sorted(order), (c.name, order)
+        assert len(granted) + failures == 150
+        assert coord.reserved_bytes == 0 and coord.pending_bytes == 0
+        assert not coord.reservations_listing()["waiters"]
