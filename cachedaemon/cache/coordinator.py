@@ -303,9 +303,20 @@ class CacheCoordinator:
         """Take new settings (a reload): recompute the limits, re-arm the timers with their
         intervals, trim if now over a limit, and grant waiters if now under. Shard 0."""
         old = (self.max_bytes, self.max_objects, self.min_free_bytes)
+        old_settings = self.settings
         intervals = (self.settings.tracker_save_interval, self.settings.disk_poll_interval,
                      self.settings.sync_interval)
         self.settings = settings
+        self.evictions.resize(settings.eviction_log_entries)
+        while len(self.accesses) > settings.eviction_log_entries:
+            del self.accesses[next(iter(self.accesses))]
+        if settings.mrc_sample_rate <= 0:
+            self.mrc, self._mrc_queue = None, []
+        elif self.mrc is None or (settings.mrc_sample_rate, settings.mrc_max_keys) != (
+                old_settings.mrc_sample_rate, old_settings.mrc_max_keys):
+            # A new curve, from nothing: the old one's samples were taken at another rate.
+            self.mrc = MissRatioCurve(settings.mrc_sample_rate, settings.mrc_max_keys)
+            self._mrc_queue = []
         if self.disk is not None:
             self._compute_limits()
         new = (self.max_bytes, self.max_objects, self.min_free_bytes)

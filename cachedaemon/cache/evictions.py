@@ -93,6 +93,15 @@ class EvictionLog:
         for path, size in paths:
             self.record(path, reason, size, at)
 
+    def resize(self, capacity: int) -> None:
+        """Keep at most ``capacity`` records from now on (the oldest go at once)."""
+        if capacity < 0:
+            raise ValueError(f"an eviction log holds 0 or more records, not {capacity}")
+        self.capacity = capacity
+        records = self._records
+        while len(records) > capacity:
+            del records[next(iter(records))]
+
     def lookup(self, path: str) -> Eviction | None:
         """The latest record of ``path`` still kept, or ``None``."""
         found = self._records.get(path)

@@ -751,6 +751,7 @@ class CacheService:
         shard 0's coordinator also applies the new limits, and the other shards then learn the
         byte limit from it. Each shard is told by the daemon (plain data), shard 0 first."""
         self.settings = settings
+        self._mrc_on = settings.mrc_sample_rate > 0
         if self._coordinator is not None:
             await self._coordinator.apply_settings(settings)
             self._max_bytes = self._coordinator.max_bytes

@@ -242,7 +242,8 @@ async def test_class_order_stress(open_cache: OpenCache) -> None:
         violations: list[str] = []
 
         async def want(arrival: int, klass: ReservationClass, size: int, wait_s: float,
-                       hold: int) -> None:
+                       hold: int, granted: list[tuple[int, int]], violations: list[str]
+                       ) -> None:
             nonlocal failures
             try:
                 guard = await svc.reserve_space(size, 0, deadline_after(wait_s),
@@ -264,7 +265,8 @@ async def test_class_order_stress(open_cache: OpenCache) -> None:
             klass = rng.choice(list(ReservationClass))
             wait_s = 0.05 if rng.random() < 0.1 else 20.0
             tasks.append(asyncio.create_task(
-                want(arrival, klass, rng.randrange(1, 4) * KiB, wait_s, rng.randrange(0, 4))))
+                want(arrival, klass, rng.randrange(1, 4) * KiB, wait_s, rng.randrange(0, 4),
+                     granted, violations)))
             await asyncio.sleep(0)  # queued in arrival order
         blocker.close()
         await asyncio.wait_for(asyncio.gather(*tasks), 30.0)
@@ -275,3 +277,22 @@ async def test_class_order_stress(open_cache: OpenCache) -> None:
         assert len(granted) + failures == 150
         assert coord.reserved_bytes == 0 and coord.pending_bytes == 0
         assert not coord.reservations_listing()["waiters"]
+
+
+async def test_a_reload_applies_the_curve_and_eviction_log_settings(open_cache: OpenCache
+                                                                    ) -> None:
+    """SIGHUP applies every cache.* setting: the eviction log's bound shrinks at once, and the
+    curve turns off (and on again, from nothing)."""
+    import dataclasses
+
+    svc = await open_cache(max_bytes=10 * KiB, max_objects=100, eviction_log_entries=100)
+    for i in range(30):
+        await put(svc, f"k{i}", KiB)
+    assert len(svc.coordinator.evictions) >= 20
+    await svc.apply_settings(dataclasses.replace(svc.settings, eviction_log_entries=5,
+                                                 mrc_sample_rate=0.0))
+    assert len(svc.coordinator.evictions) == 5
+    assert (await svc.mrc())["enabled"] is False
+    await svc.apply_settings(dataclasses.replace(svc.settings, mrc_sample_rate=0.5))
+    curve = await svc.mrc()
+    assert curve["enabled"] and curve["reads"] == 0
