@@ -380,6 +380,10 @@ class Daemon:
             if sum(left):
                 log.warning("%d request(s) still running after %.1fs: aborting them",
                             sum(left), s.server.shutdown_timeout)
+        if self.shard is not None:
+            # The hot set once more, for the next node to warm from (docs/cache.md): drained,
+            # while every shard still runs (publishing flushes their reads to shard 0 first).
+            await self.shard.stop_warm(publish=True)
         if self.supervisor is not None and self.smp is not None:
             self.supervisor.stopping_soon()
             for i in range(1, self.count):
@@ -387,8 +391,6 @@ class Daemon:
                     self.smp.post(i, "shard", "stop")
             await self.supervisor.stop(timeout=10.0)
         if self.shard is not None:
-            # The hot set once more, for the next node to warm from (docs/cache.md).
-            await self.shard.stop_warm(publish=True)
             await self.shard.close()
             self.shard = None
         for sock in (*self.sockets, *self.s3_sockets):

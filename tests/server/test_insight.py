@@ -197,3 +197,16 @@ def test_cli_warm_on_a_running_daemon(tmp_path: Path) -> None:
         out = run_cli("--url", b.url, "warm", "--from", "nobody", "--json")
         assert out.returncode == 1
         assert json.loads(out.stdout)["state"] == "failed"
+
+
+def test_a_multi_shard_daemon_publishes_its_hot_set_at_shutdown(tmp_path: Path) -> None:
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    with start_daemon(tmp_path / "a", "--remote", f"file://{bucket}", "--node-id", "two",
+                      "--cache-hotset-interval", "0", shards=2) as a:
+        for i in range(6):
+            assert call(a, "PUT", f"/v1/objects/s/{i}", b"s" * 1000)[0] == 201
+        assert a.terminate() == 0
+        logs = a.logs()
+    assert "hot set published to .cachedaemon/hotset/two: 6 objects" in logs, logs[-2000:]
+    assert (bucket / ".cachedaemon" / "hotset" / "two").is_file()
