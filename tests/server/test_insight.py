@@ -175,6 +175,9 @@ def test_warm_start_from_another_nodes_hot_set(tmp_path: Path, shards: int) -> N
     with start_daemon(tmp_path / "c", *common, "--node-id", "node-c", shards=shards) as c:
         cold = serve(c, workload[3000:], head=200)
     assert cold < a_ratio - 0.15, (cold, a_ratio)
+    print(f"hit ratios: A {a_ratio:.3f} (last 1,000), B warmed {b_ratio:.3f} (first 1,000), "
+          f"cold {cold:.3f} (first 200); warm-up {warm['keys_done']} objects, "
+          f"{warm['bytes_done']} bytes in {warm['elapsed_s']:.2f}s")
 
 
 def test_cli_warm_on_a_running_daemon(tmp_path: Path) -> None:
