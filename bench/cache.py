@@ -2,7 +2,7 @@
 """Benchmark: the cache service: staging writes, reservations, restart to ready, trim.
 
     .venv/bin/python bench/cache.py [--dir DIR] [--sizes 100000,1000000,5000000]
-                                    [--only staging,reserve,restart,trim] [--quick]
+                                    [--only staging,reserve,restart,trim,classes] [--quick]
 
 1. **Staging write + commit** throughput (MB/s, 10^6 bytes/s) for 64 KiB, 1 MiB and 16 MiB
    objects, appended in 64 KiB chunks (an HTTP body's usual chunk), against a plain blocking
@@ -24,6 +24,15 @@
    index's bytes per entry against the tracker's (tracemalloc).
 4. Trim time with N objects (``--objects``): a manual trim (walk + LRU delete of 20 %) and an
    LRU-only trim (in memory, deletes in thread batches), with the worst event-loop stall.
+5. **Reservation classes** (issue 18; only with ``--only classes``): a real two-shard daemon
+   on a ``file://`` bucket with a full cache (32 MiB; 1,200 objects of 128 KiB in the bucket),
+   readers GETting random objects (nearly every GET a miss that fills the cache, evicting), with
+   and without a compaction-heavy kv load (writers of 64-KiB batches into two domains with a
+   1 MiB memtable, so SSTs are flushed every few batches, and a full compaction of each domain
+   every 2 s, from a process of its own: every SST written and read goes through the cache
+   with class ``metastore``).
+   Prints the p50/p99 of the read fills (client-observed latency of the GETs that missed) of
+   both runs, alternating, and their ratio (issue 18 asks p99 within 1.2x).
 
 Files are created in a temporary directory under ``--dir`` (default: the system's temporary
 directory; point it at the data disk) and deleted at the end.
@@ -400,6 +409,141 @@ async def bench_trim(work: Path, n: int) -> dict[str, float]:
     return out
 
 
+async def _reads(url: str, n_objects: int, stop: asyncio.Event, lat: list[float],
+                 hit_lat: list[float], seed: int) -> None:
+    import random
+
+    import aiohttp
+
+    rng = random.Random(seed)
+    async with aiohttp.ClientSession() as http:
+        while not stop.is_set():
+            key = f"obj/{rng.randrange(n_objects)}"
+            t0 = time.perf_counter()
+            async with http.get(f"{url}/v1/objects/{key}") as r:
+                await r.read()
+                assert r.status == 200, r.status
+                miss = r.headers.get("X-Cache") == "miss"
+            (lat if miss else hit_lat).append(time.perf_counter() - t0)
+
+
+KV_LOAD = r"""
+import asyncio, json, os, sys, time
+from cachedaemon.client import AsyncClient
+
+async def writer(url, w, until, counts):
+    value = os.urandom(1024)
+    async with AsyncClient(url) as client:
+        domain = f"bench{w}"
+        i = 0
+        last_compact = time.monotonic()
+        while time.monotonic() < until:
+            await client.kv_batch(domain, [("put", f"k{(i * 64 + j) % 20000:08d}", value)
+                                           for j in range(64)])
+            counts["batches"] += 1
+            i += 1
+            if time.monotonic() - last_compact > 2.0:
+                await client.compact(domain)
+                counts["compactions"] += 1
+                last_compact = time.monotonic()
+
+async def main(url, seconds):
+    counts = {"batches": 0, "compactions": 0}
+    until = time.monotonic() + seconds
+    await asyncio.gather(*(writer(url, w, until, counts) for w in range(2)))
+    print(json.dumps(counts))
+
+asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+"""
+
+
+async def _kv_load(url: str, seconds: float) -> dict[str, int]:
+    """The kv load in a process of its own (its CPU is not the readers' client loop's)."""
+    root = str(Path(__file__).resolve().parents[1])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", KV_LOAD, url, str(seconds), stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": root})
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, proc.returncode
+    counts: dict[str, int] = json.loads(out)
+    return counts
+
+
+async def _watch_reservations(url: str, stop: asyncio.Event, seen: dict[str, int]) -> None:
+    """Every 100 ms, GET /v1/cache/reservations: how often requests of each class were queued
+    (were fills waiting for space, or for a loop kept busy?)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        while not stop.is_set():
+            async with http.get(f"{url}/v1/cache/reservations") as r:
+                body = await r.json()
+            seen["polls"] += 1
+            for w in body["waiters"]:
+                seen[f"queued_{w['class']}"] = seen.get(f"queued_{w['class']}", 0) + 1
+            await asyncio.sleep(0.1)
+
+
+def bench_classes(work: Path, quick: bool) -> dict[str, Any]:
+    """Part 5 (see the module docstring)."""
+    from tests.support.daemon import start_daemon
+
+    bucket = work / "classes-bucket"
+    n_objects = 1200
+    (bucket / "obj").mkdir(parents=True, exist_ok=True)
+    for i in range(n_objects):
+        (bucket / "obj" / str(i)).write_bytes(os.urandom(128 * KiB))
+    duration = 8.0 if quick else 15.0
+    rounds = 2 if quick else 3
+    out: dict[str, list[dict[str, float]]] = {"alone": [], "kv": []}
+    with start_daemon(work / "classes-daemon", "--remote", f"file://{bucket}",
+                      "--cache-max-bytes", "32MiB", "--metastore-memtable-bytes", "1MiB",
+                      "--metastore-flush-interval", "1s", shards=2, timeout=60) as d:
+
+        async def run(kv: bool) -> dict[str, float]:
+            stop = asyncio.Event()
+            lat: list[float] = []
+            hit_lat: list[float] = []
+            counts = {"batches": 0, "compactions": 0}
+            tasks = [asyncio.create_task(_reads(d.url, n_objects, stop, lat, hit_lat, seed))
+                     for seed in range(4)]
+            seen = {"polls": 0}
+            tasks.append(asyncio.create_task(_watch_reservations(d.url, stop, seen)))
+            kv_task = asyncio.create_task(_kv_load(d.url, duration)) if kv else None
+            await asyncio.sleep(duration)
+            stop.set()
+            await asyncio.gather(*tasks)
+            if kv_task is not None:
+                counts = await kv_task
+            lat.sort()
+            hit_lat.sort()
+
+            def q(xs: list[float], f: float) -> float:
+                return xs[min(len(xs) - 1, int(f * len(xs)))] * 1e3 if xs else 0.0
+
+            queued = " ".join(f"{k[7:]}:{v}" for k, v in seen.items() if k != "polls")
+            return {"fills": len(lat), "p50_ms": q(lat, 0.5), "p99_ms": q(lat, 0.99),
+                    "hits": len(hit_lat), "hit_p99_ms": q(hit_lat, 0.99), **counts,
+                    "polls": seen["polls"], "queued": queued or "none"}  # type: ignore[dict-item]
+
+        async def all_rounds() -> None:
+            await run(False)  # fill the cache: the measured runs start full
+            for rnd in range(rounds):
+                for kv in ((False, True) if rnd % 2 == 0 else (True, False)):
+                    r = await run(kv)
+                    out["kv" if kv else "alone"].append(r)
+                    print(f"  round {rnd} {'with kv load' if kv else 'reads alone '}: "
+                          f"{r['fills']:.0f} fills, p50 {r['p50_ms']:.1f} ms, p99 "
+                          f"{r['p99_ms']:.1f} ms (hits: {r['hits']:.0f}, p99 "
+                          f"{r['hit_p99_ms']:.1f} ms), kv batches {r['batches']:.0f}, "
+                          f"compactions {r['compactions']:.0f}; queued waiters seen in "
+                          f"{r['polls']} polls of /v1/cache/reservations: {r['queued']}",
+                          flush=True)
+
+        asyncio.run(all_rounds())
+    return out
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
@@ -414,7 +558,8 @@ async def main() -> None:
                     help="the revision whose cache walks at every start (before the index)")
     ap.add_argument("--quick", action="store_true", help="fewer rounds (smoke test)")
     ap.add_argument("--only", default="staging,reserve,restart,trim",
-                    help="comma-separated parts to run: staging, reserve, restart, trim")
+                    help="comma-separated parts to run: staging, reserve, restart, trim, "
+                         "classes (not by default: a daemon run of its own)")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     root = Path(tempfile.mkdtemp(prefix=".bench-cache-", dir=args.dir))
@@ -479,6 +624,22 @@ async def main() -> None:
                   f"{r['trim_manual_objects']:,.0f}, worst loop stall "
                   f"{r['trim_manual_stall_ms']:.1f} ms; LRU only: {r['trim_lru_s']:.2f}s, "
                   f"freed {r['trim_lru_objects']:,.0f}, stall {r['trim_lru_stall_ms']:.1f} ms")
+        if "classes" in parts:
+            print("\n## read fills with a full cache, with and without a compaction-heavy kv "
+                  "load (reservation classes)", flush=True)
+            r = await asyncio.to_thread(bench_classes, root, args.quick)
+            import statistics
+
+            alone = statistics.median(x["p99_ms"] for x in r["alone"])
+            loaded = statistics.median(x["p99_ms"] for x in r["kv"])
+            print(f"{'':<14}{'fills':>8}{'p50 ms':>9}{'p99 ms':>9}{'hit p99 ms':>12}   "
+                  "(medians of the rounds)")
+            for name, rows in (("reads alone", r["alone"]), ("with kv load", r["kv"])):
+                print(f"{name:<14}{statistics.median(x['fills'] for x in rows):>8.0f}"
+                      f"{statistics.median(x['p50_ms'] for x in rows):>9.1f}"
+                      f"{statistics.median(x['p99_ms'] for x in rows):>9.1f}"
+                      f"{statistics.median(x['hit_p99_ms'] for x in rows):>12.1f}")
+            print(f"p99 with kv load / alone: {loaded / alone:.2f}x (issue 18: <= 1.2x)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
         print(f"\n# total {time.perf_counter() - started:.0f}s")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 import textwrap
 import tomllib
 from collections.abc import Callable, Mapping
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cachedaemon.errors import ConfigError
+from cachedaemon.namespace import validate_node_id
 from cachedaemon.units import format_duration, parse_duration, parse_size
 
 ENV_PREFIX = "CACHEDAEMON_"
@@ -96,6 +98,17 @@ def _optional_listen(value: Any) -> str | None:
     return None if value is None else _listen(value)
 
 
+def _optional_node_id(value: Any) -> str | None:
+    return None if value is None else validate_node_id(str(value))
+
+
+def _warm_from(value: Any) -> str | None:
+    if value is None or value == "any":
+        return None
+    problem = validate_node_id(str(value))
+    return None if problem is None else f"expected a node id or any: {problem}"
+
+
 def _bucket_name(value: Any) -> str | None:
     if value is None or _BUCKET_NAME.fullmatch(str(value)):
         return None
@@ -134,6 +147,10 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("server", "s3_listen", "str", None,
             "Address of the S3-compatible endpoint (off when unset).", optional=True,
             validate=_optional_listen, aliases=("--s3-listen",)),
+    Setting("server", "node_id", "str", None,
+            "This node's name: its cache's hot set is published as .cachedaemon/hotset/<node_id> "
+            "for other nodes to warm from.", optional=True, validate=_optional_node_id,
+            aliases=("--node-id",), default_doc="the host name"),
     Setting("server", "read_only", "bool", False,
             "Open metastore domains read-only (a read replica); writes get 409 read_only.",
             aliases=("--read-only",)),
@@ -217,6 +234,35 @@ SCHEMA: tuple[Setting, ...] = (
             "Initial reservation of a staging file."),
     Setting("cache", "staging_chunk_bytes", "size", 1024**2,
             "Minimum extra reservation a staging file takes as it grows.", minimum=1),
+    Setting("cache", "mrc_sample_rate", "float", 0.01,
+            "Share of keys the miss-ratio curve samples (SHARDS: an object of the average "
+            "size at this rate, larger ones more often); 0 turns the curve off.",
+            minimum=0.0, maximum=1.0),
+    Setting("cache", "mrc_max_keys", "int", 8192,
+            "Most keys the miss-ratio curve tracks (about 250 bytes each); past it the "
+            "sampling rate falls.", minimum=16, maximum=10_000_000),
+    Setting("cache", "eviction_log_entries", "int", 16384,
+            "Recent evictions GET /v1/cache/explain/{key} remembers (about 250 bytes plus the "
+            "key each); 0: none.", minimum=0, maximum=10_000_000),
+    Setting("cache", "reservation_warn_age", "duration", 300.0,
+            "A reservation held longer than this is logged once with its owner and counted in "
+            "cachedaemon_cache_stale_reservations.", minimum=0.001),
+    Setting("cache", "hotset_interval", "duration", 300.0,
+            "How often the cache's hot set is published to .cachedaemon/hotset/<node_id> (it "
+            "is also published at shutdown); 0: only at shutdown.", minimum=0.0),
+    Setting("cache", "warm_from", "str", None,
+            "At start, fill the cache from the hot set a node published: its node id, or any "
+            "(the newest of another node).", optional=True, validate=_warm_from,
+            aliases=("--warm-from",)),
+    Setting("cache", "warm_bytes", "size", None,
+            "Most bytes a warm-up fetches.", optional=True, minimum=0,
+            default_doc="low_watermark x the cache's byte limit"),
+    Setting("cache", "warm_timeout", "duration", 600.0,
+            "A warm-up stops after this long.", minimum=0.001),
+    Setting("cache", "warm_before_ready", "bool", False,
+            "/readyz waits for the warm-up at start (otherwise it runs in the background)."),
+    Setting("cache", "warm_concurrency", "int", 8,
+            "Objects a warm-up fetches at once.", minimum=1, maximum=256),
     # metastore
     Setting("metastore", "wal", "choice", "local",
             "Write-ahead log kind: local (segments on disk, fsync) or remote (bucket objects).",
@@ -293,6 +339,7 @@ class ServerSettings:
     log_format: str
     log_level: str
     s3_listen: str | None
+    node_id: str
     read_only: bool
 
     @property
@@ -349,6 +396,16 @@ class CacheSettings:
     disk_poll_interval: float
     staging_initial_bytes: int
     staging_chunk_bytes: int
+    mrc_sample_rate: float
+    mrc_max_keys: int
+    eviction_log_entries: int
+    reservation_warn_age: float
+    hotset_interval: float
+    warm_from: str | None
+    warm_bytes: int | None  # None: low_watermark x the byte limit
+    warm_timeout: float
+    warm_before_ready: bool
+    warm_concurrency: int
 
 
 @dataclass(frozen=True)
@@ -579,6 +636,8 @@ def load_settings(
         url = values["remote.url"]
         values["s3.bucket"] = url[len("s3://"):].split("/", 1)[0] if url.startswith("s3://") \
             else "cachedaemon"
+    if values["server.node_id"] is None:
+        values["server.node_id"] = default_node_id()
     if values["s3.secret_access_key"] is None:
         values["s3.secret_access_key"] = values["server.auth_token"]
     mb, mob = values["cache.max_bytes"], values["cache.max_object_bytes"]
@@ -631,6 +690,12 @@ def merge_reloadable(running: Settings, reread: Settings) -> tuple[Settings, lis
         server=dataclasses.replace(running.server, log_level=reread.server.log_level),
     )
     return merged, applied, later
+
+
+def default_node_id() -> str:
+    """The host name, made a valid node id (other characters become ``-``, at most 63)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).strip("-._")[:63]
+    return name if validate_node_id(name) is None else "node"
 
 
 def settings_to_dict(settings: Settings) -> dict[str, Any]:

@@ -23,6 +23,8 @@ Pure constants and functions; any shard may use them.
 
 from __future__ import annotations
 
+import re
+
 #: The first-segment prefix that marks a reserved key.
 RESERVED_PREFIX = ".cachedaemon"
 #: Everything the daemon writes for itself in the bucket lives under this prefix.
@@ -44,3 +46,20 @@ S3_UPLOADS_ROOT = BUCKET_ROOT + "s3/uploads/"
 def is_reserved(key: str) -> bool:
     """True when ``key``'s first ``/``-separated segment begins with ``.cachedaemon``."""
     return key.startswith(RESERVED_PREFIX)
+
+
+#: A node id (``server.node_id``): one key segment, so ``HOTSET_ROOT + node_id`` is one object.
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def validate_node_id(node_id: str) -> str | None:
+    """None if ``node_id`` is a valid node id, else what is wrong with it."""
+    if NODE_ID.fullmatch(node_id):
+        return None
+    return ("a node id is 1-63 letters, digits, '.', '_' or '-', starting with a letter or a "
+            f"digit; got {node_id!r}")
+
+
+def hotset_key(node_id: str) -> str:
+    """The bucket key of ``node_id``'s published hot set."""
+    return HOTSET_ROOT + node_id

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cachedaemon.cache.evictions import EvictionReason
 from cachedaemon.cache.keys import PART_SUFFIX, checked_relpath
 from cachedaemon.cache.walker import delete_entries
 from cachedaemon.core.failpoints import failpoint_sync
@@ -47,6 +48,8 @@ class _Ticket:
     write: bool
     overlapped: bool
     writing: bool  # a write whose bucket call may still be running (until its finish)
+    #: Why the key's copy goes if this write removes it (the eviction log's reason).
+    why: EvictionReason = EvictionReason.replaced
 
 
 class _Key:
@@ -71,9 +74,10 @@ class KeyTableMetrics:
 
 
 class KeyTable:
-    """See the module docstring. ``forget(rel)`` tells the accounting an entry was removed."""
+    """See the module docstring. ``forget(rel, reason)`` tells the accounting an entry was
+    removed, and why."""
 
-    def __init__(self, root: Path, forget: Callable[[str], None]) -> None:
+    def __init__(self, root: Path, forget: Callable[[str, EvictionReason], None]) -> None:
         self.root = root
         self._forget = forget
         self._keys: dict[str, _Key] = {}
@@ -89,10 +93,12 @@ class KeyTable:
     def tickets(self) -> int:
         return len(self._tickets)
 
-    def register(self, key: str, shard: int, write: bool) -> tuple[int, bool]:
+    def register(self, key: str, shard: int, write: bool,
+                 why: EvictionReason = EvictionReason.replaced) -> tuple[int, bool]:
         """Register an operation on ``key``: returns its ticket and whether it is overlapped
         already (a write of the key is in flight). Registering a write overlaps every
-        operation registered on the key."""
+        operation registered on the key. ``why``: the reason the eviction log gives if this
+        write removes the key's copy (a PUT's replace, a DELETE, a manual drop)."""
         rel = checked_relpath(key)
         state = self._keys.get(key)
         if state is None:
@@ -101,7 +107,8 @@ class KeyTable:
             for other in state.tickets:
                 self._tickets[other].overlapped = True
         ticket = next(self._ids)
-        info = _Ticket(key, rel, shard, write, overlapped=state.writers > 0, writing=write)
+        info = _Ticket(key, rel, shard, write, overlapped=state.writers > 0, writing=write,
+                       why=why)
         if write:
             state.writers += 1
         state.tickets.add(ticket)
@@ -167,12 +174,12 @@ class KeyTable:
                         self.metrics.published += 1
                         return True
                     if remove:
-                        await self._remove(info.rel)
+                        await self._remove(info.rel, info.why)
                     return False
                 if part is not None:
                     self.metrics.discarded += 1
                 if remove:
-                    await self._remove(info.rel)
+                    await self._remove(info.rel, info.why)
                 return False
         finally:
             self._release(ticket, info, state)
@@ -182,9 +189,9 @@ class KeyTable:
         if path.parent != dest.parent or not path.name.endswith(PART_SUFFIX):
             raise InvalidArgument(f"{part} is not a staging file beside {dest}")
 
-    async def _remove(self, rel: str) -> None:
+    async def _remove(self, rel: str, why: EvictionReason) -> None:
         await asyncio.to_thread(delete_entries, self.root, [rel])
-        self._forget(rel)
+        self._forget(rel, why)
         self.metrics.removed += 1
 
     def _release(self, ticket: int, info: _Ticket, state: _Key) -> None:
@@ -203,7 +210,7 @@ class KeyTable:
 
     async def drop(self, key: str, shard: int) -> None:
         """A cache drop: a write that registers and finishes at once, removing the copy."""
-        ticket, _ = self.register(key, shard, write=True)
+        ticket, _ = self.register(key, shard, write=True, why=EvictionReason.manual_drop)
         await self.finish(ticket, remove=True)
 
     async def abandon_shard(self, shard: int) -> int:
@@ -213,6 +220,7 @@ class KeyTable:
         for ticket in mine:
             info = self._tickets.get(ticket)
             if info is not None:
+                info.why = EvictionReason.abandoned
                 await self.finish(ticket, remove=info.write)
         return len(mine)
 

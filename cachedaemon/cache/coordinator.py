@@ -62,7 +62,6 @@ journal, written by its own thread). A start reads it and serves at once; a back
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import logging
@@ -75,8 +74,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cachedaemon.cache.classes import ReservationClass, WaiterQueue
+from cachedaemon.cache.evictions import EvictionLog, EvictionReason
 from cachedaemon.cache.index import CacheIndex
 from cachedaemon.cache.index_store import IndexStore
+from cachedaemon.cache.mrc import CurveSnapshot, MissRatioCurve, curve_sizes
 from cachedaemon.cache.pressure import (
     Limits,
     Usage,
@@ -107,6 +109,8 @@ log = logging.getLogger("cachedaemon.cache")
 
 #: Entries deleted per thread job in a trim.
 DELETE_BATCH = 4096
+#: How long shard 0's own reads wait in a queue before the curve takes them in one loop.
+MRC_BATCH_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -168,14 +172,32 @@ def disk_status(path: Path) -> DiskStatus:
 
 
 class _Waiter:
-    __slots__ = ("future", "nbytes", "nobjects", "shard")
+    __slots__ = ("deadline", "future", "klass", "nbytes", "nobjects", "owner", "shard", "since")
 
-    def __init__(self, nbytes: int, nobjects: int, shard: int,
-                 future: asyncio.Future[int]) -> None:
+    def __init__(self, nbytes: int, nobjects: int, shard: int, future: asyncio.Future[int],
+                 klass: ReservationClass, owner: str, since: float,
+                 deadline: Deadline) -> None:
         self.nbytes = nbytes
         self.nobjects = nobjects
         self.shard = shard
         self.future = future
+        self.klass = klass
+        self.owner = owner
+        self.since = since
+        self.deadline = deadline
+
+
+class _Owner:
+    """Who holds a reservation: its class, owner (the route and key, or the domain and SST),
+    since when (monotonic seconds) and whether it was reported stale."""
+
+    __slots__ = ("klass", "owner", "since", "warned")
+
+    def __init__(self, klass: ReservationClass, owner: str, since: float) -> None:
+        self.klass = klass
+        self.owner = owner
+        self.since = since
+        self.warned = False
 
 
 class CacheCoordinator:
@@ -203,7 +225,7 @@ class CacheCoordinator:
         self.pending_objects = 0
         self._extra_bytes = 0  # bare wrote_data() usage, until a walk recounts
         self._extra_objects = 0
-        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._waiters: WaiterQueue[_Waiter] = WaiterQueue()
         self._trim_sem = Semaphore(1, "cache-trim", clock)
         self._trimmer: asyncio.Task[None] | None = None
         self._changed: asyncio.Event | None = None
@@ -219,7 +241,20 @@ class CacheCoordinator:
         # Live reservations: id -> [shard, bytes, objects]; and the staging file (``.part``,
         # relative to the root) a reservation pays for, so a dead shard's can be deleted.
         self._held: dict[int, list[int]] = {}
+        self._owners: dict[int, _Owner] = {}
         self._parts: dict[int, str] = {}
+        # Issue 18: why entries left (explain), the miss-ratio curve, stale reservations.
+        self.evictions = EvictionLog(settings.eviction_log_entries)
+        self.mrc: MissRatioCurve | None = (
+            MissRatioCurve(settings.mrc_sample_rate, settings.mrc_max_keys)
+            if settings.mrc_sample_rate > 0 else None)
+        self.stale_reservations = 0
+        # When the most recently read entries were last read (unix seconds), oldest first, at
+        # most eviction_log_entries of them: explain's "last access" (the index keeps order,
+        # not times).
+        self.accesses: dict[str, float] = {}
+        self._mrc_queue: list[tuple[str, int]] = []  # shard 0's reads not yet in the curve
+        self._mrc_scheduled = False
         self._ids = itertools.count(1)
         self._running = False
         self._stopped = False
@@ -246,7 +281,8 @@ class CacheCoordinator:
     def _arm_timers(self) -> None:
         for task in self._timers:
             task.cancel()
-        self._timers = [self._spawn(self._touch_loop()), self._spawn(self._disk_poll_loop())]
+        self._timers = [self._spawn(self._touch_loop()), self._spawn(self._disk_poll_loop()),
+                        self._spawn(self._stale_loop())]
         if self.settings.sync_interval > 0:
             self._timers.append(self._spawn(self._sync_loop()))
 
@@ -267,9 +303,20 @@ class CacheCoordinator:
         """Take new settings (a reload): recompute the limits, re-arm the timers with their
         intervals, trim if now over a limit, and grant waiters if now under. Shard 0."""
         old = (self.max_bytes, self.max_objects, self.min_free_bytes)
+        old_settings = self.settings
         intervals = (self.settings.tracker_save_interval, self.settings.disk_poll_interval,
                      self.settings.sync_interval)
         self.settings = settings
+        self.evictions.resize(settings.eviction_log_entries)
+        while len(self.accesses) > settings.eviction_log_entries:
+            del self.accesses[next(iter(self.accesses))]
+        if settings.mrc_sample_rate <= 0:
+            self.mrc, self._mrc_queue = None, []
+        elif self.mrc is None or (settings.mrc_sample_rate, settings.mrc_max_keys) != (
+                old_settings.mrc_sample_rate, old_settings.mrc_max_keys):
+            # A new curve, from nothing: the old one's samples were taken at another rate.
+            self.mrc = MissRatioCurve(settings.mrc_sample_rate, settings.mrc_max_keys)
+            self._mrc_queue = []
         if self.disk is not None:
             self._compute_limits()
         new = (self.max_bytes, self.max_objects, self.min_free_bytes)
@@ -391,15 +438,18 @@ class CacheCoordinator:
         for w in self._watches:
             w.add(path)
 
-    def _hold(self, nbytes: int, nobjects: int, shard: int) -> int:
+    def _hold(self, nbytes: int, nobjects: int, shard: int,
+              klass: ReservationClass = ReservationClass.write, owner: str = "") -> int:
         rid = next(self._ids)
         self._held[rid] = [shard, nbytes, nobjects]
+        self._owners[rid] = _Owner(klass, owner, self.clock.monotonic())
         self.reserved_bytes += nbytes
         self.reserved_objects += nobjects
         return rid
 
     def _drop(self, rid: int) -> None:
         self._parts.pop(rid, None)
+        self._owners.pop(rid, None)
         held = self._held.pop(rid, None)
         if held is not None:
             self._unreserve(held[1], held[2])
@@ -423,6 +473,7 @@ class CacheCoordinator:
         if part is not None and into in self._held:
             self._parts.setdefault(into, part)
         held = self._held.pop(frm, None)
+        self._owners.pop(frm, None)
         if held is None:
             return
         target = self._held.get(into)
@@ -444,6 +495,7 @@ class CacheCoordinator:
             if part is not None:
                 parts.append(part)
             _, b, o = self._held.pop(rid)
+            self._owners.pop(rid, None)
             self._unreserve(b, o)
             freed_b += b
             freed_o += o
@@ -482,7 +534,12 @@ class CacheCoordinator:
         """A file landed at ``path``: release reservation ``rid``'s units and track it
         (replacing any previous entry at that path, whose size and object leave the counters)."""
         self._drop(rid)
-        self.index.add(path, size)
+        old = self.index.add(path, size)
+        if old is not None:
+            self.evictions.record(path, EvictionReason.replaced, old, self.clock.time())
+        if self.mrc is not None:
+            self._feed_mrc()  # the reads queued before it go first
+            self.mrc.access(path, size, 0)  # most recent now; not a read
         self._watch(path)
         if self.current_bytes > self.max_bytes or self.current_objects > self.max_objects:
             log.info("cache: over its limit after a commit (an over-commit, or a replace "
@@ -490,9 +547,15 @@ class CacheCoordinator:
             self._spawn_background_trim(self.settings.low_watermark)
         self._after_change()
 
-    def forget(self, path: str) -> None:
-        """The entry at ``path`` was deleted (invalidate, or found missing)."""
-        self.index.remove(path)
+    def forget(self, path: str, reason: EvictionReason = EvictionReason.deleted) -> None:
+        """The entry at ``path`` was deleted (a write of its key, a drop, an invalidate), for
+        ``reason``."""
+        size = self.index.remove(path)
+        if size is not None:
+            self.evictions.record(path, reason, size, self.clock.time())
+        if self.mrc is not None:
+            self._feed_mrc()
+            self.mrc.forget(path)
         self._watch(path)
         self._after_change()
 
@@ -550,8 +613,64 @@ class CacheCoordinator:
         """Entries read (hits), in order: each moves to the most-recent end. The order reaches
         the journal every ``tracker_save_interval``."""
         touch = self.index.touch
-        for path, _ in items:
+        for path, at in items:
             touch(path)
+            self._accessed(path, at)
+
+    def _accessed(self, path: str, at: float) -> None:
+        accesses = self.accesses
+        accesses.pop(path, None)
+        accesses[path] = at
+        if len(accesses) > self.evictions.capacity:
+            del accesses[next(iter(accesses))]
+
+    def hit(self, path: str) -> None:
+        """Shard 0's own hit of ``path``: touched, and a reference for the curve, queued (one
+        append on the hit path; :meth:`_feed_mrc` filters the queue in one loop every
+        ``MRC_BATCH_S``)."""
+        size = self.index.touch_size(path)
+        self._accessed(path, self.clock.time())
+        if size is not None and self.mrc is not None:
+            self._mrc_queue.append((path, size))
+            if not self._mrc_scheduled:
+                self._schedule_mrc()
+
+    def _schedule_mrc(self) -> None:
+        self._mrc_scheduled = True
+        asyncio.get_running_loop().call_later(MRC_BATCH_S, self._feed_mrc)
+
+    def _feed_mrc(self) -> None:
+        """The queued reads of shard 0 into the curve, in order."""
+        self._mrc_scheduled = False
+        if self._mrc_queue and self.mrc is not None:
+            queue, self._mrc_queue = self._mrc_queue, []
+            self.mrc.access_many(queue)
+
+    def reads(self, refs: list[tuple[str, int]]) -> None:
+        """Another shard's reads, in the order it served them: ``(path, -1)`` a hit (touched;
+        its size is the index's), ``(path, size)`` a miss of an object of ``size`` bytes.
+        Sent instead of :meth:`touch_batch` while the curve is on (every reference counts)."""
+        touch = self.index.touch_size
+        mrc = self.mrc
+        now = self.clock.time()
+        self._feed_mrc()  # shard 0's own reads so far go first
+        for path, size in refs:
+            if size < 0:
+                found = touch(path)
+                self._accessed(path, now)
+                if found is None:
+                    continue
+                size = found
+            if mrc is not None:
+                mrc.access(path, size)
+
+    def miss(self, path: str, size: int) -> None:
+        """Shard 0's own miss of an object of ``size`` bytes: a reference for the curve
+        (queued behind shard 0's hits)."""
+        if self.mrc is not None:
+            self._mrc_queue.append((path, size))
+            if not self._mrc_scheduled:
+                self._schedule_mrc()
 
     async def stage_begin(self, part: str, shard: int) -> None:
         """``shard`` is about to create the staging file ``part`` (relative to the root): once
@@ -578,7 +697,8 @@ class CacheCoordinator:
         """Grant queued requests in order while they fit; with ``overcommit`` (the trimmer,
         after a failed trim), also those that may exceed the byte limit."""
         while self._waiters:
-            head = self._waiters[0]
+            head = self._waiters.head()
+            assert head is not None
             if head.future.done():
                 self._waiters.popleft()
                 self.pending_bytes -= head.nbytes
@@ -593,7 +713,8 @@ class CacheCoordinator:
             self._waiters.popleft()
             self.pending_bytes -= head.nbytes
             self.pending_objects -= head.nobjects
-            head.future.set_result(self._hold(head.nbytes, head.nobjects, head.shard))
+            head.future.set_result(self._hold(head.nbytes, head.nobjects, head.shard,
+                                              head.klass, head.owner))
 
     # --- reservation -----------------------------------------------------------------------
 
@@ -633,24 +754,30 @@ class CacheCoordinator:
             raise GateClosed("the cache is not running")
 
     async def reserve(
-        self, nbytes: int, nobjects: int, deadline: Deadline, what: str = ""
+        self, nbytes: int, nobjects: int, deadline: Deadline, what: str = "",
+        klass: ReservationClass | str = ReservationClass.write, owner: str = "",
     ) -> ReservationGuard:
         """Reserve space on shard 0 itself; a guard over :meth:`reserve_id`."""
-        rid = await self.reserve_id(nbytes, nobjects, deadline, what)
+        rid = await self.reserve_id(nbytes, nobjects, deadline, what, 0, klass, owner)
         return ReservationGuard(rid, nbytes, nobjects, self)
 
     async def reserve_id(
-        self, nbytes: int, nobjects: int, deadline: Deadline, what: str = "", shard: int = 0
+        self, nbytes: int, nobjects: int, deadline: Deadline, what: str = "", shard: int = 0,
+        klass: ReservationClass | str | int = ReservationClass.write, owner: str = "",
     ) -> int:
-        """Reserve space for ``shard``; wait (trimming) until ``deadline``, then raise
-        :class:`CacheFull`. Returns the reservation's id."""
+        """Reserve space for ``shard`` as a request of class ``klass`` (see
+        :mod:`cachedaemon.cache.classes`) made by ``owner``; wait (trimming) until
+        ``deadline``, then raise :class:`CacheFull`. Returns the reservation's id."""
         self._check_running()
+        cls = ReservationClass(klass) if isinstance(klass, int) else ReservationClass.parse(klass)
         if nbytes < 0 or nobjects < 0:
             raise InvalidArgument(f"cannot reserve {nbytes} bytes and {nobjects} objects")
-        request = f"reservation of {nbytes} bytes and {nobjects} objects{what}"
+        request = (f"{cls.name} reservation of {nbytes} bytes and {nobjects} objects{what}"
+                   + (f" for {owner}" if owner else ""))
         self._maybe_background_trim()
-        if not self._waiters and not self.puts_blocked and self.fits(nbytes, nobjects):
-            return self._hold(nbytes, nobjects, shard)
+        if not self._waiters.blocks(cls) and not self.puts_blocked \
+                and self.fits(nbytes, nobjects):
+            return self._hold(nbytes, nobjects, shard, cls, owner)
         if nobjects > self.max_objects or (nbytes > self.max_bytes and not (
                 self.settings.may_exceed and could_ever_exceed(
                     self.limits, self.disk.free_bytes if self.disk else None, nbytes))):
@@ -659,7 +786,8 @@ class CacheCoordinator:
         if expired(deadline, self.clock):
             raise self._refusal(request, "timed out before it could wait")
         assert self._loop is not None
-        waiter = _Waiter(nbytes, nobjects, shard, self._loop.create_future())
+        waiter = _Waiter(nbytes, nobjects, shard, self._loop.create_future(), cls, owner,
+                         self.clock.monotonic(), deadline)
         self._waiters.append(waiter)
         self.pending_bytes += nbytes
         self.pending_objects += nobjects
@@ -817,7 +945,7 @@ class CacheCoordinator:
         freed_b = freed_o = 0
         # Phase 1: LRU from memory, never throttled.
         if self._over(goal):
-            freed_b, freed_o = await self._trim_lru(goal)
+            freed_b, freed_o = await self._trim_lru(goal, EvictionReason.lru_trim)
         goal = goal_now()
         # Until the walk after a start from the index has checked it, a trim deletes nothing
         # the index does not know: no walk phase, no exhaustive phase.
@@ -826,7 +954,7 @@ class CacheCoordinator:
             # Phase 2: walk, correct drift, LRU again.
             walk = await self._walk_and_sync()
             goal = goal_now()
-            b, o = await self._trim_lru(goal)
+            b, o = await self._trim_lru(goal, EvictionReason.walk_trim)
             freed_b, freed_o = freed_b + b, freed_o + o
             goal = goal_now()
             if self._over(goal):
@@ -846,7 +974,8 @@ class CacheCoordinator:
         log.debug("cache: trim freed %d bytes, %d objects in %.3fs", freed_b, freed_o, elapsed)
         return TrimResult(freed_b, freed_o)
 
-    async def _trim_lru(self, goal: tuple[int, int]) -> tuple[int, int]:
+    async def _trim_lru(self, goal: tuple[int, int], reason: EvictionReason
+                        ) -> tuple[int, int]:
         victims: list[str] = []
         cur_b, cur_o = self.current_bytes, self.current_objects
         for path, size in self.index.lru():
@@ -855,11 +984,12 @@ class CacheCoordinator:
             victims.append(path)
             cur_b -= size
             cur_o -= 1
-        return await self._delete(victims)
+        return await self._delete(victims, reason)
 
-    async def _delete(self, victims: list[str]) -> tuple[int, int]:
+    async def _delete(self, victims: list[str], reason: EvictionReason) -> tuple[int, int]:
         """Drop ``victims`` from the index and delete their files (thread jobs)."""
         freed_b = freed_o = 0
+        now = self.clock.time()
         for i in range(0, len(victims), DELETE_BATCH):
             batch = victims[i : i + DELETE_BATCH]
             for path in batch:
@@ -867,6 +997,7 @@ class CacheCoordinator:
                 if size is not None:
                     freed_b += size
                     freed_o += 1
+                    self.evictions.record(path, reason, size, now)
             watch: set[str] = set()
             self._watches.append(watch)
             try:
@@ -904,7 +1035,13 @@ class CacheCoordinator:
         while the walk ran (``watch``); then recount. Bulk changes: the next snapshot carries
         them."""
         before = (self.current_bytes, self.current_objects)
-        forgotten = self.index.forget(p for p in vanished if p not in watch)
+        now = self.clock.time()
+        gone = [p for p in vanished if p not in watch]
+        for p in gone:
+            size = self.index.get(p)
+            if size is not None:
+                self.evictions.record(p, EvictionReason.vanished, size, now)
+        forgotten = self.index.forget(gone)
         for path, size in resized:
             if path not in watch:
                 self.index.set_size(path, size)
@@ -1021,8 +1158,12 @@ class CacheCoordinator:
         for i in range(0, len(victims), DELETE_BATCH):
             batch = victims[i : i + DELETE_BATCH]
             results = await asyncio.to_thread(delete_entries, self.root, batch)
+            now = self.clock.time()
             for path, deleted in results:
                 known = self.index.remove(path)
+                if deleted is not None or known is not None:
+                    self.evictions.record(path, EvictionReason.exhaustive_trim,
+                                          deleted if deleted is not None else known or 0, now)
                 if deleted is not None:
                     freed_b += deleted
                     freed_o += 1
@@ -1055,6 +1196,103 @@ class CacheCoordinator:
             await self.clock.sleep(self.settings.disk_poll_interval)
             await self._poll_disk()
             self._maybe_background_trim()
+
+    # --- seeing into the cache (issue 18; plain data out, it crosses shards) ----------------
+
+    async def _stale_loop(self) -> None:
+        """Every quarter of ``reservation_warn_age``, at least every 10 s: :meth:`check_stale`."""
+        while True:
+            await self.clock.sleep(min(10.0, max(0.05, self.settings.reservation_warn_age / 4)))
+            self.check_stale()
+
+    def check_stale(self) -> int:
+        """Count the reservations held longer than ``reservation_warn_age`` (the gauge
+        ``cachedaemon_cache_stale_reservations``); log each once, with its owner."""
+        warn_age = self.settings.reservation_warn_age
+        now = self.clock.monotonic()
+        stale = 0
+        for rid, who in self._owners.items():
+            age = now - who.since
+            if age < warn_age:
+                continue
+            stale += 1
+            if not who.warned:
+                who.warned = True
+                held = self._held.get(rid, [0, 0, 0])
+                log.warning("cache: reservation %d (%s, %d bytes, %d objects, shard %d) held "
+                            "for %.0fs, more than reservation_warn_age (%.0fs): owner %s", rid,
+                            who.klass.name, held[1], held[2], held[0], age, warn_age,
+                            who.owner or "(unnamed)")
+        self.stale_reservations = stale
+        return stale
+
+    def reservations_listing(self) -> dict[str, Any]:
+        """``GET /v1/cache/reservations``: every live reservation and every queued request."""
+        now = self.clock.monotonic()
+        warn_age = self.settings.reservation_warn_age
+        rows = []
+        for rid, (shard, nbytes, nobjects) in self._held.items():
+            who = self._owners.get(rid)
+            age = now - who.since if who is not None else 0.0
+            rows.append({"id": rid, "shard": shard,
+                         "class": who.klass.name if who is not None else "write",
+                         "bytes": nbytes, "objects": nobjects, "age_s": age,
+                         "owner": who.owner if who is not None else "",
+                         "stale": age >= warn_age, "part": self._parts.get(rid)})
+        rows.sort(key=lambda r: -r["age_s"])  # type: ignore[operator]
+        waiters = []
+        for w in self._waiters:
+            if w.future.done():
+                continue
+            waiters.append({"shard": w.shard, "class": w.klass.name, "bytes": w.nbytes,
+                            "objects": w.nobjects, "age_s": now - w.since,
+                            "deadline_s": (None if w.deadline == math.inf
+                                           else max(0.0, w.deadline - now)),
+                            "owner": w.owner})
+        stale = sum(1 for r in rows if r["stale"])
+        return {"reservations": rows, "waiters": waiters, "warn_age_s": warn_age,
+                "stale": stale, "queued_by_class": self._waiters.counts()}
+
+    def explain_entry(self, path: str) -> dict[str, Any]:
+        """What shard 0 knows of ``path``: its entry (size, when last used as far as the index
+        knows, its place in the LRU order: the bytes that go before it, and that as a fraction
+        0.0 = next to go, 1.0 = most recent), its latest eviction record. O(entries) for the LRU place: an operator's question, not a hot
+        path."""
+        cached = None
+        size = self.index.get(path)
+        if size is not None:
+            before = 0
+            for p, s in self.index.lru():
+                if p == path:
+                    break
+                before += s
+            others = self.current_bytes - size
+            cached = {"size": size, "bytes_before": before,
+                      "last_access": self.accesses.get(path),
+                      "lru_position": before / others if others > 0 else 1.0,
+                      "entries": len(self.index)}
+        ev = self.evictions.lookup(path)
+        evicted = None if ev is None else {
+            "at": ev.at, "reason": ev.reason.value, "description": ev.reason.description,
+            "size": ev.size}
+        return {"cached": cached, "evicted": evicted,
+                "log_since": self.evictions.oldest(), "log_entries": len(self.evictions)}
+
+    def mrc_snapshot(self) -> CurveSnapshot | None:
+        """The curve at :func:`~cachedaemon.cache.mrc.curve_sizes` of the byte limit."""
+        if self.mrc is None:
+            return None
+        self._feed_mrc()
+        return self.mrc.snapshot(curve_sizes(self.max_bytes))
+
+    def hot_entries(self, limit: int) -> list[tuple[str, int]]:
+        """At most ``limit`` entries ``(path, size)``, most recently used first."""
+        out: list[tuple[str, int]] = []
+        for item in reversed(self.index.copy().items()):
+            if len(out) >= limit:
+                break
+            out.append(item)
+        return out
 
     def state(self) -> dict[str, int]:
         over = self.current_bytes + self.reserved_bytes - self.max_bytes

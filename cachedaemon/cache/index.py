@@ -91,6 +91,19 @@ class CacheIndex:
         touched[path] = None
         return True
 
+    def touch_size(self, path: str) -> int | None:
+        """:meth:`touch`, returning the entry's size (``None``: not in the index)."""
+        entries = self._entries
+        size = entries.pop(path, None)
+        if size is None:
+            return None
+        entries[path] = size
+        touched = self._touched
+        if path in touched:
+            del touched[path]
+        touched[path] = None
+        return size
+
     def take_touches(self) -> list[str]:
         """The paths touched since the last call, in the order of their last touch."""
         if not self._touched:

@@ -38,13 +38,16 @@ import itertools
 import logging
 import os
 import stat
+import weakref
 from collections.abc import AsyncIterable, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cachedaemon.cache.classes import ReservationClass
 from cachedaemon.cache.coherence import KeyTable
 from cachedaemon.cache.coordinator import CacheCoordinator, CacheMetrics, TrimResult
+from cachedaemon.cache.evictions import EvictionReason
 from cachedaemon.cache.keys import checked_relpath, staging_name
 from cachedaemon.cache.reservation import ReservationGuard
 from cachedaemon.cache.staging import StagingFile
@@ -66,6 +69,9 @@ INLINE_READ_BYTES = 64 * 1024
 #: in one message (a hot key touched a thousand times meanwhile is one entry). Stats and admin
 #: trims flush every shard's touches first; automatic trims may see them this much late.
 TOUCH_BATCH_S = 0.05
+#: While the miss-ratio curve is on, a shard other than 0 sends every read (not one touch per
+#: key) to shard 0, where the curve samples them; a batch goes early once it holds this many.
+READS_BATCH_MAX = 4096
 
 
 class CacheStatus(enum.Enum):
@@ -159,6 +165,13 @@ class CacheService:
         self._key_table: KeyTable | None = None
         self._touches: dict[str, float] = {}
         self._touch_scheduled = False
+        # With the curve on (cache.mrc_sample_rate > 0): every read, in order, for shard 0:
+        # (path, -1) a hit, (path, size) a miss. Replaces ``_touches`` then.
+        self._mrc_on = settings.mrc_sample_rate > 0
+        self._reads: list[tuple[str, int]] = []
+        # Live staging files by entry path, for explain; weak: a file dropped without close()
+        # is still collected (its finalizer releases what it holds).
+        self._staging: dict[str, weakref.WeakSet[StagingFile]] = {}
         self._started = False
         self._coordinator_ready = asyncio.Event()  # shard 0: the coordinator has recovered
         self._background: set[asyncio.Future[Any]] = set()
@@ -380,17 +393,40 @@ class CacheService:
             return CacheStatus.not_available
 
     def _touch(self, rel: str) -> None:
-        now = self.clock.time()
         if self._on_coordinator:
-            self.coordinator.touch_batch([(rel, now)])
+            self.coordinator.hit(rel)
             return
-        self._touches[rel] = now
+        if self._mrc_on:
+            reads = self._reads
+            reads.append((rel, -1))
+            if len(reads) >= READS_BATCH_MAX:
+                self._flush_touches()
+                return
+        else:
+            self._touches[rel] = self.clock.time()
+        if not self._touch_scheduled:
+            self._touch_scheduled = True
+            asyncio.get_running_loop().call_later(TOUCH_BATCH_S, self._flush_touches)
+
+    def note_miss(self, key: str, size: int) -> None:
+        """A read of ``key`` missed and its object is ``size`` bytes: a reference for the
+        miss-ratio curve (shard 0 samples it; in order with this shard's hits)."""
+        if not self._mrc_on:
+            return
+        rel = checked_relpath(key)
+        if self._on_coordinator:
+            self.coordinator.miss(rel, size)
+            return
+        self._reads.append((rel, size))
         if not self._touch_scheduled:
             self._touch_scheduled = True
             asyncio.get_running_loop().call_later(TOUCH_BATCH_S, self._flush_touches)
 
     def _flush_touches(self) -> None:
         self._touch_scheduled = False
+        if self._reads:
+            reads, self._reads = self._reads, []
+            self._post(CacheService._coord_reads, reads)
         if not self._touches:
             return
         batch, self._touches = list(self._touches.items()), {}
@@ -410,18 +446,25 @@ class CacheService:
     # --- reservations ----------------------------------------------------------------------
 
     async def reserve_space(
-        self, nbytes: int, nobjects: int, deadline: Deadline | None = None
+        self, nbytes: int, nobjects: int, deadline: Deadline | None = None, *,
+        klass: ReservationClass | str = ReservationClass.write, owner: str = "",
     ) -> ReservationGuard:
         """Reserve cache space, waiting (trimming) until ``deadline`` (default: the configured
-        ``reserve_deadline`` from now); past it, :class:`~cachedaemon.errors.CacheFull`."""
+        ``reserve_deadline`` from now); past it, :class:`~cachedaemon.errors.CacheFull`.
+        ``klass`` (``read``, ``write``, ``metastore``, ``prefetch``: who goes first when the
+        cache is full, :mod:`cachedaemon.cache.classes`) and ``owner`` (the route and key, or
+        the domain and SST) are what ``GET /v1/cache/reservations`` shows."""
+        cls = ReservationClass.parse(klass)
         if deadline is None:
             deadline = self.default_deadline()
         with self._gate.hold():
             if self._on_coordinator:
-                return await self.coordinator.reserve(nbytes, nobjects, deadline)
+                return await self.coordinator.reserve(nbytes, nobjects, deadline, "", cls,
+                                                      owner)
             assert self._sharded is not None
             rid = int(await self._sharded.invoke_on(
-                0, CacheService._coord_reserve, nbytes, nobjects, deadline, self.shard))
+                0, CacheService._coord_reserve, nbytes, nobjects, deadline, self.shard,
+                int(cls), owner))
             return ReservationGuard(rid, nbytes, nobjects, self)
 
     # ReservationSink: what this shard's guards send to the coordinator.
@@ -458,10 +501,15 @@ class CacheService:
         initial_bytes: int | None = None,
         *,
         guard: ReservationGuard | None = None,
+        klass: ReservationClass | str = ReservationClass.write,
+        owner: str = "",
     ) -> StagingFile:
         """A new in-flight file for ``key`` holding a reservation of ``initial_bytes``
         (default ``staging_initial_bytes``) and one object, plus ``guard`` if given (it is
-        merged in and left empty)."""
+        merged in and left empty). Its reservations (and the top-ups as it grows) are of
+        class ``klass``, owned by ``owner`` (see :meth:`reserve_space`)."""
+        cls = ReservationClass.parse(klass)
+        owner = owner or f"staging {key}"
         rel, dest = self._resolve(key)
         holder = self._gate.hold()
         reservation: ReservationGuard | None = None
@@ -470,10 +518,12 @@ class CacheService:
             initial = min(initial, self.max_object_bytes)  # never more than an object can take
             if guard is not None:
                 # The caller reserved already: top up only the object if it lacks one.
-                reservation = await self.reserve_space(0, 0 if guard.objects else 1, deadline)
+                reservation = await self.reserve_space(0, 0 if guard.objects else 1, deadline,
+                                                       klass=cls, owner=owner)
                 reservation.merge(guard)
             else:
-                reservation = await self.reserve_space(initial, 1, deadline)
+                reservation = await self.reserve_space(initial, 1, deadline, klass=cls,
+                                                       owner=owner)
             path, fd = await self._create_part(rel, dest)
             if reservation.rid:
                 self._post(CacheService._coord_note_part, reservation.rid,
@@ -484,9 +534,17 @@ class CacheService:
             holder.release()
             raise
         self._in_progress[rel] = self._in_progress.get(rel, 0) + 1
-        return StagingFile(self, key, rel, path, dest, fd, reservation, holder, self._staging_done)
+        staging = StagingFile(self, key, rel, path, dest, fd, reservation, holder,
+                              self._staging_done, klass=cls, owner=owner)
+        self._staging.setdefault(rel, weakref.WeakSet()).add(staging)
+        return staging
 
     def _staging_done(self, staging: StagingFile) -> None:
+        live = self._staging.get(staging.relpath)
+        if live is not None:
+            live.discard(staging)
+            if not live:
+                del self._staging[staging.relpath]
         n = self._in_progress.get(staging.relpath, 0) - 1
         if n > 0:
             self._in_progress[staging.relpath] = n
@@ -569,11 +627,16 @@ class CacheService:
         data: bytes | bytearray | memoryview | AsyncIterable[bytes],
         guard: ReservationGuard,
         deadline: Deadline | None = None,
+        *,
+        klass: ReservationClass | str = ReservationClass.write,
+        owner: str = "",
     ) -> int:
         """Store ``data`` as ``key``'s entry (replacing any previous one) and return its size.
         ``guard`` (from ``reserve_space``) is taken over; if the data outgrows it, more is
-        reserved (until ``deadline``). Nothing is left behind on failure."""
-        staging = await self.create_staging_file(key, deadline, 0, guard=guard)
+        reserved (until ``deadline``, of class ``klass`` for ``owner``). Nothing is left
+        behind on failure."""
+        staging = await self.create_staging_file(key, deadline, 0, guard=guard, klass=klass,
+                                                 owner=owner)
         try:
             if isinstance(data, bytes | bytearray | memoryview):
                 await staging.append(data, deadline)
@@ -592,22 +655,24 @@ class CacheService:
             if "/" in rel and not self._contained(path):
                 raise InvalidKey(f"key path {rel!r} leads outside the cache directory")
             await asyncio.to_thread(delete_entries, self.root, [rel])
-            self._post(CacheService._coord_forget, rel)
+            self._post(CacheService._coord_forget, rel, EvictionReason.deleted.value)
 
     # --- per-key ordering of object writes and fills (docs/cache.md) ------------------------
 
-    async def register(self, key: str, *, write: bool) -> tuple[int, bool]:
+    async def register(self, key: str, *, write: bool,
+                       why: EvictionReason = EvictionReason.replaced) -> tuple[int, bool]:
         """Register a write (object PUT/DELETE) or a fill of ``key`` with shard 0 before it
         touches the bucket. Returns ``(ticket, overlapped)``: ``overlapped`` means a write of
         the key is in flight, so a fill could never publish. Every ticket must be finished
-        (:meth:`finish`, or :meth:`StagingFile.publish`), also on failure."""
+        (:meth:`finish`, or :meth:`StagingFile.publish`), also on failure. ``why``: what the
+        eviction log says if this write removes the key's copy (a DELETE says ``deleted``)."""
         checked_relpath(key)
         with self._gate.hold():
             if self._on_coordinator:
-                return self.key_table.register(key, self.shard, write)
+                return self.key_table.register(key, self.shard, write, why)
             assert self._sharded is not None
             call: Awaitable[tuple[int, bool]] = self._sharded.invoke_on(
-                0, CacheService._register_here, key, self.shard, write)
+                0, CacheService._register_here, key, self.shard, write, why.value)
             task = asyncio.ensure_future(call)
             try:
                 return await asyncio.shield(task)
@@ -618,8 +683,9 @@ class CacheService:
                     await self.finish(ticket, remove=write)
                 raise
 
-    def _register_here(self, key: str, shard: int, write: bool) -> tuple[int, bool]:
-        return self.key_table.register(key, shard, write)
+    def _register_here(self, key: str, shard: int, write: bool, why: str = "replaced"
+                       ) -> tuple[int, bool]:
+        return self.key_table.register(key, shard, write, EvictionReason(why))
 
     async def register_fill(self, key: str) -> tuple[int, bool, bool]:
         """Register a cache fill of ``key`` with shard 0 (see :meth:`register`), one download
@@ -702,6 +768,7 @@ class CacheService:
         shard 0's coordinator also applies the new limits, and the other shards then learn the
         byte limit from it. Each shard is told by the daemon (plain data), shard 0 first."""
         self.settings = settings
+        self._mrc_on = settings.mrc_sample_rate > 0
         if self._coordinator is not None:
             await self._coordinator.apply_settings(settings)
             self._max_bytes = self._coordinator.max_bytes
@@ -760,6 +827,93 @@ class CacheService:
                 metrics=metrics,
             )
 
+    # --- seeing into the cache (issue 18) ----------------------------------------------------
+
+    async def _on_zero(self, method: Any, *args: Any) -> Any:
+        """``method`` (a ``_coord_*`` of plain data) run on shard 0, after every shard's
+        reads and touches so far have reached it (as :meth:`stats`)."""
+        self._flush_touches()
+        if self._sharded is not None:
+            await self._sharded.invoke_on_all(CacheService._hit_counts)
+        if self._on_coordinator:
+            return method(self, *args)
+        assert self._sharded is not None
+        return await self._sharded.invoke_on(0, method, *args)
+
+    async def explain(self, key: str) -> dict[str, Any]:
+        """Why ``key`` is or is not in the cache: ``cached`` (size, last access, LRU place),
+        ``in_progress`` (every shard's staging files for it: shard, since, bytes, class,
+        owner), ``evicted`` (the latest eviction record kept: when, why, size) and ``state``,
+        one of ``cached``, ``in_progress``, ``absent``."""
+        rel = checked_relpath(key)
+        with self._gate.hold():
+            if self._sharded is not None:
+                per_shard = await self._sharded.invoke_on_all(CacheService._staging_of, rel)
+                jobs = [j for shard_jobs in per_shard for j in shard_jobs]
+            else:
+                jobs = self._staging_of(rel)
+            known: dict[str, Any] = await self._on_zero(CacheService._coord_explain, rel)
+        cached = known["cached"]
+        state = "cached" if cached is not None else "in_progress" if jobs else "absent"
+        return {"key": key, "path": rel, "state": state, "cached": cached,
+                "in_progress": jobs, "evicted": known["evicted"],
+                "log_since": known["log_since"], "log_entries": known["log_entries"]}
+
+    def _staging_of(self, rel: str) -> list[dict[str, Any]]:
+        now = self.clock.monotonic()
+        wall = self.clock.time()
+        return [{"shard": self.shard, "since": wall - (now - f.since), "bytes": f.written,
+                 "class": f.klass.name, "owner": f.owner}
+                for f in list(self._staging.get(rel, ()))]
+
+    async def reservations(self) -> dict[str, Any]:
+        """``GET /v1/cache/reservations``: every live reservation (id, shard, class, bytes,
+        objects, age, owner, stale) and every queued request (with its deadline)."""
+        with self._gate.hold():
+            out: dict[str, Any] = await self._on_zero(CacheService._coord_reservations)
+            return out
+
+    async def mrc(self) -> dict[str, Any]:
+        """``GET /v1/cache/mrc``: the miss-ratio curve, as hit ratios at sizes from an eighth
+        of the byte limit to four times (``enabled`` false, and no points, when it is off)."""
+        with self._gate.hold():
+            out: dict[str, Any] = await self._on_zero(CacheService._coord_mrc)
+            return out
+
+    async def hot_entries(self, limit: int) -> list[tuple[str, int]]:
+        """At most ``limit`` entries ``(path, size)``, most recently used first (the hot set
+        a node publishes)."""
+        with self._gate.hold():
+            out: list[tuple[str, int]] = await self._on_zero(CacheService._coord_hot, limit)
+            return [(str(p), int(n)) for p, n in out]
+
+    def _coord_explain(self, rel: str) -> dict[str, Any]:
+        return self.coordinator.explain_entry(rel)
+
+    def _coord_reservations(self) -> dict[str, Any]:
+        return self.coordinator.reservations_listing()
+
+    def _coord_hot(self, limit: int) -> list[tuple[str, int]]:
+        return self.coordinator.hot_entries(limit)
+
+    def _coord_mrc(self) -> dict[str, Any]:
+        c = self.coordinator
+        c.check_stale()
+        snap = c.mrc_snapshot()
+        base: dict[str, Any] = {"enabled": snap is not None, "max_bytes": c.max_bytes,
+                                "evictions": {r.value: n for r, n in c.evictions.counts.items()},
+                                "stale_reservations": c.stale_reservations}
+        if snap is None:
+            return {**base, "sizes": [], "hit_ratios": [], "sample_rate": 0.0,
+                    "reference_bytes": 0, "samples": 0, "sampled_keys": 0, "reads": 0,
+                    "bytes_read": 0}
+        return {**base, "sizes": list(snap.sizes), "hit_ratios": list(snap.hit_ratios),
+                "sample_rate": snap.sample_rate, "reference_bytes": snap.reference_bytes,
+                "samples": snap.samples, "sampled_keys": snap.sampled_keys,
+                "reads": snap.references + (c.mrc.calibration_references if c.mrc else 0),
+                "calibrating": snap.reference_bytes == 0,
+                "bytes_read": snap.bytes_requested}
+
     async def _hit_counts(self) -> tuple[int, int]:
         """This shard's hits and misses, once its posts to shard 0 have landed there."""
         self._flush_touches()
@@ -778,11 +932,13 @@ class CacheService:
         return self.coordinator.max_bytes
 
     async def _coord_reserve(self, nbytes: int, nobjects: int, deadline: Deadline,
-                             shard: int) -> int:
+                             shard: int, klass: int = int(ReservationClass.write),
+                             owner: str = "") -> int:
         await self._coordinator_ready.wait()
         with self._gate.hold():
             return await self.coordinator.reserve_id(nbytes, nobjects, deadline,
-                                                      f" from shard {shard}", shard)
+                                                      f" from shard {shard}", shard, klass,
+                                                      owner)
 
     def _coord_release(self, rid: int, wrote_b: int, wrote_o: int) -> None:
         self.coordinator.release_reservation(rid, wrote_b, wrote_o)
@@ -803,11 +959,14 @@ class CacheService:
     def _coord_commit(self, rel: str, size: int, rid: int) -> None:
         self.coordinator.commit_entry(rel, size, rid)
 
-    def _coord_forget(self, rel: str) -> None:
-        self.coordinator.forget(rel)
+    def _coord_forget(self, rel: str, reason: str = "deleted") -> None:
+        self.coordinator.forget(rel, EvictionReason(reason))
 
     def _coord_touch(self, items: list[tuple[str, float]]) -> None:
         self.coordinator.touch_batch(items)
+
+    def _coord_reads(self, reads: list[tuple[str, int]]) -> None:
+        self.coordinator.reads(reads)
 
     def _coord_disk_full(self) -> None:
         self.coordinator.on_disk_full()

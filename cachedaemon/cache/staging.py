@@ -56,6 +56,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cachedaemon.cache.classes import ReservationClass
 from cachedaemon.cache.reservation import ReservationGuard
 from cachedaemon.cache.walker import remove_empty_parents
 from cachedaemon.clock import Deadline
@@ -132,8 +133,14 @@ class StagingFile:
         guard: ReservationGuard,
         holder: GateHolder,
         on_done: Callable[[StagingFile], None],
+        *,
+        klass: ReservationClass = ReservationClass.write,
+        owner: str = "",
     ) -> None:
         self._service = service
+        self.klass = klass  # its reservations' class and owner (top-ups too)
+        self.owner = owner
+        self.since = service.clock.monotonic()
         self.key = key
         self.relpath = relpath
         self.path = path
@@ -204,7 +211,8 @@ class StagingFile:
             chunk = min(self._service.settings.staging_chunk_bytes, limit - self._guard.bytes)
             extra = max(need - self._guard.bytes, chunk)
             more = await self._service.reserve_space(
-                extra, 0, self._service.default_deadline() if deadline is None else deadline
+                extra, 0, self._service.default_deadline() if deadline is None else deadline,
+                klass=self.klass, owner=self.owner,
             )
             self._guard.merge(more)
         self._buffer.append(_immutable(data))

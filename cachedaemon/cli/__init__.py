@@ -274,6 +274,8 @@ def _human(name: str, value: Any) -> str:
 
 
 def cmd_stat(args: argparse.Namespace) -> int:
+    if args.mrc:
+        return _stat_mrc(args)
     with _client(args) as client:
         stats = client.cache_stats()
     if args.json:
@@ -282,6 +284,107 @@ def cmd_stat(args: argparse.Namespace) -> int:
         for name, value in stats.raw.items():
             _print(f"{name}: {_human(name, value)}")
     return EXIT_OK
+
+
+def _stat_mrc(args: argparse.Namespace) -> int:
+    from cachedaemon.cli.insight import render_mrc
+
+    with _client(args) as client:
+        curve = client.mrc()
+    if args.json:
+        _print(json.dumps(dict(curve.raw), indent=2))
+    else:
+        for line in render_mrc(curve):
+            _print(line)
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from cachedaemon.cli.insight import format_explain
+
+    with _client(args) as client:
+        expl = client.explain(args.key)
+    if args.json:
+        _print(json.dumps(dict(expl.raw), indent=2))
+    else:
+        for line in format_explain(expl):
+            _print(line)
+    return EXIT_OK
+
+
+def cmd_reservations(args: argparse.Namespace) -> int:
+    from cachedaemon.cli.insight import format_reservations
+
+    with _client(args) as client:
+        res = client.reservations()
+    if args.json:
+        _print(json.dumps(dict(res.raw), indent=2))
+    else:
+        for line in format_reservations(res):
+            _print(line)
+    return EXIT_OK
+
+
+def cmd_warm(args: argparse.Namespace) -> int:
+    import time
+
+    with _client(args) as client:
+        status = client.warm(args.source, max_bytes=args.bytes, timeout_s=args.timeout)
+        if not args.no_wait:
+            bar = ProgressBar(f"warm from {status.source or args.source}", None, enabled=None)
+            shown = 0
+            try:
+                while status.running:
+                    bar.set_total(status.bytes_total or None)
+                    bar.update(status.bytes_done - shown)
+                    shown = status.bytes_done
+                    time.sleep(0.25)
+                    status = client.warm_status()
+                bar.update(status.bytes_done - shown)
+            finally:
+                bar.finish()
+    if args.json:
+        _print(json.dumps(dict(status.raw), indent=2))
+        return EXIT_FAILED if status.state == "failed" else EXIT_OK
+    raw = status.raw
+    _print(f"warm-up {status.state}: {raw.get('keys_done', 0)} of {raw.get('keys_total', 0)} "
+           f"objects, {format_size(status.bytes_done)} of {format_size(status.bytes_total)} from "
+           f"{status.source or args.source} ({raw.get('keys_skipped', 0)} already cached or "
+           f"written meanwhile, {raw.get('keys_failed', 0)} failed)"
+           + (f": {status.error}" if status.error else ""))
+    return EXIT_FAILED if status.state == "failed" else EXIT_OK
+
+
+def cmd_hotset(args: argparse.Namespace) -> int:
+    import time
+
+    with _client(args) as client:
+        found = [client.publish_hotset()] if args.publish else client.hotsets()
+    if args.json:
+        _print(json.dumps([dict(h.raw) for h in found], indent=2))
+        return EXIT_OK
+    for h in found:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.published))
+        _print(f"{h.node}\t{when}\t{h.entries} objects\t{format_size(h.bytes)}")
+    return EXIT_OK
+
+
+def _size_arg(text: str) -> int:
+    from cachedaemon.units import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration_arg(text: str) -> float:
+    from cachedaemon.units import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_trim(args: argparse.Namespace) -> int:
@@ -489,7 +592,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stat", parents=[conn], help="cache figures")
     p.add_argument("--json", action="store_true", help="as JSON")
+    p.add_argument("--mrc", action="store_true",
+                   help="the miss-ratio curve instead: the hit ratio the cache would have at"
+                        " other sizes, as a chart")
     p.set_defaults(func=cmd_stat)
+
+    p = sub.add_parser("explain", parents=[conn], help="why a key is, or is not, cached")
+    p.add_argument("key")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("reservations", parents=[conn],
+                       help="who holds cache space, and who waits for it")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.set_defaults(func=cmd_reservations)
+
+    p = sub.add_parser("warm", parents=[conn],
+                       help="fill the cache from a hot set another node published")
+    p.add_argument("--from", dest="source", default="any", metavar="NODE-ID|any",
+                   help="whose hot set (default: any, the newest of another node)")
+    p.add_argument("--bytes", type=_size_arg, default=None, metavar="SIZE",
+                   help="fetch at most this much (default: cache.warm_bytes)")
+    p.add_argument("--timeout", type=_duration_arg, default=None, metavar="DURATION",
+                   help="stop after this long (default: cache.warm_timeout)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="start it and return (default: show progress until it ends)")
+    p.add_argument("--json", action="store_true", help="the final status as JSON")
+    p.set_defaults(func=cmd_warm)
+
+    p = sub.add_parser("hotset", parents=[conn],
+                       help="list the hot sets published in the bucket, or publish this one")
+    p.add_argument("--publish", action="store_true", help="publish this daemon's hot set now")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.set_defaults(func=cmd_hotset)
 
     p = sub.add_parser("trim", parents=[conn], help="trim the cache now")
     p.add_argument("--json", action="store_true", help="as JSON")

@@ -43,18 +43,24 @@ import yarl
 from cachedaemon.client.types import (
     CacheStats,
     DomainInfo,
+    Explanation,
+    HotSetInfo,
     KvDelete,
     KvOp,
     KvPut,
+    MissRatioCurve,
     ObjectInfo,
     ObjectMeta,
+    Reservations,
     TrimResult,
+    WarmStatus,
 )
 from cachedaemon.client.wire import (
     b64,
     cached_object_path,
     domain_path,
     error_from_response,
+    explain_path,
     kv_path,
     object_path,
     query_string,
@@ -492,6 +498,43 @@ class AsyncClient:
     async def drop_cached(self, key: str) -> None:
         """Drop the local copy only (the bucket keeps the object)."""
         await self._call("DELETE", cached_object_path(key), ok=(200, 204))
+
+    async def mrc(self) -> MissRatioCurve:
+        """The miss-ratio curve: the hit ratio the cache would have at other sizes."""
+        return MissRatioCurve.from_json(await self._json("GET", "/v1/cache/mrc"))
+
+    async def explain(self, key: str) -> Explanation:
+        """Why ``key`` is, or is not, in the cache."""
+        return Explanation.from_json(await self._json("GET", explain_path(key)))
+
+    async def reservations(self) -> Reservations:
+        """Every live reservation of cache space and every queued request."""
+        return Reservations.from_json(await self._json("GET", "/v1/cache/reservations"))
+
+    async def warm(self, source: str = "any", *, max_bytes: int | None = None,
+                   timeout_s: float | None = None) -> WarmStatus:
+        """Start warming the cache from the hot set ``source`` (a node id, or ``any``)
+        published; returns at once with the warm-up's status (poll :meth:`warm_status`)."""
+        body: dict[str, Any] = {"from": source}
+        if max_bytes is not None:
+            body["bytes"] = max_bytes
+        if timeout_s is not None:
+            body["timeout_s"] = timeout_s
+        return WarmStatus.from_json(await self._json(
+            "POST", "/v1/cache/warm", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}, ok=(200, 202)))
+
+    async def warm_status(self) -> WarmStatus:
+        return WarmStatus.from_json(await self._json("GET", "/v1/cache/warm"))
+
+    async def hotsets(self) -> builtins.list[HotSetInfo]:
+        """The hot sets published in the bucket, newest first."""
+        doc = await self._json("GET", "/v1/cache/hotsets")
+        return [HotSetInfo.from_json(h) for h in doc.get("hotsets", ())]
+
+    async def publish_hotset(self) -> HotSetInfo:
+        """Publish this daemon's hot set now."""
+        return HotSetInfo.from_json(await self._json("POST", "/v1/cache/hotset"))
 
     # --- key-value domains -------------------------------------------------------------------
 

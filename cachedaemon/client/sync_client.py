@@ -30,10 +30,15 @@ from cachedaemon.client.async_client import (
 from cachedaemon.client.types import (
     CacheStats,
     DomainInfo,
+    Explanation,
+    HotSetInfo,
     KvOp,
+    MissRatioCurve,
     ObjectInfo,
     ObjectMeta,
+    Reservations,
     TrimResult,
+    WarmStatus,
 )
 
 T = TypeVar("T")
@@ -229,6 +234,28 @@ class Client:
 
     def drop_cached(self, key: str) -> None:
         self._run(self._async.drop_cached(key))
+
+    def mrc(self) -> MissRatioCurve:
+        return self._run(self._async.mrc())
+
+    def explain(self, key: str) -> Explanation:
+        return self._run(self._async.explain(key))
+
+    def reservations(self) -> Reservations:
+        return self._run(self._async.reservations())
+
+    def warm(self, source: str = "any", *, max_bytes: int | None = None,
+             timeout_s: float | None = None) -> WarmStatus:
+        return self._run(self._async.warm(source, max_bytes=max_bytes, timeout_s=timeout_s))
+
+    def warm_status(self) -> WarmStatus:
+        return self._run(self._async.warm_status())
+
+    def hotsets(self) -> builtins.list[HotSetInfo]:
+        return self._run(self._async.hotsets())
+
+    def publish_hotset(self) -> HotSetInfo:
+        return self._run(self._async.publish_hotset())
 
     # --- key-value domains -------------------------------------------------------------------
 

@@ -50,6 +50,10 @@ def cached_object_path(key: str) -> str:
     return "/v1/cache/objects/" + quote(key, safe="/")
 
 
+def explain_path(key: str) -> str:
+    return "/v1/cache/explain/" + quote(key, safe="/")
+
+
 def as_key_bytes(key: bytes | str) -> bytes:
     return key.encode("utf-8") if isinstance(key, str) else bytes(key)
 

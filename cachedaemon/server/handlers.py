@@ -3,4 +3,12 @@
 Later issues add their modules (kv domains, L1) here.
 """
 
-from cachedaemon.server import cache_admin, health, kv, l1, objects, openapi  # noqa: F401
+from cachedaemon.server import (  # noqa: F401
+    cache_admin,
+    cache_insight,
+    health,
+    kv,
+    l1,
+    objects,
+    openapi,
+)

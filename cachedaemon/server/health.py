@@ -55,6 +55,7 @@ async def metrics_route(call: Call) -> web.StreamResponse:
         try:
             stats = await cache.local().stats()
             metrics.set_cache_snapshot(_as_dict(stats))
+            metrics.set_cache_insight(await cache.local().mrc())
         except Exception:
             pass
     state = call.ctx.state

@@ -321,9 +321,26 @@ class Daemon:
         await shard.start_services()
         if self.supervisor is not None:
             await self.supervisor.wait_ready(WORKER_START_TIMEOUT_S)
+        await self._warm_at_start(shard)
         self.ready = True
         await self._tell_all("set_state", True, False)
         return url
+
+    async def _warm_at_start(self, shard: Shard) -> None:
+        """``--warm-from``: start the warm-up on shard 0 (every shard serves already, so the
+        warm-up's fills follow the per-key order); with ``cache.warm_before_ready``, wait for
+        it (bounded by ``cache.warm_timeout``) before reporting ready."""
+        source = self.settings.cache.warm_from
+        if not source:
+            return
+        _, status = shard.warm_start(source, None, None)
+        log.info("warm-up from %s started%s", source,
+                 "; ready once it is done" if self.settings.cache.warm_before_ready else
+                 " in the background")
+        if self.settings.cache.warm_before_ready:
+            status = await shard.warm_wait()
+            log.info("warm-up %s: %d objects, %d bytes", status["state"], status["keys_done"],
+                     status["bytes_done"])
 
     def _worker_sockets(self, shard: int) -> dict[str, socket.socket]:
         socks = {"http": self.sockets[shard]}
@@ -363,6 +380,10 @@ class Daemon:
             if sum(left):
                 log.warning("%d request(s) still running after %.1fs: aborting them",
                             sum(left), s.server.shutdown_timeout)
+        if self.shard is not None:
+            # The hot set once more, for the next node to warm from (docs/cache.md): drained,
+            # while every shard still runs (publishing flushes their reads to shard 0 first).
+            await self.shard.stop_warm(publish=True)
         if self.supervisor is not None and self.smp is not None:
             self.supervisor.stopping_soon()
             for i in range(1, self.count):

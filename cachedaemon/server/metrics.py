@@ -91,6 +91,13 @@ RESERVATION_DEADLINE_FAILURES = Counter(
 FORWARDED = Counter("cachedaemon_http_forwarded_requests",
                     "Domain requests handed to the domain's owner shard by the shard that "
                     "accepted them.")
+HOTSET_PUBLISHES = Counter("cachedaemon_cache_hotset_publishes",
+                           "Hot sets published to .cachedaemon/hotset/<node_id>.")
+HOTSET_PUBLISH_FAILURES = Counter("cachedaemon_cache_hotset_publish_failures",
+                                  "Hot set publishes that failed (tried again next interval).")
+WARMUPS = Counter("cachedaemon_cache_warmups", "Warm-ups started (at start or asked for).")
+WARM_BYTES = Counter("cachedaemon_cache_warm_bytes",
+                     "Bytes warm-ups fetched into the cache from published hot sets.")
 STREAM_THROUGH = Counter("cachedaemon_cache_stream_through",
                          "Miss GETs streamed without caching (object could not fit).")
 
@@ -101,14 +108,21 @@ class _CacheCollector(Collector):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._snapshot: dict[str, int] = {}
+        self._insight: dict[str, Any] = {}
 
     def set(self, snapshot: dict[str, int]) -> None:
         with self._lock:
             self._snapshot = dict(snapshot)
 
+    def set_insight(self, insight: dict[str, Any]) -> None:
+        with self._lock:
+            self._insight = dict(insight)
+
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             snap = dict(self._snapshot)
+            insight = dict(self._insight)
+        yield from _insight_metrics(insight)
         names = {
             "bytes_used": ("cachedaemon_cache_bytes", "Bytes of committed cache entries."),
             "objects": ("cachedaemon_cache_objects", "Committed cache entries."),
@@ -141,6 +155,40 @@ class _CacheCollector(Collector):
             c = CounterMetricFamily(metric, doc)
             c.add_metric([], float(snap.get(field_name, 0)))
             yield c
+
+
+def _insight_metrics(insight: dict[str, Any]) -> Iterator[Metric]:
+    """Issue 18's figures from ``CacheService.mrc()``: the curve, evictions by reason, stale
+    reservations."""
+    if not insight:
+        return
+    g = GaugeMetricFamily("cachedaemon_cache_mrc_hit_ratio",
+                          "Byte hit ratio the cache would have at size_bytes (the miss-ratio "
+                          "curve, SHARDS-sampled from the reads so far).", labels=["size_bytes"])
+    for size, ratio in zip(insight.get("sizes", []), insight.get("hit_ratios", []),
+                           strict=False):
+        g.add_metric([str(size)], float(ratio))
+    yield g
+    g = GaugeMetricFamily("cachedaemon_cache_mrc_samples",
+                          "Sampled reads the miss-ratio curve rests on.")
+    g.add_metric([], float(insight.get("samples", 0)))
+    yield g
+    c = CounterMetricFamily("cachedaemon_cache_evictions",
+                            "Cache entries removed, by reason (lru_trim, walk_trim, "
+                            "exhaustive_trim, manual_drop, replaced, deleted, vanished, "
+                            "abandoned).", labels=["reason"])
+    for reason, n in sorted(insight.get("evictions", {}).items()):
+        c.add_metric([reason], float(n))
+    yield c
+    g = GaugeMetricFamily("cachedaemon_cache_stale_reservations",
+                          "Reservations held longer than cache.reservation_warn_age (each is "
+                          "logged once with its owner): a leak detector.")
+    g.add_metric([], float(insight.get("stale_reservations", 0)))
+    yield g
+
+
+def set_cache_insight(insight: dict[str, Any]) -> None:
+    CACHE_COLLECTOR.set_insight(insight)
 
 
 CACHE_COLLECTOR = _CacheCollector()

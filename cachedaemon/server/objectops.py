@@ -51,6 +51,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cachedaemon.cache.evictions import EvictionReason
 from cachedaemon.core.failpoints import failpoint
 from cachedaemon.errors import (
     CacheDaemonError,
@@ -126,7 +127,8 @@ async def put(ctx: ShardContext, key: str, read: Callable[[], Awaitable[bytes]],
         # announcing a huge Content-Length and sending nothing holds little).
         initial = None if clen is None else min(max(clen, 1),
                                                 cache.settings.staging_initial_bytes)
-        staging = await cache.create_staging_file(key, deadline, initial)
+        staging = await cache.create_staging_file(key, deadline, initial, klass="write",
+                                                  owner=f"PUT {key}")
     except CacheFull:
         metrics.RESERVATION_DEADLINE_FAILURES.inc()
         raise
@@ -453,6 +455,7 @@ async def _stream_from_bucket(ctx: ShardContext, request: Any, describe: Describ
         raise NotFound(f"no object {key!r}")
     async with result:
         info = result.info
+        ctx.cache.local().note_miss(key, info.size)  # the miss-ratio curve's reference
         if cond is not None:
             early = cond.check(info.etag, "miss")
             if early is not None:
@@ -500,6 +503,7 @@ async def _fill_and_stream(ctx: ShardContext, request: Any, describe: Describe, 
             raise NotFound(f"no object {key!r}")
         async with result:
             info = result.info
+            cache.note_miss(key, info.size)  # the miss-ratio curve's reference
             if cond is not None:
                 early = cond.check(info.etag, "miss")
                 if early is not None:
@@ -510,7 +514,8 @@ async def _fill_and_stream(ctx: ShardContext, request: Any, describe: Describe, 
                     # Never wait long for space on a read: fill only if it fits now (or after
                     # the in-memory trim the coordinator does at once).
                     staging = await cache.create_staging_file(
-                        key, time.monotonic() + FILL_RESERVE_WAIT_S, max(info.size, 1))
+                        key, time.monotonic() + FILL_RESERVE_WAIT_S, max(info.size, 1),
+                        klass="read", owner=f"GET {key}")
                 except (CacheFull, Unavailable):
                     staging = None
             if staging is None:
@@ -556,6 +561,70 @@ async def _fill_and_stream(ctx: ShardContext, request: Any, describe: Describe, 
     return resp
 
 
+# --- prefetch (warm-up) ---------------------------------------------------------------------
+
+
+class Prefetched:
+    """What :func:`prefetch` did with one key."""
+
+    FETCHED = "fetched"
+    CACHED = "cached"  # a copy was there already, or another fill made one meanwhile
+    SKIPPED = "skipped"  # a write of the key was in flight, it is gone, or too big
+    NO_SPACE = "no_space"  # no room without evicting (a warm-up never trims for itself)
+
+
+async def prefetch(ctx: ShardContext, key: str, *, deadline: float,
+                   owner: str = "") -> tuple[str, int]:
+    """Fill the cache with ``key`` as a GET's miss would, without a client: registered as a
+    fill (so a write of the key in flight wins), staged under a ``prefetch`` reservation
+    that waits at most until ``deadline``, published with its ETag. Counts neither as a hit
+    nor as a miss. Returns what happened and the bytes fetched. REQUIRES: a valid key whose
+    bucket object is ``key`` (a user key)."""
+    cache = ctx.cache.local()
+    if cache.peek(key) is not None:
+        return Prefetched.CACHED, 0
+    ticket: int | None
+    ticket, overlapped, followed = await cache.register_fill(key)
+    try:
+        if overlapped:
+            return Prefetched.SKIPPED, 0
+        if followed and cache.peek(key) is not None:
+            return Prefetched.CACHED, 0
+        result = await ctx.store.get(key)
+        if result is None:
+            return Prefetched.SKIPPED, 0
+        async with result:
+            info = result.info
+            if info.size > ctx.max_object_bytes:
+                return Prefetched.SKIPPED, 0
+            try:
+                staging = await cache.create_staging_file(
+                    key, deadline, max(info.size, 1), klass="prefetch",
+                    owner=owner or f"warm-up {key}")
+            except (CacheFull, Unavailable):
+                return Prefetched.NO_SPACE, 0
+            n = 0
+            try:
+                async for chunk in result.iter_chunks():
+                    n += len(chunk)
+                    await staging.append(chunk, deadline)
+                if n != info.size:
+                    return Prefetched.SKIPPED, 0
+                mine, ticket = ticket, None
+                fill, staging = staging, None
+                kept = await fill.publish(mine, xattrs={ETAG_XATTR: info.etag.encode()})
+            except CacheFull:
+                return Prefetched.NO_SPACE, 0
+            finally:
+                if staging is not None:
+                    await staging.close()
+        metrics.DOWNLOAD_BYTES.inc(n)
+        return (Prefetched.FETCHED, n) if kept else (Prefetched.CACHED, 0)
+    finally:
+        if ticket is not None:
+            await cache.finish(ticket)
+
+
 # --- DELETE ---------------------------------------------------------------------------------
 
 
@@ -563,7 +632,7 @@ async def delete(ctx: ShardContext, key: str) -> None:
     """Delete ``key`` from the bucket, then its cached copy (in the key's order on shard 0).
     REQUIRES: a valid, unreserved key."""
     cache = ctx.cache.local()
-    ticket, _ = await cache.register(key, write=True)
+    ticket, _ = await cache.register(key, write=True, why=EvictionReason.deleted)
     try:
         await ctx.store.delete(key)
         await failpoint("server.delete.after_bucket")

@@ -101,6 +101,12 @@ class Shard:
         self.ctx.cache = self.cache
         self.ctx.max_object_bytes = await self.cache.local().object_limit()
         self.ctx.extensions["metastore"] = self.domains
+        if self.id == 0:
+            from cachedaemon.server.warm import HotSetPublisher, Warmer
+
+            self.ctx.extensions["warmer"] = Warmer(self.ctx)
+            publisher = self.ctx.extensions["publisher"] = HotSetPublisher(self.ctx)
+            publisher.start()
 
     async def close(self) -> None:
         """Stop serving and stop the services, top down. Errors are logged, not raised."""
@@ -111,6 +117,7 @@ class Shard:
         if self.ctx is not None and self.ctx.inflight:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ctx.idle.wait(), 5.0)
+        await self.stop_warm(publish=False)
         if self.s3 is not None:
             await self.s3.close()  # the multipart parts it holds leave the cache's gate
             self.s3 = None
@@ -137,6 +144,19 @@ class Shard:
         if self.s3_sock is not None:
             with contextlib.suppress(OSError):
                 self.s3_sock.close()
+
+    async def stop_warm(self, *, publish: bool) -> None:
+        """Shard 0: stop a running warm-up and the publishing loop; with ``publish``, publish
+        the hot set once more first (a clean shutdown, while the store and the cache still
+        run)."""
+        if self.ctx is None:
+            return
+        warmer = self.ctx.extensions.pop("warmer", None)
+        if warmer is not None:
+            await warmer.stop()
+        publisher = self.ctx.extensions.pop("publisher", None)
+        if publisher is not None:
+            await publisher.stop(publish=publish)
 
     # --- the "shard" service ---------------------------------------------------------------
 
@@ -187,3 +207,34 @@ class Shard:
 
     def metrics_text(self) -> str:
         return metrics.render_local()
+
+    # Warm-ups and hot set publishing run on shard 0 (cachedaemon.server.warm).
+
+    def _warm_parts(self) -> tuple[Any, Any]:
+        from cachedaemon.errors import Unavailable
+
+        assert self.ctx is not None
+        warmer = self.ctx.extensions.get("warmer")
+        publisher = self.ctx.extensions.get("publisher")
+        if warmer is None or publisher is None:
+            raise Unavailable("warm-ups run on shard 0 once the cache is started")
+        return warmer, publisher
+
+    def warm_start(self, source: str, max_bytes: int | None, timeout_s: float | None
+                   ) -> tuple[bool, dict[str, Any]]:
+        warmer, _ = self._warm_parts()
+        started, status = warmer.start(source, max_bytes, timeout_s)
+        return bool(started), dict(status)
+
+    async def warm_wait(self) -> dict[str, Any]:
+        """Wait for the running warm-up (if any) to end; its status."""
+        warmer, _ = self._warm_parts()
+        return dict(await warmer.wait())
+
+    def warm_status(self) -> dict[str, Any]:
+        warmer, _ = self._warm_parts()
+        return dict(warmer.status())
+
+    async def publish_hotset(self) -> dict[str, Any]:
+        _, publisher = self._warm_parts()
+        return dict(await publisher.publish())

@@ -761,8 +761,9 @@ async def test_cloud_cache_duplicate_at_upload_never_overwrites(
 class EvictingCache(CacheService):
     """A real cache whose every download is trimmed away at once (a cache under pressure)."""
 
-    async def put(self, key: str, data: Any, guard: Any, deadline: Any = None) -> int:
-        size = await super().put(key, data, guard, deadline)
+    async def put(self, key: str, data: Any, guard: Any, deadline: Any = None,
+                  **kwargs: Any) -> int:
+        size = await super().put(key, data, guard, deadline, **kwargs)
         await self.invalidate(key)
         return size
 

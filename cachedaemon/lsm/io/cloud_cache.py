@@ -227,7 +227,8 @@ class CloudCacheDataPersistence(CloudDataPersistenceBase):
             await self.check_absent(handle)
             key = self.cache_key(handle)
             try:
-                staging = await self._cache.create_staging_file(key, self._write_deadline())
+                staging = await self._cache.create_staging_file(
+                    key, self._write_deadline(), klass="metastore", owner=f"SST write {key}")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -277,11 +278,16 @@ class CloudCacheDataPersistence(CloudDataPersistenceBase):
             if result is None:
                 return None
             async with result:
+                # A miss of the cache's miss-ratio curve (the hit was its get()).
+                self._cache.note_miss(key, result.content_length)
                 deadline = deadline_after(self._read_reserve_deadline_s, self._io.clock)
                 try:
-                    guard = await self._cache.reserve_space(result.content_length, 1, deadline)
+                    guard = await self._cache.reserve_space(
+                        result.content_length, 1, deadline, klass="metastore",
+                        owner=f"SST read {key}")
                     try:
-                        await self._cache.put(key, result.iter_chunks(), guard, deadline)
+                        await self._cache.put(key, result.iter_chunks(), guard, deadline,
+                                              klass="metastore", owner=f"SST read {key}")
                     finally:
                         guard.close()  # releases only what put() did not take over
                 except (DeadlineExceeded, TooLarge) as exc:  # CacheFull included

@@ -603,7 +603,8 @@ async def _stage_part(call: S3Call, number: int, body: AsyncIterator[bytes],
     try:
         staging = await cache.create_staging_file(
             Uploads.part_key(upload.upload_id, number), deadline,
-            None if length is None else max(length, 1))
+            None if length is None else max(length, 1), klass="write",
+            owner=f"S3 UploadPart {upload.upload_id} #{number}")
     except CacheFull as exc:
         raise from_daemon_error(exc) from None
     kept = False
