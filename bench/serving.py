@@ -23,7 +23,8 @@ Parts:
 ``shards``
     ``--shards 2`` against ``--shards 1`` for ``/healthz``, the 4 KiB and 1 MiB hits, kv GET
     and L1 ``get_first_ge`` on one domain (its owner shard does all its work) and spread over
-    8 kv / 4 L1 domains.
+    8 kv / 4 L1 domains; and, as the reference of what this machine allows with wrk on it
+    too, nginx with 2 workers against 1 on the same 4 KiB and 1 MiB files.
 ``kv``
     In-process point gets, 64 callers: our metastore (``DomainService.get``) and slatedb
     (``pip install -e '.[bench]'``), each on 10,000 keys flushed to a local file store; the
@@ -376,6 +377,18 @@ def part_shards(one: Daemon, two: Daemon, rounds: int, duration: float,
         rows.append(f"| {name} | {a.rps:,.0f} | {a.cpu_us:.1f} | {b.rps:,.0f} | {b.cpu_us:.1f} "
                     f"| **{b.rps / a.rps:.2f}x** |")
         print(f"  {name}: 1 shard {fmt_side(a)}; 2 shards {fmt_side(b)}", flush=True)
+    # What this machine allows: nginx with 2 workers against 1, the same files, the same wrk.
+    with nginx(one.cache_dir, workers=1) as (n1_url, n1_pid), \
+            nginx(one.cache_dir, workers=2) as (n2_url, n2_pid):
+        for size in ("4KiB", "1MiB"):
+            got = compare([("1", f"{n1_url}/hit-{size}", None, n1_pid),
+                           ("2", f"{n2_url}/hit-{size}", None, n2_pid)], rounds, duration)
+            a, b = got["1"], got["2"]
+            rows.append(f"| reference: nginx, hit {size}, 2 workers vs 1 | {a.rps:,.0f} | "
+                        f"{a.cpu_us:.1f} | {b.rps:,.0f} | {b.cpu_us:.1f} | "
+                        f"**{b.rps / a.rps:.2f}x** |")
+            print(f"  nginx {size}: 1 worker {fmt_side(a)}; 2 workers {fmt_side(b)}",
+                  flush=True)
 
 
 async def part_kv(work: Path, duration: float, rounds: int, rows: list[str],
