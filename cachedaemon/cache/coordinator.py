@@ -775,8 +775,11 @@ class CacheCoordinator:
         request = (f"{cls.name} reservation of {nbytes} bytes and {nobjects} objects{what}"
                    + (f" for {owner}" if owner else ""))
         self._maybe_background_trim()
-        if not self._waiters.blocks(cls) and not self.puts_blocked \
-                and self.fits(nbytes, nobjects):
+        if (nbytes == 0 and nobjects == 0) or (
+                not self._waiters.blocks(cls) and not self.puts_blocked
+                and self.fits(nbytes, nobjects)):
+            # (A request for nothing takes nothing: granted even while the cache is over its
+            # limit or others queue, instead of waiting out its deadline.)
             return self._hold(nbytes, nobjects, shard, cls, owner)
         if nobjects > self.max_objects or (nbytes > self.max_bytes and not (
                 self.settings.may_exceed and could_ever_exceed(

@@ -110,6 +110,24 @@ async def test_a_request_larger_than_the_byte_limit_overcommits_when_the_disk_ha
     assert s.bytes_used == 20 * KiB and s.bytes_over_limit == 10 * KiB
 
 
+
+async def test_an_empty_reservation_never_waits_while_the_cache_is_over_its_limit(
+    open_cache: OpenCache, fake_disk: FakeDisk,
+) -> None:
+    """Seen in the suite: the metastore's read of an SST larger than the cache over-committed
+    its bytes, then asked for a reservation of 0 bytes and 0 objects — which waited out its
+    whole 30 s deadline, since nothing "fits" while the cache is over its limit. A request
+    for nothing takes nothing, and is granted at once."""
+    svc = await open_cache(max_bytes=10 * KiB, max_objects=10, min_free_bytes=MiB)
+    big = await svc.reserve_space(20 * KiB, 1, deadline_after(5.0))  # over-committed
+    t0 = time.monotonic()
+    empty = await svc.reserve_space(0, 0, deadline_after(2.0))
+    assert time.monotonic() - t0 < 0.5
+    s = await svc.stats()
+    assert (s.bytes_reserved, s.objects_reserved) == (20 * KiB, 1)
+    empty.close()
+    big.close()
+
 async def test_after_a_failed_trim_the_next_request_overcommits_without_waiting(
     open_cache: OpenCache, fake_disk: FakeDisk,
 ) -> None:
