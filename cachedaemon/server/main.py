@@ -212,6 +212,8 @@ class Daemon:
         except (StartupError, CacheDaemonError, OSError, TimeoutError) as exc:
             print(f"cachedaemon: cannot start: {exc or 'timed out'}", file=sys.stderr,
                   flush=True)
+            if self.supervisor is not None:
+                self.supervisor.kill_all()  # they never served: nothing to drain or wait for
             await self.stop()
             return EXIT_FAILED
         if not self.stop_requested.is_set():  # a signal during start-up: just stop

@@ -90,11 +90,16 @@ def test_unreachable_bucket_exits_1(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
+    t0 = time.monotonic()
     r = run_cli("serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"),
                 "--remote", "s3://nobucket", "--s3-endpoint", f"http://127.0.0.1:{dead}",
-                "--remote-retry-timeout", "1s", timeout=60)
+                "--remote-retry-timeout", "1s", "--shards", "2", timeout=60)
     assert r.returncode == 1, r.stderr
     assert "bucket" in r.stderr.decode()
+    # A failed start ends at once: the workers, which never served, are not waited for
+    # (it took 10 s, the workers' stop timeout, before they were killed).
+    assert time.monotonic() - t0 < 6, r.stderr
+    assert b"did not stop in time" not in r.stderr
 
 
 def _notify_socket(path: str) -> socket.socket:
