@@ -20,7 +20,7 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
@@ -286,43 +286,36 @@ def cmd_stat(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _show(args: argparse.Namespace, fetch: Callable[[Client], Any],
+          lines: Callable[[Any], Iterable[str]]) -> int:
+    """Fetch one answer from the daemon and print it: its JSON with ``--json``, else the
+    lines ``lines`` makes of it."""
+    with _client(args) as client:
+        answer = fetch(client)
+    if args.json:
+        _print(json.dumps(dict(answer.raw), indent=2))
+    else:
+        for line in lines(answer):
+            _print(line)
+    return EXIT_OK
+
+
 def _stat_mrc(args: argparse.Namespace) -> int:
     from cachedaemon.cli.insight import render_mrc
 
-    with _client(args) as client:
-        curve = client.mrc()
-    if args.json:
-        _print(json.dumps(dict(curve.raw), indent=2))
-    else:
-        for line in render_mrc(curve):
-            _print(line)
-    return EXIT_OK
+    return _show(args, lambda client: client.mrc(), render_mrc)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from cachedaemon.cli.insight import format_explain
 
-    with _client(args) as client:
-        expl = client.explain(args.key)
-    if args.json:
-        _print(json.dumps(dict(expl.raw), indent=2))
-    else:
-        for line in format_explain(expl):
-            _print(line)
-    return EXIT_OK
+    return _show(args, lambda client: client.explain(args.key), format_explain)
 
 
 def cmd_reservations(args: argparse.Namespace) -> int:
     from cachedaemon.cli.insight import format_reservations
 
-    with _client(args) as client:
-        res = client.reservations()
-    if args.json:
-        _print(json.dumps(dict(res.raw), indent=2))
-    else:
-        for line in format_reservations(res):
-            _print(line)
-    return EXIT_OK
+    return _show(args, lambda client: client.reservations(), format_reservations)
 
 
 def cmd_warm(args: argparse.Namespace) -> int:
