@@ -54,7 +54,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from cachedaemon.cache.classes import ReservationClass
 from cachedaemon.cache.reservation import ReservationGuard
@@ -274,45 +274,17 @@ class StagingFile:
         """Put the file in place as the key's entry; return its size. ``xattrs`` are set on
         the file before it becomes visible (best effort, as part of the same thread job). See
         the module docstring."""
-        if self._failed is not None and not self._closed:
-            self._closed = True
-            await self._abort(unlink=True)
-            raise IOFailure(f"cannot commit {self.key!r}: a write was lost: {self._failed}")
-        self._check_open()
-        pending = self._pending
-        if pending is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(pending)
-            self._check_open()
-        self._closed = True
-        fd, self._fd = self._fd, None
-        assert fd is not None
-        buf, offset = self._take_buffer()
-        sync = self._service.fsync_commits and self._synced != self._written
+        fd, buf, offset, sync = await self._close_for_commit()
         job = asyncio.ensure_future(asyncio.to_thread(
             self._commit_job, fd, buf, offset, sync, replace, xattrs
         ))
         # The job cannot be interrupted halfway: if we are cancelled, wait for it, do the
         # accounting, and only then let the cancellation through.
-        cancelled = False
-        while not job.done():
-            try:
-                await asyncio.shield(job)
-            except asyncio.CancelledError:
-                cancelled = True
-            except BaseException:
-                break
+        cancelled = await _uninterrupted(job)
         exc = job.exception()
         try:
             if exc is not None and not self._landed:
-                await self._abort(unlink=True)
-                if cancelled:
-                    raise asyncio.CancelledError()
-                if isinstance(exc, OSError):
-                    if exc.errno == errno.ENOSPC:
-                        self._service.note_disk_full()
-                    raise IOFailure(f"cannot commit {self.key!r}: {exc}") from exc
-                raise exc
+                await self._commit_failed(exc, cancelled)
             if exc is not None and not replace:
                 # The file was in place when the job failed: the commit happened (and is
                 # accounted); only its answer failed. Finish the cleanup the job did not reach.
@@ -410,6 +382,17 @@ class StagingFile:
     async def _seal(self, xattrs: dict[str, bytes] | None) -> None:
         """Make the ``.part`` complete and closed (for :meth:`publish`). Aborts the file and
         raises if that fails."""
+        fd, buf, offset, sync = await self._close_for_commit()
+        job = asyncio.ensure_future(asyncio.to_thread(_seal_job, fd, buf, offset, sync, xattrs))
+        cancelled = await _uninterrupted(job)
+        exc = job.exception()
+        if exc is not None or cancelled:
+            await self._commit_failed(exc, cancelled)
+
+    async def _close_for_commit(self) -> tuple[int, list[bytes | memoryview], int, bool]:
+        """End writing before a commit or a seal: refuse if a write was lost (aborting the
+        file), wait for the write in flight, close for writers and take the descriptor, the
+        unwritten buffer with its offset, and whether the job must fdatasync."""
         if self._failed is not None and not self._closed:
             self._closed = True
             await self._abort(unlink=True)
@@ -424,27 +407,20 @@ class StagingFile:
         fd, self._fd = self._fd, None
         assert fd is not None
         buf, offset = self._take_buffer()
-        sync = self._service.fsync_commits and self._synced != self._written
-        job = asyncio.ensure_future(asyncio.to_thread(_seal_job, fd, buf, offset, sync, xattrs))
-        cancelled = False
-        while not job.done():
-            try:
-                await asyncio.shield(job)
-            except asyncio.CancelledError:
-                cancelled = True
-            except BaseException:
-                break
-        exc = job.exception()
-        if exc is not None or cancelled:
-            await self._abort(unlink=True)
-            if cancelled:
-                raise asyncio.CancelledError()
-            assert exc is not None
-            if isinstance(exc, OSError):
-                if exc.errno == errno.ENOSPC:
-                    self._service.note_disk_full()
-                raise IOFailure(f"cannot commit {self.key!r}: {exc}") from exc
-            raise exc
+        return fd, buf, offset, self._service.fsync_commits and self._synced != self._written
+
+    async def _commit_failed(self, exc: BaseException | None, cancelled: bool) -> NoReturn:
+        """A commit or seal job failed (or its caller was cancelled) before the file was in
+        place: abort the file, then raise the cancellation, or the failure (ENOSPC noted)."""
+        await self._abort(unlink=True)
+        if cancelled:
+            raise asyncio.CancelledError()
+        assert exc is not None
+        if isinstance(exc, OSError):
+            if exc.errno == errno.ENOSPC:
+                self._service.note_disk_full()
+            raise IOFailure(f"cannot commit {self.key!r}: {exc}") from exc
+        raise exc
 
     def _unlink_part(self) -> None:
         try:
@@ -509,3 +485,17 @@ class StagingFile:
             except OSError:
                 pass
         self._finish()
+
+
+async def _uninterrupted(job: asyncio.Future[Any]) -> bool:
+    """Wait for a thread job that must not be interrupted halfway: a cancellation waits for
+    the job too, and is reported (True) for the caller to raise once it has done its part."""
+    cancelled = False
+    while not job.done():
+        try:
+            await asyncio.shield(job)
+        except asyncio.CancelledError:
+            cancelled = True
+        except BaseException:
+            break
+    return cancelled
