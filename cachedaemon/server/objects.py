@@ -8,31 +8,9 @@ too, and listings skip the daemon's objects whatever the page.
 The operations themselves are the object path, :mod:`cachedaemon.server.objectops`, which the
 S3 endpoint runs too; these routes parse ``/v1``'s requests and format its answers.
 
-Per key, reads follow writes (``docs/cache.md``): every PUT and DELETE registers with shard 0's
-key table before it touches the bucket and finishes there after; a cache-filling GET registers
-before its download and publishes its staged copy through the table, which keeps it only if no
-write of the key overlapped it. A hit never leaves its shard.
-
-PUT streams the body into a cache :class:`StagingFile` (its reservation grows as bytes arrive,
-bounded by the request's deadline), registers the write, uploads (from memory up to 8 MiB, else
-from the staged file: the store goes multipart when large; the staged file is synced to disk
-meanwhile), then publishes the staged file: shard 0 renames it over the entry if no other write
-of the key overlapped this one, else removes the key's copy. ``201`` only after the bucket holds
-the object and the finish is done. Any failure (body too large, client gone, upload error,
-reservation deadline, shut-down cancelling the handler) closes the staging file: no entry, no
-``.part``, no reservation, no object (the store aborts a failed multipart upload); a write whose
-upload may have landed removes the key's copy.
-
-GET serves a hit from one open descriptor of the cached file (its size from ``fstat``, its ETag
-from the file's extended attribute ``user.cachedaemon.etag``, set before the publish; the bytes
-inline when small, else by ``sendfile``), so a concurrent replace never mixes two versions. A
-miss registers a fill, downloads the object once per shard (single flight), streams it to the
-client while staging it, and publishes it before the last chunk leaves; when a write of the key
-is in flight, or the object cannot fit, it streams through uncached. A ranged miss is answered
-from the bucket's range (and does not fill the cache).
-
-HEAD answers from the cache or the bucket without filling the cache or counting hit/miss.
-DELETE registers, deletes from the bucket, then removes the cached copy as it finishes.
+What a PUT, GET, HEAD and DELETE do — the per-key ordering through shard 0's key table,
+staging, upload and publish, hits from one descriptor, single-flight fills — is described
+once, in :mod:`cachedaemon.server.objectops`.
 
 Runs on every shard; uses only that shard's store and cache service (and shard 0's key table,
 through the cache service, with plain data).
