@@ -72,38 +72,57 @@ def walk_cache(root: Path, *, delete_parts: bool, remove_empty_dirs: bool = True
     Empty directories below the root are removed (post-order) when ``remove_empty_dirs``.
     """
     result = WalkResult()
-    root_s = os.fspath(root)
-    _walk_dir(root_s, "", result, delete_parts, remove_empty_dirs)
+    _scan(os.fspath(root), "", _FullWalk(result, delete_parts, remove_empty_dirs))
     return result
 
 
-def _walk_dir(
-    path: str, rel: str, result: WalkResult, delete_parts: bool, remove_empty: bool
-) -> bool:
-    """Walk one directory; True if it is empty afterwards."""
+class _Visitor:
+    """What a walk does with what :func:`_scan` finds (the defaults: nothing)."""
+
+    remove_empty = True
+
+    def tick(self) -> None:
+        """Every directory entry met (pacing)."""
+
+    def link(self) -> None:
+        """A symbolic link (never followed)."""
+
+    def dir_removed(self) -> None:
+        """An empty directory was removed."""
+
+    def part(self, path: str, child: str, st: os.stat_result) -> bool:
+        """A ``.part`` file; True if it is gone now."""
+        return False
+
+    def file(self, child: str, st: os.stat_result) -> None:
+        """A regular file that may be an entry (each name once per directory)."""
+
+
+def _scan(path: str, rel: str, v: _Visitor) -> bool:
+    """Walk one directory for ``v``; True if it is empty afterwards."""
     remaining = 0
     # readdir may return a name twice when the directory changes during the walk (commits and
     # deletes go on meanwhile): count each file once.
     seen: set[str] = set()
     try:
         it = os.scandir(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
     with it:
         for entry in it:
+            v.tick()
             name = entry.name
-            child_rel = f"{rel}/{name}" if rel else name
+            child = f"{rel}/{name}" if rel else name
             try:
                 if entry.is_symlink():
-                    result.skipped_links += 1
+                    v.link()
                     remaining += 1
                     continue
                 if entry.is_dir(follow_symlinks=False):
-                    empty = _walk_dir(entry.path, child_rel, result, delete_parts, remove_empty)
-                    if empty and remove_empty:
+                    if _scan(entry.path, child, v) and v.remove_empty:
                         try:
                             os.rmdir(entry.path)
-                            result.empty_dirs_removed += 1
+                            v.dir_removed()
                             continue
                         except OSError:
                             pass
@@ -112,30 +131,53 @@ def _walk_dir(
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            remaining += 1
             if not stat.S_ISREG(st.st_mode):
+                remaining += 1
                 continue
             if name.endswith(PART_SUFFIX):
-                if delete_parts:
-                    try:
-                        os.unlink(entry.path)
-                        result.parts_deleted += 1
-                        remaining -= 1
-                    except FileNotFoundError:
-                        remaining -= 1
-                    continue
-                result.part_files += 1
-                result.part_bytes += st.st_size
+                if not v.part(entry.path, child, st):
+                    remaining += 1
                 continue
+            remaining += 1
             if not rel and name in INTERNAL_NAMES:
                 continue
             if name in seen:
                 remaining -= 1
                 continue
             seen.add(name)
-            result.files.append((child_rel, max(st.st_atime, st.st_mtime), st.st_size))
-            result.total_bytes += st.st_size
+            v.file(child, st)
     return remaining == 0
+
+
+class _FullWalk(_Visitor):
+    """:func:`walk_cache`: list every entry."""
+
+    def __init__(self, result: WalkResult, delete_parts: bool, remove_empty: bool) -> None:
+        self.result = result
+        self.delete_parts = delete_parts
+        self.remove_empty = remove_empty
+
+    def link(self) -> None:
+        self.result.skipped_links += 1
+
+    def dir_removed(self) -> None:
+        self.result.empty_dirs_removed += 1
+
+    def part(self, path: str, child: str, st: os.stat_result) -> bool:
+        if self.delete_parts:
+            try:
+                os.unlink(path)
+                self.result.parts_deleted += 1
+            except FileNotFoundError:
+                pass
+            return True
+        self.result.part_files += 1
+        self.result.part_bytes += st.st_size
+        return False
+
+    def file(self, child: str, st: os.stat_result) -> None:
+        self.result.files.append((child, max(st.st_atime, st.st_mtime), st.st_size))
+        self.result.total_bytes += st.st_size
 
 
 @dataclass
@@ -215,64 +257,37 @@ def sync_walk(root: Path, indexed: dict[str, int], pacer: Pacer) -> SyncDiff:
     job. Raises :class:`WalkAborted` if the pacer is aborted."""
     started = time.monotonic()
     diff = SyncDiff()
-    _sync_dir(os.fspath(root), "", indexed, diff, pacer)
+    _scan(os.fspath(root), "", _SyncWalk(indexed, diff, pacer))
     diff.vanished = list(indexed)
     indexed.clear()
     diff.seconds = time.monotonic() - started
     return diff
 
 
-def _sync_dir(path: str, rel: str, indexed: dict[str, int], diff: SyncDiff,
-              pacer: Pacer) -> bool:
-    """One directory of :func:`sync_walk`; True if it is empty afterwards."""
-    remaining = 0
-    seen: set[str] = set()  # readdir may return a name twice while the directory changes
-    try:
-        it = os.scandir(path)
-    except (FileNotFoundError, NotADirectoryError):
+class _SyncWalk(_Visitor):
+    """:func:`sync_walk`: pop what is found from the index's copy, keep only differences."""
+
+    def __init__(self, indexed: dict[str, int], diff: SyncDiff, pacer: Pacer) -> None:
+        self.indexed = indexed
+        self.diff = diff
+        self.tick = pacer.tick  # type: ignore[method-assign]
+
+    def dir_removed(self) -> None:
+        self.diff.empty_dirs_removed += 1
+
+    def part(self, path: str, child: str, st: os.stat_result) -> bool:
+        self.diff.parts.append(child)
         return False
-    with it:
-        for entry in it:
-            pacer.tick()
-            name = entry.name
-            child = f"{rel}/{name}" if rel else name
-            try:
-                if entry.is_symlink():
-                    remaining += 1
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    if _sync_dir(entry.path, child, indexed, diff, pacer):
-                        try:
-                            os.rmdir(entry.path)
-                            diff.empty_dirs_removed += 1
-                            continue
-                        except OSError:
-                            pass
-                    remaining += 1
-                    continue
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            remaining += 1
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            if name.endswith(PART_SUFFIX):
-                diff.parts.append(child)
-                continue
-            if not rel and name in INTERNAL_NAMES:
-                continue
-            if name in seen:
-                remaining -= 1
-                continue
-            seen.add(name)
-            size = indexed.pop(child, None)
-            if size is None:
-                diff.untracked.append((child, max(st.st_atime, st.st_mtime), st.st_size))
-            elif size != st.st_size:
-                diff.resized.append((child, st.st_size))
-            diff.files += 1
-            diff.total_bytes += st.st_size
-    return remaining == 0
+
+    def file(self, child: str, st: os.stat_result) -> None:
+        diff = self.diff
+        size = self.indexed.pop(child, None)
+        if size is None:
+            diff.untracked.append((child, max(st.st_atime, st.st_mtime), st.st_size))
+        elif size != st.st_size:
+            diff.resized.append((child, st.st_size))
+        diff.files += 1
+        diff.total_bytes += st.st_size
 
 
 def remove_empty_parents(root: Path, path: Path) -> None:
