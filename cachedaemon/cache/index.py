@@ -80,16 +80,7 @@ class CacheIndex:
 
     def touch(self, path: str) -> bool:
         """Mark ``path`` used now (most recent). False if it is not in the index."""
-        entries = self._entries
-        size = entries.pop(path, None)
-        if size is None:
-            return False
-        entries[path] = size
-        touched = self._touched
-        if path in touched:
-            del touched[path]
-        touched[path] = None
-        return True
+        return self.touch_size(path) is not None
 
     def touch_size(self, path: str) -> int | None:
         """:meth:`touch`, returning the entry's size (``None``: not in the index)."""
