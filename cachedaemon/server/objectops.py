@@ -282,15 +282,10 @@ async def read(ctx: ShardContext, request: Any, key: str, range_header: str | No
                 return resp
     describe = describe or plain_headers
     if head:
-        info = await ctx.store.head(key)
-        early = cond.check(None if info is None else info.etag, "miss") if cond else None
-        if early is not None:
-            return early
-        if info is None:
-            raise NotFound(f"no object {key!r}")
-        if cond is not None:
-            range_header = cond.range_header(range_header, info.etag)
-        byte_range = parse_range(range_header, info.size)
+        got = await _bucket_version(ctx, key, range_header, cond)
+        if isinstance(got, web.StreamResponse):
+            return got
+        info, byte_range = got
         return _headers_only(describe, Served(info.size, info.etag, byte_range, "miss",
                                               info))
     return await _serve_miss(ctx, request, describe, key, range_header, cond)
@@ -407,20 +402,30 @@ def _hit_headers(etag: str) -> bytes:
 _HIT_HEADERS: dict[str, bytes] = {}
 
 
+async def _bucket_version(ctx: ShardContext, key: str, range_header: str | None,
+                          cond: Conditions | None
+                          ) -> tuple[ObjectInfo, tuple[int, int] | None] | web.StreamResponse:
+    """The bucket's current version of ``key`` (a HEAD) and the byte range to answer from it
+    (``If-Range`` applied), or the early answer its conditions give (a ``304``); NotFound."""
+    info = await ctx.store.head(key)
+    early = cond.check(None if info is None else info.etag, "miss") if cond else None
+    if early is not None:
+        return early
+    if info is None:
+        raise NotFound(f"no object {key!r}")
+    if cond is not None:
+        range_header = cond.range_header(range_header, info.etag)
+    return info, parse_range(range_header, info.size)
+
+
 async def _serve_miss(ctx: ShardContext, request: Any, describe: Describe, key: str,
                       range_header: str | None, cond: Conditions | None
                       ) -> web.StreamResponse:
-    store = ctx.store
     if range_header is not None and range_header.strip():
-        info = await store.head(key)
-        early = cond.check(None if info is None else info.etag, "miss") if cond else None
-        if early is not None:
-            return early
-        if info is None:
-            raise NotFound(f"no object {key!r}")
-        if cond is not None:
-            range_header = cond.range_header(range_header, info.etag)
-        byte_range = parse_range(range_header, info.size)
+        got = await _bucket_version(ctx, key, range_header, cond)
+        if isinstance(got, web.StreamResponse):
+            return got
+        info, byte_range = got
         if byte_range is not None:
             return await _stream_from_bucket(ctx, request, describe, key, byte_range,
                                              info.size, cond)
