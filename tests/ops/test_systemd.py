@@ -37,6 +37,7 @@ import pytest
 
 from cachedaemon.config import SCHEMA
 from tests.support.daemon import READY_RE
+from tests.support.tools import debian_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT_FILE = ROOT / "config" / "cachedaemon.service"
@@ -128,9 +129,7 @@ def test_the_guide_makes_the_user_before_the_config_and_covers_both_systems() ->
 
 
 def _systemd_analyze() -> str:
-    tool = shutil.which("systemd-analyze")
-    if tool is not None:
-        return tool
+    return debian_tool("systemd-analyze", "systemd", install_must_work=True)
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         pytest.skip("systemd-analyze is missing and cannot be installed here (needs root and "
                     "apt-get): install systemd (Debian: apt-get install systemd) to run this test")

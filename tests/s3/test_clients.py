@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.s3.conftest import ACCESS_KEY, REGION, SECRET_KEY, S3Daemon, aws_env, client, unique
+from tests.support.tools import debian_tool
 
 MiB = 1024 * 1024
 
@@ -111,9 +112,7 @@ def test_aws_cli_s3api_and_presign(s3d: S3Daemon, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="session")
 def rclone() -> str:
-    tool = shutil.which("rclone")
-    if tool is not None:
-        return tool
+    return debian_tool("rclone", "rclone")
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         pytest.skip("rclone is missing and cannot be installed here (needs root and apt-get): "
                     "install it (Debian: apt-get install rclone) to run the rclone tests")
