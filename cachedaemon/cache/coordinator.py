@@ -62,6 +62,7 @@ journal, written by its own thread). A start reads it and serves at once; a back
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -231,7 +232,10 @@ class CacheCoordinator:
         self._changed: asyncio.Event | None = None
         self._last_walk = -math.inf
         self._generation = 0  # bumped on every change of usage or reservations
-        self._watches: list[set[str]] = []
+        self._watches: list[set[str]] = []  # one per walk or delete batch: paths changed since
+        # Paths a trim has dropped from the index whose files are still being deleted: a walk
+        # that starts meanwhile may still see them, and must not adopt them.
+        self._deleting: collections.Counter[str] = collections.Counter()
         self._reconciling = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: list[asyncio.Task[Any]] = []
@@ -437,6 +441,22 @@ class CacheCoordinator:
     def _watch(self, path: str) -> None:
         for w in self._watches:
             w.add(path)
+
+    def _begin_watch(self) -> set[str]:
+        """A new set of the paths that change from now on (and of those whose deletion is in
+        flight): a walk or delete skips them when it applies what it saw. End with
+        :meth:`_end_watch`."""
+        watch = set(self._deleting)
+        self._watches.append(watch)
+        return watch
+
+    def _end_watch(self, watch: set[str]) -> None:
+        # By identity: list.remove compares sets by value and would take another walk's equal
+        # set, which would then miss the changes it must skip.
+        for i, w in enumerate(self._watches):
+            if w is watch:
+                del self._watches[i]
+                return
 
     def _hold(self, nbytes: int, nobjects: int, shard: int,
               klass: ReservationClass = ReservationClass.write, owner: str = "") -> int:
@@ -995,18 +1015,23 @@ class CacheCoordinator:
         now = self.clock.time()
         for i in range(0, len(victims), DELETE_BATCH):
             batch = victims[i : i + DELETE_BATCH]
+            watch = self._begin_watch()
             for path in batch:
                 size = self.index.remove(path)
                 if size is not None:
                     freed_b += size
                     freed_o += 1
                     self.evictions.record(path, reason, size, now)
-            watch: set[str] = set()
-            self._watches.append(watch)
+                self._watch(path)
+            self._deleting.update(batch)
             try:
                 await asyncio.to_thread(delete_entries, self.root, batch)
             finally:
-                self._watches.remove(watch)
+                self._deleting.subtract(batch)
+                for path in batch:
+                    if self._deleting[path] <= 0:
+                        del self._deleting[path]
+                self._end_watch(watch)
             # A path committed again while its old file was being deleted may have lost the new
             # file too: re-check those against the disk.
             for path in watch:
@@ -1019,13 +1044,12 @@ class CacheCoordinator:
         """Phase 2: walk the directory and make the index and counters match it. The walk
         and the comparison with a copy of the index run in one thread job; the loop only
         applies the differences (and skips paths that changed meanwhile)."""
-        watch: set[str] = set()
-        self._watches.append(watch)
+        watch = self._begin_watch()
         indexed = self.index.copy()
         try:
             walk, diff = await asyncio.to_thread(walk_and_diff, self.root, indexed)
         finally:
-            self._watches.remove(watch)
+            self._end_watch(watch)
         self._last_walk = self.clock.monotonic()
         self.metrics.walks += 1
         self._apply_walk(diff.vanished, diff.resized, diff.untracked, watch, "trim walk")
@@ -1077,8 +1101,7 @@ class CacheCoordinator:
             done.set_result(None)
 
     async def _sync_walk_once(self) -> None:
-        watch: set[str] = set()
-        self._watches.append(watch)
+        watch = self._begin_watch()
         indexed = self.index.copy()  # the walk consumes it
         pacer = Pacer(self.settings.walk_rate, self._walk_abort)
         try:
@@ -1086,7 +1109,7 @@ class CacheCoordinator:
         except WalkAborted:
             return
         finally:
-            self._watches.remove(watch)
+            self._end_watch(watch)
         self.metrics.sync_walks += 1
         self.metrics.sync_walk_seconds = diff.seconds
         self._apply_walk(diff.vanished, diff.resized, diff.untracked, watch, "sync walk")

@@ -468,22 +468,29 @@ async def test_walks_racing_writers_delete_no_live_file_and_leave_exact_counts(
     open_cache: OpenCache,
 ) -> None:
     """A bounded stress loop: sync walks back to back (unpaced) while writers create, commit,
-    replace and invalidate entries. A walk must never delete a live ``.part`` (the writer's
-    commit would fail) nor lose an entry committed while it ran; at the end the counters equal
-    the disk."""
+    replace and invalidate entries and trims evict them. A walk must never delete a live
+    ``.part`` (the writer's commit would fail), lose an entry committed while it ran, nor adopt
+    one a trim is deleting; at the end the counters equal the disk."""
     import random
 
     rng = random.Random(16)
-    svc = await open_cache(max_objects=10_000, max_bytes=64 << 20, walk_rate=0)
+    svc = await open_cache(max_objects=30, max_bytes=64 << 20, walk_rate=0)
     coord = svc.coordinator
     stop = asyncio.Event()
-    walks = 0
+    walks = trims = 0
 
     async def walker() -> None:
         nonlocal walks
         while not stop.is_set():
             await coord.sync_walk()
             walks += 1
+
+    async def trimmer() -> None:
+        nonlocal trims
+        while not stop.is_set():
+            await svc.trim()
+            trims += 1
+            await asyncio.sleep(0)
 
     async def writer(w: int) -> None:
         for i in range(80):
@@ -500,15 +507,62 @@ async def test_walks_racing_writers_delete_no_live_file_and_leave_exact_counts(
             if i % 10 == 0:
                 await asyncio.sleep(0.001)
 
-    task = asyncio.ensure_future(walker())
+    tasks = [asyncio.ensure_future(walker()), asyncio.ensure_future(trimmer())]
     await asyncio.gather(*(writer(w) for w in range(4)))
     stop.set()
-    await task
-    assert walks >= 3
+    await asyncio.gather(*tasks)
+    assert walks >= 3 and trims >= 3
+    await coord.wait_idle()
+    s = await svc.stats()
+    on_disk = disk_entries(svc.root)  # before the last walk: exact already
+    assert (s.objects, s.bytes_used) == (len(on_disk), sum(on_disk.values()))
     await coord.sync_walk()
     s = await svc.stats()
     on_disk = disk_entries(svc.root)
     assert part_files(svc.root) == []
     assert (s.objects, s.bytes_used, s.bytes_reserved) == (
         len(on_disk), sum(on_disk.values()), 0)
+    assert sorted(p for p, _ in coord.index.lru()) == sorted(on_disk)
+
+
+async def test_a_walk_never_adopts_a_file_a_trim_is_deleting(
+    open_cache: OpenCache, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A trim drops its victims from the index, then deletes their files in a thread. A walk
+    whose copy of the index is taken between the two still finds the file on disk: it must not
+    adopt it as untracked (the index would count an entry the disk no longer has). Controlled:
+    the trim's deletion is held until the walk has been applied."""
+    import threading
+
+    from cachedaemon.cache import coordinator as coordinator_mod
+
+    svc = await open_cache(max_objects=4, walk_rate=0)
+    coord = svc.coordinator
+    for i in range(4):
+        await put(svc, f"k{i}", b"x" * KiB)
+    release = threading.Event()
+    entered = threading.Event()
+    real_delete = coordinator_mod.delete_entries
+
+    def held_delete(root: Path, paths: list[str]) -> list[tuple[str, int | None]]:
+        entered.set()
+        assert release.wait(10)
+        return real_delete(root, paths)
+
+    monkeypatch.setattr(coordinator_mod, "delete_entries", held_delete)
+    trim = asyncio.ensure_future(svc.trim())  # to the low watermark: 3 of 4 objects
+    assert await asyncio.to_thread(entered.wait, 10)
+    victims = [p for p in (key_relpath(f"k{i}") for i in range(4)) if p not in coord.index]
+    assert victims, "the trim dropped nothing from the index"
+    monkeypatch.setattr(coordinator_mod, "delete_entries", real_delete)  # the walk's own
+    try:
+        await coord.sync_walk()  # runs while the trim's files are still on disk
+        assert [p for p in victims if p in coord.index] == []
+    finally:
+        release.set()
+        await trim
+    await coord.wait_idle()
+    s = await svc.stats()
+    on_disk = disk_entries(svc.root)
+    assert (s.objects, s.bytes_used) == (len(on_disk), sum(on_disk.values()))
     assert sorted(p for p, _ in coord.index.lru()) == sorted(on_disk)
