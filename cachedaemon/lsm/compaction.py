@@ -27,6 +27,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from cachedaemon.core.preempt import TaskQuota
 from cachedaemon.lsm.dbformat import KIND_DELETE
 from cachedaemon.lsm.iterator import InternalIterator
 from cachedaemon.lsm.level_iterator import LevelIterator
@@ -37,7 +38,8 @@ from cachedaemon.lsm.table_cache import TableCache
 from cachedaemon.lsm.version_edit import FileMeta, VersionEdit
 from cachedaemon.lsm.version_set import Version, total_bytes
 
-_YIELD_EVERY = 1024
+#: How often (in entries) the merge loop looks at its task quota.
+_CHECK_EVERY = 16
 _M64 = (1 << 64) - 1
 _from_bytes = int.from_bytes
 _DELETE_BYTE = 0xFF - KIND_DELETE  # last trailer byte of a tombstone
@@ -235,6 +237,7 @@ async def do_compaction_work(
     outputs: list[FileMeta] = []
     builder: SstBuilder | None = None
     it = input_iterator(c, cache)
+    quota = TaskQuota()  # the shard serves requests meanwhile: hold its loop for no longer
     try:
         await it.seek_to_first()
         current_user: bytes | None = None
@@ -278,9 +281,9 @@ async def do_compaction_work(
             last_seq_for_key = seq
             has_last = True
             n += 1
-            if n % _YIELD_EVERY == 0:
+            if not n % _CHECK_EVERY and quota.need_preempt():
                 check()
-                await asyncio.sleep(0)
+                await quota.yield_now()
             await it.next()
         if builder is not None:
             outputs.append(await _finish(builder))

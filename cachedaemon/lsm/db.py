@@ -46,6 +46,7 @@ from sortedcontainers import SortedList
 from cachedaemon.clock import NO_DEADLINE, Deadline, remaining
 from cachedaemon.core.failpoints import failpoint
 from cachedaemon.core.gate import Gate
+from cachedaemon.core.preempt import TaskQuota
 from cachedaemon.errors import (
     CacheDaemonError,
     DeadlineExceeded,
@@ -78,7 +79,8 @@ from cachedaemon.lsm.write_batch import WriteBatch
 
 log = logging.getLogger(__name__)
 
-_YIELD_EVERY = 2048
+#: Entries a flush adds in one go before it looks at its task quota.
+_FLUSH_STEP = 64
 
 #: Told about every applied batch's ``(kind, key, value)`` operations (``None``: rows changed
 #: wholesale); see :meth:`Database.add_write_listener`.
@@ -444,12 +446,13 @@ class Database:
         builder = await self._new_builder(0)
         entries = imm.entries()
         seqnos = (imm.first_seqno, imm.last_seqno)
+        quota = TaskQuota()  # the shard serves requests meanwhile: hold its loop no longer
         try:
-            while chunk := list(itertools.islice(entries, _YIELD_EVERY)):
+            while chunk := list(itertools.islice(entries, _FLUSH_STEP)):
                 builder.add_many(chunk, seqnos)
                 if builder.should_drain:
                     await builder.drain()
-                await asyncio.sleep(0)
+                await quota.maybe_yield()
             size = await builder.finish()
         except BaseException:
             self._pending_outputs.discard(builder.handle.id)
