@@ -293,6 +293,11 @@ SCHEMA: tuple[Setting, ...] = (
             minimum=4, maximum=100_000),
     Setting("metastore", "max_batch_bytes", "size", 64 * 1024**2,
             "Largest body of a key-value batch; a larger one is refused with 413.", minimum=1024),
+    Setting("metastore", "cpu_share", "float", 0.2,
+            "The metastore's share of a shard's event loop while object requests are in flight "
+            "on it (as Seastar's scheduling-group shares): kv and L1 requests, flushes and "
+            "compactions pause so that object reads and writes get the rest. 1 turns it off.",
+            minimum=0.01, maximum=1.0),
     # s3 (the S3-compatible endpoint, docs/s3-endpoint.md)
     Setting("s3", "bucket_mode", "choice", "single",
             "single: one bucket whose keys are the daemon's keys; prefix: every top-level "
@@ -422,6 +427,7 @@ class MetastoreSettings:
     max_open_domains: int
     max_open_files: int
     max_batch_bytes: int
+    cpu_share: float
 
 
 @dataclass(frozen=True)

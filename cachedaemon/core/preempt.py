@@ -18,6 +18,9 @@ from __future__ import annotations
 import asyncio
 from time import perf_counter
 
+from cachedaemon.core.executor import BACKGROUND
+from cachedaemon.core.scheduling import scheduler
+
 #: How long a task may run before it lets the loop's other tasks and its I/O go first.
 TASK_QUOTA_S = 0.0005
 
@@ -37,8 +40,15 @@ class TaskQuota:
         return perf_counter() >= self._deadline
 
     async def yield_now(self) -> None:
-        """Let every other ready task and the loop's I/O run, then start a new quota."""
-        await asyncio.sleep(0)
+        """Let every other ready task and the loop's I/O run, then start a new quota. Background
+        work (``core/executor.BACKGROUND``) reports its slice to the loop's scheduler and takes
+        its turn there: it may sleep, while foreground requests wait."""
+        if BACKGROUND.get():
+            sched = scheduler()
+            sched.charge(perf_counter() - (self._deadline - self._quota))
+            await sched.turn()
+        else:
+            await asyncio.sleep(0)
         self.yields += 1
         self._deadline = perf_counter() + self._quota
 

@@ -41,6 +41,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from cachedaemon.config import Settings
+from cachedaemon.core.executor import background_io
 from cachedaemon.core.gate import Gate, GateHolder
 from cachedaemon.core.sharded import Sharded
 from cachedaemon.errors import CacheDaemonError, NotFound, ReadOnly
@@ -429,7 +430,10 @@ async def call_domain(domains: Sharded[DomainService], name: str,
     check_domain_name(name)
     count = domains.count
     if count == 1 or owner_shard(name, count) == domains.shard:
-        return await fn(domains.local(), name, *args)
+        # The domain's thread jobs (WAL syncs, SST reads and writes), and those of the tasks
+        # it starts, use the shard's background pool: never ahead of requests' (core/executor).
+        with background_io():
+            return await fn(domains.local(), name, *args)
     shard = owner_shard(name, count)
     result: T = await domains.invoke_on(shard, fn, name, *args)
     return result

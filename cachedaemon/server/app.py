@@ -28,6 +28,8 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 
+from cachedaemon.core.executor import background_io
+from cachedaemon.core.scheduling import scheduler
 from cachedaemon.errors import CacheDaemonError, InvalidArgument
 from cachedaemon.metastore.registry import owner_shard
 from cachedaemon.server import metrics
@@ -57,6 +59,7 @@ def make_handler(ctx: ShardContext, table: RouteTable = ROUTES) -> App:
     json_log = ctx.settings.server.log_format == "json"
     record = metrics.REQUEST_STATS.record
     perf = time.perf_counter
+    sched = scheduler()
 
     def count(method: str, template: str, status: int, elapsed: float) -> None:
         if method not in METRIC_METHODS:
@@ -96,8 +99,18 @@ def make_handler(ctx: ShardContext, table: RouteTable = ROUTES) -> App:
                         _domain_owner(ctx, route, params)
                     if owner is not None and owner != ctx.shard:
                         resp = await _forward(ctx, owner, request)
+                    elif route.domain_routed:
+                        # Metastore work: the background's share of the loop (core/scheduling).
+                        with background_io():
+                            await sched.turn()
+                            cpu = time.thread_time()
+                            try:
+                                resp = await route.handler(Call(request, params, ctx, template))
+                            finally:
+                                sched.charge(time.thread_time() - cpu)
                     else:
-                        resp = await route.handler(Call(request, params, ctx, template))
+                        with sched.foreground():
+                            resp = await route.handler(Call(request, params, ctx, template))
                 finally:
                     ctx.leave()
         except CacheDaemonError as exc:

@@ -51,8 +51,10 @@ from cachedaemon.config import (
     settings_from_dict,
     settings_to_dict,
 )
+from cachedaemon.core import executor
 from cachedaemon.core.channel import ShardLinks
 from cachedaemon.core.failpoints import failpoint
+from cachedaemon.core.scheduling import scheduler
 from cachedaemon.core.smp import Smp, new_link_dir
 from cachedaemon.errors import CacheDaemonError, ConfigError
 from cachedaemon.server import sdnotify
@@ -200,6 +202,8 @@ class Daemon:
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
+        executor.install(loop)  # requests' thread jobs never queue behind the metastore's
+        scheduler(loop).set_share(self.settings.metastore.cpu_share)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload)
@@ -411,9 +415,11 @@ async def run_worker(spec: dict[str, Any]) -> int:
     until shard 0 says stop (or goes away: then the process exits at once)."""
     from cachedaemon.server.worker import link_to_shard0
 
+    executor.install()  # requests' thread jobs never queue behind the metastore's
     raw = dict(spec["settings"])
     limit, connections, domains, files, own = raw.pop("_budget")
     settings = settings_from_dict(raw)
+    scheduler().set_share(settings.metastore.cpu_share)
     shard_id, count = spec["shard"], spec["count"]
     configure_logging(settings, shard=shard_id)
     import cachedaemon.server.handlers  # noqa: F401

@@ -26,6 +26,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from cachedaemon.core.scheduling import all_schedulers
+
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -100,6 +102,25 @@ WARM_BYTES = Counter("cachedaemon_cache_warm_bytes",
                      "Bytes warm-ups fetched into the cache from published hot sets.")
 STREAM_THROUGH = Counter("cachedaemon_cache_stream_through",
                          "Miss GETs streamed without caching (object could not fit).")
+
+
+class _SchedulerCollector(Collector):
+    """The CPU scheduler's figures (core/scheduling), summed over this process's loops."""
+
+    def collect(self) -> Iterator[Metric]:
+        scheds = all_schedulers()
+        yield CounterMetricFamily(
+            "cachedaemon_background_paused_seconds",
+            "Time the metastore's work (kv and L1 requests, flushes, compactions) paused so "
+            "that object requests got their share of the shard (metastore.cpu_share).",
+            value=sum(s.slept_s for s in scheds))
+        yield CounterMetricFamily(
+            "cachedaemon_background_busy_seconds",
+            "Shard loop time the metastore's work took while object requests were in flight.",
+            value=sum(s.charged_s for s in scheds))
+
+
+REGISTRY.register(_SchedulerCollector())
 
 
 class _CacheCollector(Collector):

@@ -78,6 +78,7 @@ async def start_domains(smp: Smp, cache: Sharded[CacheService], store: ObjectSto
     the L1 object GC loops of the L1 domains this shard writes (from start-up, not from each
     domain's first L1 request). ``max_open_domains``/``max_open_files``: the descriptor
     budget's figures, when it had to lower the configured ones."""
+    from cachedaemon.core.executor import background_io
     from cachedaemon.metastore import metrics as metastore_metrics
     from cachedaemon.metastore.l1.service import l1_config, start_l1
     from cachedaemon.metastore.service import config_from_settings
@@ -89,8 +90,11 @@ async def start_domains(smp: Smp, cache: Sharded[CacheService], store: ObjectSto
         overrides["max_open_domains"] = max_open_domains
     if max_open_files is not None:
         overrides["max_open_files"] = max_open_files
-    domains = await _start_domains(smp, store, cache, config_from_settings(settings, **overrides))
-    await start_l1(domains.local(), l1_config(settings))
+    # Background thread jobs, for the start and for the tasks it starts (core/executor).
+    with background_io():
+        domains = await _start_domains(smp, store, cache,
+                                       config_from_settings(settings, **overrides))
+        await start_l1(domains.local(), l1_config(settings))
     return domains
 
 
