@@ -57,15 +57,23 @@ class Scheduler:
         self.share = share
         self._factor = (1.0 - share) / share
 
+    def foreground_begin(self) -> None:
+        """A foreground request starts (the HTTP layer's hot path: no context manager)."""
+        self.foreground_inflight += 1
+
+    def foreground_end(self) -> None:
+        """... and ends (always paired with :meth:`foreground_begin`)."""
+        self.foreground_inflight -= 1
+        self._last_foreground = time.perf_counter()
+
     @contextmanager
     def foreground(self) -> Iterator[None]:
         """Around a foreground request."""
-        self.foreground_inflight += 1
+        self.foreground_begin()
         try:
             yield
         finally:
-            self.foreground_inflight -= 1
-            self._last_foreground = time.perf_counter()
+            self.foreground_end()
 
     @property
     def foreground_active(self) -> bool:
@@ -78,6 +86,17 @@ class Scheduler:
         if self._factor and self.foreground_active:
             self.charged_s += seconds
             self._debt += seconds * self._factor
+
+    def owes(self) -> bool:
+        """Whether background work about to start (a kv or L1 request) must first
+        :meth:`turn`: it has debt and foreground requests are active. Cheap, so that a request
+        pays nothing when there is nothing to pay."""
+        if self._debt <= 0.0:
+            return False
+        if not self.foreground_active:
+            self._debt = 0.0
+            return False
+        return True
 
     async def turn(self) -> None:
         """Background work's turn: sleep off its debt while foreground requests are active (at

@@ -41,7 +41,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from cachedaemon.config import Settings
-from cachedaemon.core.executor import background_io
+from cachedaemon.core.executor import BACKGROUND
 from cachedaemon.core.gate import Gate, GateHolder
 from cachedaemon.core.sharded import Sharded
 from cachedaemon.errors import CacheDaemonError, NotFound, ReadOnly
@@ -432,8 +432,13 @@ async def call_domain(domains: Sharded[DomainService], name: str,
     if count == 1 or owner_shard(name, count) == domains.shard:
         # The domain's thread jobs (WAL syncs, SST reads and writes), and those of the tasks
         # it starts, use the shard's background pool: never ahead of requests' (core/executor).
-        with background_io():
+        if BACKGROUND.get():  # the HTTP layer set it for a kv or L1 request
             return await fn(domains.local(), name, *args)
+        token = BACKGROUND.set(True)
+        try:
+            return await fn(domains.local(), name, *args)
+        finally:
+            BACKGROUND.reset(token)
     shard = owner_shard(name, count)
     result: T = await domains.invoke_on(shard, fn, name, *args)
     return result

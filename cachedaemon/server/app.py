@@ -28,7 +28,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 
-from cachedaemon.core.executor import background_io
+from cachedaemon.core.executor import BACKGROUND
 from cachedaemon.core.scheduling import scheduler
 from cachedaemon.errors import CacheDaemonError, InvalidArgument
 from cachedaemon.metastore.registry import owner_shard
@@ -59,7 +59,9 @@ def make_handler(ctx: ShardContext, table: RouteTable = ROUTES) -> App:
     json_log = ctx.settings.server.log_format == "json"
     record = metrics.REQUEST_STATS.record
     perf = time.perf_counter
+    thread_time = time.thread_time
     sched = scheduler()
+    foreground_begin, foreground_end = sched.foreground_begin, sched.foreground_end
 
     def count(method: str, template: str, status: int, elapsed: float) -> None:
         if method not in METRIC_METHODS:
@@ -100,17 +102,26 @@ def make_handler(ctx: ShardContext, table: RouteTable = ROUTES) -> App:
                     if owner is not None and owner != ctx.shard:
                         resp = await _forward(ctx, owner, request)
                     elif route.domain_routed:
-                        # Metastore work: the background's share of the loop (core/scheduling).
-                        with background_io():
-                            await sched.turn()
-                            cpu = time.thread_time()
+                        # Metastore work: the background's share of the loop (core/scheduling),
+                        # measured only while object requests are about.
+                        token = BACKGROUND.set(True)
+                        try:
+                            if sched.owes():
+                                await sched.turn()
+                            cpu = thread_time() if sched.foreground_active else -1.0
                             try:
                                 resp = await route.handler(Call(request, params, ctx, template))
                             finally:
-                                sched.charge(time.thread_time() - cpu)
+                                if cpu >= 0.0:
+                                    sched.charge(thread_time() - cpu)
+                        finally:
+                            BACKGROUND.reset(token)
                     else:
-                        with sched.foreground():
+                        foreground_begin()
+                        try:
                             resp = await route.handler(Call(request, params, ctx, template))
+                        finally:
+                            foreground_end()
                 finally:
                     ctx.leave()
         except CacheDaemonError as exc:
