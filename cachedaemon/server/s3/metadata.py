@@ -107,19 +107,47 @@ class ObjectRecord:
 def read_record(path: int | str | os.PathLike[str], size: int) -> ObjectRecord | None:
     """The record of the cached entry at ``path`` (or open as descriptor ``path``) of ``size``
     bytes, if it has a valid one."""
-    try:
-        if isinstance(path, int):
-            raw = os.getxattr(path, RECORD_XATTR)
-            etag = os.getxattr(path, ETAG_XATTR).decode()
-        else:
-            raw = os.getxattr(path, RECORD_XATTR, follow_symlinks=False)
-            etag = os.getxattr(path, ETAG_XATTR, follow_symlinks=False).decode()
-    except OSError:
+    attrs = _record_attrs(path)
+    if attrs is None:
         return None
-    record = ObjectRecord.decode(raw)
-    if record is None or record.etag != etag or record.size != size:
+    record = ObjectRecord.decode(attrs[0])
+    if record is None or record.etag != attrs[1].decode() or record.size != size:
         return None
     return record
+
+
+def record_hit_lines(fd: int, size: int) -> bytes | None:
+    """The header lines of a whole cache hit of open entry ``fd`` (``size`` bytes) from its
+    record (no overrides; Content-Length aside), or None when it has no valid record (as
+    :func:`read_record`) or a value would break a line. The hot path: the lines are memoised
+    by the record's attribute bytes, so a hit neither decodes nor hashes a record."""
+    try:
+        raw, entry_etag = os.getxattr(fd, RECORD_XATTR), os.getxattr(fd, ETAG_XATTR)
+    except OSError:
+        return None
+    etag, known_size, lines = _hit_lines(raw)
+    return lines if etag == entry_etag and known_size == size else None
+
+
+def _record_attrs(path: int | str | os.PathLike[str]) -> tuple[bytes, bytes] | None:
+    """The record and ETag attributes of an entry (by descriptor or path), if it has both."""
+    try:
+        if isinstance(path, int):
+            return os.getxattr(path, RECORD_XATTR), os.getxattr(path, ETAG_XATTR)
+        return (os.getxattr(path, RECORD_XATTR, follow_symlinks=False),
+                os.getxattr(path, ETAG_XATTR, follow_symlinks=False))
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _hit_lines(raw: bytes) -> tuple[bytes, int, bytes | None]:
+    """(ETag attribute it needs, size it needs, header lines) of a record's attribute bytes;
+    a record that does not decode matches no entry."""
+    record = ObjectRecord.decode(raw)
+    if record is None:
+        return b"", -1, None
+    return record.etag.encode(), record.size, hit_header_lines(record)
 
 
 def write_record(path: str | os.PathLike[str], record: ObjectRecord) -> bool:
@@ -165,7 +193,6 @@ def object_headers(record: ObjectRecord, overrides: Mapping[str, str] | None = N
     return headers
 
 
-@functools.lru_cache(maxsize=4096)
 def hit_header_lines(record: ObjectRecord) -> bytes | None:
     """The encoded header lines of a whole cache hit of ``record`` (no overrides; Content-Length
     aside), or None if a value would break a line (the general path refuses it)."""
