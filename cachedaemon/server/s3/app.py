@@ -48,7 +48,7 @@ from cachedaemon.server.s3.errors import S3Error, error_body, from_daemon_error
 from cachedaemon.server.s3.handlers import HANDLERS, XML, S3Call, read_object
 from cachedaemon.server.s3.multipart import Uploads, uploads_dir, wipe
 from cachedaemon.server.s3.objectpath import ObjectPath
-from cachedaemon.server.s3.router import address, operation
+from cachedaemon.server.s3.router import Addressing, operation
 from cachedaemon.server.s3.sigv4 import Credentials, Verifier, check_payload
 
 log = logging.getLogger("cachedaemon.s3")
@@ -160,6 +160,7 @@ def make_s3_handler(s3: S3Context) -> Any:
     # Fixed for the endpoint's life: credentials are read when the shard opens.
     open_endpoint = s3.verifier.open
     get = dict.get  # the request headers' keys are lower case: skip the case folding
+    addressing = Addressing(s3.domains)
     record = metrics.REQUEST_STATS.record
     perf = time.perf_counter
 
@@ -191,7 +192,7 @@ def make_s3_handler(s3: S3Context) -> Any:
                 raise S3Error("ServiceUnavailable", "The daemon is starting.")
             headers = request.headers
             work: Awaitable[StreamResponse]
-            target = address(get(headers, "host"), request.path, s3.domains)
+            target = addressing(get(headers, "host"), request.path)
             if open_endpoint and method == "GET" and not request.query_string \
                     and target.key is not None:
                 # The hot path. With no credentials to verify, all the signature check does is

@@ -21,11 +21,11 @@ Pure; any shard.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from cachedaemon.server.routes import MEMO_SIZE
 from cachedaemon.server.s3.errors import S3Error, not_implemented
 
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
@@ -87,10 +87,8 @@ def address(host: str | None, raw_path: str, domains: tuple[str, ...]) -> Target
     return _path_style(raw_path)
 
 
-@functools.lru_cache(maxsize=1024)
 def _virtual_bucket(host: str, domains: tuple[str, ...]) -> str | None:
-    """The bucket a ``Host`` of ``<bucket>.<domain>`` names, else None (memoised: a client
-    sends the same few hosts again and again)."""
+    """The bucket a ``Host`` of ``<bucket>.<domain>`` names, else None."""
     name = host.strip().lower()
     # An IPv6 literal is never a bucket; else drop the port.
     name = name[: name.find("]") + 1] if name.startswith("[") else name.rsplit(":", 1)[0]
@@ -100,6 +98,27 @@ def _virtual_bucket(host: str, domains: tuple[str, ...]) -> str | None:
             if valid_bucket_name(bucket):
                 return bucket
     return None
+
+
+class Addressing:
+    """:func:`address` for one endpoint's domains, remembered for the most recent (host, path)
+    pairs, as ``/v1`` remembers its routes: hot keys are addressed once."""
+
+    __slots__ = ("_memo", "domains")
+
+    def __init__(self, domains: tuple[str, ...]) -> None:
+        self.domains = domains
+        self._memo: dict[tuple[str | None, str], Target] = {}
+
+    def __call__(self, host: str | None, raw_path: str) -> Target:
+        key = (host, raw_path)
+        found = self._memo.get(key)
+        if found is None:
+            found = address(host, raw_path, self.domains)  # (an error is not remembered)
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = found
+        return found
 
 
 def _path_style(raw_path: str) -> Target:
