@@ -123,3 +123,22 @@ def test_what_a_plain_get_refuses(d: S3Daemon) -> None:
     same_answer(fast, full)
     status, _, body = get(d, f"/{d.bucket}/plain/missing")
     assert status == 404 and b"<Code>NoSuchKey</Code>" in body
+
+
+def test_a_new_version_with_the_same_bytes_answers_its_own_metadata(d: S3Daemon) -> None:
+    # Same bytes, same ETag: only the record tells the versions apart.
+    key = "plain/same-bytes"
+    path = f"/{d.bucket}/{key}"
+    s3 = client(d)
+    for n, content_type in enumerate(["text/plain", "application/json", "text/plain"]):
+        s3.put_object(Bucket=d.bucket, Key=key, Body=b"same", ContentType=content_type,
+                      Metadata={"n": str(n)})
+        for _ in range(2):
+            status, headers, _ = get(d, path)
+            assert status == 200 and headers["x-cache"] == "hit"
+            assert (headers["content-type"], headers["x-amz-meta-n"]) == (content_type, str(n))
+    s3.copy_object(Bucket=d.bucket, Key=key, CopySource={"Bucket": d.bucket, "Key": key},
+                   MetadataDirective="REPLACE", ContentType="image/png", Metadata={"n": "c"})
+    status, headers, body = get(d, path)
+    assert (status, body, headers["content-type"], headers["x-amz-meta-n"]) == \
+        (200, b"same", "image/png", "c")

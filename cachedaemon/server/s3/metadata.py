@@ -7,7 +7,8 @@ and the object record kept with a cached entry.
 * :class:`ObjectRecord`: what an answer about one version needs (size, ETag, Last-Modified,
   metadata). A cached entry carries its record in the extended attribute
   :data:`RECORD_XATTR` (JSON), beside the cache's own ETag attribute; the record counts only
-  while its ETag and size are the entry's, so a record can never describe another version.
+  while its ETag and size are the entry's, so a record can never describe another version
+  (it is attached only where its ETag is the entry's, and an entry's ETag never changes).
 * :func:`object_headers`: the headers of a GET/HEAD answer, with the ``response-*`` query
   overrides S3 allows on GET.
 
@@ -118,15 +119,20 @@ def read_record(path: int | str | os.PathLike[str], size: int) -> ObjectRecord |
 
 def record_hit_lines(fd: int, size: int) -> bytes | None:
     """The header lines of a whole cache hit of open entry ``fd`` (``size`` bytes) from its
-    record (no overrides; Content-Length aside), or None when it has no valid record (as
-    :func:`read_record`) or a value would break a line. The hot path: the lines are memoised
-    by the record's attribute bytes, so a hit neither decodes nor hashes a record."""
+    record (no overrides; Content-Length aside), or None when it has no valid record or a
+    value would break a line. The hot path: one ``fgetxattr``, the lines memoised by the
+    record's attribute bytes (a hit neither decodes nor hashes a record).
+
+    :func:`read_record` also compares the record's ETag with the entry's ETag attribute; here
+    that holds by construction: a record is attached only to a file whose ETag attribute it
+    matches (:func:`write_record` checks on the same open file), and a file's ETag attribute is
+    set once, before it becomes an entry (the staging file's publish). The size is checked."""
     try:
-        raw, entry_etag = os.getxattr(fd, RECORD_XATTR), os.getxattr(fd, ETAG_XATTR)
+        raw = os.getxattr(fd, RECORD_XATTR)
     except OSError:
         return None
-    etag, known_size, lines = _hit_lines(raw)
-    return lines if etag == entry_etag and known_size == size else None
+    known_size, lines = _hit_lines(raw)
+    return lines if known_size == size else None
 
 
 def _record_attrs(path: int | str | os.PathLike[str]) -> tuple[bytes, bytes] | None:
@@ -141,13 +147,13 @@ def _record_attrs(path: int | str | os.PathLike[str]) -> tuple[bytes, bytes] | N
 
 
 @functools.lru_cache(maxsize=4096)
-def _hit_lines(raw: bytes) -> tuple[bytes, int, bytes | None]:
-    """(ETag attribute it needs, size it needs, header lines) of a record's attribute bytes;
-    a record that does not decode matches no entry."""
+def _hit_lines(raw: bytes) -> tuple[int, bytes | None]:
+    """(size it needs, header lines) of a record's attribute bytes; a record that does not
+    decode matches no entry."""
     record = ObjectRecord.decode(raw)
     if record is None:
-        return b"", -1, None
-    return record.etag.encode(), record.size, hit_header_lines(record)
+        return -1, None
+    return record.size, hit_header_lines(record)
 
 
 def write_record(path: str | os.PathLike[str], record: ObjectRecord) -> bool:
