@@ -18,7 +18,9 @@ single syscalls on a page-cached inode).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
 import os
 import time
@@ -31,6 +33,10 @@ from cachedaemon.server.s3.errors import S3Error
 
 #: The extended attribute holding a cached entry's :class:`ObjectRecord`.
 RECORD_XATTR = "user.cachedaemon.s3"
+#: The id of the entry's record (:func:`record_id`), which hits read instead of the record:
+#: ``os.getxattr`` reads up to 128 bytes in one call, a longer attribute takes a second call
+#: and a 64 KiB buffer, and a record with a Content-Type is longer.
+RECORD_ID_XATTR = "user.cachedaemon.s3id"
 #: The cache's own ETag attribute (:mod:`cachedaemon.server.objects`).
 ETAG_XATTR = "user.cachedaemon.etag"
 #: S3's limit on the user-defined metadata of one object (names and values, UTF-8 bytes).
@@ -120,19 +126,44 @@ def read_record(path: int | str | os.PathLike[str], size: int) -> ObjectRecord |
 def record_hit_lines(fd: int, size: int) -> bytes | None:
     """The header lines of a whole cache hit of open entry ``fd`` (``size`` bytes) from its
     record (no overrides; Content-Length aside), or None when it has no valid record or a
-    value would break a line. The hot path: one ``fgetxattr``, the lines memoised by the
-    record's attribute bytes (a hit neither decodes nor hashes a record).
+    value would break a line. The hot path: one small ``fgetxattr`` (the record's id, see
+    :data:`RECORD_ID_XATTR`) and a lookup of the lines memoised by that id; the record itself
+    is read when the id is new here (then remembered if the record is the id's) or missing
+    (then added: an entry recorded before ids existed).
 
     :func:`read_record` also compares the record's ETag with the entry's ETag attribute; here
     that holds by construction: a record is attached only to a file whose ETag attribute it
     matches (:func:`write_record` checks on the same open file), and a file's ETag attribute is
     set once, before it becomes an entry (the staging file's publish). The size is checked."""
     try:
-        raw = os.getxattr(fd, RECORD_XATTR)
+        rid = os.getxattr(fd, RECORD_ID_XATTR)
     except OSError:
-        return None
-    known_size, lines = _hit_lines(raw)
-    return lines if known_size == size else None
+        rid = b""
+    known = _BY_ID.get(rid) if rid else None
+    if known is None:
+        try:
+            raw = os.getxattr(fd, RECORD_XATTR)
+        except OSError:
+            return None
+        known = _hit_lines(raw)
+        if known[1] is not None:
+            if not rid:  # only if still none: a record written meanwhile sets its own id
+                with contextlib.suppress(OSError):
+                    os.setxattr(fd, RECORD_ID_XATTR, record_id(raw), os.XATTR_CREATE)
+            elif record_id(raw) == rid:  # (else a record being replaced: answer from it)
+                if len(_BY_ID) >= 4096:
+                    _BY_ID.clear()
+                _BY_ID[rid] = known
+    return known[1] if known[0] == size else None
+
+
+#: Header lines (and the size they need) by record id.
+_BY_ID: dict[bytes, tuple[int, bytes | None]] = {}
+
+
+def record_id(raw: bytes) -> bytes:
+    """The id of a record's attribute bytes (16 bytes of their BLAKE2b digest)."""
+    return hashlib.blake2b(raw, digest_size=16).digest()
 
 
 def _record_attrs(path: int | str | os.PathLike[str]) -> tuple[bytes, bytes] | None:
@@ -167,7 +198,9 @@ def write_record(path: str | os.PathLike[str], record: ObjectRecord) -> bool:
         if os.fstat(fd).st_size != record.size or \
                 os.getxattr(fd, ETAG_XATTR).decode() != record.etag:
             return False
-        os.setxattr(fd, RECORD_XATTR, record.encode())
+        raw = record.encode()
+        os.setxattr(fd, RECORD_XATTR, raw)
+        os.setxattr(fd, RECORD_ID_XATTR, record_id(raw))  # after it: an id names its record
         return True
     except OSError:
         return False
