@@ -29,12 +29,12 @@ def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Daemon]:
         yield daemon
 
 
-def get(d: S3Daemon, path: str, headers: dict[str, str] | None = None
-        ) -> tuple[int, dict[str, str], bytes]:
+def get(d: S3Daemon, path: str, headers: dict[str, str] | None = None, method: str = "GET",
+        body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
     url = urllib.parse.urlsplit(d.url)
     conn = http.client.HTTPConnection(url.netloc, timeout=10)
     try:
-        conn.request("GET", path, headers=headers or {})
+        conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
         names = [name.lower() for name, _ in resp.getheaders()]
         assert len(names) == len(set(names)), f"a header sent twice: {names}"
@@ -142,3 +142,16 @@ def test_a_new_version_with_the_same_bytes_answers_its_own_metadata(d: S3Daemon)
     status, headers, body = get(d, path)
     assert (status, body, headers["content-type"], headers["x-amz-meta-n"]) == \
         (200, b"same", "image/png", "c")
+
+
+def test_every_answer_has_one_request_id(d: S3Daemon) -> None:
+    key = f"/{d.bucket}/plain/ids"
+    for method, path, body, status in [
+            ("PUT", key, b"ids", 200), ("GET", key, None, 200), ("HEAD", key, None, 200),
+            ("GET", key + FULL, None, 200), ("GET", f"/{d.bucket}?list-type=2", None, 200),
+            ("GET", f"/{d.bucket}/plain/none", None, 404), ("GET", "/", None, 200),
+            ("DELETE", key, None, 204)]:
+        got, headers, _ = get(d, path, method=method, body=body)  # (no header twice)
+        assert got == status, (method, path)
+        assert headers["x-amz-request-id"] == headers["x-amz-id-2"], (method, path)
+        assert len(headers["x-amz-request-id"]) == 16, (method, path)

@@ -149,6 +149,9 @@ async def _sweep_loop(s3: S3Context) -> None:
 _REQUEST_IDS = itertools.count(int.from_bytes(os.urandom(6), "big") << 16)
 
 
+_ID_LINES = "x-amz-request-id: %s\r\nx-amz-id-2: %s\r\n"
+
+
 def _request_id() -> str:
     """A request id unique in this process (random start, then counted: cheap)."""
     return f"{next(_REQUEST_IDS) & 0xFFFFFFFFFFFFFFFF:016X}"
@@ -210,9 +213,9 @@ def make_s3_handler(s3: S3Context) -> Any:
                 resp = await work
             finally:
                 ctx.leave()
-            if not resp.prepared:
-                resp.headers["x-amz-request-id"] = request_id
-                resp.headers["x-amz-id-2"] = request_id
+            if not resp.prepared and "x-amz-request-id" not in resp.headers:
+                # As header lines (encoded once here, not formatted with the others).
+                resp.raw += (_ID_LINES % (request_id, request_id)).encode()
         except S3Error as exc:
             resp = render(exc, request, request_id)
         except CacheDaemonError as exc:
