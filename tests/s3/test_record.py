@@ -94,3 +94,25 @@ def test_no_record_or_a_broken_one_is_no_answer(entry: tuple[Path, int]) -> None
     assert record_hit_lines(fd, 5) is None
     with pytest.raises(OSError):
         os.getxattr(fd, RECORD_ID_XATTR)  # nothing to name
+
+
+def test_a_record_written_over_a_writer_leaves_no_wrong_id(entry: tuple[Path, int],
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    # Another shard writes its record between this writer's record and id.
+    path, fd = entry
+    mine, theirs = record(n="mine"), record(n="theirs")
+    real = os.setxattr
+
+    def racing(target: object, name: str, value: bytes, *args: object) -> None:
+        if name == RECORD_ID_XATTR and value == record_id(mine.encode()):
+            real(path, RECORD_XATTR, theirs.encode())
+        real(target, name, value, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "setxattr", racing)
+    assert write_record(path, mine)
+    monkeypatch.undo()
+    with pytest.raises(OSError):
+        os.getxattr(fd, RECORD_ID_XATTR)
+    assert record_hit_lines(fd, 5) == hit_header_lines(theirs)
+    assert os.getxattr(fd, RECORD_ID_XATTR) == record_id(theirs.encode())

@@ -199,8 +199,15 @@ def write_record(path: str | os.PathLike[str], record: ObjectRecord) -> bool:
                 os.getxattr(fd, ETAG_XATTR).decode() != record.etag:
             return False
         raw = record.encode()
+        # An id names exactly its record's bytes (hits trust it): none while the record is
+        # replaced, the new one after it, and none if another writer's record won meanwhile
+        # (a hit then reads the record and adds its id).
+        with contextlib.suppress(OSError):
+            os.removexattr(fd, RECORD_ID_XATTR)
         os.setxattr(fd, RECORD_XATTR, raw)
-        os.setxattr(fd, RECORD_ID_XATTR, record_id(raw))  # after it: an id names its record
+        os.setxattr(fd, RECORD_ID_XATTR, record_id(raw))
+        if os.getxattr(fd, RECORD_XATTR) != raw:
+            os.removexattr(fd, RECORD_ID_XATTR)
         return True
     except OSError:
         return False
