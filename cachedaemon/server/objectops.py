@@ -237,16 +237,6 @@ class Conditions:
         return range_header if range_applies(self.if_range, etag) else None
 
 
-async def get(ctx: ShardContext, request: Any, key: str, range_header: str | None,
-              describe: Describe | None = None, cond: Conditions | None = None,
-              hit_headers: HitHeaders | None = None) -> web.StreamResponse:
-    """Answer a GET of ``key``: a hit from the cached file, a miss from the bucket (filling the
-    cache). With ``hit_headers``, a whole small hit takes its header lines from it (``/v1``'s
-    own are built in). REQUIRES: a valid, unreserved key."""
-    return await read(ctx, request, key, range_header, describe, cond, head=False,
-                      hit_headers=hit_headers)
-
-
 async def head(ctx: ShardContext, key: str, range_header: str | None,
                describe: Describe | None = None, cond: Conditions | None = None
                ) -> web.StreamResponse:
@@ -257,8 +247,11 @@ async def head(ctx: ShardContext, key: str, range_header: str | None,
 async def read(ctx: ShardContext, request: Any, key: str, range_header: str | None,
                describe: Describe | None = None, cond: Conditions | None = None, *,
                head: bool, hit_headers: HitHeaders | None = None) -> web.StreamResponse:
-    """:func:`get` (``head`` false) or :func:`head` (true); a whole small hit is answered
-    without a further await (the hot path: ``docs/performance.md``)."""
+    """Answer a GET of ``key`` (``head`` false: a hit from the cached file, a miss from the
+    bucket, filling the cache) or a HEAD (true, as :func:`head`). A whole small hit is
+    answered without a further await (the hot path: ``docs/performance.md``), its header lines
+    from ``hit_headers`` if given (``/v1``'s own are built in). Both APIs call this directly
+    (no wrapper's coroutine on the hot path). REQUIRES: a valid, unreserved key."""
     cache = ctx.cache.local()
     if cond is not None and not cond.any:
         cond = None

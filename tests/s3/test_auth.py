@@ -91,6 +91,22 @@ def test_anonymous_requests_are_access_denied(d: S3Daemon) -> None:
     assert client(d).get_object(Bucket=d.bucket, Key="k")["Body"].read() == b"secret stuff"
 
 
+def test_a_plain_get_of_a_cached_object_is_verified(d: S3Daemon) -> None:
+    # The shape of the open endpoint's hot path (GET of a key, no query): with credentials it
+    # is verified like any request, even when the object is a cache hit.
+    got = client(d).get_object(Bucket=d.bucket, Key="k")
+    assert got["ResponseMetadata"]["HTTPHeaders"]["x-cache"] == "hit"
+    path = f"/{d.bucket}/k"
+    assert send(d, "GET", path, {})[0] == 403
+    forged = {"Authorization": "AWS4-HMAC-SHA256 Credential=x, SignedHeaders=host, "
+                               "Signature=00"}
+    status, body = send(d, "GET", path, forged)
+    assert status == 403 and b"<Code>AccessDenied</Code>" in body
+    status, body = send(d, "GET", path, signed_headers(d, "GET", path, {}, secret="not-it"))
+    assert status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in body
+    assert send(d, "GET", path, signed_headers(d, "GET", path, {})) == (200, b"secret stuff")
+
+
 @pytest.mark.parametrize("minutes", [-16, 16])
 def test_a_clock_skewed_over_15_minutes(d: S3Daemon, monkeypatch: pytest.MonkeyPatch,
                                         minutes: int) -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from cachedaemon.remote.memory import MemoryObjectStore
 from cachedaemon.server.s3 import listing
 from cachedaemon.server.s3.errors import S3Error
-from cachedaemon.server.s3.router import address, operation
+from cachedaemon.server.s3.router import Addressing, address, operation
 
 
 def reference(keys: list[str], prefix: str, delimiter: str) -> list[tuple[str, bool]]:
@@ -137,6 +137,17 @@ DOMAINS = ("localhost", "s3.example.com")
 def test_addressing(host: str, path: str, want: tuple[Any, ...]) -> None:
     t = address(host, path, DOMAINS)
     assert (t.bucket, t.key, t.virtual) == want
+
+
+def test_remembered_addressing_is_addressing() -> None:
+    remembered = Addressing(DOMAINS)
+    for host, path in [("127.0.0.1:9000", "/b/k"), ("bucket.localhost:9000", "/k"),
+                       ("BUCKET.localhost", "/k%20x"), (None, "/b"), ("h", "/")]:
+        for _ in range(2):
+            assert remembered(host, path) == address(host, path, DOMAINS), (host, path)
+    for _ in range(2):  # an error is raised each time, never remembered as an answer
+        with pytest.raises(S3Error):
+            remembered("h", "/b/%zz")
 
 
 def test_bad_paths_are_invalid_uri() -> None:

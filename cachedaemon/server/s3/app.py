@@ -13,7 +13,11 @@ recovery ends and while draining; addressing (:mod:`.router`); SigV4 (:mod:`.sig
 operation's name; in-flight accounting for the drain (the same count as ``/v1``'s); the
 handler (:mod:`.handlers`); S3's XML error for whatever it raised (the daemon's own errors
 through :func:`~.errors.from_daemon_error`, a bug as ``500 InternalError``); the request id
-headers; the request metrics (route label ``s3:<Operation>``) and the JSON access log.
+headers; the request metrics (route label ``s3:<Operation>``) and the JSON access log. The hot
+path, a GET of a key with no query string on an endpoint without credentials, goes from the
+addressing straight to :func:`~.handlers.read_object` (GetObject's body): SigV4 would only
+check the payload hash's form (done there) and the operation can only be ``GetObject``. With
+credentials every request is verified.
 
 Shard 0 also sweeps expired multipart uploads; every shard closes parts of uploads that are
 gone (:mod:`.multipart`).
@@ -30,6 +34,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,11 +45,11 @@ from cachedaemon.server.context import ShardContext
 from cachedaemon.server.http import HttpServer, Request, Response, StreamResponse
 from cachedaemon.server.s3.buckets import Buckets, PrefixBuckets, SingleBucket
 from cachedaemon.server.s3.errors import S3Error, error_body, from_daemon_error
-from cachedaemon.server.s3.handlers import HANDLERS, XML, S3Call
+from cachedaemon.server.s3.handlers import HANDLERS, XML, S3Call, read_object
 from cachedaemon.server.s3.multipart import Uploads, uploads_dir, wipe
 from cachedaemon.server.s3.objectpath import ObjectPath
-from cachedaemon.server.s3.router import address, operation
-from cachedaemon.server.s3.sigv4 import Credentials, Verifier
+from cachedaemon.server.s3.router import Addressing, operation
+from cachedaemon.server.s3.sigv4 import Credentials, Verifier, check_payload
 
 log = logging.getLogger("cachedaemon.s3")
 access_log = logging.getLogger("cachedaemon.access")
@@ -144,6 +149,9 @@ async def _sweep_loop(s3: S3Context) -> None:
 _REQUEST_IDS = itertools.count(int.from_bytes(os.urandom(6), "big") << 16)
 
 
+_ID_LINES = "x-amz-request-id: %s\r\nx-amz-id-2: %s\r\n"
+
+
 def _request_id() -> str:
     """A request id unique in this process (random start, then counted: cheap)."""
     return f"{next(_REQUEST_IDS) & 0xFFFFFFFFFFFFFFFF:016X}"
@@ -152,6 +160,10 @@ def _request_id() -> str:
 def make_s3_handler(s3: S3Context) -> Any:
     ctx = s3.ctx
     json_log = ctx.settings.server.log_format == "json"
+    # Fixed for the endpoint's life: credentials are read when the shard opens.
+    open_endpoint = s3.verifier.open
+    get = dict.get  # the request headers' keys are lower case: skip the case folding
+    addressing = Addressing(s3.domains)
     record = metrics.REQUEST_STATS.record
     perf = time.perf_counter
 
@@ -181,20 +193,29 @@ def make_s3_handler(s3: S3Context) -> Any:
                               headers={"Connection": "close"})
             if not state.ready:
                 raise S3Error("ServiceUnavailable", "The daemon is starting.")
-            target = address(request.headers.get("host"), request.path, s3.domains)
-            signature = s3.verifier.verify(method, request.path, request.query_string,
-                                           request.headers,
-                                           target.bucket if target.virtual else None)
-            op = operation(method, target, request.query, request.headers)
+            headers = request.headers
+            work: Awaitable[StreamResponse]
+            target = addressing(get(headers, "host"), request.path)
+            if open_endpoint and method == "GET" and not request.query_string \
+                    and target.key is not None:
+                # The hot path. With no credentials to verify, all the signature check does is
+                # the payload hash's form; and a GET of a key with no query is GetObject.
+                check_payload(get(headers, "x-amz-content-sha256"))
+                op = "GetObject"
+                work = read_object(s3, request, target.bucket or "", target.key, request_id)
+            else:
+                signature = s3.verifier.verify(method, request.path, request.query_string,
+                                               headers, target.bucket if target.virtual else None)
+                op = operation(method, target, request.query, headers)
+                work = HANDLERS[op](S3Call(request, s3, target, op, signature, request_id))
             ctx.enter()
             try:
-                resp = await HANDLERS[op](S3Call(request, s3, target, op, signature,
-                                                 request_id))
+                resp = await work
             finally:
                 ctx.leave()
-            if not resp.prepared:
-                resp.headers["x-amz-request-id"] = request_id
-                resp.headers["x-amz-id-2"] = request_id
+            if not resp.prepared and "x-amz-request-id" not in resp.headers:
+                # As header lines (encoded once here, not formatted with the others).
+                resp.raw += (_ID_LINES % (request_id, request_id)).encode()
         except S3Error as exc:
             resp = render(exc, request, request_id)
         except CacheDaemonError as exc:

@@ -159,9 +159,13 @@ def writable_key(call: S3Call, bucket: str | None = None, key: str | None = None
 
 async def _missing(call: S3Call, bucket: str | None = None) -> S3Error:
     """NoSuchBucket if the bucket is gone, else NoSuchKey."""
-    await call.s3.buckets.check(bucket or call.bucket)
-    return S3Error("NoSuchKey", "The specified key does not exist.",
-                   extra={"Key": call.key if call.target.key else ""})
+    return await _no_such_key(call.s3, bucket or call.bucket,
+                              call.key if call.target.key else "")
+
+
+async def _no_such_key(s3: Any, bucket: str, s3_key: str) -> S3Error:
+    await s3.buckets.check(bucket)
+    return S3Error("NoSuchKey", "The specified key does not exist.", extra={"Key": s3_key})
 
 
 # --- bodies ---------------------------------------------------------------------------------
@@ -370,12 +374,20 @@ def _overrides(call: S3Call) -> dict[str, str]:
 
 
 async def get_object(call: S3Call) -> StreamResponse:
-    key = _daemon_key(call, call.bucket, call.key)
+    return await read_object(call.s3, call.request, call.bucket, call.key, call.request_id,
+                             _overrides(call))
+
+
+async def read_object(s3: Any, request: Request, bucket: str, s3_key: str, request_id: str,
+                      overrides: dict[str, str] | None = None) -> StreamResponse:
+    """GetObject of ``s3_key`` in ``bucket``, ``overrides`` its ``response-*`` parameters.
+    Also the whole of a GET with no query string on an endpoint without credentials (the
+    operation is then GetObject and the signature check a no-op: ``app.py`` skips both)."""
+    key = s3.buckets.object_key(bucket, s3_key)
     if is_reserved(key):
-        raise await _missing(call)  # (the object path checks the key's other rules)
-    headers = call.headers
-    overrides = _overrides(call)
-    objects = call.s3.objects
+        raise await _no_such_key(s3, bucket, s3_key)  # (the object path checks the other rules)
+    headers = request.headers
+    objects = s3.objects
     conditional = conditions.has_conditions(headers)
     try:
         if conditional and objects.cached(key) is None:
@@ -385,21 +397,21 @@ async def get_object(call: S3Call) -> StreamResponse:
                 raise NotFound(key)
             conditions.check(headers, record)
     except (NotFound, InvalidKey):
-        raise await _missing(call) from None
+        raise await _no_such_key(s3, bucket, s3_key) from None
 
     def headers_for(record: ObjectRecord) -> dict[str, str]:
         if conditional:
             conditions.check(headers, record)
         out = object_headers(record, overrides)
-        out["x-amz-request-id"] = out["x-amz-id-2"] = call.request_id
+        out["x-amz-request-id"] = out["x-amz-id-2"] = request_id
         return out
 
     try:
-        resp: StreamResponse = await objects.get(call.request, key, headers.get("range"),
+        resp: StreamResponse = await objects.get(request, key, dict.get(headers, "range"),
                                                  headers_for,
                                                  plain=not conditional and not overrides)
     except (NotFound, InvalidKey):
-        raise await _missing(call) from None
+        raise await _no_such_key(s3, bucket, s3_key) from None
     return resp
 
 

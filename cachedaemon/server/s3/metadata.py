@@ -7,7 +7,8 @@ and the object record kept with a cached entry.
 * :class:`ObjectRecord`: what an answer about one version needs (size, ETag, Last-Modified,
   metadata). A cached entry carries its record in the extended attribute
   :data:`RECORD_XATTR` (JSON), beside the cache's own ETag attribute; the record counts only
-  while its ETag and size are the entry's, so a record can never describe another version.
+  while its ETag and size are the entry's, so a record can never describe another version
+  (it is attached only where its ETag is the entry's, and an entry's ETag never changes).
 * :func:`object_headers`: the headers of a GET/HEAD answer, with the ``response-*`` query
   overrides S3 allows on GET.
 
@@ -17,7 +18,9 @@ single syscalls on a page-cached inode).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
 import os
 import time
@@ -30,6 +33,10 @@ from cachedaemon.server.s3.errors import S3Error
 
 #: The extended attribute holding a cached entry's :class:`ObjectRecord`.
 RECORD_XATTR = "user.cachedaemon.s3"
+#: The id of the entry's record (:func:`record_id`), which hits read instead of the record:
+#: ``os.getxattr`` reads up to 128 bytes in one call, a longer attribute takes a second call
+#: and a 64 KiB buffer, and a record with a Content-Type is longer.
+RECORD_ID_XATTR = "user.cachedaemon.s3id"
 #: The cache's own ETag attribute (:mod:`cachedaemon.server.objects`).
 ETAG_XATTR = "user.cachedaemon.etag"
 #: S3's limit on the user-defined metadata of one object (names and values, UTF-8 bytes).
@@ -107,19 +114,77 @@ class ObjectRecord:
 def read_record(path: int | str | os.PathLike[str], size: int) -> ObjectRecord | None:
     """The record of the cached entry at ``path`` (or open as descriptor ``path``) of ``size``
     bytes, if it has a valid one."""
-    try:
-        if isinstance(path, int):
-            raw = os.getxattr(path, RECORD_XATTR)
-            etag = os.getxattr(path, ETAG_XATTR).decode()
-        else:
-            raw = os.getxattr(path, RECORD_XATTR, follow_symlinks=False)
-            etag = os.getxattr(path, ETAG_XATTR, follow_symlinks=False).decode()
-    except OSError:
+    attrs = _record_attrs(path)
+    if attrs is None:
         return None
-    record = ObjectRecord.decode(raw)
-    if record is None or record.etag != etag or record.size != size:
+    record = ObjectRecord.decode(attrs[0])
+    if record is None or record.etag != attrs[1].decode() or record.size != size:
         return None
     return record
+
+
+def record_hit_lines(fd: int, size: int) -> bytes | None:
+    """The header lines of a whole cache hit of open entry ``fd`` (``size`` bytes) from its
+    record (no overrides; Content-Length aside), or None when it has no valid record or a
+    value would break a line. The hot path: one small ``fgetxattr`` (the record's id, see
+    :data:`RECORD_ID_XATTR`) and a lookup of the lines memoised by that id; the record itself
+    is read when the id is new here (then remembered if the record is the id's) or missing
+    (then added: an entry recorded before ids existed).
+
+    :func:`read_record` also compares the record's ETag with the entry's ETag attribute; here
+    that holds by construction: a record is attached only to a file whose ETag attribute it
+    matches (:func:`write_record` checks on the same open file), and a file's ETag attribute is
+    set once, before it becomes an entry (the staging file's publish). The size is checked."""
+    try:
+        rid = os.getxattr(fd, RECORD_ID_XATTR)
+    except OSError:
+        rid = b""
+    known = _BY_ID.get(rid) if rid else None
+    if known is None:
+        try:
+            raw = os.getxattr(fd, RECORD_XATTR)
+        except OSError:
+            return None
+        known = _hit_lines(raw)
+        if known[1] is not None:
+            if not rid:  # only if still none: a record written meanwhile sets its own id
+                with contextlib.suppress(OSError):
+                    os.setxattr(fd, RECORD_ID_XATTR, record_id(raw), os.XATTR_CREATE)
+            elif record_id(raw) == rid:  # (else a record being replaced: answer from it)
+                if len(_BY_ID) >= 4096:
+                    _BY_ID.clear()
+                _BY_ID[rid] = known
+    return known[1] if known[0] == size else None
+
+
+#: Header lines (and the size they need) by record id.
+_BY_ID: dict[bytes, tuple[int, bytes | None]] = {}
+
+
+def record_id(raw: bytes) -> bytes:
+    """The id of a record's attribute bytes (16 bytes of their BLAKE2b digest)."""
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def _record_attrs(path: int | str | os.PathLike[str]) -> tuple[bytes, bytes] | None:
+    """The record and ETag attributes of an entry (by descriptor or path), if it has both."""
+    try:
+        if isinstance(path, int):
+            return os.getxattr(path, RECORD_XATTR), os.getxattr(path, ETAG_XATTR)
+        return (os.getxattr(path, RECORD_XATTR, follow_symlinks=False),
+                os.getxattr(path, ETAG_XATTR, follow_symlinks=False))
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _hit_lines(raw: bytes) -> tuple[int, bytes | None]:
+    """(size it needs, header lines) of a record's attribute bytes; a record that does not
+    decode matches no entry."""
+    record = ObjectRecord.decode(raw)
+    if record is None:
+        return -1, None
+    return record.size, hit_header_lines(record)
 
 
 def write_record(path: str | os.PathLike[str], record: ObjectRecord) -> bool:
@@ -133,7 +198,16 @@ def write_record(path: str | os.PathLike[str], record: ObjectRecord) -> bool:
         if os.fstat(fd).st_size != record.size or \
                 os.getxattr(fd, ETAG_XATTR).decode() != record.etag:
             return False
-        os.setxattr(fd, RECORD_XATTR, record.encode())
+        raw = record.encode()
+        # An id names exactly its record's bytes (hits trust it): none while the record is
+        # replaced, the new one after it, and none if another writer's record won meanwhile
+        # (a hit then reads the record and adds its id).
+        with contextlib.suppress(OSError):
+            os.removexattr(fd, RECORD_ID_XATTR)
+        os.setxattr(fd, RECORD_XATTR, raw)
+        os.setxattr(fd, RECORD_ID_XATTR, record_id(raw))
+        if os.getxattr(fd, RECORD_XATTR) != raw:
+            os.removexattr(fd, RECORD_ID_XATTR)
         return True
     except OSError:
         return False
@@ -165,7 +239,6 @@ def object_headers(record: ObjectRecord, overrides: Mapping[str, str] | None = N
     return headers
 
 
-@functools.lru_cache(maxsize=4096)
 def hit_header_lines(record: ObjectRecord) -> bytes | None:
     """The encoded header lines of a whole cache hit of ``record`` (no overrides; Content-Length
     aside), or None if a value would break a line (the general path refuses it)."""

@@ -38,8 +38,8 @@ from cachedaemon.server.objectops import Served
 from cachedaemon.server.s3.errors import S3Error
 from cachedaemon.server.s3.metadata import (
     ObjectRecord,
-    hit_header_lines,
     read_record,
+    record_hit_lines,
     write_record,
 )
 
@@ -49,13 +49,6 @@ READ_CHUNK = 1 << 20
 
 #: Builds the S3 headers of an answer about a record (may raise to refuse it, e.g. a 304).
 HeadersFor = Callable[[ObjectRecord], dict[str, str]]
-
-
-def _record_hit_headers(fd: int, size: int) -> bytes | None:
-    """The header lines of a whole hit of open entry ``fd`` (``size`` bytes): its record's,
-    or None when it has no valid record (the general path fetches one)."""
-    record = read_record(fd, size)
-    return None if record is None else hit_header_lines(record)
 
 
 class _NeedRecord(Exception):
@@ -99,7 +92,7 @@ class ObjectPath:
         """GET through the object path, with S3's headers (see the module doc). ``plain``:
         the headers are the record's own (no overrides, no conditions), so a whole small hit
         sends the record's header lines encoded once per record."""
-        hit_headers = _record_hit_headers if plain else None
+        hit_headers = record_hit_lines if plain else None
         for _ in range(READ_ATTEMPTS):
             filled: list[ObjectRecord] = []
 
@@ -125,8 +118,8 @@ class ObjectPath:
                 return headers
 
             try:
-                resp = await objectops.get(self.ctx, request, key, range_header, describe,
-                                           hit_headers=hit_headers)
+                resp = await objectops.read(self.ctx, request, key, range_header, describe,
+                                            head=False, hit_headers=hit_headers)
             except _NeedRecord:
                 if await self._from_bucket(key) is None:
                     raise NotFound(f"no object {key!r}") from None

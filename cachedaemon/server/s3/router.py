@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
+from cachedaemon.server.routes import MEMO_SIZE
 from cachedaemon.server.s3.errors import S3Error, not_implemented
 
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
@@ -41,8 +42,10 @@ SUBRESOURCES = frozenset({
 })
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):
+    """Where a request points (a tuple: built on every request, and cheaper so than a frozen
+    dataclass)."""
+
     bucket: str | None
     key: str | None  # decoded; None when the request names no object
     virtual: bool
@@ -76,18 +79,46 @@ def decode_path(raw: str) -> str:
 def address(host: str | None, raw_path: str, domains: tuple[str, ...]) -> Target:
     if not raw_path.startswith("/"):
         raise S3Error("InvalidURI", "Couldn't parse the specified URI.")
-    name = (host or "").strip().lower()
-    if "." not in name:
-        return _path_style(raw_path)  # a bare host name (or none): path-style
+    # A bare host name (or none) is path-style, as is any host when no domain is configured.
+    bucket = _virtual_bucket(host, domains) if domains and host and "." in host else None
+    if bucket is not None:
+        rest = raw_path[1:]
+        return Target(bucket, decode_path(rest) if rest else None, True)
+    return _path_style(raw_path)
+
+
+def _virtual_bucket(host: str, domains: tuple[str, ...]) -> str | None:
+    """The bucket a ``Host`` of ``<bucket>.<domain>`` names, else None."""
+    name = host.strip().lower()
     # An IPv6 literal is never a bucket; else drop the port.
     name = name[: name.find("]") + 1] if name.startswith("[") else name.rsplit(":", 1)[0]
     for domain in domains:
         if name.endswith("." + domain):
             bucket = name[: -len(domain) - 1]
             if valid_bucket_name(bucket):
-                rest = raw_path[1:]
-                return Target(bucket, decode_path(rest) if rest else None, True)
-    return _path_style(raw_path)
+                return bucket
+    return None
+
+
+class Addressing:
+    """:func:`address` for one endpoint's domains, remembered for the most recent (host, path)
+    pairs, as ``/v1`` remembers its routes: hot keys are addressed once."""
+
+    __slots__ = ("_memo", "domains")
+
+    def __init__(self, domains: tuple[str, ...]) -> None:
+        self.domains = domains
+        self._memo: dict[tuple[str | None, str], Target] = {}
+
+    def __call__(self, host: str | None, raw_path: str) -> Target:
+        key = (host, raw_path)
+        found = self._memo.get(key)
+        if found is None:
+            found = address(host, raw_path, self.domains)  # (an error is not remembered)
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = found
+        return found
 
 
 def _path_style(raw_path: str) -> Target:
@@ -95,6 +126,8 @@ def _path_style(raw_path: str) -> Target:
     if not rest:
         return Target(None, None, False)
     bucket_raw, slash, key_raw = rest.partition("/")
+    if "%" not in rest and rest.isascii():  # nothing to decode (decode_path's own shortcut)
+        return Target(bucket_raw, key_raw or None, False)
     bucket = decode_path(bucket_raw)
     return Target(bucket, decode_path(key_raw) if slash and key_raw else None, False)
 

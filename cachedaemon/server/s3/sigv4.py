@@ -233,6 +233,16 @@ def _malformed(message: str, *, presigned: bool = False, extra: dict[str, str] |
     return S3Error(code, message, extra=extra)
 
 
+def check_payload(payload: str | None) -> None:
+    """Raise InvalidArgument unless ``payload``, the ``x-amz-content-sha256`` header (if any),
+    has one of its forms: the one check of a request when there are no credentials."""
+    if payload is not None and payload not in STREAMING_FORMS and payload != UNSIGNED_PAYLOAD \
+            and not _HEX64.fullmatch(payload):
+        raise S3Error("InvalidArgument", "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, "
+                      "STREAMING-... or a SHA-256 in lower-case hex",
+                      extra={"ArgumentName": "x-amz-content-sha256"})
+
+
 class Verifier:
     """Checks requests against one set of credentials and one region (see the module doc)."""
 
@@ -252,11 +262,7 @@ class Verifier:
         auth = headers.get("authorization")
         presigned = "X-Amz-Signature=" in raw_query or "X-Amz-Credential=" in raw_query
         payload = headers.get("x-amz-content-sha256")
-        if payload is not None and payload not in STREAMING_FORMS and payload != UNSIGNED_PAYLOAD \
-                and not _HEX64.fullmatch(payload):
-            raise S3Error("InvalidArgument", "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, "
-                          "STREAMING-... or a SHA-256 in lower-case hex",
-                          extra={"ArgumentName": "x-amz-content-sha256"})
+        check_payload(payload)
         if self.credentials is None:
             return Signature(payload or UNSIGNED_PAYLOAD)
         if sigv2.is_v2(headers, raw_query):
