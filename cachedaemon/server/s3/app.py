@@ -38,6 +38,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachedaemon.core.scheduling import scheduler
 from cachedaemon.errors import CacheDaemonError
 from cachedaemon.server import metrics
 from cachedaemon.server.app import server_limits
@@ -166,6 +167,8 @@ def make_s3_handler(s3: S3Context) -> Any:
     addressing = Addressing(s3.domains)
     record = metrics.REQUEST_STATS.record
     perf = time.perf_counter
+    sched = scheduler()
+    foreground_begin, foreground_end = sched.foreground_begin, sched.foreground_end
 
     def count(method: str, route: str, status: int, elapsed: float) -> None:
         if method not in METRIC_METHODS:
@@ -209,9 +212,11 @@ def make_s3_handler(s3: S3Context) -> Any:
                 op = operation(method, target, request.query, headers)
                 work = HANDLERS[op](S3Call(request, s3, target, op, signature, request_id))
             ctx.enter()
+            foreground_begin()  # object requests: the shard's metastore gives way to them
             try:
                 resp = await work
             finally:
+                foreground_end()
                 ctx.leave()
             if not resp.prepared and "x-amz-request-id" not in resp.headers:
                 # As header lines (encoded once here, not formatted with the others).
