@@ -468,8 +468,10 @@ class StagingFile:
     def _finish(self) -> None:
         holder, self._holder = self._holder, None  # type: ignore[assignment]
         if holder is not None:
-            self._on_done(self)
-            holder.release()
+            try:
+                self._on_done(self)
+            finally:
+                holder.release()
 
     def __del__(self) -> None:
         if getattr(self, "_holder", None) is None:
@@ -484,7 +486,12 @@ class StagingFile:
                 os.close(fd)
             except OSError:
                 pass
-        self._finish()
+        try:
+            self._finish()
+        except RuntimeError:
+            # Its loop is closed (the owner, or the process, is ending): nothing to tell the
+            # accounting. The journal's BEGIN record leads the next start to the .part.
+            pass
 
 
 async def _uninterrupted(job: asyncio.Future[Any]) -> bool:

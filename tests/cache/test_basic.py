@@ -329,3 +329,37 @@ async def test_min_free_bytes_trims_further(open_cache: OpenCache, tmp_path: Pat
     s = await svc.stats()
     assert (s.objects, s.bytes_used, s.puts_blocked) == (0, 0, 1)
     assert disk_entries(svc.root) == {}
+
+
+def test_a_staging_file_dropped_after_its_loop_closed_is_finalized_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A staging file its owner never closed, collected after the event loop is gone (a test
+    harness, or the process ending): its finalizer closes the descriptor and raises nothing,
+    and the next start deletes the ``.part`` (its BEGIN record is in the journal)."""
+    import gc
+    import sys
+
+    from tests.cache.conftest import make_settings
+
+    raised: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: raised.append(u.exc_value))
+    loop = asyncio.new_event_loop()
+    svc = loop.run_until_complete(CacheService.open_single(tmp_path / "c", make_settings(),
+                                                           fsync_commits=False))
+    staging = loop.run_until_complete(svc.create_staging_file("dropped", deadline_after(2.0)))
+    loop.close()  # never stopped: its owner went away
+    assert part_files(tmp_path / "c")
+    del staging
+    gc.collect()
+    assert raised == []
+    del svc
+    gc.collect()
+
+    async def restart() -> None:
+        again = await CacheService.open_single(tmp_path / "c", make_settings(),
+                                               fsync_commits=False)
+        assert part_files(tmp_path / "c") == []
+        await again.stop()
+
+    asyncio.run(restart())
