@@ -12,8 +12,11 @@ debt, and at its next turn (:meth:`Scheduler.turn`) it sleeps until the loop has
 flight there is no debt: background work runs at full speed.
 
 One :class:`Scheduler` per loop (:func:`scheduler`); the HTTP handlers mark foreground requests
-(:meth:`Scheduler.foreground`), the metastore's entry (``call_domain``) and its long tasks (the
-task quota of ``core/preempt.py``) take turns. Any shard; state is the loop's own.
+(:meth:`Scheduler.foreground_begin`/``_end``; "active" also covers :data:`ACTIVE_WINDOW_S` after
+the last one ended), kv and L1 requests take a turn before they start and are charged the loop
+thread's CPU time from their start to their end (which also counts whatever ran between their
+awaits: an over-estimate, so the metastore errs on giving way), and long tasks take turns
+through the task quota of ``core/preempt.py``. Any shard; state is the loop's own.
 """
 
 from __future__ import annotations
