@@ -244,35 +244,59 @@ async def head(ctx: ShardContext, key: str, range_header: str | None,
     return await read(ctx, None, key, range_header, describe, cond, head=True)
 
 
+#: ``read``'s ``opened`` when the caller has not opened the entry.
+NOT_OPENED = -1
+
+
+def whole_small_hit(ctx: ShardContext, key: str, hit_headers: HitHeaders | None
+                    ) -> web.Response | int | None:
+    """The first step of a GET of all of ``key`` with no conditions, on its own (no coroutine):
+    open the entry (a hit is counted), and answer a whole small hit (:func:`_small_hit`).
+    Returns the answer; or the open descriptor of an entry that is not a small hit, or None
+    when nothing is cached — for :func:`read`'s ``opened``, which goes on from there."""
+    fd: int | None = ctx.cache.local().open_entry(key, count=True)
+    if fd is None:
+        return None
+    try:
+        small = _small_hit(fd, hit_headers)
+    except OSError:  # not a regular file (a tampered cache directory): a miss
+        os.close(fd)
+        return None
+    if small is None:
+        return fd
+    os.close(fd)
+    return small
+
+
 async def read(ctx: ShardContext, request: Any, key: str, range_header: str | None,
                describe: Describe | None = None, cond: Conditions | None = None, *,
-               head: bool, hit_headers: HitHeaders | None = None) -> web.StreamResponse:
+               head: bool, hit_headers: HitHeaders | None = None,
+               opened: int | None = NOT_OPENED) -> web.StreamResponse:
     """Answer a GET of ``key`` (``head`` false: a hit from the cached file, a miss from the
     bucket, filling the cache) or a HEAD (true, as :func:`head`). A whole small hit is
     answered without a further await (the hot path: ``docs/performance.md``), its header lines
     from ``hit_headers`` if given (``/v1``'s own are built in). Both APIs call this directly
-    (no wrapper's coroutine on the hot path). REQUIRES: a valid, unreserved key."""
-    cache = ctx.cache.local()
+    (no wrapper's coroutine on the hot path). ``opened``: what :func:`whole_small_hit` left
+    (an open entry that is not a small hit, or None: not cached), when the caller began there.
+    REQUIRES: a valid, unreserved key."""
     if cond is not None and not cond.any:
         cond = None
-    fd = cache.open_entry(key, count=not head)
+    fd: int | None
+    if opened != NOT_OPENED:
+        fd = opened
+    elif not head and range_header is None and cond is None \
+            and (describe is None or hit_headers is not None):
+        first = whole_small_hit(ctx, key, hit_headers)
+        if first is not None and not isinstance(first, int):
+            return first
+        fd = first
+    else:
+        fd = ctx.cache.local().open_entry(key, count=not head)
     if fd is not None:
-        if not head and range_header is None and cond is None \
-                and (describe is None or hit_headers is not None):
-            try:
-                small = _small_hit(fd, hit_headers)
-            except OSError:  # not a regular file (a tampered cache directory): a miss
-                small = None
-                os.close(fd)
-                fd = None
-            if small is not None:
-                os.close(fd)
-                return small
-        if fd is not None:
-            resp = await _serve_cached(ctx, request, describe, key, fd, range_header, cond,
-                                       head=head)
-            if resp is not None:
-                return resp
+        resp = await _serve_cached(ctx, request, describe, key, fd, range_header, cond,
+                                   head=head)
+        if resp is not None:
+            return resp
     describe = describe or plain_headers
     if head:
         got = await _bucket_version(ctx, key, range_header, cond)

@@ -35,6 +35,7 @@ from cachedaemon.errors import (
 )
 from cachedaemon.namespace import is_reserved
 from cachedaemon.remote.base import ObjectMeta
+from cachedaemon.server import objectops
 from cachedaemon.server.http import Request, Response, StreamResponse
 from cachedaemon.server.ranges import parse_range
 from cachedaemon.server.s3 import conditions, listing
@@ -47,6 +48,7 @@ from cachedaemon.server.s3.metadata import (
     iso_date,
     meta_from_headers,
     object_headers,
+    record_hit_lines,
 )
 from cachedaemon.server.s3.multipart import (
     MAX_PARTS,
@@ -389,6 +391,17 @@ async def read_object(s3: Any, request: Request, bucket: str, s3_key: str, reque
     headers = request.headers
     objects = s3.objects
     conditional = conditions.has_conditions(headers)
+    range_header = dict.get(headers, "range")
+    opened: int | None = objectops.NOT_OPENED
+    if not conditional and not overrides and range_header is None:
+        # The hot path: a whole small hit answers here, with no object path's coroutine.
+        try:
+            first = objectops.whole_small_hit(objects.ctx, key, record_hit_lines)
+        except InvalidKey:
+            raise await _no_such_key(s3, bucket, s3_key) from None
+        if first is not None and not isinstance(first, int):
+            return first  # (the request id lines are added by the app, as to every answer)
+        opened = first
     try:
         if conditional and objects.cached(key) is None:
             # Decide before downloading anything: a 304 needs no bytes.
@@ -407,9 +420,9 @@ async def read_object(s3: Any, request: Request, bucket: str, s3_key: str, reque
         return out
 
     try:
-        resp: StreamResponse = await objects.get(request, key, dict.get(headers, "range"),
-                                                 headers_for,
-                                                 plain=not conditional and not overrides)
+        resp: StreamResponse = await objects.get(request, key, range_header, headers_for,
+                                                 plain=not conditional and not overrides,
+                                                 opened=opened)
     except (NotFound, InvalidKey):
         raise await _no_such_key(s3, bucket, s3_key) from None
     return resp

@@ -88,10 +88,13 @@ class ObjectPath:
     # --- reads -------------------------------------------------------------------------------
 
     async def get(self, request: Request, key: str, range_header: str | None,
-                  headers_for: HeadersFor, plain: bool = False) -> StreamResponse:
+                  headers_for: HeadersFor, plain: bool = False,
+                  opened: int | None = objectops.NOT_OPENED) -> StreamResponse:
         """GET through the object path, with S3's headers (see the module doc). ``plain``:
         the headers are the record's own (no overrides, no conditions), so a whole small hit
-        sends the record's header lines encoded once per record."""
+        sends the record's header lines encoded once per record. ``opened``: what
+        :func:`~cachedaemon.server.objectops.whole_small_hit` left, if the caller began there
+        (for the first attempt)."""
         hit_headers = record_hit_lines if plain else None
         for _ in range(READ_ATTEMPTS):
             filled: list[ObjectRecord] = []
@@ -118,8 +121,9 @@ class ObjectPath:
                 return headers
 
             try:
+                first, opened = opened, objectops.NOT_OPENED
                 resp = await objectops.read(self.ctx, request, key, range_header, describe,
-                                            head=False, hit_headers=hit_headers)
+                                            head=False, hit_headers=hit_headers, opened=first)
             except _NeedRecord:
                 if await self._from_bucket(key) is None:
                     raise NotFound(f"no object {key!r}") from None
