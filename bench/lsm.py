@@ -169,6 +169,21 @@ class NativeEngine(Engine):
         get = self.db.get
         return sum(1 for i in order if get(keys[i]) is not None)
 
+    def raw_iterator(self) -> Any:
+        """A positioned iterator with ``seek``, ``valid``, ``key``, ``value``, ``next``."""
+        raise NotImplementedError
+
+    async def seeks(self, keys: list[bytes], order: list[int]) -> int:
+        it = self.raw_iterator()
+        found = 0
+        for i in order:
+            it.seek(keys[i])
+            if it.valid() and it.key() == keys[i]:
+                found += 1
+                it.value()
+                it.next()
+        return found
+
 
 class Plyvel(NativeEngine):
     name = "plyvel (LevelDB)"
@@ -184,16 +199,8 @@ class Plyvel(NativeEngine):
                 for k, v in zip(keys[i : i + size], values[i : i + size], strict=True):
                     b.put(k, v)
 
-    async def seeks(self, keys: list[bytes], order: list[int]) -> int:
-        it = self.db.raw_iterator()
-        found = 0
-        for i in order:
-            it.seek(keys[i])
-            if it.valid() and it.key() == keys[i]:
-                found += 1
-                it.value()
-                it.next()
-        return found
+    def raw_iterator(self) -> Any:
+        return self.db.raw_iterator()
 
     async def scan(self) -> int:
         return sum(1 for _ in self.db.iterator())
@@ -224,16 +231,8 @@ class RocksDict(NativeEngine):
                 b.put(k, v)
             self.db.write(b)
 
-    async def seeks(self, keys: list[bytes], order: list[int]) -> int:
-        it = self.db.iter()
-        found = 0
-        for i in order:
-            it.seek(keys[i])
-            if it.valid() and it.key() == keys[i]:
-                found += 1
-                it.value()
-                it.next()
-        return found
+    def raw_iterator(self) -> Any:
+        return self.db.iter()
 
     async def scan(self) -> int:
         return sum(1 for _ in self.db.items())

@@ -14,13 +14,19 @@ from cachedaemon.lsm.iterator import ListIterator
 kvs = st.dictionaries(st.binary(max_size=30), st.binary(max_size=50), max_size=80)
 
 
-@given(kvs, st.integers(1, 20))
-def test_round_trip(d: dict[bytes, bytes], interval: int) -> None:
+def build(d: dict[bytes, bytes], interval: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """``d``'s items in order, and the block of them (restarts every ``interval``)."""
     b = BlockBuilder(interval)
     items = sorted(d.items())
     for k, v in items:
         b.add(k, v)
-    block = decode_block(b.finish(), "t")
+    return items, b.finish()
+
+
+@given(kvs, st.integers(1, 20))
+def test_round_trip(d: dict[bytes, bytes], interval: int) -> None:
+    items, raw = build(d, interval)
+    block = decode_block(raw, "t")
     assert list(zip(block.keys, block.values, strict=True)) == items
     for k, _ in items:
         assert block.keys[block.seek(k)] == k
@@ -45,11 +51,7 @@ def test_prefix_compression_shrinks_shared_prefixes() -> None:
 
 @given(kvs.filter(bool), st.data())
 def test_damage_never_yields_other_data(d: dict[bytes, bytes], data: st.DataObject) -> None:
-    b = BlockBuilder(4)
-    items = sorted(d.items())
-    for k, v in items:
-        b.add(k, v)
-    raw = b.finish()
+    items, raw = build(d, 4)
     cut = data.draw(st.integers(0, len(raw) - 1))
     try:
         block = decode_block(raw[:cut], "t")
@@ -86,11 +88,7 @@ async def test_list_iterator_walks_both_ways() -> None:
 def test_find_by_restart_points_matches_full_decode(
     d: dict[bytes, bytes], interval: int, targets: list[bytes]
 ) -> None:
-    b = BlockBuilder(interval)
-    items = sorted(d.items())
-    for k, v in items:
-        b.add(k, v)
-    raw = b.finish()
+    items, raw = build(d, interval)
     for target in targets + [k for k, _ in items[:5]]:
         lazy = decode_block(raw, "t").find(target)  # never fully decoded
         expected = next(((k, v) for k, v in items if k >= target), None)
@@ -104,11 +102,8 @@ def test_find_by_restart_points_matches_full_decode(
 def test_runs_are_the_block_in_pieces_and_repeated_finds_agree(
     d: dict[bytes, bytes], interval: int, targets: list[bytes]
 ) -> None:
-    b = BlockBuilder(interval)
-    items = sorted(d.items())
-    for k, v in items:
-        b.add(k, v)
-    block = decode_block(b.finish(), "t")
+    items, raw = build(d, interval)
+    block = decode_block(raw, "t")
     # Each target looked up three times: walked, then decoded, then found in the decoded run.
     for target in targets + [k for k, _ in items[:5]]:
         expected = next(((k, v) for k, v in items if k >= target), None)

@@ -66,6 +66,24 @@ async def test_merging_iterator_walks_like_a_sorted_list(
         assert (it.key(), it.value()) == every[pos]
 
 
+async def walk_checking(it: DBIter, model: list[tuple[bytes, bytes]], pos: int,
+                        moves: list[str]) -> None:
+    """From ``it`` at ``model[pos]`` (or past either end), step as ``moves`` say, checking each
+    entry against the model until it leaves either end; then close ``it``."""
+    for move in [None, *moves]:
+        if move == "next":
+            pos += 1
+            await it.next()
+        elif move == "prev":
+            pos -= 1
+            await it.prev()
+        if not 0 <= pos < len(model):
+            assert not it.valid()
+            break
+        assert (it.key(), it.value()) == model[pos]
+    await it.close()
+
+
 def model_at(items: list[tuple[bytes, int, int]], snap: int) -> list[tuple[bytes, bytes]]:
     state: dict[bytes, bytes | None] = {}
     for seq, (k, kind, _) in enumerate(items, 1):
@@ -100,18 +118,7 @@ async def test_db_iter_shows_the_snapshot_view(
     target = data.draw(st.sampled_from([b"", b"a", b"a\x00", b"b", b"bb", b"c", b"d", b"\x00"]))
     await it.seek(target)
     pos = next((i for i, (k, _) in enumerate(model) if k >= target), len(model))
-    for move in [None, *moves]:
-        if move == "next":
-            pos += 1
-            await it.next()
-        elif move == "prev":
-            pos -= 1
-            await it.prev()
-        if not 0 <= pos < len(model):
-            assert not it.valid()
-            break
-        assert (it.key(), it.value()) == model[pos]
-    await it.close()
+    await walk_checking(it, model, pos, moves)
 
 
 @settings(max_examples=150)
@@ -135,15 +142,4 @@ async def test_seek_before_lands_on_the_last_smaller_key_and_walks_both_ways(
     it = DBIter(MergingIterator(children), snap)
     await it.seek_before(target)
     pos = sum(1 for k, _ in model if k < target) - 1
-    for move in [None, *moves]:
-        if move == "next":
-            pos += 1
-            await it.next()
-        elif move == "prev":
-            pos -= 1
-            await it.prev()
-        if not 0 <= pos < len(model):
-            assert not it.valid()
-            break
-        assert (it.key(), it.value()) == model[pos]
-    await it.close()
+    await walk_checking(it, model, pos, moves)
