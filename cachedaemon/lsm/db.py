@@ -79,6 +79,12 @@ from cachedaemon.lsm.write_batch import WriteBatch
 
 log = logging.getLogger(__name__)
 
+#: ``range`` reads this many entries at a time (the iterator is pinned to its snapshot, so
+#: reading ahead changes nothing a caller sees).
+_RANGE_CHUNK = 64
+#: No limit, for the loop that counts down (larger than any database holds).
+_NO_LIMIT = 1 << 62
+
 #: Entries a flush adds in one go before it looks at its task quota.
 _FLUSH_STEP = 64
 
@@ -823,20 +829,18 @@ class Database:
         start, end, empty = self._range_bounds(start, end, prefix, limit)
         if empty:
             return
-        count = 0
+        left = _NO_LIMIT if limit is None else limit
         async with self._range_iterator(snapshot, start, end) as it:
             await self._position(it, start, end, reverse)
-            while it.valid():
-                k = it.key()
-                if reverse:
-                    if start is not None and k < start:
-                        break
-                elif end is not None and k >= end:
-                    break
-                yield k, it.value()
-                count += 1
-                if limit is not None and count >= limit:
-                    break
+            while True:
+                chunk: list[tuple[bytes, bytes]] = []
+                more = await self._collect(it, start, end, reverse,
+                                           min(left, _RANGE_CHUNK), chunk)
+                for kv in chunk:
+                    yield kv
+                left -= len(chunk)
+                if not more or left <= 0:
+                    return
                 await (it.prev() if reverse else it.next())
 
     async def scan(
@@ -849,7 +853,7 @@ class Database:
         reverse: bool = False,
         snapshot: Snapshot | int | None = None,
     ) -> list[tuple[bytes, bytes]]:
-        """:meth:`range` collected into a list (one coroutine, no generator per item)."""
+        """:meth:`range` collected into a list (one coroutine, no generator step per item)."""
         start, end, empty = self._range_bounds(start, end, prefix, limit)
         if empty:
             return []
@@ -857,20 +861,33 @@ class Database:
         it = self._range_iterator(snapshot, start, end)
         try:
             await self._position(it, start, end, reverse)
-            while it.valid():
-                k = it.key()
-                if reverse:
-                    if start is not None and k < start:
-                        break
-                elif end is not None and k >= end:
-                    break
-                out.append((k, it.value()))
-                if limit is not None and len(out) >= limit:
-                    break
-                await (it.prev() if reverse else it.next())
+            await self._collect(it, start, end, reverse,
+                                _NO_LIMIT if limit is None else limit, out)
         finally:
             await it.close()
         return out
+
+    @staticmethod
+    async def _collect(it: DBIter, start: bytes | None, end: bytes | None, reverse: bool,
+                       room: int, out: list[tuple[bytes, bytes]]) -> bool:
+        """Append to ``out`` the entries from ``it``'s position on, in its direction, while
+        they lie in ``[start, end)``, at most ``room`` of them (``room`` >= 1). True if it
+        stopped for ``room`` (on the last entry taken, not past it: step before calling
+        again), False at the range's or the data's end. The one loop of :meth:`range` and
+        :meth:`scan`."""
+        while it.valid():
+            k = it.key()
+            if reverse:
+                if start is not None and k < start:
+                    return False
+            elif end is not None and k >= end:
+                return False
+            out.append((k, it.value()))
+            room -= 1
+            if room <= 0:
+                return True
+            await (it.prev() if reverse else it.next())
+        return False
 
     # --- read-only replicas --------------------------------------------------------------------
 

@@ -468,3 +468,23 @@ async def test_snapshot_at_persisted_seqno_survives_flush_and_compaction() -> No
             db.create_snapshot(persisted - 1)
     finally:
         await db.close()
+
+
+async def test_range_reads_in_chunks_and_agrees_with_scan(lsm_persistence: Persistence) -> None:
+    """range() reads ahead in chunks (one loop shared with scan()): across the chunk
+    boundaries, with and without limits, both ways, it yields exactly what scan() returns."""
+    db = await Database.open(tiny_options(), lsm_persistence)
+    try:
+        for i in range(300):
+            await db.put(b"k%04d" % i, b"v%d" % i)
+        for limit in (None, 1, 63, 64, 65, 128, 129, 300, 500):
+            for reverse in (False, True):
+                for start, end in ((None, None), (b"k0010", b"k0200"), (b"k0100", None)):
+                    got = [kv async for kv in db.range(start, end, limit=limit,
+                                                       reverse=reverse)]
+                    assert got == await db.scan(start, end, limit=limit, reverse=reverse)
+                    assert len(got) == min(limit or 1000, len(
+                        [i for i in range(300) if (start is None or b"k%04d" % i >= start)
+                         and (end is None or b"k%04d" % i < end)]))
+    finally:
+        await db.close()
