@@ -485,7 +485,8 @@ async def _watch_reservations(url: str, stop: asyncio.Event, seen: dict[str, int
             await asyncio.sleep(0.1)
 
 
-def bench_classes(work: Path, quick: bool, kv_nice: int = 0) -> dict[str, Any]:
+def bench_classes(work: Path, quick: bool, kv_nice: int = 0, rounds: int = 3,
+                  daemon_args: tuple[str, ...] = ()) -> dict[str, Any]:
     """Part 5 (see the module docstring)."""
     from tests.support.daemon import start_daemon
 
@@ -495,11 +496,11 @@ def bench_classes(work: Path, quick: bool, kv_nice: int = 0) -> dict[str, Any]:
     for i in range(n_objects):
         (bucket / "obj" / str(i)).write_bytes(os.urandom(128 * KiB))
     duration = 8.0 if quick else 15.0
-    rounds = 2 if quick else 3
+    rounds = 2 if quick else rounds
     out: dict[str, list[dict[str, float]]] = {"alone": [], "kv": []}
     with start_daemon(work / "classes-daemon", "--remote", f"file://{bucket}",
                       "--cache-max-bytes", "32MiB", "--metastore-memtable-bytes", "1MiB",
-                      "--metastore-flush-interval", "1s", shards=2, timeout=60) as d:
+                      "--metastore-flush-interval", "1s", *daemon_args, shards=2, timeout=60) as d:
 
         async def run(kv: bool) -> dict[str, float]:
             stop = asyncio.Event()
@@ -562,6 +563,12 @@ async def main() -> None:
                     help="the classes part's kv load generator runs at this nice value (its "
                          "own CPU, encoding batches, then competes less with the daemon and the "
                          "readers on a small machine; in production it runs elsewhere)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="the classes part's rounds (each one run alone and one with the kv "
+                         "load, alternating)")
+    ap.add_argument("--daemon-arg", action="append", default=[],
+                    help="a flag for the classes part's daemon (repeat; e.g. "
+                         "--daemon-arg=--metastore-process --daemon-arg=shards)")
     ap.add_argument("--only", default="staging,reserve,restart,trim",
                     help="comma-separated parts to run: staging, reserve, restart, trim, "
                          "classes (not by default: a daemon run of its own)")
@@ -632,7 +639,8 @@ async def main() -> None:
         if "classes" in parts:
             print("\n## read fills with a full cache, with and without a compaction-heavy kv "
                   "load (reservation classes)", flush=True)
-            r = await asyncio.to_thread(bench_classes, root, args.quick, args.kv_nice)
+            r = await asyncio.to_thread(bench_classes, root, args.quick, args.kv_nice,
+                                        args.rounds, tuple(args.daemon_arg))
             import statistics
 
             alone = statistics.median(x["p99_ms"] for x in r["alone"])
@@ -645,7 +653,8 @@ async def main() -> None:
                       f"{statistics.median(x['p99_ms'] for x in rows):>9.1f}"
                       f"{statistics.median(x['hit_p99_ms'] for x in rows):>12.1f}")
             print(f"p99 with kv load / alone: {loaded / alone:.2f}x (issue 18: <= 1.2x); the kv "
-                  f"load generator at nice {args.kv_nice}")
+                  f"load generator at nice {args.kv_nice}; daemon flags: "
+                  f"{' '.join(args.daemon_arg) or 'none'}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
         print(f"\n# total {time.perf_counter() - started:.0f}s")

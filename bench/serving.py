@@ -627,6 +627,9 @@ def main() -> int:
                     help="alternating rounds per comparison (the median of each side counts)")
     ap.add_argument("--quick", action="store_true", help="2 s runs, 2 rounds, fewer requests")
     ap.add_argument("--parts", default="cost,large,shards,kv,remote")
+    ap.add_argument("--shards-arg", action="append", default=[],
+                    help="a flag for the shards part's two-shard daemon (repeat; e.g. "
+                         "--shards-arg=--metastore-process --shards-arg=shards)")
     ap.add_argument("--bare-server", nargs=2, metavar=("PORT", "SAMPLES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare_server:
@@ -662,13 +665,15 @@ def main() -> int:
                 part_large(one, rounds, duration, rows)
                 sections.append(("Large hits", rows))
             if "shards" in parts:
-                print("shards: --shards 2 against --shards 1")
+                print("shards: --shards 2 against --shards 1; two-shard daemon flags: "
+                      f"{' '.join(args.shards_arg) or 'none'}")
                 # The two daemons need buckets of their own (one daemon per bucket).
                 bucket2 = f"bench-{uuid.uuid4().hex[:12]}"
                 botocore.session.get_session().create_client(
                     "s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
                         Bucket=bucket2)
-                two = stack.enter_context(daemon(work / "two", endpoint, bucket2, 2))
+                two = stack.enter_context(daemon(work / "two", endpoint, bucket2, 2,
+                                                 *args.shards_arg))
                 rows = []
                 part_shards(one, two, rounds, duration, rows)
                 sections.append(("Two shards against one", rows))

@@ -298,6 +298,20 @@ SCHEMA: tuple[Setting, ...] = (
             "on it (as Seastar's scheduling-group shares): kv and L1 requests, flushes and "
             "compactions pause so that object reads and writes get the rest. 1 turns it off.",
             minimum=0.01, maximum=1.0),
+    Setting("metastore", "process", "choice", "auto",
+            "Where the domains run. own: in a process of their own, below the shards that serve "
+            "objects (metastore.nice, metastore.io_class); shards: hashed over the serving "
+            "shards; auto: own with more than one shard, else shards (one process).",
+            choices=("auto", "own", "shards")),
+    Setting("metastore", "nice", "int", 10,
+            "The CPU priority (nice value) of the metastore's own process: its flushes and "
+            "compactions get the CPU the object shards leave (10: about a tenth when they "
+            "want it all).", minimum=0, maximum=19),
+    Setting("metastore", "io_class", "choice", "idle",
+            "The I/O class of the metastore's own process: idle (its disk I/O waits while "
+            "the object shards' is queued; the kernel's aging bounds the wait) or "
+            "best-effort (at the lowest level).",
+            choices=("idle", "best-effort")),
     # s3 (the S3-compatible endpoint, docs/s3-endpoint.md)
     Setting("s3", "bucket_mode", "choice", "single",
             "single: one bucket whose keys are the daemon's keys; prefix: every top-level "
@@ -428,6 +442,13 @@ class MetastoreSettings:
     max_open_files: int
     max_batch_bytes: int
     cpu_share: float
+    process: str
+    nice: int
+    io_class: str
+
+    def own_process(self, shards: int) -> bool:
+        """Whether the domains run in a process of their own with ``shards`` serving shards."""
+        return self.process == "own" or (self.process == "auto" and shards > 1)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,14 @@ the last one ended), kv and L1 requests take a turn before they start and are ch
 thread's CPU time from their start to their end (which also counts whatever ran between their
 awaits: an over-estimate, so the metastore errs on giving way), and long tasks take turns
 through the task quota of ``core/preempt.py``. Any shard; state is the loop's own.
+
+With the metastore in a process of its own (``docs/shards.md``), the object requests it must
+give way to run in the other processes: each serving shard's scheduler also writes its
+foreground requests to its slot of the shared :class:`~cachedaemon.core.foreground.ForegroundBoard`
+(:meth:`Scheduler.publish_to`), and the metastore process's scheduler counts them as its own
+(:meth:`Scheduler.watch`). The kernel's priorities (``core/priority.py``) decide between the
+processes; this keeps the metastore's process to its share when the CPU would otherwise let it
+run beside the reads.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+from cachedaemon.core.foreground import ForegroundBoard
 
 #: The background's share of the loop while foreground requests are in flight.
 BACKGROUND_SHARE = 0.2
@@ -39,8 +50,8 @@ ACTIVE_WINDOW_S = 0.01
 class Scheduler:
     """See the module docstring."""
 
-    __slots__ = ("_debt", "_factor", "_last_foreground", "charged_s", "foreground_inflight",
-                 "share", "slept_s", "turns")
+    __slots__ = ("_counts", "_debt", "_ends", "_factor", "_last_foreground", "_slot",
+                 "_watched", "charged_s", "foreground_inflight", "share", "slept_s", "turns")
 
     def __init__(self, share: float = BACKGROUND_SHARE) -> None:
         self.share = share
@@ -52,6 +63,21 @@ class Scheduler:
         self.turns = 0  # turns that slept
         self.slept_s = 0.0  # how long they slept (the metastore's pauses, for metrics)
         self.charged_s = 0.0  # background loop time while foreground requests were in flight
+        # A serving shard's slot on the foreground board (``publish_to``), and the board the
+        # metastore's own process watches (``watch``): core/foreground.
+        self._counts: Any = None
+        self._ends: Any = None
+        self._slot = 0
+        self._watched: ForegroundBoard | None = None
+
+    def publish_to(self, board: ForegroundBoard, shard: int) -> None:
+        """Show this loop's foreground requests in ``shard``'s slot of ``board``."""
+        self._counts, self._ends, self._slot = board.counts, board.ends, 2 * shard
+
+    def watch(self, board: ForegroundBoard) -> None:
+        """Count the serving shards' foreground requests on ``board`` as this loop's own (the
+        metastore's process, which serves none itself)."""
+        self._watched = board
 
     def set_share(self, share: float) -> None:
         """The background's share, in (0, 1]; 1: never pause it."""
@@ -63,11 +89,16 @@ class Scheduler:
     def foreground_begin(self) -> None:
         """A foreground request starts (the HTTP layer's hot path: no context manager)."""
         self.foreground_inflight += 1
+        if self._counts is not None:
+            self._counts[self._slot] = self.foreground_inflight
 
     def foreground_end(self) -> None:
         """... and ends (always paired with :meth:`foreground_begin`)."""
         self.foreground_inflight -= 1
-        self._last_foreground = time.perf_counter()
+        self._last_foreground = now = time.perf_counter()
+        if self._counts is not None:
+            self._counts[self._slot] = self.foreground_inflight
+            self._ends[self._slot + 1] = now
 
     @contextmanager
     def foreground(self) -> Iterator[None]:
@@ -82,7 +113,8 @@ class Scheduler:
     def foreground_active(self) -> bool:
         """A foreground request is in flight, or ended less than :data:`ACTIVE_WINDOW_S` ago."""
         return bool(self.foreground_inflight) or (
-            time.perf_counter() - self._last_foreground < ACTIVE_WINDOW_S)
+            time.perf_counter() - self._last_foreground < ACTIVE_WINDOW_S) or (
+            self._watched is not None and self._watched.active(ACTIVE_WINDOW_S))
 
     def charge(self, seconds: float) -> None:
         """Background work held the loop for ``seconds``."""

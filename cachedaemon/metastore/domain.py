@@ -106,6 +106,8 @@ class DomainConfig:
     max_open_domains: int = 64
     max_open_files: int = 64
     clock: Clock = SYSTEM_CLOCK
+    #: Every domain runs on the metastore's own process (the last shard; registry.Placement).
+    own_process: bool = False
     #: Extra LSM options (tests: small block/file sizes).
     lsm: dict[str, Any] = field(default_factory=dict)
 

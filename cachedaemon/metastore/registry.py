@@ -72,6 +72,30 @@ def owner_shard(name: str, shards: int) -> int:
     return zlib.crc32(name.encode("utf-8")) % max(shards, 1)
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Which shard owns each domain (``docs/shards.md``): hashed over the ``serving`` shards
+    (:func:`owner_shard`), or, with ``own_process``, every domain on the metastore's process,
+    the shard after the serving ones. The same on every shard (from the settings)."""
+
+    serving: int
+    own_process: bool = False
+
+    @property
+    def processes(self) -> int:
+        """Every shard: the serving ones and the metastore's process."""
+        return self.serving + (1 if self.own_process else 0)
+
+    @property
+    def metastore_shard(self) -> int | None:
+        return self.serving if self.own_process else None
+
+    def owner(self, name: str) -> int:
+        if self.own_process:
+            return self.serving
+        return owner_shard(name, self.serving)
+
+
 @dataclass(frozen=True)
 class DomainRecord:
     name: str

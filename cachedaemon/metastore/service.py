@@ -1,8 +1,9 @@
 """DomainService: one shard's metastore domains (Redpanda's domain supervisor + managers).
 
 The daemon starts a ``Sharded[DomainService]`` after the cache and stops it before the cache.
-Each domain is owned by one shard, :func:`~cachedaemon.metastore.registry.owner_shard` (crc32
-of the name modulo the shard count); requests for it from any shard hop there with
+Each domain is owned by one shard, :class:`~cachedaemon.metastore.registry.Placement`: the
+metastore's own process when it has one (``metastore.process``), else the crc32 of the name
+modulo the serving shards' count; requests for it from any shard hop there with
 :func:`call_domain` (the server forwards each domain request to its owner, see
 ``server/app.py``). On its shard the service:
 
@@ -49,7 +50,7 @@ from cachedaemon.lsm.io.cloud_base import CloudIO
 from cachedaemon.lsm.write_batch import WriteBatch
 from cachedaemon.metastore.domain import Domain, DomainConfig, check_key, check_value
 from cachedaemon.metastore.layout import ensure_layout
-from cachedaemon.metastore.registry import DomainRegistry, check_domain_name, owner_shard
+from cachedaemon.metastore.registry import DomainRegistry, Placement, check_domain_name
 from cachedaemon.remote.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class DomainService:
                  config: DomainConfig) -> None:
         self.shard = shard
         self.shards = shards
+        self.placement = Placement(shards - int(config.own_process), config.own_process)
         self.config = config
         self._abort = asyncio.Event()
         self.io = CloudIO(store, clock=config.clock, abort=self._abort)
@@ -428,8 +430,8 @@ async def call_domain(domains: Sharded[DomainService], name: str,
     case); from another shard only a method of :class:`DomainService` with plain arguments can
     travel."""
     check_domain_name(name)
-    count = domains.count
-    if count == 1 or owner_shard(name, count) == domains.shard:
+    shard = domains.shard if domains.count == 1 else domains.local().placement.owner(name)
+    if shard == domains.shard:
         # The domain's thread jobs (WAL syncs, SST reads and writes), and those of the tasks
         # it starts, use the shard's background pool: never ahead of requests' (core/executor).
         if BACKGROUND.get():  # the HTTP layer set it for a kv or L1 request
@@ -439,7 +441,6 @@ async def call_domain(domains: Sharded[DomainService], name: str,
             return await fn(domains.local(), name, *args)
         finally:
             BACKGROUND.reset(token)
-    shard = owner_shard(name, count)
     result: T = await domains.invoke_on(shard, fn, name, *args)
     return result
 
@@ -460,6 +461,7 @@ def config_from_settings(settings: Settings, **overrides: Any) -> DomainConfig:
         "max_open_domains": m.max_open_domains,
         "max_open_files": m.max_open_files,
         "node": f"{socket.gethostname()}:{os.getpid()}",
+        "own_process": m.own_process(settings.server.shards),
     }
     values.update(overrides)
     return DomainConfig(**values)

@@ -31,7 +31,6 @@ from collections.abc import Awaitable, Callable
 from cachedaemon.core.executor import BACKGROUND
 from cachedaemon.core.scheduling import scheduler
 from cachedaemon.errors import CacheDaemonError, InvalidArgument
-from cachedaemon.metastore.registry import owner_shard
 from cachedaemon.server import metrics
 from cachedaemon.server.context import Call, ShardContext
 from cachedaemon.server.errors import error_response, internal_error, json_error
@@ -156,11 +155,11 @@ def make_handler(ctx: ShardContext, table: RouteTable = ROUTES) -> App:
 def _domain_owner(ctx: ShardContext, route: Route, params: dict[str, str]) -> int | None:
     """The shard owning the request's domain, or None (not a domain route; one shard; a
     malformed name, which the handler refuses on this shard)."""
-    if ctx.state.shards == 1 or not route.domain_routed:
+    if ctx.state.processes == 1 or not route.domain_routed:
         return None
     raw = params.get("domain", "")
     try:
-        return owner_shard(decode_text(raw, "domain name"), ctx.state.shards)
+        return ctx.state.placement.owner(decode_text(raw, "domain name"))
     except InvalidArgument:
         return None
 

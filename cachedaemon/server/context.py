@@ -17,15 +17,19 @@ from typing import Any
 
 from cachedaemon.config import Settings
 from cachedaemon.errors import Unavailable
+from cachedaemon.metastore.registry import Placement
 from cachedaemon.server.http import Request
 from cachedaemon.server.singleflight import SingleFlight
 
 
 class ServerState:
-    """One shard's life-cycle flags, and its way to the other shards."""
+    """One shard's life-cycle flags, and its way to the other shards. ``shards`` serve
+    requests; with ``own_process`` the metastore's process is one more (``placement``)."""
 
-    def __init__(self, shards: int, smp: Any = None) -> None:
+    def __init__(self, shards: int, smp: Any = None, *, own_process: bool = False) -> None:
         self.shards = shards
+        self.placement = Placement(shards, own_process)
+        self.processes = self.placement.processes
         self.ready = False  # startup recovery done, serving
         self.draining = False  # SIGTERM received: refuse new work
         self.smp: Any = smp  # this shard's Smp (cachedaemon.core.smp)
@@ -57,12 +61,6 @@ class ShardContext:
         status, out_headers, out_body = await smp.call(
             shard, "shard", "forward", method, target, headers, body, remote)
         return int(status), dict(out_headers), bytes(out_body)
-
-    async def broadcast(self, method: str, *args: Any) -> None:
-        """Run the shard service's ``method(*args)`` on every shard, concurrently."""
-        smp = self.state.smp
-        await asyncio.gather(*(smp.call(shard, "shard", method, *args)
-                               for shard in range(self.state.shards)))
 
     def enter(self) -> None:
         self.inflight += 1

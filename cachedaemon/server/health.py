@@ -60,11 +60,11 @@ async def metrics_route(call: Call) -> web.StreamResponse:
             pass
     state = call.ctx.state
     texts: list[tuple[int, str]] = [(0, metrics.render_cache())]
-    if state.shards == 1 or state.smp is None:
+    if state.processes == 1 or state.smp is None:
         texts.append((0, metrics.render_local()))
     else:
         parts = await asyncio.gather(*(state.smp.call(i, "shard", "metrics_text")
-                                       for i in range(state.shards)), return_exceptions=True)
+                                       for i in range(state.processes)), return_exceptions=True)
         texts += [(i, str(p)) for i, p in enumerate(parts) if not isinstance(p, BaseException)]
     resp = web.Response(body=merge(texts).encode())
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST

@@ -51,9 +51,10 @@ from cachedaemon.config import (
     settings_from_dict,
     settings_to_dict,
 )
-from cachedaemon.core import executor
+from cachedaemon.core import executor, priority
 from cachedaemon.core.channel import ShardLinks
 from cachedaemon.core.failpoints import failpoint
+from cachedaemon.core.foreground import ForegroundBoard
 from cachedaemon.core.scheduling import scheduler
 from cachedaemon.core.smp import Smp, new_link_dir
 from cachedaemon.errors import CacheDaemonError, ConfigError
@@ -185,7 +186,9 @@ class Daemon:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.count = settings.server.shards
+        #: Shards that serve requests; with the metastore's own process, one more process.
+        self.serving = settings.server.shards
+        self.count = self.serving + int(settings.metastore.own_process(self.serving))
         self.sockets: list[socket.socket] = []
         self.s3_sockets: list[socket.socket] = []
         self.s3_url = ""
@@ -193,6 +196,7 @@ class Daemon:
         self.links_dir: str | None = None
         self.secret = b""
         self.supervisor: Supervisor | None = None
+        self.board: ForegroundBoard | None = None
         self.shard: Shard | None = None
         self.budget: Budget | None = None
         self.ready = False
@@ -224,7 +228,7 @@ class Daemon:
             print(f"cachedaemon listening on {url}", flush=True)
             if self.s3_url:
                 print(f"cachedaemon S3 endpoint on {self.s3_url}", flush=True)
-            log.info("ready: %s, %d shard(s), bucket %s, cache %s", url, self.count,
+            log.info("ready: %s, %d shard(s), bucket %s, cache %s", url, self.serving,
                      self.settings.remote.url, self.settings.cache_dir)
             sdnotify.notify("READY=1")
         await self.stop_requested.wait()
@@ -285,13 +289,13 @@ class Daemon:
             self.budget = budget = plan(s, shards_per_process=1)
         except BudgetError as exc:
             raise StartupError(str(exc)) from exc
-        max_connections = per_shard(budget.connections, self.count)
-        self.sockets = bind_sockets(s.server.host, s.server.port, self.count)
+        max_connections = per_shard(budget.connections, self.serving)
+        self.sockets = bind_sockets(s.server.host, s.server.port, self.serving)
         port = self.sockets[0].getsockname()[1]
         host = s.server.host
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         if s.server.s3_listen is not None:
-            self.s3_sockets = bind_sockets(s.server.s3_host, s.server.s3_port, self.count)
+            self.s3_sockets = bind_sockets(s.server.s3_host, s.server.s3_port, self.serving)
             max_connections = max(1, max_connections // 2)
             s3_host, s3_port = s.server.s3_host, self.s3_sockets[0].getsockname()[1]
             self.s3_url = f"http://{'[' + s3_host + ']' if ':' in s3_host else s3_host}:{s3_port}"
@@ -300,6 +304,9 @@ class Daemon:
             self.links_dir, self.secret = new_link_dir()
             links = ShardLinks(0, self.links_dir, self.secret)
             await links.listen()
+            if self.count > self.serving:  # the metastore's process watches the serving shards
+                self.board = ForegroundBoard.in_dir(self.links_dir, self.serving, create=True)
+                scheduler().publish_to(self.board, 0)
             self.smp = Smp(0, self.count, links)
             self.supervisor = Supervisor(
                 self.count, self._worker_spec, self._worker_sockets,
@@ -349,6 +356,8 @@ class Daemon:
                      status["bytes_done"])
 
     def _worker_sockets(self, shard: int) -> dict[str, socket.socket]:
+        if shard >= self.serving:
+            return {}  # the metastore's process serves no connection
         socks = {"http": self.sockets[shard]}
         if self.s3_sockets:
             socks["s3"] = self.s3_sockets[shard]
@@ -360,7 +369,10 @@ class Daemon:
         settings["_budget"] = [self.budget.limit, self.budget.connections,
                                self.budget.max_open_domains, self.budget.max_open_files,
                                self.budget.own_files]
-        return WorkerSpec(shard, self.count, self.links_dir, self.secret.hex(), settings)
+        spec = WorkerSpec(shard, self.count, self.links_dir, self.secret.hex(), settings)
+        if shard >= self.serving:  # the metastore's process, below the serving shards
+            spec.priority = [self.settings.metastore.nice, self.settings.metastore.io_class]
+        return spec
 
     async def _tell_all(self, method: str, *args: Any, deadline: float | None = None
                         ) -> list[Any]:
@@ -415,17 +427,33 @@ async def run_worker(spec: dict[str, Any]) -> int:
     until shard 0 says stop (or goes away: then the process exits at once)."""
     from cachedaemon.server.worker import link_to_shard0
 
+    # First, before any thread starts: threads take the process's priorities when created.
+    lowered = priority.lower(*spec["priority"]) if spec.get("priority") else None
     executor.install()  # requests' thread jobs never queue behind the metastore's
     raw = dict(spec["settings"])
     limit, connections, domains, files, own = raw.pop("_budget")
     settings = settings_from_dict(raw)
-    scheduler().set_share(settings.metastore.cpu_share)
+    sched = scheduler()
+    sched.set_share(settings.metastore.cpu_share)
     shard_id, count = spec["shard"], spec["count"]
+    board = None
+    if count > settings.server.shards:  # the metastore has a process of its own
+        board = ForegroundBoard.in_dir(spec["links_dir"], settings.server.shards)
+        if shard_id < settings.server.shards:
+            sched.publish_to(board, shard_id)
+        else:
+            sched.watch(board)
     configure_logging(settings, shard=shard_id)
     import cachedaemon.server.handlers  # noqa: F401
 
-    sock = socket.socket(fileno=spec["fds"]["http"])
-    sock.setblocking(False)
+    sock = None
+    if "http" in spec["fds"]:
+        sock = socket.socket(fileno=spec["fds"]["http"])
+        sock.setblocking(False)
+    if lowered is not None:
+        nice, io_class = spec["priority"]
+        log.info("metastore: a process of its own (shard %d, nice %d, I/O class %s)%s",
+                 shard_id, nice, io_class, "".join(f"; {p}" for p in lowered))
     s3_sock = None
     if "s3" in spec["fds"]:
         s3_sock = socket.socket(fileno=spec["fds"]["s3"])
@@ -433,7 +461,7 @@ async def run_worker(spec: dict[str, Any]) -> int:
     links = await link_to_shard0(spec)
     smp = Smp(shard_id, count, links)
     budget = Budget(limit, connections, domains, files, own)
-    max_connections = per_shard(connections, count)
+    max_connections = per_shard(connections, settings.server.shards)
     if s3_sock is not None:
         max_connections = max(1, max_connections // 2)  # as shard 0 splits it
     shard = Shard(settings, smp, sock, max_connections, budget, s3_sock)

@@ -5,7 +5,9 @@ from the same settings and runs the same steps (``docs/shards.md``):
 
 1. :meth:`Shard.open`: its object store and its HTTP server on its own listening socket (and,
    with ``server.s3_listen``, its S3 endpoint on another, whose per-shard state is served to
-   the other shards as the ``s3`` service: :mod:`cachedaemon.server.s3`). From here
+   the other shards as the ``s3`` service: :mod:`cachedaemon.server.s3`). The metastore's
+   own process (``metastore.process``) has no socket: it answers the domain requests the
+   serving shards forward to it, and nothing else. From here
    ``/healthz`` answers, ``/readyz`` says 503 and ``/v1`` and S3 requests get 503 until the
    shard is told it is ready.
 2. :meth:`Shard.start_services`: its cache service (shard 0's runs the coordinator and the
@@ -30,7 +32,7 @@ from cachedaemon.config import Settings, settings_from_dict
 from cachedaemon.core.sharded import Sharded
 from cachedaemon.core.smp import Smp
 from cachedaemon.server import metrics
-from cachedaemon.server.app import serve_forwarded, start_shard_server
+from cachedaemon.server.app import make_handler, serve_forwarded, start_shard_server
 from cachedaemon.server.context import ServerState, ShardContext
 from cachedaemon.server.fdlimit import Budget
 from cachedaemon.server.http import HttpServer
@@ -49,7 +51,7 @@ log = logging.getLogger("cachedaemon.server")
 class Shard:
     """One shard's services and its ``shard`` service (see the module doc)."""
 
-    def __init__(self, settings: Settings, smp: Smp, sock: socket.socket,
+    def __init__(self, settings: Settings, smp: Smp, sock: socket.socket | None,
                  max_connections: int, budget: Budget,
                  s3_sock: socket.socket | None = None) -> None:
         self.settings = settings
@@ -60,7 +62,9 @@ class Shard:
         self.s3: Any = None  # the S3 endpoint's state on this shard (server.s3.app.S3Context)
         self.max_connections = max_connections
         self.budget = budget
-        self.state = ServerState(settings.server.shards, smp)
+        shards = settings.server.shards
+        self.state = ServerState(shards, smp,
+                                 own_process=settings.metastore.own_process(shards))
         self.store: Any = None
         self.server: HttpServer | None = None
         self.cache: Sharded[Any] | None = None
@@ -82,6 +86,9 @@ class Shard:
         ctx.idle.set()
         self.ctx = ctx
         self.smp.register("shard", self)
+        if self.sock is None:  # the metastore's process: it answers forwarded requests only
+            make_handler(ctx)
+            return
         self.server = await start_shard_server(ctx, self.sock, self.max_connections)
         if self.s3_sock is not None:
             from cachedaemon.server.s3.app import start_s3_server
@@ -139,8 +146,9 @@ class Shard:
             except Exception as exc:
                 log.error("closing the object store failed: %s", exc)
             self.store = None
-        with contextlib.suppress(OSError):
-            self.sock.close()
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
         if self.s3_sock is not None:
             with contextlib.suppress(OSError):
                 self.s3_sock.close()

@@ -55,6 +55,8 @@ class WorkerSpec:
     #: ``module:function`` run by the worker (tests use their own).
     entry: str = "cachedaemon.server.main:run_worker"
     parent_pid: int = 0
+    #: ``[nice, io_class]`` the worker lowers itself to first (the metastore's process).
+    priority: list[Any] | None = None
 
 
 def worker_interpreter() -> tuple[str, dict[str, str]]:

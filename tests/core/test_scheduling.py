@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
 from cachedaemon.core.executor import background_io
+from cachedaemon.core.foreground import ForegroundBoard
 from cachedaemon.core.preempt import TaskQuota
 from cachedaemon.core.scheduling import ACTIVE_WINDOW_S, MAX_TURN_S, Scheduler, scheduler
 
@@ -88,3 +90,47 @@ async def test_a_request_gets_the_loop_while_background_work_runs() -> None:
     # with a 0.2 share it takes about a fifth.
     assert alone > 0.6, alone
     assert shared < 0.35, shared
+
+
+def test_the_metastore_process_sees_the_serving_shards_requests_on_the_board(
+        tmp_path: Path) -> None:
+    """Two processes' schedulers through one board file (mapped twice here, as by two
+    processes): the watcher owes time only while a serving shard has a request about."""
+    serving_board = ForegroundBoard.in_dir(tmp_path, 2, create=True)
+    watched_board = ForegroundBoard.in_dir(tmp_path, 2)
+    shard1, metastore = Scheduler(), Scheduler(0.2)
+    shard1.publish_to(serving_board, 1)
+    metastore.watch(watched_board)
+    assert not metastore.foreground_active
+    metastore.charge(0.001)
+    assert not metastore.owes()  # nobody waits: no debt
+
+    shard1.foreground_begin()
+    assert metastore.foreground_active  # in flight on the other shard
+    metastore.charge(0.001)
+    assert metastore.owes()
+    time.sleep(ACTIVE_WINDOW_S * 2)
+    assert metastore.foreground_active  # however long it takes
+    shard1.foreground_end()
+    assert metastore.foreground_active  # ended just now: its client's next one is coming
+    time.sleep(ACTIVE_WINDOW_S * 2)
+    assert not metastore.foreground_active and not metastore.owes()
+    # A shard's own scheduler never reads the board: its slot is only written.
+    assert not shard1.foreground_active
+    for board in (serving_board, watched_board):
+        board.close()
+
+
+def test_the_board_starts_quiet_and_keeps_each_shard_in_its_slot(tmp_path: Path) -> None:
+    board = ForegroundBoard.in_dir(tmp_path, 3, create=True)
+    assert not board.active(1.0)
+    schedulers = [Scheduler() for _ in range(3)]
+    for i, s in enumerate(schedulers):
+        s.publish_to(board, i)
+    schedulers[2].foreground_begin()
+    schedulers[2].foreground_begin()
+    schedulers[0].foreground_begin()
+    assert [board.counts[2 * i] for i in range(3)] == [1, 0, 2]
+    schedulers[2].foreground_end()
+    assert board.counts[4] == 1 and board.ends[5] > 0 and board.ends[1] == 0
+    board.close()

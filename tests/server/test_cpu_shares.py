@@ -1,5 +1,7 @@
 """The metastore's CPU share in a real daemon (issue 18, ``core/scheduling.py``): its work pauses
-only while object requests are in flight on the shard, and the pauses show in the metrics."""
+only while object requests are in flight, and the pauses show in the metrics. With one shard the
+metastore shares the shard's loop; with two it runs in a process of its own, which learns of
+the serving shards' requests through the shared foreground board."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import os
 import re
 import time
 from pathlib import Path
+
+import pytest
 
 from cachedaemon.client import AsyncClient
 from tests.support.daemon import start_daemon
@@ -20,10 +24,11 @@ def paused_seconds(text: str) -> float:
     return float(m.group(1))
 
 
-def test_metastore_work_pauses_for_object_requests_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shards", [1, 2])
+def test_metastore_work_pauses_for_object_requests_only(tmp_path: Path, shards: int) -> None:
     value = os.urandom(1024)
     with start_daemon(tmp_path / "d", "--metastore-memtable-bytes", "256KiB",
-                      "--metastore-cpu-share", "0.2") as d:
+                      "--metastore-cpu-share", "0.2", shards=shards) as d:
         async def metrics() -> float:
             return paused_seconds((await fetch("GET", f"{d.url}/metrics")).body.decode())
 

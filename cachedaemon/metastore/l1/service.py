@@ -48,7 +48,7 @@ from cachedaemon.metastore.l1.store import (
     write_batch_of,
 )
 from cachedaemon.metastore.l1.types import GcResult
-from cachedaemon.metastore.registry import check_domain_name, owner_shard
+from cachedaemon.metastore.registry import check_domain_name
 from cachedaemon.metastore.service import SERVICES, DomainService
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ async def start_l1(service: DomainService, config: L1Config) -> list[str]:
         except InvalidArgument:
             log.warning("ignoring %s: not a domain name", _marker_dir(service) / name)
             continue
-        if owner_shard(name, service.shards) == service.shard:
+        if service.placement.owner(name) == service.shard:
             l1_domain(service, name, config).marked = True
             started.append(name)
     if started:

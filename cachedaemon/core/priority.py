@@ -1,0 +1,71 @@
+"""A process's CPU and I/O priority, as the kernel schedules it.
+
+Seastar gives each scheduling group CPU shares and each I/O priority class disk shares, inside
+one process. cachedaemon's shards are processes (``docs/shards.md``), and the metastore runs in
+one of its own when there is more than one shard: the kernel's ``nice`` value (CPU weight) and
+I/O class (``ioprio_set``) are then the shares between it and the shards that serve objects.
+:func:`lower` is called once, first thing in that process (before any thread starts, since a
+thread inherits both at its creation); :func:`io_class_of` reads them back (tests, the CLI).
+
+On Linux only: elsewhere :func:`lower` changes the niceness alone (POSIX) and reports the I/O
+class as unsupported. Lowering never needs a privilege; raising back does, so it is one-way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+
+IO_CLASSES = ("best-effort", "idle")
+
+#: ``ioprio_set``/``ioprio_get`` syscall numbers (no libc wrapper exists).
+_SYSCALLS = {"x86_64": (251, 252), "aarch64": (30, 31), "arm64": (30, 31),
+             "ppc64le": (273, 274), "s390x": (282, 283), "riscv64": (30, 31)}
+_WHO_PROCESS = 1  # IOPRIO_WHO_PROCESS: one thread, or 0 for the caller
+_CLASS_SHIFT = 13
+_CLASS_NUMBERS = {"realtime": 1, "best-effort": 2, "idle": 3}
+_CLASS_NAMES = {0: "none", **{v: k for k, v in _CLASS_NUMBERS.items()}}
+
+
+def _syscall(index: int, *args: int) -> int:
+    numbers = _SYSCALLS.get(platform.machine())
+    if not sys.platform.startswith("linux") or numbers is None:
+        raise OSError(f"I/O priorities are not supported on {sys.platform} "
+                      f"{platform.machine()}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    result = int(libc.syscall(numbers[index], *args))
+    if result < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+    return result
+
+
+def io_class_of(pid: int = 0) -> str:
+    """The I/O scheduling class of process (thread) ``pid``: ``best-effort``, ``idle``,
+    ``realtime``, or ``none`` (the default: best-effort at a level derived from the nice
+    value)."""
+    value = _syscall(1, _WHO_PROCESS, pid)
+    return _CLASS_NAMES.get(value >> _CLASS_SHIFT, "none")
+
+
+def lower(nice: int, io_class: str) -> list[str]:
+    """Lower this process's CPU priority to ``nice`` (never raise it) and set its I/O class
+    (``best-effort`` at its lowest level, or ``idle``); what could not be done, as sentences
+    for the log (an empty list when both took)."""
+    problems = []
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, 0)
+        if nice > current:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as exc:
+        problems.append(f"cannot set the nice value {nice}: {exc.strerror or exc}")
+    if io_class not in IO_CLASSES:
+        raise ValueError(f"unknown I/O class {io_class!r} (expected one of {IO_CLASSES})")
+    level = 7 if io_class == "best-effort" else 0
+    try:
+        _syscall(0, _WHO_PROCESS, 0, (_CLASS_NUMBERS[io_class] << _CLASS_SHIFT) | level)
+    except OSError as exc:
+        problems.append(f"cannot set the I/O class {io_class}: {exc.strerror or exc}")
+    return problems
