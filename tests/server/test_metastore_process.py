@@ -98,6 +98,16 @@ def test_the_priority_is_configurable_and_the_process_can_be_left_out(tmp_path: 
         # Hashed over the two serving shards, as before: both hold logs, none is lowered.
         assert wal_holders(everyone) == set(everyone)
         assert all(nice_of(pid) == 0 for pid in everyone)
+    # One serving shard is one process, unless the metastore's process is asked for.
+    with start_daemon(tmp_path / "c", "--metastore-process", "own", shards=1) as d:
+        assert d.proc is not None
+        workers = worker_pids(d.proc.pid)
+        assert len(workers) == 1
+        asyncio.run(write_every_domain(d.url, "z"))
+        assert wal_holders([d.proc.pid, *workers]) == set(workers)
+        assert nice_of(workers[0]) == 10 and nice_of(d.proc.pid) == 0
+        r = asyncio.run(fetch("GET", f"{d.url}/v1/kv/{DOMAINS[0]}/k"))
+        assert r.status == 200 and r.body == b"z"
 
 
 def test_a_killed_metastore_process_is_restarted_and_loses_nothing_acknowledged(
