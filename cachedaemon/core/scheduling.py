@@ -22,9 +22,10 @@ With the metastore in a process of its own (``docs/shards.md``), the object requ
 give way to run in the other processes: each serving shard's scheduler also writes its
 foreground requests to its slot of the shared :class:`~cachedaemon.core.foreground.ForegroundBoard`
 (:meth:`Scheduler.publish_to`), and the metastore process's scheduler counts them as its own
-(:meth:`Scheduler.watch`). The kernel's priorities (``core/priority.py``) decide between the
-processes; this keeps the metastore's process to its share when the CPU would otherwise let it
-run beside the reads.
+(:meth:`Scheduler.watch`) while the CPU is contended (``core/cpu_pressure.py``: with cores to
+spare it runs at full speed). The kernel's priorities (``core/priority.py``) decide between the
+processes; this keeps the metastore's process to its share when it would otherwise take the
+CPU the reads are waiting for.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from cachedaemon.core.cpu_pressure import CpuPressure
 from cachedaemon.core.foreground import ForegroundBoard
 
 #: The background's share of the loop while foreground requests are in flight.
@@ -50,8 +52,9 @@ ACTIVE_WINDOW_S = 0.01
 class Scheduler:
     """See the module docstring."""
 
-    __slots__ = ("_counts", "_debt", "_ends", "_factor", "_last_foreground", "_slot",
-                 "_watched", "charged_s", "foreground_inflight", "share", "slept_s", "turns")
+    __slots__ = ("_counts", "_debt", "_ends", "_factor", "_last_foreground", "_pressure",
+                 "_slot", "_watched", "charged_s", "foreground_inflight", "share", "slept_s",
+                 "turns")
 
     def __init__(self, share: float = BACKGROUND_SHARE) -> None:
         self.share = share
@@ -69,15 +72,19 @@ class Scheduler:
         self._ends: Any = None
         self._slot = 0
         self._watched: ForegroundBoard | None = None
+        self._pressure: CpuPressure | None = None
 
     def publish_to(self, board: ForegroundBoard, shard: int) -> None:
         """Show this loop's foreground requests in ``shard``'s slot of ``board``."""
         self._counts, self._ends, self._slot = board.counts, board.ends, 2 * shard
 
-    def watch(self, board: ForegroundBoard) -> None:
+    def watch(self, board: ForegroundBoard, pressure: CpuPressure | None = None) -> None:
         """Count the serving shards' foreground requests on ``board`` as this loop's own (the
-        metastore's process, which serves none itself)."""
+        metastore's process, which serves none itself), while the CPU is contended
+        (``pressure``, default :class:`~cachedaemon.core.cpu_pressure.CpuPressure`): another
+        process's requests wait for this one only when there is no CPU to spare."""
         self._watched = board
+        self._pressure = pressure if pressure is not None else CpuPressure()
 
     def set_share(self, share: float) -> None:
         """The background's share, in (0, 1]; 1: never pause it."""
@@ -114,7 +121,8 @@ class Scheduler:
         """A foreground request is in flight, or ended less than :data:`ACTIVE_WINDOW_S` ago."""
         return bool(self.foreground_inflight) or (
             time.perf_counter() - self._last_foreground < ACTIVE_WINDOW_S) or (
-            self._watched is not None and self._watched.active(ACTIVE_WINDOW_S))
+            self._watched is not None and self._watched.active(ACTIVE_WINDOW_S)
+            and self._pressure is not None and self._pressure.contended())
 
     def charge(self, seconds: float) -> None:
         """Background work held the loop for ``seconds``."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cachedaemon.core.cpu_pressure import CpuPressure
 from cachedaemon.core.executor import background_io
 from cachedaemon.core.foreground import ForegroundBoard
 from cachedaemon.core.preempt import TaskQuota
@@ -100,7 +101,7 @@ def test_the_metastore_process_sees_the_serving_shards_requests_on_the_board(
     watched_board = ForegroundBoard.in_dir(tmp_path, 2)
     shard1, metastore = Scheduler(), Scheduler(0.2)
     shard1.publish_to(serving_board, 1)
-    metastore.watch(watched_board)
+    metastore.watch(watched_board, CpuPressure(str(tmp_path / "no-psi")))  # always contended
     assert not metastore.foreground_active
     metastore.charge(0.001)
     assert not metastore.owes()  # nobody waits: no debt
@@ -133,4 +134,28 @@ def test_the_board_starts_quiet_and_keeps_each_shard_in_its_slot(tmp_path: Path)
     assert [board.counts[2 * i] for i in range(3)] == [1, 0, 2]
     schedulers[2].foreground_end()
     assert board.counts[4] == 1 and board.ends[5] > 0 and board.ends[1] == 0
+    board.close()
+
+
+def test_with_cores_to_spare_the_metastore_process_does_not_pause(tmp_path: Path) -> None:
+    """Work-conserving: the board says a read is in flight, but nothing waits for a CPU."""
+    board = ForegroundBoard.in_dir(tmp_path, 1, create=True)
+    psi = tmp_path / "cpu"
+    psi.write_text("some avg10=0.00 avg60=0.00 avg300=0.00 total=5000\n")
+    clock = [0.0]
+    pressure = CpuPressure(str(psi), lambda: clock[0])
+    shard0, metastore = Scheduler(), Scheduler(0.2)
+    shard0.publish_to(board, 0)
+    metastore.watch(board, pressure)
+    shard0.foreground_begin()
+    clock[0] += 1.0  # a second in which no task waited for a CPU
+    assert not metastore.foreground_active
+    metastore.charge(0.01)
+    assert not metastore.owes()
+    psi.write_text("some avg10=50.00 avg60=0.00 avg300=0.00 total=505000\n")
+    clock[0] += 1.0  # half of the next second, some task waited: contended
+    assert metastore.foreground_active
+    metastore.charge(0.01)
+    assert metastore.owes()
+    shard0.foreground_end()
     board.close()

@@ -1,0 +1,62 @@
+"""Is the machine's CPU contended? Linux's pressure stall information, sampled.
+
+The metastore's own process keeps to ``metastore.cpu_share`` while object requests are about
+(``core/scheduling.py``), but a pause is only worth its cost when the serving shards want the
+CPU it would take: on a machine with cores to spare, the metastore should run at full speed
+beside the reads. Seastar's shares are work-conserving in the same way (they divide the CPU only
+among groups that have work). :class:`CpuPressure` reads ``/proc/pressure/cpu`` (``some``: the
+share of time at least one runnable task waited for a CPU) at most once per
+:data:`SAMPLE_S` and says the CPU is contended when that share, over the last sample, is at
+least :data:`CONTENDED`. Without the file (an old kernel, PSI off) it always says contended, so
+the share applies as it did before. Owned by the scheduler of the metastore's process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+PSI_CPU = "/proc/pressure/cpu"
+#: How often the file is read (the decision in between is the last one).
+SAMPLE_S = 0.05
+#: Share of time with a task waiting for a CPU from which the CPU counts as contended.
+CONTENDED = 0.05
+
+
+class CpuPressure:
+    """See the module docstring. ``path`` and ``clock`` are for tests."""
+
+    def __init__(self, path: str = PSI_CPU,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._path = path
+        self._clock = clock
+        self._last_t = clock()
+        self._last_total = self._read()
+        self._contended = True
+
+    def _read(self) -> int | None:
+        """``some total`` in microseconds, or None when there is no such file."""
+        try:
+            with open(self._path, "rb") as f:
+                first = f.readline()
+        except OSError:
+            return None
+        for field in first.split():
+            if field.startswith(b"total="):
+                return int(field[6:])
+        return None
+
+    def contended(self) -> bool:
+        if self._last_total is None:
+            return True
+        now = self._clock()
+        if now - self._last_t < SAMPLE_S:
+            return self._contended
+        total = self._read()
+        if total is None:
+            self._last_total = None
+            return True
+        waited = (total - self._last_total) / 1e6
+        self._contended = waited >= CONTENDED * (now - self._last_t)
+        self._last_t, self._last_total = now, total
+        return self._contended
