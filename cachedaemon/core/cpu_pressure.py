@@ -4,8 +4,10 @@ The metastore's own process keeps to ``metastore.cpu_share`` while object reques
 (``core/scheduling.py``), but a pause is only worth its cost when the serving shards want the
 CPU it would take: on a machine with cores to spare, the metastore should run at full speed
 beside the reads. Seastar's shares are work-conserving in the same way (they divide the CPU only
-among groups that have work). :class:`CpuPressure` reads ``/proc/pressure/cpu`` (``some``: the
-share of time at least one runnable task waited for a CPU) at most once per
+among groups that have work). :class:`CpuPressure` reads the daemon's cgroup's
+``cpu.pressure`` (cgroup v2: a container's or a systemd service's own tasks, throttling
+included), else the machine's ``/proc/pressure/cpu`` (``some``: the share of time at least one
+runnable task waited for a CPU), at most once per
 :data:`SAMPLE_S` and says the CPU is contended when that share, over the last sample, is at
 least :data:`CONTENDED`. Without the file (an old kernel, PSI off) it always says contended, so
 the share applies as it did before. Owned by the scheduler of the metastore's process.
@@ -13,6 +15,7 @@ the share applies as it did before. Owned by the scheduler of the metastore's pr
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -23,12 +26,27 @@ SAMPLE_S = 0.05
 CONTENDED = 0.05
 
 
+def pressure_path(cgroup_file: str = "/proc/self/cgroup",
+                  root: str = "/sys/fs/cgroup") -> str:
+    """This process's cgroup v2 ``cpu.pressure`` when there is one, else :data:`PSI_CPU`."""
+    try:
+        with open(cgroup_file) as f:
+            for line in f:
+                if line.startswith("0::"):
+                    candidate = os.path.join(root, line[3:].strip().lstrip("/"), "cpu.pressure")
+                    if os.path.exists(candidate):
+                        return candidate
+    except OSError:
+        pass
+    return PSI_CPU
+
+
 class CpuPressure:
     """See the module docstring. ``path`` and ``clock`` are for tests."""
 
-    def __init__(self, path: str = PSI_CPU,
+    def __init__(self, path: str | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._path = path
+        self._path = pressure_path() if path is None else path
         self._clock = clock
         self._last_t = clock()
         self._last_total = self._read()

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from cachedaemon.core.cpu_pressure import CONTENDED, PSI_CPU, SAMPLE_S, CpuPressure
+from cachedaemon.core.cpu_pressure import (
+    CONTENDED,
+    PSI_CPU,
+    SAMPLE_S,
+    CpuPressure,
+    pressure_path,
+)
 
 
 class Clock:
@@ -67,3 +73,16 @@ def test_the_kernels_file_is_read() -> None:
     p = CpuPressure()
     assert p._last_total is not None and p._last_total >= 0
     assert isinstance(p.contended(), bool)
+
+
+def test_the_daemons_own_cgroup_is_read_when_it_has_pressure_information(
+        tmp_path: Path) -> None:
+    cgroup = tmp_path / "cgroup"
+    root = tmp_path / "fs"
+    cgroup.write_text("12:memory:/x\n0::/system.slice/cachedaemon.service\n")
+    assert pressure_path(str(cgroup), str(root)) == PSI_CPU  # v1 only, or no PSI there
+    service = root / "system.slice" / "cachedaemon.service"
+    service.mkdir(parents=True)
+    (service / "cpu.pressure").write_text("some avg10=0.00 avg60=0.00 avg300=0.00 total=7\n")
+    assert pressure_path(str(cgroup), str(root)) == str(service / "cpu.pressure")
+    assert pressure_path(str(tmp_path / "none"), str(root)) == PSI_CPU
