@@ -309,8 +309,8 @@ SCHEMA: tuple[Setting, ...] = (
             "want it all).", minimum=0, maximum=19),
     Setting("metastore", "io_class", "choice", "idle",
             "The I/O class of the metastore's own process: idle (its disk I/O waits while "
-            "the object shards' is queued; the kernel's aging bounds the wait) or "
-            "best-effort (at the lowest level).",
+            "the object shards' is queued; mq-deadline's aging bounds the wait to seconds, "
+            "BFQ's idle class may wait longer) or best-effort (at the lowest level).",
             choices=("idle", "best-effort")),
     # s3 (the S3-compatible endpoint, docs/s3-endpoint.md)
     Setting("s3", "bucket_mode", "choice", "single",
