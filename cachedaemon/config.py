@@ -446,10 +446,6 @@ class MetastoreSettings:
     nice: int
     io_class: str
 
-    def own_process(self, shards: int) -> bool:
-        """Whether the domains run in a process of their own with ``shards`` serving shards."""
-        return self.process == "own" or (self.process == "auto" and shards > 1)
-
 
 @dataclass(frozen=True)
 class S3Settings:

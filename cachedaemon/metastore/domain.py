@@ -75,7 +75,7 @@ from cachedaemon.metastore.group_commit import GroupCommitLog
 from cachedaemon.metastore.local_log import LocalLog
 from cachedaemon.metastore.log_format import LogRecord
 from cachedaemon.metastore.manifest_store import FencedManifestStore
-from cachedaemon.metastore.registry import DomainRecord, DomainRegistry
+from cachedaemon.metastore.registry import DomainRecord, DomainRegistry, Placement
 from cachedaemon.metastore.remote_log import LogMoved, RemoteLog
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,8 @@ class DomainConfig:
     max_open_domains: int = 64
     max_open_files: int = 64
     clock: Clock = SYSTEM_CLOCK
-    #: Every domain runs on the metastore's own process (the last shard; registry.Placement).
-    own_process: bool = False
+    #: Which shard owns each domain (None: hashed over every shard, as with one shard).
+    placement: Placement | None = None
     #: Extra LSM options (tests: small block/file sizes).
     lsm: dict[str, Any] = field(default_factory=dict)
 

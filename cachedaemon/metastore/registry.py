@@ -35,6 +35,7 @@ import uuid
 import zlib
 from dataclasses import dataclass
 
+from cachedaemon.config import Settings
 from cachedaemon.errors import InvalidArgument, IOFailure, PreconditionFailed, ShuttingDown
 from cachedaemon.lsm.io.cloud_base import CloudIO
 from cachedaemon.namespace import META_ROOT
@@ -80,6 +81,13 @@ class Placement:
 
     serving: int
     own_process: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Placement:
+        """The daemon's placement: ``server.shards`` serving shards, and the metastore's own
+        process per ``metastore.process`` (``auto``: with more than one serving shard)."""
+        serving, mode = settings.server.shards, settings.metastore.process
+        return cls(serving, mode == "own" or (mode == "auto" and serving > 1))
 
     @property
     def processes(self) -> int:

@@ -66,7 +66,7 @@ class DomainService:
                  config: DomainConfig) -> None:
         self.shard = shard
         self.shards = shards
-        self.placement = Placement(shards - int(config.own_process), config.own_process)
+        self.placement = config.placement or Placement(shards)
         self.config = config
         self._abort = asyncio.Event()
         self.io = CloudIO(store, clock=config.clock, abort=self._abort)
@@ -461,7 +461,7 @@ def config_from_settings(settings: Settings, **overrides: Any) -> DomainConfig:
         "max_open_domains": m.max_open_domains,
         "max_open_files": m.max_open_files,
         "node": f"{socket.gethostname()}:{os.getpid()}",
-        "own_process": m.own_process(settings.server.shards),
+        "placement": Placement.from_settings(settings),
     }
     values.update(overrides)
     return DomainConfig(**values)

@@ -24,11 +24,12 @@ from cachedaemon.server.singleflight import SingleFlight
 
 class ServerState:
     """One shard's life-cycle flags, and its way to the other shards. ``shards`` serve
-    requests; with ``own_process`` the metastore's process is one more (``placement``)."""
+    requests; the metastore's own process, if ``placement`` has one, is one more."""
 
-    def __init__(self, shards: int, smp: Any = None, *, own_process: bool = False) -> None:
+    def __init__(self, shards: int, smp: Any = None, *,
+                 placement: Placement | None = None) -> None:
         self.shards = shards
-        self.placement = Placement(shards, own_process)
+        self.placement = placement or Placement(shards)
         self.processes = self.placement.processes
         self.ready = False  # startup recovery done, serving
         self.draining = False  # SIGTERM received: refuse new work

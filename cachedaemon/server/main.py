@@ -58,6 +58,7 @@ from cachedaemon.core.foreground import ForegroundBoard
 from cachedaemon.core.scheduling import scheduler
 from cachedaemon.core.smp import Smp, new_link_dir
 from cachedaemon.errors import CacheDaemonError, ConfigError
+from cachedaemon.metastore.registry import Placement
 from cachedaemon.server import sdnotify
 from cachedaemon.server.fdlimit import Budget, BudgetError, per_shard, plan
 from cachedaemon.server.services import check_bucket_identity, probe_store
@@ -187,8 +188,9 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         #: Shards that serve requests; with the metastore's own process, one more process.
-        self.serving = settings.server.shards
-        self.count = self.serving + int(settings.metastore.own_process(self.serving))
+        placement = Placement.from_settings(settings)
+        self.serving = placement.serving
+        self.count = placement.processes
         self.sockets: list[socket.socket] = []
         self.s3_sockets: list[socket.socket] = []
         self.s3_url = ""
@@ -436,13 +438,13 @@ async def run_worker(spec: dict[str, Any]) -> int:
     sched = scheduler()
     sched.set_share(settings.metastore.cpu_share)
     shard_id, count = spec["shard"], spec["count"]
-    board = None
-    if count > settings.server.shards:  # the metastore has a process of its own
-        board = ForegroundBoard.in_dir(spec["links_dir"], settings.server.shards)
-        if shard_id < settings.server.shards:
-            sched.publish_to(board, shard_id)
-        else:
+    placement = Placement.from_settings(settings)
+    if placement.own_process:  # the serving shards show their requests to the metastore's
+        board = ForegroundBoard.in_dir(spec["links_dir"], placement.serving)
+        if shard_id == placement.metastore_shard:
             sched.watch(board)
+        else:
+            sched.publish_to(board, shard_id)
     configure_logging(settings, shard=shard_id)
     import cachedaemon.server.handlers  # noqa: F401
 

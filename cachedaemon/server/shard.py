@@ -31,6 +31,7 @@ from typing import Any
 from cachedaemon.config import Settings, settings_from_dict
 from cachedaemon.core.sharded import Sharded
 from cachedaemon.core.smp import Smp
+from cachedaemon.metastore.registry import Placement
 from cachedaemon.server import metrics
 from cachedaemon.server.app import make_handler, serve_forwarded, start_shard_server
 from cachedaemon.server.context import ServerState, ShardContext
@@ -62,9 +63,8 @@ class Shard:
         self.s3: Any = None  # the S3 endpoint's state on this shard (server.s3.app.S3Context)
         self.max_connections = max_connections
         self.budget = budget
-        shards = settings.server.shards
-        self.state = ServerState(shards, smp,
-                                 own_process=settings.metastore.own_process(shards))
+        placement = Placement.from_settings(settings)
+        self.state = ServerState(placement.serving, smp, placement=placement)
         self.store: Any = None
         self.server: HttpServer | None = None
         self.cache: Sharded[Any] | None = None
