@@ -5,7 +5,7 @@ one process. cachedaemon's shards are processes (``docs/shards.md``), and the me
 one of its own when there is more than one shard: the kernel's ``nice`` value (CPU weight) and
 I/O class (``ioprio_set``) are then the shares between it and the shards that serve objects.
 :func:`lower` is called once, first thing in that process (before any thread starts, since a
-thread inherits both at its creation); :func:`io_class_of` reads them back (tests, the CLI).
+thread inherits both at its creation); :func:`io_class_of` reads the I/O class back (tests).
 
 On Linux only: elsewhere :func:`lower` changes the niceness alone (POSIX) and reports the I/O
 class as unsupported. Lowering never needs a privilege; raising back does, so it is one-way.
@@ -54,6 +54,8 @@ def lower(nice: int, io_class: str) -> list[str]:
     """Lower this process's CPU priority to ``nice`` (never raise it) and set its I/O class
     (``best-effort`` at its lowest level, or ``idle``); what could not be done, as sentences
     for the log (an empty list when both took)."""
+    if io_class not in IO_CLASSES:
+        raise ValueError(f"unknown I/O class {io_class!r} (expected one of {IO_CLASSES})")
     problems = []
     try:
         current = os.getpriority(os.PRIO_PROCESS, 0)
@@ -61,8 +63,6 @@ def lower(nice: int, io_class: str) -> list[str]:
             os.setpriority(os.PRIO_PROCESS, 0, nice)
     except OSError as exc:
         problems.append(f"cannot set the nice value {nice}: {exc.strerror or exc}")
-    if io_class not in IO_CLASSES:
-        raise ValueError(f"unknown I/O class {io_class!r} (expected one of {IO_CLASSES})")
     level = 7 if io_class == "best-effort" else 0
     try:
         _syscall(0, _WHO_PROCESS, 0, (_CLASS_NUMBERS[io_class] << _CLASS_SHIFT) | level)
