@@ -521,6 +521,9 @@ def _coerce(setting: Setting, raw: Any, source: str) -> Any:
         if kind == "str":
             if not isinstance(raw, str):
                 raise fail(f"expected a string, got {type(raw).__name__} {raw!r}")
+            if "\x00" in raw:
+                # No path, address, token or URL can hold one; the OS would refuse it later.
+                raise fail(f"contains a NUL byte: {raw!r}")
             value: Any = raw
         elif kind == "choice":
             if not isinstance(raw, str) or raw not in setting.choices:
@@ -651,10 +654,19 @@ def load_settings(
     # Computed defaults.
     if values["server.shards"] is None:
         values["server.shards"] = max(1, cpu_count or os.cpu_count() or 1)
-    data_dir = Path(values["storage.data_dir"]).expanduser()
+    try:
+        data_dir = Path(values["storage.data_dir"]).expanduser()
+    except RuntimeError:  # "~name/..." where no user "name" exists
+        raise ConfigError("storage.data_dir", sources["storage.data_dir"],
+                          f"{values['storage.data_dir']}: no such user to expand ~ for") from None
     values["storage.data_dir"] = data_dir
     if values["remote.url"] is None:
-        values["remote.url"] = f"file://{(data_dir / 'bucket').resolve()}"
+        try:
+            bucket = (data_dir / "bucket").resolve()
+        except (OSError, RuntimeError) as exc:  # 3.11 raises RuntimeError on a symlink loop
+            raise ConfigError("storage.data_dir", sources["storage.data_dir"],
+                              f"{data_dir}: cannot resolve it: {exc}") from None
+        values["remote.url"] = f"file://{bucket}"
     if values["s3.bucket"] is None:
         url = values["remote.url"]
         values["s3.bucket"] = url[len("s3://"):].split("/", 1)[0] if url.startswith("s3://") \

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from cachedaemon.config import BY_FLAG, SCHEMA, load_settings, render_example
@@ -147,11 +147,36 @@ def test_size_parser_never_crashes_unexpectedly(text: str) -> None:
 
 
 @given(st.dictionaries(st.sampled_from([s.env for s in SCHEMA]), st.text(max_size=12), max_size=4))
+@example({"CACHEDAEMON_STORAGE_DATA_DIR": "\x00"})  # found by CI: ValueError from realpath
+@example({"CACHEDAEMON_STORAGE_DATA_DIR": "~nosuchuser/data"})
 def test_any_env_value_loads_or_fails_with_config_error(env: dict[str, str]) -> None:
     try:
         load_settings(None, env, cpu_count=1)
     except ConfigError as exc:
         assert exc.setting and exc.source.startswith("env ")
+
+
+@pytest.mark.parametrize("flag_value", ["a\x00b", "\x00"])
+def test_a_nul_byte_in_any_string_setting_is_refused_by_name(flag_value: str) -> None:
+    # No path, address, token or URL can hold a NUL: the OS refuses it later, far from the cause.
+    for setting in (s for s in SCHEMA if s.kind == "str"):
+        with pytest.raises(ConfigError, match="NUL") as info:
+            load_settings(None, {}, {setting.key: flag_value}, cpu_count=1)
+        assert info.value.setting == setting.key
+
+
+def test_a_data_dir_under_an_unknown_user_home_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="no such user") as info:
+        load_settings(None, {"CACHEDAEMON_STORAGE_DATA_DIR": "~nosuchuser/data"}, cpu_count=1)
+    assert info.value.setting == "storage.data_dir" and info.value.source.startswith("env ")
+
+
+def test_a_data_dir_in_a_symlink_loop_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(ConfigError, match="loop") as info:
+        load_settings(None, {"CACHEDAEMON_STORAGE_DATA_DIR": str(tmp_path / "a")}, cpu_count=1)
+    assert info.value.setting == "storage.data_dir"
 
 
 def test_format_size() -> None:
