@@ -300,13 +300,20 @@ SCHEMA: tuple[Setting, ...] = (
             minimum=0.01, maximum=1.0),
     Setting("metastore", "process", "choice", "auto",
             "Where the domains run. own: in a process of their own, below the shards that serve "
-            "objects (metastore.nice, metastore.io_class); shards: hashed over the serving "
-            "shards; auto: own with more than one shard, else shards (one process).",
+            "objects (metastore.cpu_policy, metastore.nice, metastore.io_class); shards: hashed "
+            "over the serving shards; auto: own with more than one shard, else shards (one process).",
             choices=("auto", "own", "shards")),
     Setting("metastore", "nice", "int", 10,
             "The CPU priority (nice value) of the metastore's own process: its flushes and "
             "compactions get the CPU the object shards leave (10: about a tenth when they "
-            "want it all).", minimum=0, maximum=19),
+            "want it all). With metastore.cpu_policy = idle the kernel ignores it for the CPU.",
+            minimum=0, maximum=19),
+    Setting("metastore", "cpu_policy", "choice", "idle",
+            "The CPU scheduling policy of the metastore's own process: idle (SCHED_IDLE: it "
+            "runs on the CPU the object shards leave, and gives a CPU up at once when one of "
+            "them wakes; under a load that keeps every CPU busy with object requests its kv "
+            "and L1 requests slow down the most) or other (the normal policy at "
+            "metastore.nice).", choices=("idle", "other")),
     Setting("metastore", "io_class", "choice", "idle",
             "The I/O class of the metastore's own process: idle (its disk I/O waits while "
             "the object shards' is queued; mq-deadline's aging bounds the wait to seconds, "
@@ -445,6 +452,7 @@ class MetastoreSettings:
     process: str
     nice: int
     io_class: str
+    cpu_policy: str
 
 
 @dataclass(frozen=True)

@@ -373,7 +373,8 @@ class Daemon:
                                self.budget.own_files]
         spec = WorkerSpec(shard, self.count, self.links_dir, self.secret.hex(), settings)
         if shard >= self.serving:  # the metastore's process, below the serving shards
-            spec.priority = [self.settings.metastore.nice, self.settings.metastore.io_class]
+            ms = self.settings.metastore
+            spec.priority = [ms.nice, ms.io_class, ms.cpu_policy]
         return spec
 
     async def _tell_all(self, method: str, *args: Any, deadline: float | None = None
@@ -453,9 +454,10 @@ async def run_worker(spec: dict[str, Any]) -> int:
         sock = socket.socket(fileno=spec["fds"]["http"])
         sock.setblocking(False)
     if lowered is not None:
-        nice, io_class = spec["priority"]
-        log.info("metastore: a process of its own (shard %d, nice %d, I/O class %s)%s",
-                 shard_id, nice, io_class, "".join(f"; {p}" for p in lowered))
+        nice, io_class, cpu_policy = spec["priority"]
+        log.info("metastore: a process of its own (shard %d, cpu policy %s, nice %d, "
+                 "I/O class %s)%s", shard_id, cpu_policy, nice, io_class,
+                 "".join(f"; {p}" for p in lowered))
     s3_sock = None
     if "s3" in spec["fds"]:
         s3_sock = socket.socket(fileno=spec["fds"]["s3"])

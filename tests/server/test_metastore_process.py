@@ -1,10 +1,11 @@
 """The metastore's own process (issue 18, docs/shards.md "The metastore's process").
 
-With more than one shard, every metastore domain runs in a process of its own, at a lower CPU
-priority (``metastore.nice``) and I/O class (``metastore.io_class``) than the shards that serve
-objects, so that flushes and compactions take the machine's CPU and disk only when object reads
-and writes leave them. These tests look at the real processes: their niceness and I/O class as
-the kernel reports them, and which of them hold the domains' write-ahead logs open; a killed
+With more than one shard, every metastore domain runs in a process of its own, in the kernel's
+idle scheduling policy (``metastore.cpu_policy``; or at a lower nice value, ``metastore.nice``)
+and a lower I/O class (``metastore.io_class``) than the shards that serve objects, so that
+flushes and compactions take the machine's CPU and disk only when object reads and writes leave
+them. These tests look at the real processes: their policy, niceness and I/O class as the
+kernel reports them, and which of them hold the domains' write-ahead logs open; a killed
 metastore process is restarted at its priority and loses nothing acknowledged.
 """
 
@@ -28,6 +29,10 @@ DOMAINS = [f"dom{i}" for i in range(8)]
 
 def nice_of(pid: int) -> int:
     return os.getpriority(os.PRIO_PROCESS, pid)
+
+
+def policy_of(tid: int) -> int:
+    return os.sched_getscheduler(tid)
 
 
 def wal_holders(pids: list[int]) -> set[int]:
@@ -65,14 +70,23 @@ def test_domains_run_in_a_process_of_their_own_below_the_serving_shards(tmp_path
         assert len(low) == 1, {pid: nice_of(pid) for pid in everyone}
         metastore = low[0]
         assert io_class_of(metastore) == "idle"
+        # SCHED_IDLE by default: a shard that wakes takes the CPU from it at once (a niced
+        # process keeps it to the end of its slice: the reads' wake-ups waited behind it).
+        assert policy_of(metastore) == os.SCHED_IDLE
         for pid in everyone:
             if pid != metastore:
                 assert nice_of(pid) == 0 and io_class_of(pid) != "idle"
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    assert policy_of(int(tid)) == os.SCHED_OTHER, (pid, tid)
         # Every domain's log is open in the metastore's process, and in no serving shard.
         assert wal_holders(everyone) == {metastore}
         # Its threads (WAL syncs, SST I/O) run at its priority too.
-        for tid in os.listdir(f"/proc/{metastore}/task"):
+        tids = os.listdir(f"/proc/{metastore}/task")
+        assert len(tids) > 1, "the process's threads are checked too"
+        for tid in tids:
             assert nice_of(int(tid)) == 10, tid
+            assert policy_of(int(tid)) == os.SCHED_IDLE, tid
+            assert io_class_of(int(tid)) == "idle", tid
         for name in DOMAINS:
             r = asyncio.run(fetch("GET", f"{d.url}/v1/kv/{name}/k"))
             assert r.status == 200 and r.body == b"v1"
@@ -81,7 +95,7 @@ def test_domains_run_in_a_process_of_their_own_below_the_serving_shards(tmp_path
 
 def test_the_priority_is_configurable_and_the_process_can_be_left_out(tmp_path: Path) -> None:
     with start_daemon(tmp_path / "a", "--metastore-nice", "5", "--metastore-io-class",
-                      "best-effort", shards=2) as d:
+                      "best-effort", "--metastore-cpu-policy", "other", shards=2) as d:
         assert d.proc is not None
         workers = worker_pids(d.proc.pid)
         asyncio.run(write_every_domain(d.url, "x"))
@@ -89,6 +103,8 @@ def test_the_priority_is_configurable_and_the_process_can_be_left_out(tmp_path: 
         assert len(holders) == 1
         (metastore,) = holders
         assert nice_of(metastore) == 5 and io_class_of(metastore) == "best-effort"
+        assert policy_of(metastore) == os.SCHED_OTHER
+        assert "cpu policy other" in d.logs()
     with start_daemon(tmp_path / "b", "--metastore-process", "shards", shards=2) as d:
         assert d.proc is not None
         workers = worker_pids(d.proc.pid)
@@ -98,6 +114,7 @@ def test_the_priority_is_configurable_and_the_process_can_be_left_out(tmp_path: 
         # Hashed over the two serving shards, as before: both hold logs, none is lowered.
         assert wal_holders(everyone) == set(everyone)
         assert all(nice_of(pid) == 0 for pid in everyone)
+        assert all(policy_of(pid) == os.SCHED_OTHER for pid in everyone)
     # One serving shard is one process, unless the metastore's process is asked for.
     with start_daemon(tmp_path / "c", "--metastore-process", "own", shards=1) as d:
         assert d.proc is not None
@@ -158,6 +175,7 @@ def test_a_killed_metastore_process_is_restarted_and_loses_nothing_acknowledged(
         (restarted,) = wal_holders([d.proc.pid, *worker_pids(d.proc.pid)])
         assert restarted != metastore
         assert nice_of(restarted) == 10 and io_class_of(restarted) == "idle"
+        assert policy_of(restarted) == os.SCHED_IDLE
 
         async def check() -> None:
             for key, value in acked.items():
