@@ -70,7 +70,7 @@ def _listen(value: Any) -> str | None:
     host, sep, port = str(value).rpartition(":")
     if not sep or not host:
         return "expected HOST:PORT, e.g. 127.0.0.1:8470"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 <= int(port) <= 65535:
         return f"port {port!r} is not a number from 0 to 65535"
     return None
 

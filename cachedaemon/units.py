@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
 
 _SIZE_UNITS = {
     "": 1,
@@ -34,7 +35,11 @@ _DURATION_UNITS = {
     "h": 3600.0,
     "d": 86400.0,
 }
-_NUMBER_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+# ASCII digits only: \d would take any script's digits (and str.isdigit() superscripts, which
+# int() refuses).
+_NUMBER_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+#: The largest size accepted: a file's size is a signed 64-bit number everywhere we store one.
+MAX_SIZE = 2**63 - 1
 
 
 def parse_size(value: str | int) -> int:
@@ -44,6 +49,8 @@ def parse_size(value: str | int) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"size must not be negative, got {value}")
+        if value > MAX_SIZE:
+            raise ValueError(f"size {value} is too large (at most {MAX_SIZE} bytes)")
         return value
     m = _NUMBER_UNIT.match(value)
     if m is None:
@@ -51,9 +58,11 @@ def parse_size(value: str | int) -> int:
     number, unit = m.group(1), m.group(2).lower()
     if unit not in _SIZE_UNITS:
         raise ValueError(f"unknown size unit {m.group(2)!r} in {value!r} (use B, KiB, MiB, GiB, TiB)")
-    result = float(number) * _SIZE_UNITS[unit]
-    if result != int(result):
+    result = Fraction(number) * _SIZE_UNITS[unit]  # exact: 1.5KiB, and no float overflow
+    if result.denominator != 1:
         raise ValueError(f"size {value!r} is not a whole number of bytes")
+    if result > MAX_SIZE:
+        raise ValueError(f"size {value!r} is too large (at most {MAX_SIZE} bytes)")
     return int(result)
 
 

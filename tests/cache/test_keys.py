@@ -149,6 +149,7 @@ segment = st.text(
 ).filter(lambda s: s not in (".", ".."))
 keys = st.lists(segment, min_size=1, max_size=4).map("/".join).filter(
     lambda k: not k.endswith(".part") and len(k.encode()) <= 1024
+    and all(len(s.encode()) <= 255 for s in k.split("/"))  # 64 4-byte characters are 256
 )
 
 

@@ -149,6 +149,9 @@ def test_size_parser_never_crashes_unexpectedly(text: str) -> None:
 @given(st.dictionaries(st.sampled_from([s.env for s in SCHEMA]), st.text(max_size=12), max_size=4))
 @example({"CACHEDAEMON_STORAGE_DATA_DIR": "\x00"})  # found by CI: ValueError from realpath
 @example({"CACHEDAEMON_STORAGE_DATA_DIR": "~nosuchuser/data"})
+@example({"CACHEDAEMON_SERVER_LISTEN": "a:\u00b2"})  # str.isdigit() is true, int() refuses it
+@example({"CACHEDAEMON_SERVER_S3_LISTEN": "0:\u2460"})
+@example({"CACHEDAEMON_CACHE_MAX_BYTES": "1" + "0" * 400})  # float overflow
 def test_any_env_value_loads_or_fails_with_config_error(env: dict[str, str]) -> None:
     try:
         load_settings(None, env, cpu_count=1)
@@ -177,6 +180,27 @@ def test_a_data_dir_in_a_symlink_loop_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="loop") as info:
         load_settings(None, {"CACHEDAEMON_STORAGE_DATA_DIR": str(tmp_path / "a")}, cpu_count=1)
     assert info.value.setting == "storage.data_dir"
+
+
+@pytest.mark.parametrize("text", ["\u00b2", "1\u00b2KiB", "\u0663", "1" + "0" * 400,
+                                  "1" + "0" * 19, "99999999999TiB"])
+def test_a_size_that_is_not_ascii_digits_or_too_large_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_sizes_are_exact_up_to_the_largest_file_a_system_can_hold() -> None:
+    assert parse_size("1.5KiB") == 1536
+    assert parse_size("8388607TiB") == 8388607 * 1024**4  # < 2**63
+    assert parse_size(str(2**63 - 1)) == 2**63 - 1
+    with pytest.raises(ValueError, match="too large"):
+        parse_size(str(2**63))
+
+
+@pytest.mark.parametrize("port", ["\u00b2", "\u2460", "\u0663", "+80", " 80", "080000"])
+def test_a_listen_port_must_be_ascii_digits(port: str) -> None:
+    with pytest.raises(ConfigError, match="port"):
+        load_settings(None, {"CACHEDAEMON_SERVER_LISTEN": f"127.0.0.1:{port}"}, cpu_count=1)
 
 
 def test_format_size() -> None:
