@@ -15,8 +15,11 @@ import asyncio
 import dataclasses
 import shutil
 import tempfile
+import threading
 from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -117,8 +120,11 @@ class CacheMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.guards))
     @rule(data=st.data())
     def release(self, data: st.DataObject) -> None:
-        guard = self.guards.pop(data.draw(st.integers(0, len(self.guards) - 1)))
-        if data.draw(st.booleans()):
+        # Every draw before the state changes: hypothesis may stop an example at any draw.
+        i = data.draw(st.integers(0, len(self.guards) - 1))
+        close = data.draw(st.booleans())
+        guard = self.guards.pop(i)
+        if close:
             guard.close()
         else:
             del guard  # garbage collected: released by the finalizer
@@ -149,8 +155,9 @@ class CacheMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.stagings))
     @rule(data=st.data())
     def commit_or_close(self, data: st.DataObject) -> None:
-        f, buf, _ = self.stagings.pop(data.draw(st.integers(0, len(self.stagings) - 1)))
+        i = data.draw(st.integers(0, len(self.stagings) - 1))
         action = data.draw(st.sampled_from(["commit", "replace", "close"]))
+        f, buf, _ = self.stagings.pop(i)
         if action == "close":
             self.run(f.close())
             return
@@ -214,3 +221,42 @@ CacheMachine.TestCase.settings = settings(
     max_examples=100, stateful_step_count=30, deadline=None
 )
 TestCacheStateMachine = CacheMachine.TestCase
+
+
+class _Aborted(Exception):
+    """What hypothesis raises from ``data.draw`` when it stops an example halfway."""
+
+
+class _DrawsThenAborts:
+    """A ``data`` whose first ``n`` draws give 0 (or the first choice) and whose next aborts."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def draw(self, strategy: Any) -> Any:
+        if self.left == 0:
+            raise _Aborted()
+        self.left -= 1
+        return 0
+
+
+@pytest.mark.parametrize("rule", ["commit_or_close", "release"])
+def test_an_example_stopped_between_two_draws_leaks_nothing_and_teardown_ends(rule: str) -> None:
+    """Found by a 3,000-example hunt: a rule that took a staging file (or a guard) off its list
+    and was then stopped at its next draw left it open, and teardown's stop() waited for its
+    gate hold for ever. Rules draw everything before they change the machine's state."""
+    machine = CacheMachine()
+    if rule == "commit_or_close":
+        machine.create_staging(key="a/b")
+        held = len(machine.stagings)
+    else:
+        machine.reserve(nbytes=10, nobjects=1)
+        held = len(machine.guards)
+    assert held == 1
+    with pytest.raises(_Aborted):
+        getattr(machine, rule)(data=_DrawsThenAborts(1))
+    assert len(machine.stagings) + len(machine.guards) == held, "state changed before a draw"
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (machine.teardown(), done.set()), daemon=True)
+    worker.start()
+    assert done.wait(20), "teardown hung: the cache's stop() waits for a leaked staging file"
