@@ -110,6 +110,9 @@ log = logging.getLogger("cachedaemon.cache")
 
 #: Entries deleted per thread job in a trim.
 DELETE_BATCH = 4096
+#: Paths remembered as unlinked by a trim (``_deleted_lately``): a commit's accounting that
+#: arrives this many deletions later is not checked against the disk.
+DELETED_LATELY_MAX = 4096
 #: How long shard 0's own reads wait in a queue before the curve takes them in one loop.
 MRC_BATCH_S = 0.05
 
@@ -236,6 +239,10 @@ class CacheCoordinator:
         # Paths a trim has dropped from the index whose files are still being deleted: a walk
         # that starts meanwhile may still see them, and must not adopt them.
         self._deleting: collections.Counter[str] = collections.Counter()
+        # Paths a trim's thread has unlinked lately: a commit of one whose new file landed
+        # before the unlink but whose accounting arrives after the trim's re-check must look at
+        # the disk before it is indexed (bounded: the race is a thread switch wide).
+        self._deleted_lately: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._reconciling = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: list[asyncio.Task[Any]] = []
@@ -554,6 +561,13 @@ class CacheCoordinator:
         """A file landed at ``path``: release reservation ``rid``'s units and track it
         (replacing any previous entry at that path, whose size and object leave the counters)."""
         self._drop(rid)
+        trimmed = path in self._deleting or path in self._deleted_lately
+        self._deleted_lately.pop(path, None)
+        if trimmed and not os.path.lexists(self.root / path):
+            # A trim deleting this path unlinked the new file too (after its rename, before
+            # this accounting): nothing is there to index.
+            self._after_change()
+            return
         old = self.index.add(path, size)
         if old is not None:
             self.evictions.record(path, EvictionReason.replaced, old, self.clock.time())
@@ -1028,9 +1042,14 @@ class CacheCoordinator:
                 await asyncio.to_thread(delete_entries, self.root, batch)
             finally:
                 self._deleting.subtract(batch)
+                lately = self._deleted_lately
                 for path in batch:
                     if self._deleting[path] <= 0:
                         del self._deleting[path]
+                    lately[path] = None
+                    lately.move_to_end(path)
+                while len(lately) > DELETED_LATELY_MAX:
+                    lately.popitem(last=False)
                 self._end_watch(watch)
             # A path committed again while its old file was being deleted may have lost the new
             # file too: re-check those against the disk.
