@@ -525,6 +525,39 @@ async def test_walks_racing_writers_delete_no_live_file_and_leave_exact_counts(
     assert sorted(p for p, _ in coord.index.lru()) == sorted(on_disk)
 
 
+class HeldTrimDeletes:
+    """Holds every trim's deletion thread job at its start until :meth:`release` (the real
+    ``delete_entries`` runs then): a window between a trim's index update and its unlinks."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import threading
+
+        from cachedaemon.cache import coordinator as coordinator_mod
+
+        self.entered = threading.Event()
+        self._release = threading.Event()
+        self.real = coordinator_mod.delete_entries
+        self._monkeypatch = monkeypatch
+        self._module = coordinator_mod
+
+        def held(root: Path, paths: list[str]) -> list[tuple[str, int | None]]:
+            self.entered.set()
+            assert self._release.wait(10)
+            return self.real(root, paths)
+
+        monkeypatch.setattr(coordinator_mod, "delete_entries", held)
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, 10)
+
+    def unhold_later_ones(self) -> None:
+        """Deletions started from now on run at once (the held one stays held)."""
+        self._monkeypatch.setattr(self._module, "delete_entries", self.real)
+
+    def release(self) -> None:
+        self._release.set()
+
+
 async def test_a_walk_never_adopts_a_file_a_trim_is_deleting(
     open_cache: OpenCache, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -532,34 +565,21 @@ async def test_a_walk_never_adopts_a_file_a_trim_is_deleting(
     whose copy of the index is taken between the two still finds the file on disk: it must not
     adopt it as untracked (the index would count an entry the disk no longer has). Controlled:
     the trim's deletion is held until the walk has been applied."""
-    import threading
-
-    from cachedaemon.cache import coordinator as coordinator_mod
-
     svc = await open_cache(max_objects=4, walk_rate=0)
     coord = svc.coordinator
     for i in range(4):
         await put(svc, f"k{i}", b"x" * KiB)
-    release = threading.Event()
-    entered = threading.Event()
-    real_delete = coordinator_mod.delete_entries
-
-    def held_delete(root: Path, paths: list[str]) -> list[tuple[str, int | None]]:
-        entered.set()
-        assert release.wait(10)
-        return real_delete(root, paths)
-
-    monkeypatch.setattr(coordinator_mod, "delete_entries", held_delete)
+    held = HeldTrimDeletes(monkeypatch)
     trim = asyncio.ensure_future(svc.trim())  # to the low watermark: 3 of 4 objects
-    assert await asyncio.to_thread(entered.wait, 10)
+    await held.wait_entered()
     victims = [p for p in (key_relpath(f"k{i}") for i in range(4)) if p not in coord.index]
     assert victims, "the trim dropped nothing from the index"
-    monkeypatch.setattr(coordinator_mod, "delete_entries", real_delete)  # the walk's own
+    held.unhold_later_ones()  # the walk's own
     try:
         await coord.sync_walk()  # runs while the trim's files are still on disk
         assert [p for p in victims if p in coord.index] == []
     finally:
-        release.set()
+        held.release()
         await trim
     await coord.wait_idle()
     s = await svc.stats()
@@ -577,31 +597,18 @@ async def test_a_commit_accounted_after_a_trim_deleted_its_new_file_is_not_index
     machine (seed 303: bytes_used 2177 against 657 on disk), the accounting can come after
     (the commit's thread job ends after the deletion's). Controlled: the deletion is held while
     the new file lands, and the accounting is delivered after the trim has ended."""
-    import threading
-
-    from cachedaemon.cache import coordinator as coordinator_mod
-
     svc = await open_cache(max_objects=4, walk_rate=0)
     coord = svc.coordinator
     for i in range(4):
         await put(svc, f"k{i}", b"x" * KiB)
-    release = threading.Event()
-    entered = threading.Event()
-    real_delete = coordinator_mod.delete_entries
-
-    def held_delete(root: Path, paths: list[str]) -> list[tuple[str, int | None]]:
-        entered.set()
-        assert release.wait(10)
-        return real_delete(root, paths)
-
-    monkeypatch.setattr(coordinator_mod, "delete_entries", held_delete)
+    held = HeldTrimDeletes(monkeypatch)
     trim = asyncio.ensure_future(svc.trim())
-    assert await asyncio.to_thread(entered.wait, 10)
+    await held.wait_entered()
     victims = [p for p in (key_relpath(f"k{i}") for i in range(4)) if p not in coord.index]
     assert victims
     victim = victims[0]
     (svc.root / victim).write_bytes(b"y" * 3 * KiB)  # a commit's rename lands the new file
-    release.set()
+    held.release()
     await trim  # deletes it: the path was the trim's
     assert not (svc.root / victim).exists()
     coord.commit_entry(victim, 3 * KiB, 0)  # the commit's accounting, late
