@@ -12,10 +12,11 @@ The CPU policy: ``idle`` (``SCHED_IDLE``) or ``other`` (``SCHED_OTHER`` at the n
 A niced process still keeps a CPU to the end of its slice when a shard wakes (Linux's EEVDF
 protects the running task's slice), so every wake-up of a read's fill (a reply from shard 0, a
 thread job's end) could wait up to a slice behind a compaction: in a ping-pong probe on a
-2-CPU machine with half-busy burners, the p99 of a wake-up was 1-3 ms with the burners at nice
-10 or 19, and 0.2-0.4 ms with them in ``SCHED_IDLE``, as with no burners at all (issue 18). A
-``SCHED_IDLE`` task is preempted as soon as a normal one wants its CPU, and gets the CPU that
-is left otherwise (the kernel's smallest weight, so it is never starved outright).
+2-CPU machine with half-busy burners, the p99 of a wake-up was 1-3.5 ms with the burners at nice
+10 or 19, and 0.2-0.4 ms with them in ``SCHED_IDLE``, as with no burners at all (issue 18;
+``bench/wakeup.py``). A ``SCHED_IDLE`` task is preempted as soon as a normal one wants its
+CPU, and gets the CPU that is left otherwise (the kernel's smallest weight, so it is never
+starved outright, but under a load that keeps every CPU busy it waits: ``docs/cache.md``).
 
 On Linux only: elsewhere :func:`lower` changes the niceness alone (POSIX) and reports the
 policy and the I/O class as unsupported. Lowering never needs a privilege; raising back does,
