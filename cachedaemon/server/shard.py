@@ -87,7 +87,7 @@ class Shard:
         self.ctx = ctx
         self.smp.register("shard", self)
         if self.sock is None:  # the metastore's process: it answers forwarded requests only
-            make_handler(ctx)
+            make_handler(ctx)  # sets ctx.app, which serve_forwarded answers them with
             return
         self.server = await start_shard_server(ctx, self.sock, self.max_connections)
         if self.s3_sock is not None:

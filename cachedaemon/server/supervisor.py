@@ -55,7 +55,8 @@ class WorkerSpec:
     #: ``module:function`` run by the worker (tests use their own).
     entry: str = "cachedaemon.server.main:run_worker"
     parent_pid: int = 0
-    #: ``[nice, io_class]`` the worker lowers itself to first (the metastore's process).
+    #: ``[nice, io_class, cpu_policy]`` the worker lowers itself to first, before any thread
+    #: starts (the metastore's process; ``core/priority.lower``).
     priority: list[Any] | None = None
 
 
